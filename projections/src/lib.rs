@@ -1,0 +1,1 @@
+//! Projection workers and read models. Filled by the projections issue.

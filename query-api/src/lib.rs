@@ -1,0 +1,1 @@
+//! The Query API. Filled by the projections issue.

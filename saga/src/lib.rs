@@ -1,0 +1,1 @@
+//! Order fulfilment saga orchestrator. Filled by the saga issue.
