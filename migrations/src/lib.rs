@@ -12,3 +12,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 pub async fn run(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+#[cfg(feature = "testing")]
+pub mod testing;
