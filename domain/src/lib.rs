@@ -7,6 +7,25 @@
 
 use std::fmt::Debug;
 
+pub mod account;
+mod codec;
+pub mod inventory;
+pub mod order;
+pub mod values;
+
+pub use account::{
+    AccountCommand, AccountError, AccountEvent, AccountState, AccountStatus, BankAccount, Charge,
+};
+pub use inventory::{Inventory, InventoryCommand, InventoryError, InventoryEvent, InventoryState};
+pub use order::{
+    CancellationReason, InvalidOrder, Order, OrderCommand, OrderError, OrderEvent, OrderState,
+    OrderStatus,
+};
+pub use values::{
+    AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderId, OrderLine, Quantity,
+    ShippingAddress, Sku, ValueError,
+};
+
 use serde::{de::DeserializeOwned, Serialize};
 
 /// An aggregate as a decider: `initial`, `decide`, `evolve`.
@@ -24,11 +43,17 @@ pub trait Aggregate {
     type Error: DomainError;
 
     fn initial() -> Self::State;
-    fn decide(state: &Self::State, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 
     /// Folds events onto a state.
-    fn fold<'a>(state: Self::State, events: impl IntoIterator<Item = &'a Self::Event>) -> Self::State
+    fn fold<'a>(
+        state: Self::State,
+        events: impl IntoIterator<Item = &'a Self::Event>,
+    ) -> Self::State
     where
         Self::Event: 'a,
     {
@@ -76,7 +101,10 @@ pub trait DomainError: std::error::Error + Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown event type {event_type} (schema version {schema_version})")]
-    UnknownType { event_type: String, schema_version: u32 },
+    UnknownType {
+        event_type: String,
+        schema_version: u32,
+    },
     #[error("invalid payload for {event_type}: {source}")]
     Payload {
         event_type: String,

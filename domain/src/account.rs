@@ -1,0 +1,432 @@
+//! The bank account: open, deposit, withdraw, charge for an order, refund
+//! that charge, close.
+//!
+//! Rules: the balance is never negative; a closed account refuses everything;
+//! an order is charged at most once (a repeated charge appends nothing) and
+//! only to an account of the same customer and currency; a refund returns
+//! exactly what that order was charged, once; an account closes only at a
+//! zero balance.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::codec;
+use crate::values::{AccountId, Amount, Currency, CustomerId, Money, OrderId};
+use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
+
+/// The bank account aggregate. Stream id: `account-{account_id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BankAccount;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountCommand {
+    Open {
+        account_id: AccountId,
+        customer_id: CustomerId,
+        currency: Currency,
+    },
+    Deposit {
+        amount: Amount,
+    },
+    Withdraw {
+        amount: Amount,
+    },
+    /// Sent by the order saga only. The customer and currency are the
+    /// order's, checked against the account's.
+    Charge {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        currency: Currency,
+        amount: Amount,
+    },
+    /// Sent by the order saga only: gives back what `order_id` was charged.
+    Refund {
+        order_id: OrderId,
+    },
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type")]
+pub enum AccountEvent {
+    /// Schema version 2. Version 1 had no `currency` and meant EUR.
+    AccountOpened {
+        account_id: AccountId,
+        customer_id: CustomerId,
+        currency: Currency,
+    },
+    MoneyDeposited {
+        amount: Amount,
+        balance_after: Money,
+    },
+    MoneyWithdrawn {
+        amount: Amount,
+        balance_after: Money,
+    },
+    AccountCharged {
+        order_id: OrderId,
+        amount: Amount,
+        balance_after: Money,
+    },
+    ChargeRefunded {
+        order_id: OrderId,
+        amount: Amount,
+        balance_after: Money,
+    },
+    AccountClosed,
+}
+
+impl AccountEvent {
+    /// Every event type name, in declaration order.
+    pub const EVENT_TYPES: &'static [&'static str] = &[
+        "AccountOpened",
+        "MoneyDeposited",
+        "MoneyWithdrawn",
+        "AccountCharged",
+        "ChargeRefunded",
+        "AccountClosed",
+    ];
+
+    /// The current schema version of `AccountOpened`.
+    pub const ACCOUNT_OPENED_SCHEMA_VERSION: u32 = 2;
+
+    /// The currency a v1 `AccountOpened` (which had none) meant.
+    pub const V1_CURRENCY: Currency = Currency::EUR;
+
+    /// The schema version `to_payload` writes for `event_type`, if known.
+    pub fn current_schema_version(event_type: &str) -> Option<u32> {
+        match event_type {
+            "AccountOpened" => Some(Self::ACCOUNT_OPENED_SCHEMA_VERSION),
+            t if Self::EVENT_TYPES.contains(&t) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The balance after this event, for the events that move money.
+    pub fn balance_after(&self) -> Option<Money> {
+        match self {
+            AccountEvent::MoneyDeposited { balance_after, .. }
+            | AccountEvent::MoneyWithdrawn { balance_after, .. }
+            | AccountEvent::AccountCharged { balance_after, .. }
+            | AccountEvent::ChargeRefunded { balance_after, .. } => Some(*balance_after),
+            AccountEvent::AccountOpened { .. } | AccountEvent::AccountClosed => None,
+        }
+    }
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            AccountEvent::AccountOpened { .. } => "AccountOpened",
+            AccountEvent::MoneyDeposited { .. } => "MoneyDeposited",
+            AccountEvent::MoneyWithdrawn { .. } => "MoneyWithdrawn",
+            AccountEvent::AccountCharged { .. } => "AccountCharged",
+            AccountEvent::ChargeRefunded { .. } => "ChargeRefunded",
+            AccountEvent::AccountClosed => "AccountClosed",
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        match self {
+            AccountEvent::AccountOpened { .. } => Self::ACCOUNT_OPENED_SCHEMA_VERSION,
+            _ => 1,
+        }
+    }
+
+    fn to_payload(&self) -> Value {
+        codec::to_payload(self)
+    }
+
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: Value,
+    ) -> Result<Self, DecodeError> {
+        let current = Self::current_schema_version(event_type)
+            .ok_or_else(|| codec::unknown(event_type, schema_version))?;
+        let payload = match (event_type, schema_version) {
+            (_, v) if v == current => payload,
+            ("AccountOpened", 1) => upcast_account_opened_v1(payload),
+            _ => return Err(codec::unknown(event_type, schema_version)),
+        };
+        codec::from_payload(event_type, payload)
+    }
+}
+
+/// v1 `{account_id, customer_id}` -> v2 `{account_id, customer_id, currency: "EUR"}`.
+fn upcast_account_opened_v1(payload: Value) -> Value {
+    match payload {
+        Value::Object(mut map) => {
+            map.entry("currency")
+                .or_insert_with(|| Value::String(AccountEvent::V1_CURRENCY.as_str().to_owned()));
+            Value::Object(map)
+        }
+        // Not an object: let decoding report it.
+        other => other,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    #[default]
+    NotOpened,
+    Open,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::NotOpened => "not_opened",
+            AccountStatus::Open => "open",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+/// What an order was charged, and whether it was refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub amount: Amount,
+    pub refunded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AccountState {
+    pub status: AccountStatus,
+    pub account_id: Option<AccountId>,
+    pub customer_id: Option<CustomerId>,
+    pub currency: Option<Currency>,
+    pub balance: Money,
+    /// Every order ever charged to this account.
+    pub charges: BTreeMap<OrderId, Charge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("account not found")]
+    NotFound,
+    #[error("account already exists")]
+    AlreadyExists,
+    #[error("insufficient funds: balance {balance}, requested {requested}")]
+    InsufficientFunds { balance: Money, requested: Amount },
+    #[error("account is closed")]
+    Closed,
+    #[error("account balance is {balance}, it must be zero to close")]
+    NotEmpty { balance: Money },
+    #[error("currency mismatch: account is in {account}, charge is in {requested}")]
+    CurrencyMismatch {
+        account: Currency,
+        requested: Currency,
+    },
+    #[error("the order's customer does not own this account")]
+    CustomerMismatch,
+    #[error("order {order_id} was never charged to this account")]
+    ChargeNotFound { order_id: OrderId },
+    #[error("balance would overflow")]
+    BalanceOverflow,
+}
+
+impl DomainError for AccountError {
+    fn code(&self) -> &'static str {
+        match self {
+            AccountError::NotFound => "account_not_found",
+            AccountError::AlreadyExists => "account_already_exists",
+            AccountError::InsufficientFunds { .. } => "insufficient_funds",
+            AccountError::Closed => "account_closed",
+            AccountError::NotEmpty { .. } => "account_not_empty",
+            AccountError::CurrencyMismatch { .. } => "currency_mismatch",
+            AccountError::CustomerMismatch => "customer_mismatch",
+            AccountError::ChargeNotFound { .. } => "charge_not_found",
+            AccountError::BalanceOverflow => "balance_overflow",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AccountError::NotFound => ErrorKind::NotFound,
+            AccountError::AlreadyExists => ErrorKind::AlreadyExists,
+            _ => ErrorKind::Rejected,
+        }
+    }
+}
+
+impl Aggregate for BankAccount {
+    const STREAM_TYPE: &'static str = "account";
+    type State = AccountState;
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn initial() -> AccountState {
+        AccountState::default()
+    }
+
+    fn decide(
+        state: &AccountState,
+        command: &AccountCommand,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
+        use AccountCommand as C;
+        match (state.status, command) {
+            (
+                AccountStatus::NotOpened,
+                C::Open {
+                    account_id,
+                    customer_id,
+                    currency,
+                },
+            ) => Ok(vec![AccountEvent::AccountOpened {
+                account_id: *account_id,
+                customer_id: *customer_id,
+                currency: *currency,
+            }]),
+            (AccountStatus::NotOpened, _) => Err(AccountError::NotFound),
+            (_, C::Open { .. }) => Err(AccountError::AlreadyExists),
+            (AccountStatus::Closed, _) => Err(AccountError::Closed),
+            (AccountStatus::Open, command) => decide_open(state, command),
+        }
+    }
+
+    fn evolve(mut state: AccountState, event: &AccountEvent) -> AccountState {
+        match event {
+            AccountEvent::AccountOpened {
+                account_id,
+                customer_id,
+                currency,
+            } => {
+                state.status = AccountStatus::Open;
+                state.account_id = Some(*account_id);
+                state.customer_id = Some(*customer_id);
+                state.currency = Some(*currency);
+            }
+            AccountEvent::MoneyDeposited { balance_after, .. }
+            | AccountEvent::MoneyWithdrawn { balance_after, .. } => {
+                state.balance = *balance_after;
+            }
+            AccountEvent::AccountCharged {
+                order_id,
+                amount,
+                balance_after,
+            } => {
+                state.balance = *balance_after;
+                state.charges.insert(
+                    *order_id,
+                    Charge {
+                        amount: *amount,
+                        refunded: false,
+                    },
+                );
+            }
+            AccountEvent::ChargeRefunded {
+                order_id,
+                amount,
+                balance_after,
+            } => {
+                state.balance = *balance_after;
+                state
+                    .charges
+                    .entry(*order_id)
+                    .and_modify(|c| c.refunded = true)
+                    .or_insert(Charge {
+                        amount: *amount,
+                        refunded: true,
+                    });
+            }
+            AccountEvent::AccountClosed => state.status = AccountStatus::Closed,
+        }
+        state
+    }
+}
+
+/// Decides a command other than `Open` on an open account.
+fn decide_open(
+    state: &AccountState,
+    command: &AccountCommand,
+) -> Result<Vec<AccountEvent>, AccountError> {
+    match command {
+        AccountCommand::Open { .. } => Err(AccountError::AlreadyExists),
+        AccountCommand::Deposit { amount } => {
+            let balance_after = state
+                .balance
+                .checked_add(amount.money())
+                .ok_or(AccountError::BalanceOverflow)?;
+            Ok(vec![AccountEvent::MoneyDeposited {
+                amount: *amount,
+                balance_after,
+            }])
+        }
+        AccountCommand::Withdraw { amount } => {
+            let balance_after = debit(state, *amount)?;
+            Ok(vec![AccountEvent::MoneyWithdrawn {
+                amount: *amount,
+                balance_after,
+            }])
+        }
+        AccountCommand::Charge {
+            order_id,
+            customer_id,
+            currency,
+            amount,
+        } => {
+            if state.customer_id != Some(*customer_id) {
+                return Err(AccountError::CustomerMismatch);
+            }
+            if let Some(account) = state.currency.filter(|c| c != currency) {
+                return Err(AccountError::CurrencyMismatch {
+                    account,
+                    requested: *currency,
+                });
+            }
+            if state.charges.contains_key(order_id) {
+                return Ok(vec![]);
+            }
+            let balance_after = debit(state, *amount)?;
+            Ok(vec![AccountEvent::AccountCharged {
+                order_id: *order_id,
+                amount: *amount,
+                balance_after,
+            }])
+        }
+        AccountCommand::Refund { order_id } => {
+            let charge = state
+                .charges
+                .get(order_id)
+                .ok_or(AccountError::ChargeNotFound {
+                    order_id: *order_id,
+                })?;
+            if charge.refunded {
+                return Ok(vec![]);
+            }
+            let balance_after = state
+                .balance
+                .checked_add(charge.amount.money())
+                .ok_or(AccountError::BalanceOverflow)?;
+            Ok(vec![AccountEvent::ChargeRefunded {
+                order_id: *order_id,
+                amount: charge.amount,
+                balance_after,
+            }])
+        }
+        AccountCommand::Close => {
+            if !state.balance.is_zero() {
+                return Err(AccountError::NotEmpty {
+                    balance: state.balance,
+                });
+            }
+            Ok(vec![AccountEvent::AccountClosed])
+        }
+    }
+}
+
+fn debit(state: &AccountState, amount: Amount) -> Result<Money, AccountError> {
+    state
+        .balance
+        .checked_sub(amount.money())
+        .ok_or(AccountError::InsufficientFunds {
+            balance: state.balance,
+            requested: amount,
+        })
+}

@@ -1,0 +1,300 @@
+//! Stock of one SKU: create, restock, reserve for an order, release that
+//! reservation, commit it when the order ships.
+//!
+//! Rules: always `0 <= reserved <= on_hand`, and `reserved` is the sum of the
+//! open reservations; an order reserves at most once (reserving again, even
+//! after a release or a commit, appends nothing); releasing an unknown,
+//! released or committed reservation appends nothing; a commit drops both
+//! `on_hand` and `reserved` by the reserved quantity.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::codec;
+use crate::values::{validate_text, OrderId, Quantity, Sku, ValueError};
+use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
+
+/// The inventory aggregate, one per SKU. Stream id: `inventory-{sku}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inventory;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventoryCommand {
+    /// `name` is 1..=200 characters and not blank (`invalid_name` otherwise).
+    Create {
+        sku: Sku,
+        name: String,
+        quantity: Quantity,
+    },
+    Restock {
+        quantity: Quantity,
+    },
+    Reserve {
+        order_id: OrderId,
+        quantity: Quantity,
+    },
+    Release {
+        order_id: OrderId,
+    },
+    Commit {
+        order_id: OrderId,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type")]
+pub enum InventoryEvent {
+    ItemCreated {
+        sku: Sku,
+        name: String,
+        quantity: Quantity,
+    },
+    ItemRestocked {
+        quantity: Quantity,
+    },
+    StockReserved {
+        order_id: OrderId,
+        quantity: Quantity,
+    },
+    ReservationReleased {
+        order_id: OrderId,
+        quantity: Quantity,
+    },
+    ReservationCommitted {
+        order_id: OrderId,
+        quantity: Quantity,
+    },
+}
+
+impl InventoryEvent {
+    /// Every event type name, in declaration order.
+    pub const EVENT_TYPES: &'static [&'static str] = &[
+        "ItemCreated",
+        "ItemRestocked",
+        "StockReserved",
+        "ReservationReleased",
+        "ReservationCommitted",
+    ];
+}
+
+impl DomainEvent for InventoryEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            InventoryEvent::ItemCreated { .. } => "ItemCreated",
+            InventoryEvent::ItemRestocked { .. } => "ItemRestocked",
+            InventoryEvent::StockReserved { .. } => "StockReserved",
+            InventoryEvent::ReservationReleased { .. } => "ReservationReleased",
+            InventoryEvent::ReservationCommitted { .. } => "ReservationCommitted",
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn to_payload(&self) -> Value {
+        codec::to_payload(self)
+    }
+
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: Value,
+    ) -> Result<Self, DecodeError> {
+        if schema_version != 1 || !Self::EVENT_TYPES.contains(&event_type) {
+            return Err(codec::unknown(event_type, schema_version));
+        }
+        codec::from_payload(event_type, payload)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InventoryState {
+    pub exists: bool,
+    pub sku: Option<Sku>,
+    pub name: Option<String>,
+    pub on_hand: u64,
+    pub reserved: u64,
+    /// Open reservations: order -> quantity.
+    pub reservations: BTreeMap<OrderId, Quantity>,
+    /// Orders whose reservation was committed (shipped).
+    pub committed: BTreeSet<OrderId>,
+    /// Orders whose reservation was released.
+    pub released: BTreeSet<OrderId>,
+}
+
+impl InventoryState {
+    /// The largest `on_hand` (it must fit the API's `i64`).
+    pub const MAX_ON_HAND: u64 = i64::MAX as u64;
+
+    /// `on_hand - reserved`.
+    pub fn available(&self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Whether `order_id` ever reserved here (open, released or committed).
+    pub fn has_seen(&self, order_id: &OrderId) -> bool {
+        self.reservations.contains_key(order_id)
+            || self.committed.contains(order_id)
+            || self.released.contains(order_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error("item not found")]
+    NotFound,
+    #[error("item already exists")]
+    AlreadyExists,
+    #[error("insufficient stock: {available} available, {requested} requested")]
+    InsufficientStock { available: u64, requested: Quantity },
+    #[error("no reservation for order {order_id}")]
+    ReservationNotFound { order_id: OrderId },
+    #[error("stock would exceed {max}", max = InventoryState::MAX_ON_HAND)]
+    StockOverflow,
+    #[error("invalid name: {0}")]
+    InvalidName(ValueError),
+}
+
+impl DomainError for InventoryError {
+    fn code(&self) -> &'static str {
+        match self {
+            InventoryError::NotFound => "item_not_found",
+            InventoryError::AlreadyExists => "item_already_exists",
+            InventoryError::InsufficientStock { .. } => "insufficient_stock",
+            InventoryError::ReservationNotFound { .. } => "reservation_not_found",
+            InventoryError::StockOverflow => "stock_overflow",
+            InventoryError::InvalidName(_) => "invalid_name",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            InventoryError::NotFound => ErrorKind::NotFound,
+            InventoryError::AlreadyExists => ErrorKind::AlreadyExists,
+            _ => ErrorKind::Rejected,
+        }
+    }
+}
+
+impl Aggregate for Inventory {
+    const STREAM_TYPE: &'static str = "inventory";
+    type State = InventoryState;
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = InventoryError;
+
+    fn initial() -> InventoryState {
+        InventoryState::default()
+    }
+
+    fn decide(
+        state: &InventoryState,
+        command: &InventoryCommand,
+    ) -> Result<Vec<InventoryEvent>, InventoryError> {
+        use InventoryCommand as C;
+        if let C::Create {
+            sku,
+            name,
+            quantity,
+        } = command
+        {
+            if state.exists {
+                return Err(InventoryError::AlreadyExists);
+            }
+            validate_text("name", name).map_err(InventoryError::InvalidName)?;
+            return Ok(vec![InventoryEvent::ItemCreated {
+                sku: sku.clone(),
+                name: name.clone(),
+                quantity: *quantity,
+            }]);
+        }
+        if !state.exists {
+            return Err(InventoryError::NotFound);
+        }
+        match command {
+            C::Create { .. } => Err(InventoryError::AlreadyExists),
+            C::Restock { quantity } => {
+                state
+                    .on_hand
+                    .checked_add(u64::from(*quantity))
+                    .filter(|v| *v <= InventoryState::MAX_ON_HAND)
+                    .ok_or(InventoryError::StockOverflow)?;
+                Ok(vec![InventoryEvent::ItemRestocked {
+                    quantity: *quantity,
+                }])
+            }
+            C::Reserve { order_id, quantity } => {
+                if state.has_seen(order_id) {
+                    return Ok(vec![]);
+                }
+                let available = state.available();
+                if available < u64::from(*quantity) {
+                    return Err(InventoryError::InsufficientStock {
+                        available,
+                        requested: *quantity,
+                    });
+                }
+                Ok(vec![InventoryEvent::StockReserved {
+                    order_id: *order_id,
+                    quantity: *quantity,
+                }])
+            }
+            C::Release { order_id } => Ok(state
+                .reservations
+                .get(order_id)
+                .map(|quantity| InventoryEvent::ReservationReleased {
+                    order_id: *order_id,
+                    quantity: *quantity,
+                })
+                .into_iter()
+                .collect()),
+            C::Commit { order_id } => match state.reservations.get(order_id) {
+                Some(quantity) => Ok(vec![InventoryEvent::ReservationCommitted {
+                    order_id: *order_id,
+                    quantity: *quantity,
+                }]),
+                None if state.committed.contains(order_id) => Ok(vec![]),
+                None => Err(InventoryError::ReservationNotFound {
+                    order_id: *order_id,
+                }),
+            },
+        }
+    }
+
+    fn evolve(mut state: InventoryState, event: &InventoryEvent) -> InventoryState {
+        match event {
+            InventoryEvent::ItemCreated {
+                sku,
+                name,
+                quantity,
+            } => {
+                state.exists = true;
+                state.sku = Some(sku.clone());
+                state.name = Some(name.clone());
+                state.on_hand = u64::from(*quantity);
+            }
+            InventoryEvent::ItemRestocked { quantity } => {
+                state.on_hand = state.on_hand.saturating_add(u64::from(*quantity));
+            }
+            InventoryEvent::StockReserved { order_id, quantity } => {
+                state.reserved = state.reserved.saturating_add(u64::from(*quantity));
+                state.reservations.insert(*order_id, *quantity);
+            }
+            InventoryEvent::ReservationReleased { order_id, quantity } => {
+                state.reserved = state.reserved.saturating_sub(u64::from(*quantity));
+                state.reservations.remove(order_id);
+                state.released.insert(*order_id);
+            }
+            InventoryEvent::ReservationCommitted { order_id, quantity } => {
+                state.on_hand = state.on_hand.saturating_sub(u64::from(*quantity));
+                state.reserved = state.reserved.saturating_sub(u64::from(*quantity));
+                state.reservations.remove(order_id);
+                state.committed.insert(*order_id);
+            }
+        }
+        state
+    }
+}
