@@ -318,7 +318,7 @@ fn ascii_str(bytes: &[u8]) -> &str {
 }
 
 /// An ISO 4217 currency code: exactly 3 ASCII uppercase letters (`EUR`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Currency([u8; 3]);
 
@@ -364,6 +364,12 @@ impl From<Currency> for String {
     }
 }
 
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Currency").field(&self.as_str()).finish()
+    }
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -373,7 +379,7 @@ impl fmt::Display for Currency {
 /// An ISO 3166-1 alpha-2 country code: exactly 2 ASCII uppercase letters.
 /// `XX` (user-assigned, never a real country) is accepted here; the carrier
 /// refuses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CountryCode([u8; 2]);
 
@@ -413,6 +419,12 @@ impl FromStr for CountryCode {
 impl From<CountryCode> for String {
     fn from(value: CountryCode) -> Self {
         value.as_str().to_owned()
+    }
+}
+
+impl fmt::Debug for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CountryCode").field(&self.as_str()).finish()
     }
 }
 

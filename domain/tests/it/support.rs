@@ -1,0 +1,186 @@
+//! A tiny given/when/then harness (in the manner of cqrs-es's
+//! `TestFramework`) and checks shared by the property tests.
+
+use std::fmt::Debug;
+
+use domain::{Aggregate, DomainError, DomainEvent, ErrorKind};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+/// Starts a scenario from the state that folding `events` gives.
+pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    let events: Vec<A::Event> = events.into_iter().collect();
+    Given {
+        state: A::fold(A::initial(), &events),
+    }
+}
+
+/// Starts a scenario from an explicit state (one no short event history
+/// reaches, e.g. a balance next to `i64::MAX`).
+pub fn given_state<A: Aggregate>(state: A::State) -> Given<A> {
+    Given { state }
+}
+
+pub struct Given<A: Aggregate> {
+    state: A::State,
+}
+
+impl<A: Aggregate> Given<A> {
+    pub fn when(self, command: A::Command) -> Then<A> {
+        let result = A::decide(&self.state, &command);
+        Then {
+            state: self.state,
+            command,
+            result,
+        }
+    }
+}
+
+pub struct Then<A: Aggregate> {
+    state: A::State,
+    command: A::Command,
+    result: Result<Vec<A::Event>, A::Error>,
+}
+
+impl<A: Aggregate> Then<A>
+where
+    A::Error: Debug,
+{
+    /// Asserts the command was accepted with exactly `expected`, and returns
+    /// the state after them.
+    #[track_caller]
+    pub fn then(self, expected: impl IntoIterator<Item = A::Event>) -> A::State {
+        let expected: Vec<A::Event> = expected.into_iter().collect();
+        match self.result {
+            Ok(events) => {
+                assert_eq!(events, expected, "events for {:?}", self.command);
+                for event in &events {
+                    assert_round_trips(event);
+                }
+                A::fold(self.state, &events)
+            }
+            Err(error) => panic!(
+                "{:?} was refused with {} ({error}), expected {expected:?}",
+                self.command,
+                error.code()
+            ),
+        }
+    }
+
+    /// Asserts the command was accepted and appended nothing (idempotent).
+    #[track_caller]
+    pub fn then_nothing(self) {
+        self.then([]);
+    }
+
+    /// Asserts the command was refused with `code` and returns the error.
+    #[track_caller]
+    pub fn then_error(self, code: &str) -> A::Error {
+        match self.result {
+            Ok(events) => panic!(
+                "{:?} was accepted with {events:?}, expected error {code}",
+                self.command
+            ),
+            Err(error) => {
+                assert_eq!(error.code(), code, "error for {:?}: {error}", self.command);
+                error
+            }
+        }
+    }
+
+    /// Asserts the refusal's code and its kind.
+    #[track_caller]
+    pub fn then_error_kind(self, code: &str, kind: ErrorKind) -> A::Error {
+        let error = self.then_error(code);
+        assert_eq!(error.kind(), kind, "kind of {code}");
+        error
+    }
+}
+
+/// The event survives the stored form: payload JSON text, type name and
+/// schema version back to the same event.
+#[track_caller]
+pub fn assert_round_trips<E: DomainEvent>(event: &E) {
+    let payload = event.to_payload();
+    assert!(
+        payload.is_object(),
+        "payload of {event:?} is not an object: {payload}"
+    );
+    assert!(
+        payload.get("event_type").is_none(),
+        "payload of {event:?} leaks the tag: {payload}"
+    );
+    let text = serde_json::to_string(&payload).expect("payload serialises");
+    let reparsed: serde_json::Value = serde_json::from_str(&text).expect("payload parses");
+    let decoded = E::from_stored(event.event_type(), event.schema_version(), reparsed)
+        .unwrap_or_else(|e| panic!("{event:?} does not decode from {text}: {e}"));
+    assert_eq!(&decoded, event);
+}
+
+/// Every aggregate state serialises (snapshots) and comes back equal.
+#[track_caller]
+pub fn assert_state_round_trips<A: Aggregate>(state: &A::State) {
+    let text = serde_json::to_string(state).expect("state serialises");
+    let back: A::State = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("state does not deserialise from {text}: {e}"));
+    assert_eq!(&back, state);
+}
+
+/// Decodes the events from their stored form and folds them from `initial`.
+pub fn refold_from_stored<A: Aggregate>(events: &[A::Event]) -> A::State {
+    let decoded: Vec<A::Event> = events
+        .iter()
+        .map(|e| {
+            A::Event::from_stored(e.event_type(), e.schema_version(), e.to_payload())
+                .unwrap_or_else(|err| panic!("{e:?} does not decode: {err}"))
+        })
+        .collect();
+    A::fold(A::initial(), &decoded)
+}
+
+/// What the reference model expects of one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Accepted, appending events.
+    Accepted,
+    /// Accepted, appending nothing (idempotent repeat).
+    Nothing,
+    /// Refused with this code.
+    Refused(&'static str),
+}
+
+impl Expect {
+    pub fn of<E, Err: DomainError>(result: &Result<Vec<E>, Err>) -> Expect {
+        match result {
+            Ok(events) if events.is_empty() => Expect::Nothing,
+            Ok(_) => Expect::Accepted,
+            Err(error) => Expect::Refused(error.code()),
+        }
+    }
+}
+
+/// Moderate settings: the suite runs on 2 shared cores.
+pub fn proptest_config() -> Config {
+    Config {
+        cases: 256,
+        ..Config::default()
+    }
+}
+
+/// Positive amounts: small ones that interact, and extremes next to
+/// `i64::MAX` that overflow.
+pub fn positive_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        6 => 1..=1_000i64,
+        2 => (i64::MAX - 1_000)..=i64::MAX,
+        1 => i64::MAX / 2 - 10..=i64::MAX / 2 + 10,
+        1 => 1..=i64::MAX,
+    ]
+}
+
+/// A uuid from a pool of `n`, so that commands collide on purpose.
+pub fn pooled_uuid(n: u8) -> impl Strategy<Value = uuid::Uuid> {
+    (0..n).prop_map(|i| {
+        uuid::Uuid::from_u128(0x0191_d0c2_7a3e_7cc1_9a41_0000_0000_0000 + u128::from(i))
+    })
+}
