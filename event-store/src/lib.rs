@@ -1,1 +1,33 @@
-//! The event store.
+//! Purser's PostgreSQL event store.
+//!
+//! - [`EventStore::append`]: atomic, contiguous per-stream versions,
+//!   optimistic concurrency ([`ExpectedVersion`], [`Error::Conflict`]) with
+//!   `UNIQUE (stream_id, version)` underneath; one SQL statement.
+//! - [`EventStore::read_stream`], and [`EventStore::read_all`] in the global
+//!   `(transaction_id, position)` order that never skips an event committed
+//!   late by a concurrent transaction (DESIGN.md point 3).
+//! - [`Repository`]: load (optionally from a snapshot), decide, append;
+//!   re-decide on conflict; idempotency records in the same transaction as
+//!   the events.
+//! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
+//!   polling as fallback, and persisted [`Checkpoint`]s.
+//!
+//! The tables are in the `event_store` schema (crate `migrations`).
+
+mod error;
+mod notify;
+mod repository;
+mod store;
+mod subscription;
+mod types;
+
+pub use error::{Error, Result};
+pub use notify::CHANNEL as NOTIFY_CHANNEL;
+pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
+pub use store::EventStore;
+pub use subscription::Subscription;
+pub(crate) use types::check_fingerprint;
+pub use types::{
+    Appended, Checkpoint, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, RecordedEvent,
+    StoredResponse, StreamId,
+};

@@ -39,11 +39,13 @@ CREATE TABLE event_store.idempotency (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- Optional snapshots of long streams: the folded state at `version`.
+-- Optional snapshots of long streams: the folded state at `version`, whose
+-- event was written at `position`.
 CREATE TABLE event_store.snapshots (
     stream_id    text        PRIMARY KEY,
     stream_type  text        NOT NULL,
     version      bigint      NOT NULL CHECK (version >= 1),
+    position     bigint      NOT NULL,
     state        jsonb       NOT NULL,
     taken_at     timestamptz NOT NULL DEFAULT now()
 );

@@ -1,0 +1,53 @@
+use uuid::Uuid;
+
+use crate::ExpectedVersion;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the event store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stream was not at the expected version; nothing was written.
+    #[error("version conflict on {stream}: expected {expected}, actual {actual}")]
+    Conflict {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// An idempotency key came back with a different request fingerprint.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    /// An append with an event id that is already stored; nothing was written.
+    #[error("event {0} is already stored")]
+    DuplicateEventId(Uuid),
+    /// `append` was called without events.
+    #[error("an append needs at least one event")]
+    NoEvents,
+    #[error("cannot decode stored event: {0}")]
+    Decode(#[from] domain::DecodeError),
+    /// Stored JSON (metadata, a snapshot) does not have the expected shape.
+    #[error("cannot decode stored {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// Whether a retry of the same operation may succeed (database trouble,
+    /// as opposed to a conflict or a decoding error).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}

@@ -1,0 +1,409 @@
+use std::sync::Arc;
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, PgPool, Row};
+use uuid::Uuid;
+
+use crate::notify::Notifier;
+use crate::{
+    check_fingerprint, Appended, Checkpoint, Error, ExpectedVersion, IdempotencyKey, Metadata,
+    NewEvent, RecordedEvent, Result, StoredResponse, StreamId, Subscription,
+};
+
+/// Columns of `event_store.events` in the order [`decode_row`] reads them.
+/// `xid8` has no direct binary mapping in sqlx; it travels as text.
+const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transaction_id, \
+     stream_type, stream_id, version, event_id, event_type, schema_version, payload, \
+     metadata, recorded_at";
+
+/// One statement, so an append without idempotency record needs no explicit
+/// transaction: it reads the stream's current version, checks the
+/// expectation, and inserts all events with contiguous versions, or none.
+/// The version read and the transaction id (assigned at the first insert)
+/// both come after the statement's snapshot, which is what keeps per-stream
+/// order inside the global `(transaction_id, position)` order.
+const APPEND: &str = "\
+WITH current AS (
+    SELECT coalesce(max(version), 0) AS version
+    FROM event_store.events WHERE stream_id = $1
+), inserted AS (
+    INSERT INTO event_store.events
+        (event_id, stream_type, stream_id, version, event_type, schema_version, payload, metadata)
+    SELECT e.event_id, $2, $1, current.version + e.n, e.event_type, e.schema_version, e.payload, $3
+    FROM current,
+         unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[])
+             WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, n)
+    WHERE $8::bigint < 0 OR current.version = $8::bigint
+    RETURNING position, version
+)
+SELECT (SELECT version FROM current) AS current_version,
+       max(position) AS position,
+       max(version) AS version
+FROM inserted";
+
+/// How often an append with [`ExpectedVersion::Any`] retries a lost race.
+const ANY_ATTEMPTS: u32 = 10;
+
+const EVENTS_STREAM_VERSION_KEY: &str = "events_stream_version_key";
+const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
+
+/// The PostgreSQL event store. Cheap to clone (a pool and a notifier).
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    notifier: Arc<Notifier>,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        EventStore {
+            pool,
+            notifier: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `events` to `stream` atomically, with contiguous versions,
+    /// if the stream is at the `expected` version; otherwise writes nothing
+    /// and returns [`Error::Conflict`] with the actual version.
+    #[tracing::instrument(skip_all, fields(stream = %stream, expected = %expected, events = events.len()), err)]
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        metadata: &Metadata,
+    ) -> Result<Appended> {
+        let mut attempt = 1;
+        let appended = loop {
+            match append_on(&self.pool, stream, expected, events, metadata).await? {
+                Ok(appended) => break appended,
+                // `Any` lost a race for the next version: there is no
+                // expectation to fail, so try again after the new last event.
+                Err(Rejection::LostRace)
+                    if expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(rejection) => {
+                    return Err(rejection
+                        .into_error(&self.pool, stream, expected, events)
+                        .await)
+                }
+            }
+        };
+        self.notify_appended();
+        Ok(appended)
+    }
+
+    /// Events of `stream` with version >= `from_version`, in version order
+    /// (versions start at 1).
+    #[tracing::instrument(skip_all, fields(stream = %stream, from_version), err)]
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let from = i64::try_from(from_version).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM event_store.events \
+             WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+        ))
+        .bind(stream.as_str())
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Up to `limit` events after `after`, in `(transaction_id, position)`
+    /// order, taking only events whose writing transaction is older than
+    /// every transaction still in flight.
+    ///
+    /// Why this never skips an event (DESIGN.md point 3): every transaction
+    /// with an id below the snapshot's xmin has finished, so no event can
+    /// appear later with a `(transaction_id, position)` below one returned
+    /// here; a transaction still open, or one that commits later, has an id
+    /// at or above xmin and sorts after everything returned. Ordering by
+    /// position alone would not do: an older transaction can hold a higher
+    /// position and commit first. Per-stream order is preserved because an
+    /// append's transaction id is assigned after it read the stream's
+    /// version, so version n+1 always has a larger transaction id than n.
+    #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
+    pub async fn read_all(&self, after: Checkpoint, limit: i64) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM event_store.events \
+             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY transaction_id, position \
+             LIMIT $3"
+        ))
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Whether any committed event sorts after `after`, visible to
+    /// [`EventStore::read_all`] or not yet (behind an older transaction
+    /// still in flight).
+    pub(crate) async fn has_events_after(&self, after: Checkpoint) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event_store.events \
+             WHERE (transaction_id, position) > ($1::text::xid8, $2))",
+        )
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Largest position written so far (0 if empty). Events below it may
+    /// still be invisible to [`EventStore::read_all`] (in-flight).
+    #[tracing::instrument(skip_all, err)]
+    pub async fn head_position(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_store.events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The response stored under `key`: `Ok(None)` for an unknown key,
+    /// [`Error::IdempotencyKeyReused`] when the fingerprint differs.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn find_response(&self, key: &IdempotencyKey) -> Result<Option<StoredResponse>> {
+        find_response_on(&self.pool, key).await
+    }
+
+    /// A subscription to [`EventStore::read_all`] starting after `from`.
+    pub fn subscribe(&self, from: Checkpoint) -> Subscription {
+        Subscription::new(self.clone(), from)
+    }
+
+    /// The checkpoint saved under `name`, or [`Checkpoint::START`].
+    #[tracing::instrument(skip(self), err)]
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Checkpoint> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text::bigint, position \
+             FROM event_store.checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map_or(Checkpoint::START, |(transaction_id, position)| Checkpoint {
+                transaction_id: u64::try_from(transaction_id).unwrap_or_default(),
+                position,
+            }),
+        )
+    }
+
+    /// Saves `checkpoint` under `name` (overwriting).
+    #[tracing::instrument(skip(self), err)]
+    pub async fn save_checkpoint(&self, name: &str, checkpoint: Checkpoint) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO event_store.checkpoints (name, transaction_id, position) \
+             VALUES ($1, $2::text::xid8, $3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET transaction_id = excluded.transaction_id, position = excluded.position, \
+                 updated_at = now()",
+        )
+        .bind(name)
+        .bind(checkpoint.transaction_id.to_string())
+        .bind(checkpoint.position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Wakes subscribers (see the `notify` module); after every commit
+    /// that wrote events.
+    pub(crate) fn notify_appended(&self) {
+        self.notifier.poke(&self.pool);
+    }
+}
+
+/// Why [`append_on`] wrote nothing, before [`Rejection::into_error`]
+/// re-reads what the error reports.
+#[derive(Debug)]
+pub(crate) enum Rejection {
+    /// The stream was not at the expected version.
+    Expectation { actual: u64 },
+    /// A concurrent append took one of the versions (unique violation).
+    LostRace,
+    /// One of the event ids is already stored.
+    DuplicateEventId,
+}
+
+impl Rejection {
+    /// The error to report. Reads through `pool`, so call it after the
+    /// failed append's transaction is gone (it is aborted anyway). After a
+    /// unique violation the conflicting transaction has committed (Postgres
+    /// raises it only then), so the re-read sees the winner.
+    pub(crate) async fn into_error(
+        self,
+        pool: &PgPool,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Error {
+        let conflict = |actual| Error::Conflict {
+            stream: stream.to_string(),
+            expected,
+            actual,
+        };
+        match self {
+            Rejection::Expectation { actual } => conflict(actual),
+            Rejection::LostRace => match current_version(pool, stream).await {
+                Ok(actual) => conflict(actual),
+                Err(e) => e,
+            },
+            Rejection::DuplicateEventId => {
+                let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                match existing_event_id(pool, &ids).await {
+                    Ok(existing) => Error::DuplicateEventId(existing.unwrap_or(ids[0])),
+                    Err(e) => e,
+                }
+            }
+        }
+    }
+}
+
+/// The append statement ([`APPEND`]) on any executor: the pool (autocommit)
+/// or an open transaction, where it must be the transaction's first write.
+pub(crate) async fn append_on<'e>(
+    executor: impl PgExecutor<'e>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+    metadata: &Metadata,
+) -> Result<Result<Appended, Rejection>> {
+    if events.is_empty() {
+        return Err(Error::NoEvents);
+    }
+    let metadata = serde_json::to_value(metadata).map_err(|source| Error::Json {
+        what: "metadata",
+        source,
+    })?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let schema_versions: Vec<i32> = events
+        .iter()
+        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+        .collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+
+    let result = sqlx::query(APPEND)
+        .bind(stream.as_str())
+        .bind(stream.stream_type())
+        .bind(&metadata)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(expected.to_sql())
+        .fetch_one(executor)
+        .await;
+    let row = match result {
+        Ok(row) => row,
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_STREAM_VERSION_KEY) => {
+            return Ok(Err(Rejection::LostRace));
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_EVENT_ID_KEY) => {
+            return Ok(Err(Rejection::DuplicateEventId));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let current: i64 = row.try_get("current_version")?;
+    let position: Option<i64> = row.try_get("position")?;
+    let version: Option<i64> = row.try_get("version")?;
+    Ok(match (position, version) {
+        (Some(position), Some(version)) => Ok(Appended {
+            version: to_u64(version),
+            position,
+        }),
+        // The expectation failed: nothing was inserted.
+        _ => Err(Rejection::Expectation {
+            actual: to_u64(current),
+        }),
+    })
+}
+
+pub(crate) async fn current_version<'e>(
+    executor: impl PgExecutor<'e>,
+    stream: &StreamId,
+) -> Result<u64> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(version), 0) FROM event_store.events WHERE stream_id = $1",
+    )
+    .bind(stream.as_str())
+    .fetch_one(executor)
+    .await?;
+    Ok(to_u64(version))
+}
+
+async fn existing_event_id<'e>(
+    executor: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT event_id FROM event_store.events WHERE event_id = ANY($1) LIMIT 1",
+    )
+    .bind(ids)
+    .fetch_optional(executor)
+    .await?)
+}
+
+pub(crate) async fn find_response_on<'e>(
+    executor: impl PgExecutor<'e>,
+    key: &IdempotencyKey,
+) -> Result<Option<StoredResponse>> {
+    let row: Option<(String, i32, serde_json::Value)> = sqlx::query_as(
+        "SELECT fingerprint, status, body FROM event_store.idempotency WHERE key = $1",
+    )
+    .bind(&key.key)
+    .fetch_optional(executor)
+    .await?;
+    row.map(|(fingerprint, status, body)| {
+        let response = StoredResponse {
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        };
+        check_fingerprint(key, &fingerprint, response)
+    })
+    .transpose()
+}
+
+pub(crate) fn decode_row(row: &PgRow) -> Result<RecordedEvent> {
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let metadata: Metadata = serde_json::from_value(metadata).map_err(|source| Error::Json {
+        what: "metadata",
+        source,
+    })?;
+    let schema_version: i32 = row.try_get("schema_version")?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        transaction_id: to_u64(row.try_get("transaction_id")?),
+        stream_type: row.try_get("stream_type")?,
+        stream_id: row.try_get("stream_id")?,
+        version: to_u64(row.try_get("version")?),
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(schema_version).unwrap_or_default(),
+        payload: row.try_get("payload")?,
+        metadata,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// Versions, positions and transaction ids are non-negative by the schema's
+/// checks; a negative value cannot come back.
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}

@@ -1,0 +1,262 @@
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// What an append expects the stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Whatever it is: append after the current last event.
+    Any,
+    /// The stream has no event yet (version 0).
+    NoStream,
+    /// The stream's last event has exactly this version (0 = no stream).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The version the stream must be at, if any.
+    pub fn required(self) -> Option<u64> {
+        match self {
+            ExpectedVersion::Any => None,
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Exact(n) => Some(n),
+        }
+    }
+
+    /// Encoding for SQL: -1 = any, otherwise the required version
+    /// (saturated: an unreachable version simply never matches).
+    pub(crate) fn to_sql(self) -> i64 {
+        self.required()
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A stream's name: `"{stream_type}-{id}"`, e.g. `"account-0191..."`,
+/// `"inventory-LAPTOP-15"`. The id may itself contain `-`; the type is kept
+/// separately, so nothing is ever parsed back out of the joined form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    full: String,
+    type_len: usize,
+}
+
+impl StreamId {
+    pub fn new(stream_type: &str, id: impl fmt::Display) -> Self {
+        StreamId {
+            full: format!("{stream_type}-{id}"),
+            type_len: stream_type.len(),
+        }
+    }
+
+    /// The stream of aggregate `A` with this id.
+    pub fn of<A: domain::Aggregate>(id: impl fmt::Display) -> Self {
+        StreamId::new(A::STREAM_TYPE, id)
+    }
+
+    pub fn stream_type(&self) -> &str {
+        &self.full[..self.type_len]
+    }
+
+    /// The id, without the type prefix.
+    pub fn id(&self) -> &str {
+        &self.full[self.type_len + 1..]
+    }
+
+    /// `"{stream_type}-{id}"`, as stored in `events.stream_id`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// Stored with every event of an append.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    /// The persisted form of a domain event, with a fresh UUID v7 id.
+    pub fn from_domain<E: domain::DomainEvent>(event: &E) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload: event.to_payload(),
+        }
+    }
+}
+
+/// A place in the global read order, which is `(transaction_id, position)`
+/// (DESIGN.md point 3; see [`crate::EventStore::read_all`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct Checkpoint {
+    pub transaction_id: u64,
+    pub position: i64,
+}
+
+impl Checkpoint {
+    /// Before the first event.
+    pub const START: Checkpoint = Checkpoint {
+        transaction_id: 0,
+        position: 0,
+    };
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub transaction_id: u64,
+    pub stream_type: String,
+    /// The full `"{stream_type}-{id}"`.
+    pub stream_id: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: serde_json::Value,
+    pub metadata: Metadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Where a reader that has handled this event stands.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
+    }
+
+    /// The domain event, upcast from older schema versions by
+    /// [`domain::DomainEvent::from_stored`].
+    pub fn decode<E: domain::DomainEvent>(&self) -> Result<E> {
+        Ok(E::from_stored(
+            &self.event_type,
+            self.schema_version,
+            self.payload.clone(),
+        )?)
+    }
+}
+
+/// Result of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append.
+    pub version: u64,
+    /// Global position of the last event written.
+    pub position: i64,
+}
+
+/// What an idempotent command stored under its key (status + JSON body),
+/// replayed verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// An idempotency key with the fingerprint of the request that carried it
+/// (a hash of method, path and body, computed by the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// A stored response for a key, or the reason it cannot be replayed.
+pub(crate) fn check_fingerprint(
+    key: &IdempotencyKey,
+    stored_fingerprint: &str,
+    response: StoredResponse,
+) -> Result<StoredResponse> {
+    if stored_fingerprint == key.fingerprint {
+        Ok(response)
+    } else {
+        Err(Error::IdempotencyKeyReused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_id_keeps_type_and_id_apart() {
+        let s = StreamId::new("inventory", "LAPTOP-15");
+        assert_eq!(s.to_string(), "inventory-LAPTOP-15");
+        assert_eq!(s.stream_type(), "inventory");
+        assert_eq!(s.id(), "LAPTOP-15");
+        assert_eq!(s.as_str(), "inventory-LAPTOP-15");
+    }
+
+    #[test]
+    fn expected_version_displays_and_encodes() {
+        assert_eq!(ExpectedVersion::Any.to_string(), "any");
+        assert_eq!(ExpectedVersion::NoStream.to_string(), "no stream");
+        assert_eq!(ExpectedVersion::Exact(7).to_string(), "7");
+        assert_eq!(ExpectedVersion::Any.to_sql(), -1);
+        assert_eq!(ExpectedVersion::NoStream.to_sql(), 0);
+        assert_eq!(ExpectedVersion::Exact(3).to_sql(), 3);
+        assert_eq!(ExpectedVersion::Exact(u64::MAX).to_sql(), i64::MAX);
+    }
+
+    #[test]
+    fn checkpoints_order_by_transaction_then_position() {
+        let a = Checkpoint {
+            transaction_id: 5,
+            position: 100,
+        };
+        let b = Checkpoint {
+            transaction_id: 6,
+            position: 1,
+        };
+        assert!(Checkpoint::START < a && a < b);
+    }
+
+    #[test]
+    fn empty_metadata_serialises_to_an_empty_object() {
+        assert_eq!(
+            serde_json::to_value(Metadata::default()).expect("serialise"),
+            serde_json::json!({})
+        );
+        let m: Metadata = serde_json::from_value(serde_json::json!({"actor": "a"})).expect("parse");
+        assert_eq!(m.actor.as_deref(), Some("a"));
+    }
+}

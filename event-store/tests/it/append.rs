@@ -1,0 +1,300 @@
+use std::sync::Arc;
+
+use event_store::{Error, EventStore, ExpectedVersion, Metadata, NewEvent};
+use migrations::testing::TestDatabase;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Barrier;
+
+use crate::support::{added, event_count, metadata, new_counter_stream};
+
+#[tokio::test]
+async fn appends_get_contiguous_versions_and_read_back_in_order() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, stream) = new_counter_stream();
+
+    let first = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[added(1), added(2), added(3)],
+            &metadata("c-1"),
+        )
+        .await
+        .expect("first append");
+    assert_eq!(first.version, 3);
+    let second = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(3),
+            &[added(4), added(5)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("second append");
+    assert_eq!(second.version, 5);
+    assert!(second.position > first.position);
+    assert_eq!(store.head_position().await.expect("head"), second.position);
+
+    let events = store.read_stream(&stream, 1).await.expect("read");
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    let amounts: Vec<_> = events.iter().map(|e| e.payload["amount"].clone()).collect();
+    assert_eq!(amounts, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+    assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+    let first_event = &events[0];
+    assert_eq!(first_event.stream_id, stream.to_string());
+    assert_eq!(first_event.stream_type, "counter");
+    assert_eq!(first_event.event_type, "Added");
+    assert_eq!(first_event.schema_version, 2);
+    assert_eq!(first_event.metadata, metadata("c-1"));
+    assert_eq!(events[3].metadata, Metadata::default());
+    assert_eq!(events[2].position, first.position);
+    assert_eq!(events[4].position, second.position);
+
+    let tail = store.read_stream(&stream, 4).await.expect("read tail");
+    assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 5]);
+    assert!(store
+        .read_stream(&stream, 6)
+        .await
+        .expect("read past end")
+        .is_empty());
+
+    let any = store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            &[added(6)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("append any");
+    assert_eq!(any.version, 6);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_failed_expectation_is_a_conflict_with_the_actual_version() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, stream) = new_counter_stream();
+
+    let err = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            &[added(1)],
+            &Metadata::default(),
+        )
+        .await
+        .expect_err("stream is empty");
+    assert!(
+        matches!(&err, Error::Conflict { expected: ExpectedVersion::Exact(1), actual: 0, stream: s } if *s == stream.to_string()),
+        "{err:?}"
+    );
+
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[added(1), added(2)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("create stream");
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::Exact(3),
+    ] {
+        let err = store
+            .append(&stream, expected, &[added(9)], &Metadata::default())
+            .await
+            .expect_err("wrong expectation");
+        assert!(
+            matches!(err, Error::Conflict { expected: e, actual: 2, .. } if e == expected),
+            "{err:?}"
+        );
+    }
+    assert_eq!(store.read_stream(&stream, 1).await.expect("read").len(), 2);
+    assert!(matches!(
+        store
+            .append(&stream, ExpectedVersion::Any, &[], &Metadata::default())
+            .await,
+        Err(Error::NoEvents)
+    ));
+    db.drop().await;
+}
+
+/// 16 writers race for each version of one stream: exactly one wins each
+/// round, the others get a conflict and write nothing.
+#[tokio::test]
+async fn sixteen_concurrent_appenders_race_for_each_version() {
+    const WRITERS: usize = 16;
+    const ROUNDS: u64 = 6;
+    let db = TestDatabase::create().await;
+    // One connection per writer, so they really run at once.
+    let pool = PgPoolOptions::new()
+        .max_connections(WRITERS as u32)
+        .connect(&db.url)
+        .await
+        .expect("pool");
+    let store = EventStore::new(pool.clone());
+    let (_, stream) = new_counter_stream();
+
+    let mut winners = Vec::new();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let mut writers = Vec::new();
+        for writer in 0..WRITERS {
+            let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+            writers.push(tokio::spawn(async move {
+                let event = NewEvent::from_domain(&crate::support::CounterEvent::Added {
+                    amount: writer as i64,
+                });
+                let event_id = event.event_id;
+                barrier.wait().await;
+                let result = store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(round),
+                        &[event],
+                        &Metadata::default(),
+                    )
+                    .await;
+                (event_id, result)
+            }));
+        }
+        let mut won = Vec::new();
+        for writer in writers {
+            let (event_id, result) = writer.await.expect("writer task");
+            match result {
+                Ok(appended) => {
+                    assert_eq!(appended.version, round + 1);
+                    won.push(event_id);
+                }
+                Err(Error::Conflict {
+                    expected, actual, ..
+                }) => {
+                    assert_eq!(expected, ExpectedVersion::Exact(round));
+                    assert_eq!(actual, round + 1, "a loser sees the winner's version");
+                }
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: exactly one winner");
+        winners.push(won[0]);
+    }
+
+    let events = store.read_stream(&stream, 1).await.expect("read");
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=ROUNDS).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        winners
+    );
+    assert_eq!(
+        event_count(&store).await,
+        ROUNDS as i64,
+        "losers wrote nothing"
+    );
+    pool.close().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_multi_event_append_is_all_or_nothing() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, taken) = new_counter_stream();
+    let existing = added(1);
+    store
+        .append(
+            &taken,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&existing),
+            &Metadata::default(),
+        )
+        .await
+        .expect("first event");
+
+    // The third event of the batch reuses a stored event id: the whole
+    // batch fails, the first two included.
+    let (_, stream) = new_counter_stream();
+    let err = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[added(2), added(3), existing.clone(), added(4)],
+            &Metadata::default(),
+        )
+        .await
+        .expect_err("duplicate event id");
+    assert!(
+        matches!(err, Error::DuplicateEventId(id) if id == existing.event_id),
+        "{err:?}"
+    );
+    assert!(store
+        .read_stream(&stream, 1)
+        .await
+        .expect("read")
+        .is_empty());
+
+    // A batch against a stale version writes none of its events.
+    let err = store
+        .append(
+            &taken,
+            ExpectedVersion::NoStream,
+            &[added(5), added(6), added(7)],
+            &Metadata::default(),
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, Error::Conflict { actual: 1, .. }), "{err:?}");
+    assert_eq!(event_count(&store).await, 1);
+
+    // A batch whose later version is taken by a concurrent, uncommitted
+    // writer: it waits, then fails as a whole once the writer commits.
+    let mut writer = db.pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO event_store.events \
+         (event_id, stream_type, stream_id, version, event_type, schema_version, payload) \
+         VALUES ($1, 'counter', $2, 2, 'Added', 2, '{\"amount\": 100}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(taken.to_string())
+    .execute(&mut *writer)
+    .await
+    .expect("concurrent insert");
+    let racing = {
+        let (store, taken) = (store.clone(), taken.clone());
+        tokio::spawn(async move {
+            store
+                .append(
+                    &taken,
+                    ExpectedVersion::Exact(1),
+                    &[added(8), added(9)],
+                    &Metadata::default(),
+                )
+                .await
+        })
+    };
+    crate::support::wait_for_lock_waiter(&store).await;
+    writer.commit().await.expect("commit");
+    let err = racing.await.expect("task").expect_err("lost the race");
+    assert!(matches!(err, Error::Conflict { actual: 2, .. }), "{err:?}");
+    let events = store.read_stream(&taken, 1).await.expect("read");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.payload["amount"].clone())
+            .collect::<Vec<_>>(),
+        [json!(1), json!(100)]
+    );
+    db.drop().await;
+}

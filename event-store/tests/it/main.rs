@@ -1,0 +1,10 @@
+//! Integration tests of the event store against a real PostgreSQL, each test
+//! in its own database (`migrations::testing::TestDatabase`).
+
+mod append;
+mod idempotency;
+mod read_all;
+mod repository;
+mod subscription;
+mod support;
+mod upcasting;

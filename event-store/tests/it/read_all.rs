@@ -1,0 +1,222 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use event_store::{Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId};
+use migrations::testing::TestDatabase;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use crate::support::{added, new_counter_stream, Deadline};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Inserts one event in `tx`, as an append would; returns its position.
+async fn insert_in(tx: &mut sqlx::PgConnection, stream: &StreamId, amount: i64) -> (Uuid, i64) {
+    let event_id = Uuid::now_v7();
+    let position = sqlx::query_scalar(
+        "INSERT INTO event_store.events \
+         (event_id, stream_type, stream_id, version, event_type, schema_version, payload) \
+         VALUES ($1, $2, $3, 1, 'Added', 2, jsonb_build_object('amount', $4::bigint)) \
+         RETURNING position",
+    )
+    .bind(event_id)
+    .bind(stream.stream_type())
+    .bind(stream.to_string())
+    .bind(amount)
+    .fetch_one(tx)
+    .await
+    .expect("insert");
+    (event_id, position)
+}
+
+/// Reads from `after` until `count` events came (other tests' transactions
+/// on the same server can hold the horizon back for a moment).
+async fn read_until(store: &EventStore, after: Checkpoint, count: usize) -> Vec<RecordedEvent> {
+    let deadline = Deadline::after(DEADLINE, "events to become readable");
+    let mut seen = Vec::new();
+    let mut checkpoint = after;
+    loop {
+        let batch = store.read_all(checkpoint, 1000).await.expect("read_all");
+        if let Some(last) = batch.last() {
+            checkpoint = last.checkpoint();
+        }
+        seen.extend(batch);
+        if seen.len() >= count {
+            return seen;
+        }
+        deadline.tick().await;
+    }
+}
+
+/// DESIGN.md point 3: a transaction holds a lower position open while a
+/// later one commits a higher position. The reader delivers neither until
+/// the first commits, then both, in order, exactly once.
+#[tokio::test]
+async fn read_all_waits_for_a_lower_position_held_open_then_delivers_both_once() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, slow_stream) = new_counter_stream();
+    let (_, fast_stream) = new_counter_stream();
+
+    let mut slow = db.pool.begin().await.expect("begin");
+    let (slow_id, slow_position) = insert_in(&mut slow, &slow_stream, 1).await;
+    let fast = store
+        .append(
+            &fast_stream,
+            ExpectedVersion::NoStream,
+            &[added(2)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("append");
+    assert!(fast.position > slow_position);
+
+    // The committed event sorts after the open transaction: invisible.
+    let early = store
+        .read_all(Checkpoint::START, 100)
+        .await
+        .expect("read_all");
+    assert!(
+        early.is_empty(),
+        "delivered past an open transaction: {early:?}"
+    );
+    // Reading by position alone would have delivered it and moved past the
+    // slow event's position for good.
+
+    slow.commit().await.expect("commit");
+    let events = read_until(&store, Checkpoint::START, 2).await;
+    assert_eq!(
+        events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [slow_position, fast.position]
+    );
+    assert_eq!(events[0].event_id, slow_id);
+    assert!(events[0].checkpoint() < events[1].checkpoint());
+    let again = store
+        .read_all(events[1].checkpoint(), 100)
+        .await
+        .expect("read_all");
+    assert!(again.is_empty(), "delivered twice: {again:?}");
+    db.drop().await;
+}
+
+/// The converse: an older transaction (smaller id) writes a HIGHER position
+/// than a younger one that already committed. It is delivered first, and
+/// not skipped even though its position is above the other's.
+#[tokio::test]
+async fn an_older_transaction_committing_a_higher_position_is_not_skipped() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, old_stream) = new_counter_stream();
+    let (_, young_stream) = new_counter_stream();
+
+    let mut old = db.pool.begin().await.expect("begin");
+    let old_xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *old)
+        .await
+        .expect("xid");
+    let young = store
+        .append(
+            &young_stream,
+            ExpectedVersion::NoStream,
+            &[added(1)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("append");
+    let (_, old_position) = insert_in(&mut old, &old_stream, 2).await;
+    assert!(old_position > young.position);
+    assert!(store
+        .read_all(Checkpoint::START, 100)
+        .await
+        .expect("read")
+        .is_empty());
+
+    old.commit().await.expect("commit");
+    let events = read_until(&store, Checkpoint::START, 2).await;
+    assert_eq!(
+        events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [old_position, young.position],
+        "(transaction id, position) order"
+    );
+    assert_eq!(events[0].transaction_id, old_xid as u64);
+    db.drop().await;
+}
+
+/// Many writers append while a reader tails read_all in small batches: the
+/// reader sees every event exactly once, and each stream's in version order.
+#[tokio::test]
+async fn a_concurrent_tail_sees_every_event_once_in_stream_order() {
+    const WRITERS: usize = 8;
+    const APPENDS: usize = 40;
+    let db = TestDatabase::create().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(WRITERS as u32 + 1)
+        .connect(&db.url)
+        .await
+        .expect("pool");
+    let store = EventStore::new(pool.clone());
+    let streams: Vec<StreamId> = (0..3).map(|_| new_counter_stream().1).collect();
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let (store, streams) = (store.clone(), streams.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..APPENDS {
+                let stream = &streams[(writer + i) % streams.len()];
+                let batch = [added(1), added(2)];
+                store
+                    .append(
+                        stream,
+                        ExpectedVersion::Any,
+                        &batch[..1 + i % 2],
+                        &Metadata::default(),
+                    )
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    let expected_total: usize = WRITERS * (0..APPENDS).map(|i| 1 + i % 2).sum::<usize>();
+
+    let deadline = Deadline::after(Duration::from_secs(60), "the tail to see every event");
+    let mut seen: Vec<RecordedEvent> = Vec::new();
+    let mut checkpoint = Checkpoint::START;
+    while seen.len() < expected_total {
+        let batch = store.read_all(checkpoint, 7).await.expect("read_all");
+        match batch.last() {
+            Some(last) => {
+                assert!(last.checkpoint() > checkpoint);
+                checkpoint = last.checkpoint();
+            }
+            None => deadline.tick().await,
+        }
+        seen.extend(batch);
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+
+    assert_eq!(seen.len(), expected_total);
+    let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), expected_total, "no duplicates");
+    assert!(seen
+        .windows(2)
+        .all(|w| w[0].checkpoint() < w[1].checkpoint()));
+    let mut next_version: HashMap<&str, u64> = HashMap::new();
+    for event in &seen {
+        let next = next_version.entry(event.stream_id.as_str()).or_insert(1);
+        assert_eq!(
+            event.version, *next,
+            "stream {} out of order",
+            event.stream_id
+        );
+        *next += 1;
+    }
+    assert!(store
+        .read_all(checkpoint, 100)
+        .await
+        .expect("read")
+        .is_empty());
+    pool.close().await;
+    db.drop().await;
+}
