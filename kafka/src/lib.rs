@@ -1,1 +1,27 @@
-//! Relay from the event store to Kafka. Filled by the Kafka fan-out issue.
+//! Purser's Kafka side (DESIGN.md points 4 and 5).
+//!
+//! - [`ensure_topics`] creates one topic per stream type, `{prefix}.{stream_type}`.
+//! - [`Relay`] tails the event store gap-safely and publishes every event
+//!   (key = stream id, value = the [`event_store::RecordedEvent`] as JSON,
+//!   [`headers`]) with the idempotent producer, saving its checkpoint only
+//!   after the broker acknowledged.
+//! - [`EventConsumer`] is what projection workers and the saga read with:
+//!   a consumer group member with manual commits.
+//!
+//! This is the only crate that knows rdkafka.
+
+mod config;
+mod consumer;
+mod error;
+mod message;
+mod publisher;
+mod relay;
+mod topics;
+
+pub use config::{KafkaConfig, STREAM_TYPES};
+pub use consumer::EventConsumer;
+pub use error::{Error, Result};
+pub use message::{headers, Delivered};
+pub use publisher::{Acked, EventPublisher};
+pub use relay::{Relay, RelayOptions, RelayOutcome, CHECKPOINT_NAME};
+pub use topics::ensure_topics;

@@ -1,0 +1,241 @@
+//! Relay throughput against a bare producer of the same messages through the
+//! same broker, in one run (DESIGN.md "How the numbers are taken").
+//!
+//! `cargo bench -p kafka --bench relay`; needs Postgres at `DATABASE_URL` and a
+//! broker at `KAFKA_BROKERS`. `RELAY_BENCH_EVENTS` (default 50000),
+//! `RELAY_BENCH_ROUNDS` (default 3) and `RELAY_BATCH_SIZE` (default 1000)
+//! tune it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use event_store::{
+    Checkpoint, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
+};
+use kafka::{
+    ensure_topics, KafkaConfig, Relay, RelayOptions, RelayOutcome, CHECKPOINT_NAME, STREAM_TYPES,
+};
+use migrations::testing::TestDatabase;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use uuid::Uuid;
+
+const STREAMS: usize = 1000;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("bench-{}", Uuid::new_v4().simple()),
+        ..KafkaConfig::default()
+    }
+}
+
+/// `count` events over [`STREAMS`] account streams, appended in chunks.
+async fn fill(store: &EventStore, count: usize) {
+    let streams: Vec<StreamId> = (0..STREAMS)
+        .map(|_| StreamId::new("account", Uuid::new_v4()))
+        .collect();
+    let metadata = Metadata {
+        correlation_id: Some(Uuid::new_v4().to_string()),
+        causation_id: Some(Uuid::new_v4().to_string()),
+        actor: None,
+    };
+    let chunk = 50;
+    let mut written = 0;
+    let mut n = 0;
+    while written < count {
+        let size = chunk.min(count - written);
+        let events: Vec<NewEvent> = (0..size)
+            .map(|i| NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "MoneyDeposited".to_owned(),
+                schema_version: 1,
+                payload: serde_json::json!({ "amount": 100 + i, "balance_after": 1000 + i }),
+            })
+            .collect();
+        store
+            .append(
+                &streams[n % STREAMS],
+                ExpectedVersion::Any,
+                &events,
+                &metadata,
+            )
+            .await
+            .expect("append");
+        written += size;
+        n += 1;
+    }
+}
+
+/// The messages the relay would produce, built ahead of time.
+struct Prepared {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn prepare(config: &KafkaConfig, events: &[RecordedEvent]) -> Vec<Prepared> {
+    events
+        .iter()
+        .map(|e| {
+            let mut headers = vec![
+                ("event_id", e.event_id.to_string()),
+                ("event_type", e.event_type.clone()),
+                ("schema_version", e.schema_version.to_string()),
+                ("stream_version", e.version.to_string()),
+                ("position", e.position.to_string()),
+            ];
+            if let Some(id) = &e.metadata.correlation_id {
+                headers.push(("correlation_id", id.clone()));
+            }
+            if let Some(id) = &e.metadata.causation_id {
+                headers.push(("causation_id", id.clone()));
+            }
+            Prepared {
+                topic: config.topic(&e.stream_type),
+                key: e.stream_id.clone(),
+                payload: serde_json::to_vec(e).expect("encode"),
+                headers,
+            }
+        })
+        .collect()
+}
+
+/// A bare idempotent producer sending the prepared messages, awaiting every ack.
+async fn bare(config: &KafkaConfig, messages: &[Prepared]) -> Duration {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    for m in messages {
+        let headers = m
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(7), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                })
+            });
+        let mut record = FutureRecord::to(&m.topic)
+            .key(m.key.as_str())
+            .payload(&m.payload)
+            .headers(headers);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    let oldest = pending.pop_front().expect("a message in flight");
+                    oldest.await.expect("delivery").expect("acknowledged");
+                }
+                Err((error, _)) => panic!("produce: {error}"),
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await.expect("delivery").expect("acknowledged");
+    }
+    started.elapsed()
+}
+
+async fn relay(
+    store: &EventStore,
+    config: &KafkaConfig,
+    total: usize,
+    batch_size: u32,
+) -> Duration {
+    store
+        .save_checkpoint(CHECKPOINT_NAME, Checkpoint::START)
+        .await
+        .expect("reset checkpoint");
+    let options = RelayOptions {
+        batch_size,
+        idle_wait_ms: 100,
+        ..RelayOptions::default()
+    };
+    let mut relay = Relay::with_options(store.clone(), config.clone(), options).expect("relay");
+    let started = Instant::now();
+    let mut published = 0;
+    while published < total {
+        match relay.process_batch().await.expect("relay step") {
+            RelayOutcome::Published { events, .. } => published += events,
+            RelayOutcome::Idle => panic!("relay idle after {published} of {total} events"),
+        }
+    }
+    started.elapsed()
+}
+
+fn rate(events: usize, took: Duration) -> f64 {
+    events as f64 / took.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let events: usize = env_or("RELAY_BENCH_EVENTS", 50_000);
+    let rounds: usize = env_or("RELAY_BENCH_ROUNDS", 3);
+    let batch_size: u32 = env_or("RELAY_BATCH_SIZE", 1000);
+
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let filling = Instant::now();
+    fill(&store, events).await;
+    let stored = store
+        .read_all(Checkpoint::START, i64::MAX)
+        .await
+        .expect("read all");
+    assert_eq!(stored.len(), events);
+    println!(
+        "relay bench: {events} events over {STREAMS} streams appended in {:.1}s; batch size {batch_size}; {rounds} rounds",
+        filling.elapsed().as_secs_f64()
+    );
+
+    let mut best_bare: f64 = 0.0;
+    let mut best_relay: f64 = 0.0;
+    for round in 1..=rounds {
+        let bare_config = config();
+        ensure_topics(&bare_config, STREAM_TYPES)
+            .await
+            .expect("topics");
+        let messages = prepare(&bare_config, &stored);
+        let bare_rate = rate(events, bare(&bare_config, &messages).await);
+
+        let relay_config = config();
+        ensure_topics(&relay_config, STREAM_TYPES)
+            .await
+            .expect("topics");
+        let relay_rate = rate(
+            events,
+            relay(&store, &relay_config, events, batch_size).await,
+        );
+        println!(
+            "round {round}: bare producer {bare_rate:>9.0} events/s   relay {relay_rate:>9.0} events/s   relay/bare {:.0}%",
+            100.0 * relay_rate / bare_rate
+        );
+        best_bare = best_bare.max(bare_rate);
+        best_relay = best_relay.max(relay_rate);
+    }
+    println!(
+        "best:    bare producer {best_bare:>9.0} events/s   relay {best_relay:>9.0} events/s   relay/bare {:.0}%",
+        100.0 * best_relay / best_bare
+    );
+    db.drop().await;
+}

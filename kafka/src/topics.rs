@@ -1,0 +1,37 @@
+//! Topic creation at startup (Tansu, like many managed brokers, does not
+//! create topics on first use).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::{Error, KafkaConfig, Result};
+
+/// How long the broker may take to answer the create request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates `{prefix}.{stream_type}` for every stream type, with
+/// `config.partitions` partitions and replication 1. Topics that already exist
+/// are left as they are, so every process can call this at startup.
+#[tracing::instrument(skip_all, fields(brokers = %config.brokers, prefix = %config.topic_prefix), err)]
+pub async fn ensure_topics(config: &KafkaConfig, stream_types: &[&str]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
+    let names: Vec<String> = stream_types.iter().map(|t| config.topic(t)).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, partitions = config.partitions, "topic created"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(%topic, "topic exists")
+            }
+            Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}

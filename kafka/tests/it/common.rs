@@ -1,0 +1,179 @@
+//! Shared test support.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use kafka::{ensure_topics, Delivered, EventConsumer, KafkaConfig, STREAM_TYPES};
+use migrations::testing::TestDatabase;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use uuid::Uuid;
+
+/// How long any wait for the broker may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A configuration for the test broker with a fresh topic prefix.
+pub fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 2000,
+    }
+}
+
+/// A broker address where nothing listens.
+pub fn dead_broker() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let address = listener.local_addr().expect("local address");
+    drop(listener);
+    address.to_string()
+}
+
+/// Topics created, and a fresh database with its event store.
+pub async fn setup() -> (TestDatabase, EventStore, KafkaConfig) {
+    let config = kafka_config();
+    ensure_topics(&config, STREAM_TYPES)
+        .await
+        .expect("create topics");
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    (db, store, config)
+}
+
+/// Appends `count` events to `stream`, returning them as stored.
+pub async fn append(store: &EventStore, stream: &StreamId, count: usize) -> Vec<RecordedEvent> {
+    let events: Vec<NewEvent> = (0..count)
+        .map(|n| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "TestHappened".to_owned(),
+            schema_version: 1,
+            payload: serde_json::json!({ "n": n, "stream": stream.to_string() }),
+        })
+        .collect();
+    let metadata = Metadata {
+        correlation_id: Some(format!("corr-{}", Uuid::new_v4())),
+        causation_id: Some(format!("cause-{}", Uuid::new_v4())),
+        actor: None,
+    };
+    let appended = store
+        .append(stream, ExpectedVersion::Any, &events, &metadata)
+        .await
+        .expect("append");
+    let from = appended.version + 1 - count as u64;
+    store.read_stream(stream, from).await.expect("read back")
+}
+
+/// Every event in the store, in global order.
+pub async fn all_events(store: &EventStore) -> Vec<RecordedEvent> {
+    store
+        .read_all(event_store::Checkpoint::START, 1_000_000)
+        .await
+        .expect("read all")
+}
+
+/// A hand-made recorded event (for tests that need no database).
+pub fn recorded(stream_type: &str, id: &str, version: u64, position: i64) -> RecordedEvent {
+    RecordedEvent {
+        position,
+        transaction_id: 1000 + position as u64,
+        stream_type: stream_type.to_owned(),
+        stream_id: format!("{stream_type}-{id}"),
+        version,
+        event_id: Uuid::now_v7(),
+        event_type: "TestHappened".to_owned(),
+        schema_version: 1,
+        payload: serde_json::json!({ "version": version }),
+        metadata: Metadata {
+            correlation_id: Some(format!("corr-{id}")),
+            causation_id: None,
+            actor: None,
+        },
+        recorded_at: Utc::now(),
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads from `consumer` until every id of `wanted` was seen (duplicates are
+/// kept), failing after [`DEADLINE`].
+pub async fn consume_ids(consumer: &EventConsumer, wanted: &HashSet<Uuid>) -> Vec<Delivered> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = HashSet::new();
+    let mut delivered = Vec::new();
+    while !wanted.is_subset(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {} events consumed",
+            wanted.intersection(&seen).count(),
+            wanted.len()
+        );
+        let batch = consumer
+            .next_batch(500, Duration::from_millis(200))
+            .await
+            .expect("next batch");
+        seen.extend(batch.iter().map(|d| d.event.event_id));
+        delivered.extend(batch);
+    }
+    delivered
+}
+
+/// Reads every message of the given topics from the beginning, without a
+/// consumer group, until `count` were read (for checking keys and headers).
+pub async fn read_raw(
+    config: &KafkaConfig,
+    stream_types: &[&str],
+    count: usize,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("raw-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("raw consumer");
+    let mut assignment = TopicPartitionList::new();
+    for stream_type in stream_types {
+        for partition in 0..config.partitions {
+            assignment
+                .add_partition_offset(&config.topic(stream_type), partition, Offset::Beginning)
+                .expect("add partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut messages = Vec::new();
+    let read = async {
+        while messages.len() < count {
+            let message = consumer.recv().await.expect("raw consumer");
+            messages.push(message.detach());
+        }
+    };
+    if tokio::time::timeout(DEADLINE, read).await.is_err() {
+        panic!("timed out reading {count} raw messages");
+    }
+    messages
+}
+
+/// The value of header `name` as UTF-8, if present.
+pub fn header<'m>(message: &'m OwnedMessage, name: &str) -> Option<&'m str> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| std::str::from_utf8(v).expect("UTF-8 header"))
+}

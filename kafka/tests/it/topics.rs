@@ -1,0 +1,40 @@
+//! Topic creation at startup.
+
+use std::time::Duration;
+
+use kafka::{ensure_topics, STREAM_TYPES};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use crate::common::kafka_config;
+
+#[tokio::test]
+async fn ensure_topics_creates_every_topic_once_with_its_partitions() {
+    let mut config = kafka_config();
+    config.partitions = 2;
+    ensure_topics(&config, STREAM_TYPES).await.expect("create");
+    ensure_topics(&config, STREAM_TYPES)
+        .await
+        .expect("existing topics are fine");
+
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()
+        .expect("client");
+    let metadata = tokio::task::spawn_blocking(move || {
+        client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata")
+    })
+    .await
+    .expect("metadata task");
+    for stream_type in STREAM_TYPES {
+        let name = config.topic(stream_type);
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .unwrap_or_else(|| panic!("topic {name} exists"));
+        assert_eq!(topic.partitions().len(), 2, "{name}");
+    }
+}
