@@ -1,1 +1,120 @@
-fn main() {}
+//! `purser`: the one binary of Purser. Each subcommand lives in its own
+//! module; `main` only parses the command line, sets up telemetry and
+//! dispatches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod db;
+mod migrate;
+mod telemetry;
+
+/// Event-sourced CQRS backend for orders, payments and inventory.
+#[derive(Debug, Parser)]
+#[command(name = "purser", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL server holding the event store and the read models.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = db::DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Log output: `text` for people, `json` for log collectors. The level
+    /// comes from `RUST_LOG` (default `info,sqlx=warn`).
+    #[arg(
+        long,
+        global = true,
+        env = "PURSER_LOG_FORMAT",
+        value_enum,
+        default_value_t = telemetry::LogFormat::Text
+    )]
+    pub log_format: telemetry::LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the pending database migrations and list what was applied.
+    Migrate(migrate::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.global.log_format);
+    let outcome = match cli.command {
+        Command::Migrate(args) => migrate::run(&cli.global, args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error, cli.global.log_format);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a failure and its causes, one per line (no backtrace: this is a
+/// message for the operator); as a log event too when logs are JSON.
+fn report(error: &anyhow::Error, format: telemetry::LogFormat) {
+    if format == telemetry::LogFormat::Json {
+        tracing::error!(error = format!("{error:#}"), "purser failed");
+    }
+    eprintln!("error: {error}");
+    let mut previous = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        // sqlx's errors repeat their source in their own message.
+        if !previous.ends_with(&cause) {
+            eprintln!("  caused by: {cause}");
+        }
+        previous = cause;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "purser",
+            "migrate",
+            "--database-url",
+            "postgres://u@db.example:6543/app",
+            "--log-format",
+            "json",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.global.database_url, "postgres://u@db.example:6543/app");
+        assert_eq!(cli.global.log_format, telemetry::LogFormat::Json);
+        assert!(matches!(cli.command, Command::Migrate(_)));
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_refused() {
+        let parsed = Cli::try_parse_from(["purser", "--log-format", "xml", "migrate"]);
+        assert!(parsed.is_err());
+    }
+}
