@@ -71,8 +71,9 @@ with_setup_lock() {
 # started from it holds neither the setup lock nor a pipe of whoever ran the
 # script (a CI log reader would otherwise wait for the daemon to exit).
 close_inherited_fds() {
-    local fd
-    for fd in $(ls "/proc/$BASHPID/fd"); do
+    local path fd
+    for path in "/proc/$BASHPID/fd"/*; do
+        fd=${path##*/}
         ((fd > 2)) && eval "exec $fd>&-"
     done
     return 0
@@ -130,7 +131,7 @@ pg_bindir() {
         return
     fi
     # Debian keeps the server binaries out of PATH; take the newest version.
-    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
         if [[ -x $dir/initdb && -x $dir/pg_ctl ]]; then
             printf '%s\n' "$dir"
             return
