@@ -249,7 +249,9 @@ start_local_postgres() {
 }
 
 _ensure_postgres() {
-    if command -v psql >/dev/null 2>&1 && postgres_answers; then
+    # psql is needed either way: to ask the server, and to clean up after tests.
+    command -v psql >/dev/null 2>&1 || ensure_pg_packages
+    if postgres_answers; then
         parse_database_url
         log "PostgreSQL: using the server at $PG_URL_HOST:$PG_URL_PORT/$PG_URL_DB"
         return
@@ -306,7 +308,7 @@ first_broker() {
 }
 
 kafka_answers() {
-    local broker host port
+    local broker host port brokers
     IFS=, read -ra brokers <<<"$KAFKA_BROKERS"
     for broker in "${brokers[@]}"; do
         broker=${broker#*://}
