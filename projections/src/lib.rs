@@ -1,1 +1,92 @@
-//! Projection workers and read models. Filled by the projections issue.
+//! Projection workers: they consume the event topics in one Kafka consumer
+//! group per projection and build the read models (schema `read_models`) that
+//! the Query API serves.
+//!
+//! Each event is applied in the database transaction that also records the
+//! stream version applied (`read_models.applied`), so a redelivered or
+//! replayed event changes nothing; a gap is filled from the event store, never
+//! applied out of order; an event that keeps failing parks its stream
+//! (`read_models.parked`) while the other streams flow on (DESIGN.md point 5).
+//!
+//! - [`Projection`]: one read model ([`Accounts`], [`Inventory`], [`Orders`]).
+//! - [`Projector`]: applies batches of events to a projection (no Kafka).
+//! - [`Worker`]: a consumer group member feeding a projector, step by step
+//!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
+
+mod accounts;
+mod error;
+mod inventory;
+mod orders;
+mod projection;
+mod projector;
+mod worker;
+
+use std::sync::Arc;
+
+pub use accounts::Accounts;
+pub use error::{ApplyError, Error, Result};
+pub use inventory::Inventory;
+pub use orders::Orders;
+pub use projection::Projection;
+pub use projector::{applied_version, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS};
+pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig};
+
+use event_store::EventStore;
+use kafka::KafkaConfig;
+use tokio_util::sync::CancellationToken;
+
+/// The channel of `pg_notify` sent after every committed batch, with the
+/// projection's name as payload.
+pub const NOTIFY_CHANNEL: &str = "purser_projection";
+
+/// Every projection, in a stable order.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(Accounts), Arc::new(Inventory), Arc::new(Orders)]
+}
+
+/// The projection called `name`.
+pub fn by_name(name: &str) -> Result<Arc<dyn Projection>> {
+    all()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| Error::UnknownProjection(name.to_owned()))
+}
+
+/// Runs one worker per projection (every projection when `names` is empty)
+/// until `shutdown` is cancelled.
+pub async fn run_workers(
+    names: &[String],
+    store: EventStore,
+    kafka: &KafkaConfig,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let projections = if names.is_empty() {
+        all()
+    } else {
+        names
+            .iter()
+            .map(|n| by_name(n))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for projection in projections {
+        let worker = Worker::new(projection, store.clone(), kafka, config.clone())?;
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                shutdown.cancel();
+                result = Err(error);
+            }
+            Err(join_error) => {
+                shutdown.cancel();
+                tracing::error!(error = %join_error, "projection worker panicked");
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,79 @@
+//! The crate's errors.
+
+/// What can stop a batch from being applied. Every variant is transient from
+/// the worker's point of view: the batch is retried, nothing is committed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event store: {0}")]
+    Store(#[from] event_store::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] kafka::Error),
+    #[error("applying {event_id} of {stream_id}: {source}")]
+    Apply {
+        stream_id: String,
+        event_id: uuid::Uuid,
+        #[source]
+        source: ApplyError,
+    },
+    #[error("unknown projection {0:?}")]
+    UnknownProjection(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why one event could not be applied to a read model.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The payload is not a valid domain event (a poison event).
+    #[error("cannot decode event: {0}")]
+    Decode(String),
+    /// The event does not fit the read model (e.g. a deposit to an account
+    /// that was never opened).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<event_store::Error> for ApplyError {
+    fn from(error: event_store::Error) -> Self {
+        match error {
+            event_store::Error::Database(e) => ApplyError::Database(e),
+            other => ApplyError::Decode(other.to_string()),
+        }
+    }
+}
+
+impl ApplyError {
+    /// A failure that says nothing about the event itself (connection lost,
+    /// deadlock, server shutting down): the batch is retried as a whole and
+    /// the event does not count towards parking.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Database(e) => is_transient(e),
+            ApplyError::Decode(_) | ApplyError::Invalid(_) => false,
+        }
+    }
+}
+
+/// Connection-level errors and SQLSTATE classes 08 (connection), 40
+/// (serialization failure, deadlock), 53 (insufficient resources) and 57
+/// (operator intervention).
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}

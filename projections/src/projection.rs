@@ -1,0 +1,74 @@
+//! The `Projection` trait and helpers shared by its implementations.
+
+use async_trait::async_trait;
+use event_store::RecordedEvent;
+use sqlx::{Postgres, Transaction};
+
+use crate::ApplyError;
+
+/// A read model built from the events of some stream types.
+///
+/// `apply` is called inside the worker's database transaction, in stream
+/// version order, once per event: the worker has already checked that the
+/// event is the next one of its stream (duplicates are skipped, gaps filled
+/// from the event store) and records the applied version in the same
+/// transaction. An implementation only writes its own rows.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the consumer group is `{prefix}.projection.{name}`, and
+    /// `read_models.applied` / `projection_status` rows are keyed by it.
+    fn name(&self) -> &'static str;
+
+    /// The stream types (Kafka topics) it follows.
+    fn stream_types(&self) -> &'static [&'static str];
+
+    /// Applies one event to the read model.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError>;
+}
+
+/// The aggregate id part of a stream id (`account-0191...` -> `0191...`).
+pub(crate) fn stream_key(event: &RecordedEvent) -> Result<&str, ApplyError> {
+    event
+        .stream_id
+        .strip_prefix(event.stream_type.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .ok_or_else(|| {
+            ApplyError::Invalid(format!(
+                "stream id {} does not start with its type {}",
+                event.stream_id, event.stream_type
+            ))
+        })
+}
+
+/// The stream key parsed as a UUID.
+pub(crate) fn stream_uuid(event: &RecordedEvent) -> Result<uuid::Uuid, ApplyError> {
+    let key = stream_key(event)?;
+    uuid::Uuid::parse_str(key)
+        .map_err(|e| ApplyError::Invalid(format!("stream id {} has no uuid: {e}", event.stream_id)))
+}
+
+/// Stream versions are `u64` in the event store and `bigint` in Postgres.
+pub(crate) fn version_i64(event: &RecordedEvent) -> Result<i64, ApplyError> {
+    i64::try_from(event.version)
+        .map_err(|_| ApplyError::Invalid(format!("version {} out of range", event.version)))
+}
+
+/// Fails unless exactly one row was written: the event refers to a row this
+/// read model should already hold.
+pub(crate) fn expect_one_row(
+    result: sqlx::postgres::PgQueryResult,
+    event: &RecordedEvent,
+    what: &str,
+) -> Result<(), ApplyError> {
+    match result.rows_affected() {
+        1 => Ok(()),
+        n => Err(ApplyError::Invalid(format!(
+            "{} {} of {}: expected one {what} row, wrote {n}",
+            event.event_type, event.version, event.stream_id
+        ))),
+    }
+}

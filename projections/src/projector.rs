@@ -1,0 +1,427 @@
+//! Applying batches of events to a projection's read model, exactly once per
+//! stream version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use event_store::{EventStore, RecordedEvent, StreamId};
+use sqlx::{Connection, Postgres, Transaction};
+use tracing::Instrument;
+
+use crate::{ApplyError, Error, Projection, Result, NOTIFY_CHANNEL};
+
+/// Default number of attempts before an event's stream is parked.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Events applied, including those fetched from the event store to fill
+    /// a gap.
+    pub applied: u64,
+    /// Events skipped because their stream version was already applied.
+    pub duplicates: u64,
+    /// Of `applied`, how many were read from the event store (gap filling).
+    pub gap_filled: u64,
+    /// Events not applied because their stream is parked.
+    pub waiting: u64,
+    /// Streams this batch parked (their event failed `max_attempts` times).
+    pub parked: Vec<String>,
+}
+
+/// Applies events to one projection: each batch in one database transaction
+/// that also records, per stream, the version applied (`read_models.applied`)
+/// and the projection's progress (`read_models.projection_status`).
+///
+/// - an event at or below its stream's applied version is a duplicate and is
+///   skipped;
+/// - an event beyond applied + 1 is never applied out of order: the missing
+///   events are read from the event store (the truth) and applied first;
+/// - an event that fails `max_attempts` times parks its stream
+///   (`read_models.parked`): the stream's later events wait, other streams
+///   flow on.
+#[derive(Clone)]
+pub struct Projector {
+    projection: Arc<dyn Projection>,
+    store: EventStore,
+    max_attempts: u32,
+}
+
+/// How a batch transaction is run: `Fast` applies events straight into the
+/// transaction; if one fails, the transaction is rolled back and the batch is
+/// re-run `Careful`ly, each event in its own savepoint so that a poison event
+/// can be retried and parked without losing the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Fast,
+    Careful,
+}
+
+enum Attempt {
+    Done(BatchReport),
+    RetryCarefully,
+}
+
+impl Projector {
+    pub fn new(projection: Arc<dyn Projection>, store: EventStore) -> Self {
+        Projector {
+            projection,
+            store,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Attempts before parking a stream (at least 1).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    pub fn projection(&self) -> &Arc<dyn Projection> {
+        &self.projection
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Applies a batch of events (any order, any streams, duplicates allowed)
+    /// and commits. Events of stream types the projection does not follow are
+    /// ignored. On `Err` nothing was committed and the batch can be retried.
+    #[tracing::instrument(skip_all, fields(projection = self.name()), err)]
+    pub async fn apply_batch<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> Result<BatchReport> {
+        let streams = self.group_by_stream(events);
+        if streams.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        match self.try_apply(&streams, Mode::Fast).await? {
+            Attempt::Done(report) => Ok(report),
+            Attempt::RetryCarefully => match self.try_apply(&streams, Mode::Careful).await? {
+                Attempt::Done(report) => Ok(report),
+                Attempt::RetryCarefully => unreachable!("careful mode parks instead of retrying"),
+            },
+        }
+    }
+
+    /// Un-parks a stream and applies its waiting events from the event store.
+    /// Returns what was applied (the stream is parked again if its event still
+    /// fails).
+    #[tracing::instrument(skip_all, fields(projection = self.name(), stream_id), err)]
+    pub async fn unpark(&self, stream_id: &str) -> Result<BatchReport> {
+        let deleted =
+            sqlx::query("DELETE FROM read_models.parked WHERE projection = $1 AND stream_id = $2")
+                .bind(self.name())
+                .bind(stream_id)
+                .execute(self.store.pool())
+                .await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(BatchReport::default());
+        }
+        let applied = applied_version(self.store.pool(), self.name(), stream_id).await?;
+        let stream =
+            parse_stream_id(stream_id, self.projection.stream_types()).ok_or_else(|| {
+                Error::UnknownProjection(format!("stream {stream_id} of {}", self.name()))
+            })?;
+        let from_version = u64::try_from(applied).unwrap_or(0) + 1;
+        let events = self.store.read_stream(&stream, from_version).await?;
+        self.apply_batch(&events).await
+    }
+
+    /// Streams of the batch in stream id order (a consistent lock order across
+    /// workers), each with its events in version order.
+    fn group_by_stream<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> BTreeMap<&'a str, Vec<&'a RecordedEvent>> {
+        let types = self.projection.stream_types();
+        let mut streams: BTreeMap<&str, Vec<&RecordedEvent>> = BTreeMap::new();
+        for event in events {
+            if types.contains(&event.stream_type.as_str()) {
+                streams
+                    .entry(event.stream_id.as_str())
+                    .or_default()
+                    .push(event);
+            }
+        }
+        for events in streams.values_mut() {
+            events.sort_by_key(|e| e.version);
+        }
+        streams
+    }
+
+    async fn try_apply(
+        &self,
+        streams: &BTreeMap<&str, Vec<&RecordedEvent>>,
+        mode: Mode,
+    ) -> Result<Attempt> {
+        let name = self.name();
+        let mut tx = self.store.pool().begin().await?;
+        let stream_ids: Vec<&str> = streams.keys().copied().collect();
+
+        // Lock every stream's applied row (in stream id order) and read its
+        // version: a second worker of this projection handling the same
+        // stream waits here instead of applying it twice.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "INSERT INTO read_models.applied (projection, stream_id, version) \
+             SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s \
+             ON CONFLICT (projection, stream_id) DO UPDATE SET version = applied.version \
+             RETURNING stream_id, version",
+        )
+        .bind(name)
+        .bind(&stream_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut applied: BTreeMap<String, i64> = rows.into_iter().collect();
+        let parked: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM read_models.parked WHERE projection = $1 AND stream_id = ANY($2)",
+        )
+        .bind(name)
+        .bind(&stream_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let mut report = BatchReport::default();
+        let mut last = (0i64, 0i64); // (transaction_id, position) of the latest event applied
+        let mut changed: Vec<(String, i64)> = Vec::new();
+        for (&stream_id, events) in streams {
+            let from = applied.get(stream_id).copied().unwrap_or(0);
+            if parked.iter().any(|p| p == stream_id) {
+                report.waiting += events.iter().filter(|e| version(e) > from).count() as u64;
+                continue;
+            }
+            // Sorted by version: drop what is applied, and copies within the batch.
+            let mut fresh: Vec<&RecordedEvent> = events
+                .iter()
+                .copied()
+                .filter(|e| version(e) > from)
+                .collect();
+            fresh.dedup_by_key(|e| e.version);
+            report.duplicates += (events.len() - fresh.len()) as u64;
+            let Some(newest) = fresh.last().map(|e| version(e)) else {
+                continue;
+            };
+            let contiguous = fresh.iter().zip(from + 1..).all(|(e, v)| version(e) == v);
+            // The event store is the truth: on a gap, read the stream from
+            // the applied version on.
+            let fetched;
+            let todo: Vec<&RecordedEvent> = if contiguous {
+                fresh
+            } else {
+                let stream = parse_stream_id(stream_id, self.projection.stream_types())
+                    .ok_or_else(|| Error::UnknownProjection(format!("stream {stream_id}")))?;
+                let from_version = u64::try_from(from + 1).unwrap_or(1);
+                fetched = self.store.read_stream(&stream, from_version).await?;
+                let todo: Vec<&RecordedEvent> =
+                    fetched.iter().filter(|e| version(e) <= newest).collect();
+                report.gap_filled += todo.len() as u64 - count_in(&todo, events);
+                todo
+            };
+
+            let mut version_now = from;
+            for event in todo {
+                let span = event_span(name, event);
+                let outcome = match mode {
+                    Mode::Fast => self
+                        .projection
+                        .apply(&mut tx, event)
+                        .instrument(span.clone())
+                        .await
+                        .map_err(|e| (e, 1)),
+                    Mode::Careful => {
+                        self.apply_with_retries(&mut tx, event)
+                            .instrument(span.clone())
+                            .await?
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        version_now = version(event);
+                        report.applied += 1;
+                        last = last.max((event.transaction_id as i64, event.position));
+                    }
+                    Err((error, _)) if error.is_transient() => {
+                        return Err(apply_error(event, error));
+                    }
+                    Err(_) if mode == Mode::Fast => return Ok(Attempt::RetryCarefully),
+                    Err((error, attempts)) => {
+                        span.in_scope(|| {
+                            tracing::error!(error = %error, attempts, "poison event: parking its stream")
+                        });
+                        park(&mut tx, name, event, &error, attempts).await?;
+                        report.parked.push(stream_id.to_owned());
+                        report.waiting += events
+                            .iter()
+                            .filter(|e| version(e) >= version(event))
+                            .count() as u64;
+                        break;
+                    }
+                }
+            }
+            if version_now > from {
+                applied.insert(stream_id.to_owned(), version_now);
+                changed.push((stream_id.to_owned(), version_now));
+            }
+        }
+
+        if !changed.is_empty() {
+            let (ids, versions): (Vec<String>, Vec<i64>) = changed.into_iter().unzip();
+            sqlx::query(
+                "UPDATE read_models.applied AS a SET version = c.version \
+                 FROM unnest($2::text[], $3::bigint[]) AS c (stream_id, version) \
+                 WHERE a.projection = $1 AND a.stream_id = c.stream_id",
+            )
+            .bind(name)
+            .bind(ids)
+            .bind(versions)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if report.applied > 0 || !report.parked.is_empty() {
+            sqlx::query(
+                "INSERT INTO read_models.projection_status AS s \
+                    (projection, last_position, last_transaction_id, events_applied, updated_at) \
+                 VALUES ($1, $2, $3, $4, now()) \
+                 ON CONFLICT (projection) DO UPDATE SET \
+                    last_position = greatest(s.last_position, excluded.last_position), \
+                    last_transaction_id = greatest(s.last_transaction_id, excluded.last_transaction_id), \
+                    events_applied = s.events_applied + excluded.events_applied, \
+                    updated_at = now()",
+            )
+            .bind(name)
+            .bind(last.1)
+            .bind(last.0)
+            .bind(report.applied as i64)
+            .execute(&mut *tx)
+            .await?;
+            // Delivered on commit: wakes the Query API's `min_version` waits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Attempt::Done(report))
+    }
+
+    /// Applies one event in its own savepoint, up to `max_attempts` times.
+    /// `Ok(Err((error, attempts)))` is a failure of the event (transient, or
+    /// out of attempts); `Err` a failure of the surrounding transaction.
+    async fn apply_with_retries(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        event: &RecordedEvent,
+    ) -> Result<Result<(), (ApplyError, u32)>> {
+        let mut attempt = 1;
+        loop {
+            let mut savepoint = tx.begin().await?;
+            match self.projection.apply(&mut savepoint, event).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    return Ok(Ok(()));
+                }
+                Err(error) => {
+                    savepoint.rollback().await?;
+                    if error.is_transient() || attempt >= self.max_attempts {
+                        return Ok(Err((error, attempt)));
+                    }
+                    tracing::warn!(error = %error, attempt, "event failed to apply; retrying");
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn version(event: &RecordedEvent) -> i64 {
+    i64::try_from(event.version).unwrap_or(i64::MAX)
+}
+
+/// How many of `todo` were already in the delivered batch.
+fn count_in(todo: &[&RecordedEvent], delivered: &[&RecordedEvent]) -> u64 {
+    todo.iter()
+        .filter(|t| delivered.iter().any(|d| d.event_id == t.event_id))
+        .count() as u64
+}
+
+fn apply_error(event: &RecordedEvent, source: ApplyError) -> Error {
+    Error::Apply {
+        stream_id: event.stream_id.clone(),
+        event_id: event.event_id,
+        source,
+    }
+}
+
+fn event_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
+    tracing::debug_span!(
+        "apply",
+        projection,
+        stream_id = %event.stream_id,
+        version = event.version,
+        event_id = %event.event_id,
+        event_type = %event.event_type,
+        position = event.position,
+        correlation_id = event.metadata.correlation_id.as_deref().unwrap_or(""),
+        causation_id = event.metadata.causation_id.as_deref().unwrap_or(""),
+    )
+}
+
+async fn park(
+    tx: &mut Transaction<'static, Postgres>,
+    projection: &str,
+    event: &RecordedEvent,
+    error: &ApplyError,
+    attempts: u32,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO read_models.parked \
+            (projection, stream_id, version, event_id, error, attempts, parked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, now()) \
+         ON CONFLICT (projection, stream_id) DO UPDATE SET \
+            version = excluded.version, event_id = excluded.event_id, error = excluded.error, \
+            attempts = excluded.attempts, parked_at = excluded.parked_at",
+    )
+    .bind(projection)
+    .bind(&event.stream_id)
+    .bind(version(event))
+    .bind(event.event_id)
+    .bind(error.to_string())
+    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The stream version `projection` has applied for `stream_id` (0 if none).
+pub async fn applied_version(
+    executor: impl sqlx::PgExecutor<'_>,
+    projection: &str,
+    stream_id: &str,
+) -> Result<i64> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "SELECT version FROM read_models.applied WHERE projection = $1 AND stream_id = $2",
+    )
+    .bind(projection)
+    .bind(stream_id)
+    .fetch_optional(executor)
+    .await?;
+    Ok(version.unwrap_or(0))
+}
+
+/// `account-0191...` -> `StreamId::new("account", "0191...")`, for a stream
+/// type the projection follows.
+fn parse_stream_id(stream_id: &str, types: &[&str]) -> Option<StreamId> {
+    types.iter().find_map(|t| {
+        stream_id
+            .strip_prefix(t)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .map(|id| StreamId::new(t, id))
+    })
+}

@@ -1,0 +1,188 @@
+//! Test helpers: a fresh database with an event store, commands through the
+//! real `Repository`, and snapshots of the read models.
+
+use std::sync::Arc;
+
+use domain::{
+    AccountCommand, AccountId, Aggregate, Amount, BankAccount, Currency, CustomerId, Inventory,
+    InventoryCommand, Order, OrderCommand, OrderId, Quantity, Sku,
+};
+use event_store::{
+    Checkpoint, EventStore, ExecuteOptions, Executed, RecordedEvent, Repository, StoredResponse,
+};
+use migrations::testing::TestDatabase;
+use projections::{Projection, Projector};
+use uuid::Uuid;
+
+pub struct Harness {
+    pub db: TestDatabase,
+    pub store: EventStore,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let db = TestDatabase::create().await;
+        let store = EventStore::new(db.pool.clone());
+        Harness { db, store }
+    }
+
+    pub fn projector(&self, projection: impl Projection) -> Projector {
+        Projector::new(Arc::new(projection), self.store.clone())
+    }
+
+    /// Runs a command that must be accepted; returns the stream version after it.
+    pub async fn exec<A: Aggregate>(&self, id: &str, command: A::Command) -> u64 {
+        match self.try_exec::<A>(id, command).await {
+            Ok(version) => version,
+            Err(error) => panic!("command on {}-{id} refused: {error}", A::STREAM_TYPE),
+        }
+    }
+
+    /// Runs a command; `Err` with the refusal's code when the domain refuses it.
+    pub async fn try_exec<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<u64, String> {
+        let repository = Repository::<A>::new(self.store.clone()).with_max_retries(50);
+        let executed = repository
+            .execute(id, &command, ExecuteOptions::default(), |_| {
+                StoredResponse {
+                    status: 200,
+                    body: serde_json::Value::Null,
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("execute on {id}: {e}"));
+        match executed {
+            Executed::Done(outcome) => Ok(outcome.version),
+            Executed::Refused(error) => Err(domain::DomainError::code(&error).to_owned()),
+            Executed::Replayed(_) => panic!("no idempotency key was sent"),
+        }
+    }
+
+    pub async fn open_account(&self, currency: &str) -> (Uuid, Uuid) {
+        let account_id = Uuid::now_v7();
+        let customer_id = Uuid::now_v7();
+        self.exec::<BankAccount>(
+            &account_id.to_string(),
+            AccountCommand::Open {
+                account_id: AccountId::new(account_id),
+                customer_id: CustomerId::new(customer_id),
+                currency: currency_of(currency),
+            },
+        )
+        .await;
+        (account_id, customer_id)
+    }
+
+    pub async fn deposit(&self, account_id: Uuid, amount: i64) -> u64 {
+        self.exec::<BankAccount>(
+            &account_id.to_string(),
+            AccountCommand::Deposit {
+                amount: amount_of(amount),
+            },
+        )
+        .await
+    }
+
+    pub async fn withdraw(&self, account_id: Uuid, amount: i64) -> Result<u64, String> {
+        self.try_exec::<BankAccount>(
+            &account_id.to_string(),
+            AccountCommand::Withdraw {
+                amount: amount_of(amount),
+            },
+        )
+        .await
+    }
+
+    pub async fn create_item(&self, sku: &str, quantity: i64) -> u64 {
+        self.exec::<Inventory>(
+            sku,
+            InventoryCommand::Create {
+                sku: Sku::parse(sku).expect("valid sku"),
+                name: format!("Item {sku}"),
+                quantity: quantity_of(quantity),
+            },
+        )
+        .await
+    }
+
+    pub async fn inventory(&self, sku: &str, command: InventoryCommand) -> Result<u64, String> {
+        self.try_exec::<Inventory>(sku, command).await
+    }
+
+    pub async fn order(&self, order_id: Uuid, command: OrderCommand) -> u64 {
+        self.exec::<Order>(&order_id.to_string(), command).await
+    }
+
+    /// Every event in the store, in the global read order. `read_all` only
+    /// returns events older than every transaction in flight on the server
+    /// (other tests' included), so read until all committed events arrived.
+    pub async fn all_events(&self) -> Vec<RecordedEvent> {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count events");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut events = Vec::new();
+        let mut after = Checkpoint::START;
+        while (events.len() as i64) < total {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "read_all did not return every event"
+            );
+            let batch = self.store.read_all(after, 1000).await.expect("read_all");
+            match batch.last() {
+                Some(last) => after = last.checkpoint(),
+                None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+            events.extend(batch);
+        }
+        events
+    }
+
+    /// Every row of the read models (and applied versions) as text, in a
+    /// stable order: two projections that converged give equal snapshots.
+    pub async fn snapshot(&self) -> Vec<String> {
+        let mut rows = Vec::new();
+        for (table, order) in [
+            ("read_models.accounts", "account_id"),
+            ("read_models.account_transactions", "account_id, seq"),
+            ("read_models.inventory", "sku"),
+            ("read_models.orders", "order_id"),
+            ("read_models.order_lines", "order_id, line_no"),
+            ("read_models.applied", "projection, stream_id"),
+            ("read_models.parked", "projection, stream_id"),
+        ] {
+            let text: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT t::text FROM {table} AS t ORDER BY {order}"
+            ))
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("snapshot");
+            rows.extend(text.into_iter().map(|t| format!("{table} {t}")));
+        }
+        rows
+    }
+
+    pub async fn drop(self) {
+        self.db.drop().await;
+    }
+}
+
+pub fn currency_of(code: &str) -> Currency {
+    Currency::parse(code).expect("valid currency")
+}
+
+pub fn amount_of(minor_units: i64) -> Amount {
+    Amount::new(minor_units).expect("positive amount")
+}
+
+pub fn quantity_of(n: i64) -> Quantity {
+    Quantity::new(n).expect("valid quantity")
+}
+
+pub fn order_id(id: Uuid) -> OrderId {
+    OrderId::new(id)
+}

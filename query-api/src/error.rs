@@ -1,0 +1,185 @@
+//! One error type for every failure the Query API answers with, rendered as
+//! RFC 9457 problem details (`application/problem+json`). 5xx details are
+//! generic: the cause is logged inside the request's span (with its request
+//! id), never sent.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The `Retry-After` (seconds) sent with every 503.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// An RFC 9457 problem details object, as sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:purser:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `not_found`.
+    pub code: String,
+    /// For `GET /health/ready`: the state of each check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checks: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Everything the Query API can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A path id is not a valid id or SKU (400 `invalid_id`).
+    #[error("{0}")]
+    InvalidId(String),
+    /// A query parameter is malformed or unknown (400 `invalid_query`).
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// `after` is not a cursor this API gave out (400 `invalid_cursor`).
+    #[error("{0}")]
+    InvalidCursor(String),
+    /// No such entity in the read model (404 `not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The read model did not reach `min_version` within `wait_ms` (503
+    /// `min_version_timeout`).
+    #[error("the read model did not reach version {min_version} within {waited:?}; retry later")]
+    MinVersionTimeout { min_version: u64, waited: Duration },
+    /// The request did not finish in time (503 `timeout`).
+    #[error("the request did not complete within {0:?}")]
+    Timeout(Duration),
+    /// A dependency is down (503 `service_unavailable`).
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        checks: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+    /// The database failed: 503 if it is unreachable, 500 otherwise; the
+    /// cause is logged, never sent.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Any other HTTP-level status (unknown route, wrong method...).
+    #[error("{detail}")]
+    Status { status: StatusCode, detail: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidId(_) | ApiError::InvalidQuery(_) | ApiError::InvalidCursor(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MinVersionTimeout { .. }
+            | ApiError::Timeout(_)
+            | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Status { status, .. } => *status,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidId(_) => "invalid_id",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MinVersionTimeout { .. } => "min_version_timeout",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::Database(e) if is_unavailable(e) => "service_unavailable",
+            ApiError::Database(_) => "internal_error",
+            ApiError::Status { status, .. } => match *status {
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                s if s.is_server_error() => "internal_error",
+                _ => "bad_request",
+            },
+        }
+    }
+
+    /// The problem details sent for this error.
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let code = self.code();
+        let detail = match self {
+            ApiError::Database(e) if is_unavailable(e) => "the database is unavailable".to_owned(),
+            ApiError::Database(_) => {
+                "the server failed to handle the request; it has been logged under the request id"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let checks = match self {
+            ApiError::Unavailable { checks, .. } => checks.clone(),
+            _ => None,
+        };
+        Problem {
+            problem_type: format!("urn:purser:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: code.to_owned(),
+            checks,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            ApiError::Database(e) => {
+                tracing::error!(error = %e, error_debug = ?e, "database error")
+            }
+            ApiError::Unavailable { detail, .. } => tracing::warn!(detail, "unavailable"),
+            ApiError::Timeout(limit) => tracing::warn!(?limit, "request timed out"),
+            ApiError::MinVersionTimeout {
+                min_version,
+                waited,
+            } => {
+                tracing::info!(min_version, ?waited, "min_version wait timed out");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Connection-level failures: the database is down or out of connections.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            body,
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -1,0 +1,49 @@
+//! The OpenAPI 3.1 document, generated from the handlers and types.
+
+use utoipa::OpenApi;
+
+use crate::error::Problem;
+use crate::routes::accounts::{AccountView, TransactionPage, TransactionView};
+use crate::routes::health::Health;
+use crate::routes::inventory::{InventoryPage, InventoryView};
+use crate::routes::orders::{OrderLineView, OrderPage, OrderView};
+use crate::routes::projections::ProjectionView;
+use crate::routes::{accounts, health, inventory, orders, projections};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Purser Query API",
+        description = "Read models of Purser, eventually consistent; single-entity reads accept \
+                       `min_version` to read one's own writes."
+    ),
+    paths(
+        accounts::get_account,
+        accounts::list_transactions,
+        inventory::get_item,
+        inventory::list_items,
+        orders::get_order,
+        orders::list_orders,
+        projections::list_projections,
+        projections::metrics,
+        health::live,
+        health::ready,
+    ),
+    components(schemas(
+        AccountView, TransactionView, TransactionPage, InventoryView, InventoryPage,
+        OrderView, OrderLineView, OrderPage, ProjectionView, Health, Problem
+    )),
+    tags(
+        (name = "accounts", description = "Bank accounts and their ledgers"),
+        (name = "inventory", description = "Stock per SKU"),
+        (name = "orders", description = "Orders and their lines"),
+        (name = "projections", description = "Read-model progress"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,183 @@
+//! Read-your-writes: waiting until a read model has applied a version.
+//!
+//! Projection workers `pg_notify('purser_projection', <projection>)` after
+//! every committed batch. One LISTEN connection per process turns those into
+//! wake-ups ([`Progress::bump`]); a waiting request re-reads its row on a
+//! wake-up of its projection, or after a slow poll interval when no
+//! notification comes (listener down): never a busy loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+
+/// The default and largest `wait_ms`.
+pub const DEFAULT_WAIT: Duration = Duration::from_millis(2_000);
+pub const MAX_WAIT_MS: u64 = 10_000;
+
+/// Wake-ups per projection (a counter bumped on every notification).
+#[derive(Clone)]
+pub struct Progress {
+    channels: Arc<HashMap<&'static str, watch::Sender<u64>>>,
+    poll: Duration,
+}
+
+impl Progress {
+    /// One channel per projection; `poll` is the fallback re-read interval.
+    pub fn new(poll: Duration) -> Self {
+        let channels = projections::all()
+            .iter()
+            .map(|p| (p.name(), watch::channel(0u64).0))
+            .collect();
+        Progress {
+            channels: Arc::new(channels),
+            poll,
+        }
+    }
+
+    /// Wakes the waiters of `projection`.
+    pub fn bump(&self, projection: &str) {
+        if let Some(sender) = self.channels.get(projection) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// How many requests wait on `projection` now.
+    pub fn waiters(&self, projection: &str) -> usize {
+        self.channels
+            .get(projection)
+            .map_or(0, watch::Sender::receiver_count)
+    }
+
+    /// Wakes every waiter (after the listener lost notifications).
+    pub fn bump_all(&self) {
+        for sender in self.channels.values() {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Runs `read` until it yields `Some`, re-running it when `projection`
+    /// progresses (or every poll interval), until `wait` has elapsed: then
+    /// 503 `min_version_timeout`.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        projection: &str,
+        min_version: u64,
+        wait: Duration,
+        mut read: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, ApiError>>,
+    {
+        let deadline = Instant::now() + wait;
+        let mut receiver = self.channels.get(projection).map(watch::Sender::subscribe);
+        loop {
+            // Mark the current progress as seen *before* reading, so that a
+            // notification arriving during the read is not missed.
+            if let Some(receiver) = receiver.as_mut() {
+                receiver.borrow_and_update();
+            }
+            if let Some(found) = read().await? {
+                return Ok(found);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ApiError::MinVersionTimeout {
+                    min_version,
+                    waited: wait,
+                });
+            }
+            let nap = self.poll.min(deadline - now);
+            match receiver.as_mut() {
+                Some(receiver) => {
+                    tokio::select! {
+                        changed = receiver.changed() => {
+                            if changed.is_err() {
+                                tokio::time::sleep(nap).await;
+                            }
+                        }
+                        () = tokio::time::sleep(nap) => {}
+                    }
+                }
+                None => tokio::time::sleep(nap).await,
+            }
+        }
+    }
+
+    /// Listens to the projections' notifications until `shutdown`,
+    /// reconnecting with backoff. Without it, waits fall back to polling.
+    pub fn spawn_listener(
+        &self,
+        pool: PgPool,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let progress = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    result = progress.listen(&pool) => {
+                        if let Err(error) = result {
+                            tracing::warn!(error = %error, ?backoff, "projection LISTEN failed; polling until it is back");
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(projections::NOTIFY_CHANNEL).await?;
+        // Anything applied before LISTEN took effect is only seen by a re-read.
+        self.bump_all();
+        loop {
+            match listener.try_recv().await? {
+                Some(notification) => self.bump(notification.payload()),
+                // The connection was lost and re-established: notifications
+                // may have been missed.
+                None => self.bump_all(),
+            }
+        }
+    }
+}
+
+/// `min_version` and `wait_ms` of a single-entity read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consistency {
+    pub min_version: Option<u64>,
+    pub wait: Duration,
+}
+
+impl Consistency {
+    pub fn new(min_version: Option<u64>, wait_ms: Option<u64>) -> Result<Self, ApiError> {
+        let wait = match wait_ms {
+            None => DEFAULT_WAIT,
+            Some(ms) if ms <= MAX_WAIT_MS => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "wait_ms must be at most {MAX_WAIT_MS}, got {ms}"
+                )))
+            }
+        };
+        Ok(Consistency {
+            min_version: min_version.filter(|&v| v > 0),
+            wait,
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! `GET /accounts/{id}` and `GET /accounts/{id}/transactions`.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{parse_uuid, read_entity, ReadParams};
+use crate::error::{Problem, Result};
+use crate::extract::{Params, PathParam};
+use crate::pagination::{decode_cursor, limit, page};
+use crate::progress::Consistency;
+use crate::state::AppState;
+
+const PROJECTION: &str = projections::Accounts::NAME;
+
+/// A bank account as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct AccountView {
+    pub account_id: Uuid,
+    pub customer_id: Uuid,
+    pub currency: String,
+    /// Minor units.
+    pub balance: i64,
+    /// `open` or `closed`.
+    pub status: String,
+    /// The account stream's version this row reflects.
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One ledger entry: a balance-changing event of the account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct TransactionView {
+    /// The account stream's version of the event (increasing, with gaps).
+    pub seq: i64,
+    /// `deposit`, `withdrawal`, `charge` or `refund`.
+    pub kind: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    /// The order of a charge or refund.
+    pub order_id: Option<Uuid>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionPage {
+    pub items: Vec<TransactionView>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
+}
+
+/// `?limit=&after=` (and `min_version`, `wait_ms` on the account).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionParams {
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<i64>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Wait until the account's read model has applied this version.
+    pub min_version: Option<u64>,
+    /// How long to wait for `min_version`, in ms (default 2000, at most 10000).
+    pub wait_ms: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = Uuid, Path, description = "Account id"), ReadParams),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 400, description = "Invalid id or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<AccountView>> {
+    let account_id = parse_uuid("account id", &id)?;
+    let consistency = params.consistency()?;
+    let account = read_account(&state, account_id, consistency).await?;
+    Ok(Json(account))
+}
+
+#[utoipa::path(
+    get, path = "/accounts/{id}/transactions", tag = "accounts",
+    params(("id" = Uuid, Path, description = "Account id"), TransactionParams),
+    responses(
+        (status = 200, description = "The account's ledger, oldest first", body = TransactionPage),
+        (status = 400, description = "Invalid id, parameter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_transactions(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    Params(params): Params<TransactionParams>,
+) -> Result<Json<TransactionPage>> {
+    let account_id = parse_uuid("account id", &id)?;
+    let limit = limit(params.limit)?;
+    let after = match &params.after {
+        Some(cursor) => decode_cursor(cursor, |key| key.parse::<i64>().ok())?,
+        None => 0,
+    };
+    let consistency = Consistency::new(params.min_version, params.wait_ms)?;
+    read_account(&state, account_id, consistency).await?;
+    let rows: Vec<TransactionView> = sqlx::query_as(
+        "SELECT seq, kind, amount, balance_after, order_id, at \
+         FROM read_models.account_transactions \
+         WHERE account_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(account_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let (items, next) = page(rows, limit, |t| t.seq.to_string());
+    Ok(Json(TransactionPage { items, next }))
+}
+
+async fn read_account(
+    state: &AppState,
+    account_id: Uuid,
+    consistency: Consistency,
+) -> Result<AccountView> {
+    read_entity(
+        state,
+        PROJECTION,
+        consistency,
+        || format!("no account {account_id}"),
+        || fetch_account(&state.pool, account_id),
+    )
+    .await
+}
+
+async fn fetch_account(pool: &PgPool, account_id: Uuid) -> Result<Option<(AccountView, i64)>> {
+    let account: Option<AccountView> = sqlx::query_as(
+        "SELECT account_id, customer_id, currency, balance, status, version, updated_at \
+         FROM read_models.accounts WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(account.map(|a| {
+        let version = a.version;
+        (a, version)
+    }))
+}

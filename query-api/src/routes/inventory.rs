@@ -1,0 +1,120 @@
+//! `GET /inventory/{sku}` and `GET /inventory`.
+
+use axum::extract::State;
+use axum::Json;
+use domain::Sku;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{read_entity, ReadParams};
+use crate::error::{ApiError, Problem, Result};
+use crate::extract::{Params, PathParam};
+use crate::pagination::{decode_cursor, limit, page};
+use crate::state::AppState;
+
+const PROJECTION: &str = projections::Inventory::NAME;
+
+/// A SKU's stock as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct InventoryView {
+    pub sku: String,
+    pub name: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// The SKU stream's version this row reflects.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InventoryPage {
+    pub items: Vec<InventoryView>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
+}
+
+/// `?limit=&after=`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InventoryParams {
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<i64>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+const COLUMNS: &str = "sku, name, on_hand, reserved, on_hand - reserved AS available, version";
+
+#[utoipa::path(
+    get, path = "/inventory/{sku}", tag = "inventory",
+    params(("sku" = String, Path, description = "SKU, [A-Z0-9-]{1,64}"), ReadParams),
+    responses(
+        (status = 200, description = "The SKU's stock", body = InventoryView),
+        (status = 400, description = "Invalid SKU or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_item(
+    State(state): State<AppState>,
+    PathParam(raw): PathParam,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<InventoryView>> {
+    let sku = Sku::parse(&raw)
+        .map_err(|e| ApiError::InvalidId(format!("{raw:?} is not a valid SKU: {e}")))?;
+    let consistency = params.consistency()?;
+    let item = read_entity(
+        &state,
+        PROJECTION,
+        consistency,
+        || format!("no inventory item {sku}"),
+        || fetch_item(&state.pool, sku.as_str()),
+    )
+    .await?;
+    Ok(Json(item))
+}
+
+#[utoipa::path(
+    get, path = "/inventory", tag = "inventory",
+    params(InventoryParams),
+    responses(
+        (status = 200, description = "Inventory items by SKU", body = InventoryPage),
+        (status = 400, description = "Invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_items(
+    State(state): State<AppState>,
+    Params(params): Params<InventoryParams>,
+) -> Result<Json<InventoryPage>> {
+    let limit = limit(params.limit)?;
+    let after = match &params.after {
+        Some(cursor) => Some(decode_cursor(cursor, |key| Sku::parse(key).ok())?),
+        None => None,
+    };
+    let rows: Vec<InventoryView> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.inventory \
+         WHERE ($1::text IS NULL OR sku > $1) ORDER BY sku LIMIT $2"
+    ))
+    .bind(after.as_ref().map(Sku::as_str))
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let (items, next) = page(rows, limit, |i| i.sku.clone());
+    Ok(Json(InventoryPage { items, next }))
+}
+
+async fn fetch_item(pool: &PgPool, sku: &str) -> Result<Option<(InventoryView, i64)>> {
+    let item: Option<InventoryView> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.inventory WHERE sku = $1"
+    ))
+    .bind(sku)
+    .fetch_optional(pool)
+    .await?;
+    Ok(item.map(|i| {
+        let version = i.version;
+        (i, version)
+    }))
+}

@@ -1,0 +1,76 @@
+//! The handlers, one module per resource.
+
+pub mod accounts;
+pub mod health;
+pub mod inventory;
+pub mod orders;
+pub mod projections;
+
+use std::future::Future;
+
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::{ApiError, Result};
+use crate::progress::Consistency;
+use crate::state::AppState;
+
+/// `?min_version=N&wait_ms=` of a single-entity read.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadParams {
+    /// Wait until the entity's read model has applied this version.
+    pub min_version: Option<u64>,
+    /// How long to wait for `min_version`, in ms (default 2000, at most 10000).
+    pub wait_ms: Option<u64>,
+}
+
+impl ReadParams {
+    pub fn consistency(&self) -> Result<Consistency> {
+        Consistency::new(self.min_version, self.wait_ms)
+    }
+}
+
+/// Reads an entity (with the version its read model is at), honouring
+/// `min_version`: without it a missing entity is a 404; with it, a missing
+/// or older entity is waited for, then a 503.
+pub(crate) async fn read_entity<T, F, Fut>(
+    state: &AppState,
+    projection: &str,
+    consistency: Consistency,
+    not_found: impl FnOnce() -> String,
+    mut read: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<(T, i64)>>>,
+{
+    match consistency.min_version {
+        None => match read().await? {
+            Some((entity, _)) => Ok(entity),
+            None => Err(ApiError::NotFound(not_found())),
+        },
+        Some(min_version) => {
+            let wanted = i64::try_from(min_version).unwrap_or(i64::MAX);
+            state
+                .progress
+                .wait_for(projection, min_version, consistency.wait, || {
+                    let fetched = read();
+                    async move {
+                        Ok(fetched
+                            .await?
+                            .filter(|(_, version)| *version >= wanted)
+                            .map(|(entity, _)| entity))
+                    }
+                })
+                .await
+        }
+    }
+}
+
+/// A path UUID, or 400 `invalid_id`.
+pub(crate) fn parse_uuid(what: &str, raw: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::InvalidId(format!("{raw:?} is not a valid {what} (a UUID)")))
+}

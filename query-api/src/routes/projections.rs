@@ -1,0 +1,174 @@
+//! `GET /projections` and `GET /metrics`: each projection's progress, with
+//! head and lag computed from the event store (not from Kafka watermarks).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::error::Result;
+use crate::state::AppState;
+
+/// A projection's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectionView {
+    pub name: String,
+    /// Highest global position applied.
+    pub checkpoint: i64,
+    /// Highest global position of the event store among the projection's
+    /// stream types.
+    pub head: i64,
+    /// Events of the projection's stream types not yet applied.
+    pub lag_events: i64,
+    /// `up_to_date`, `catching_up`, or `degraded` while streams are parked.
+    pub status: String,
+    /// Streams parked by a poison event.
+    pub parked_streams: i64,
+    /// Events applied since the read models were created.
+    pub events_applied: i64,
+}
+
+#[utoipa::path(
+    get, path = "/projections", tag = "projections",
+    responses((status = 200, description = "Every projection's progress", body = [ProjectionView]))
+)]
+pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Vec<ProjectionView>>> {
+    Ok(Json(projection_views(&state.pool).await?))
+}
+
+/// Progress of every projection.
+pub async fn projection_views(pool: &PgPool) -> Result<Vec<ProjectionView>> {
+    let mut views = Vec::new();
+    for projection in projections::all() {
+        views.push(projection_view(pool, projection.name(), projection.stream_types()).await?);
+    }
+    Ok(views)
+}
+
+async fn projection_view(
+    pool: &PgPool,
+    name: &str,
+    stream_types: &[&str],
+) -> Result<ProjectionView> {
+    let types: Vec<String> = stream_types.iter().map(|t| (*t).to_owned()).collect();
+    let (checkpoint, head, lag_events, parked_streams, events_applied): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "WITH heads AS ( \
+                 SELECT stream_id, max(version) AS version, max(position) AS position \
+                 FROM event_store.events WHERE stream_type = ANY($2) GROUP BY stream_id \
+             ) \
+             SELECT \
+                 coalesce((SELECT last_position FROM read_models.projection_status WHERE projection = $1), 0), \
+                 coalesce((SELECT max(position) FROM heads), 0), \
+                 coalesce((SELECT sum(greatest(h.version - coalesce(a.version, 0), 0)) \
+                           FROM heads h LEFT JOIN read_models.applied a \
+                             ON a.projection = $1 AND a.stream_id = h.stream_id), 0)::bigint, \
+                 (SELECT count(*) FROM read_models.parked WHERE projection = $1), \
+                 coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0)",
+        )
+        .bind(name)
+        .bind(&types)
+        .fetch_one(pool)
+        .await?;
+    let status = if parked_streams > 0 {
+        "degraded"
+    } else if lag_events > 0 {
+        "catching_up"
+    } else {
+        "up_to_date"
+    };
+    Ok(ProjectionView {
+        name: name.to_owned(),
+        checkpoint,
+        head,
+        lag_events,
+        status: status.to_owned(),
+        parked_streams,
+        events_applied,
+    })
+}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    let views = projection_views(&state.pool).await?;
+    let now = Instant::now();
+    let rates: Vec<f64> = {
+        let mut samples = state
+            .applied_samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        views
+            .iter()
+            .map(|v| {
+                let previous = samples.insert(v.name.clone(), (now, v.events_applied));
+                match previous {
+                    Some((then, applied)) if now > then => {
+                        (v.events_applied - applied).max(0) as f64 / (now - then).as_secs_f64()
+                    }
+                    _ => 0.0,
+                }
+            })
+            .collect()
+    };
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> String| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (i, v) in views.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{projection=\"{}\"}} {}", v.name, value(i));
+        }
+    };
+    family(
+        "purser_projection_lag_events",
+        "gauge",
+        "Events of the projection's stream types in the event store not yet applied.",
+        &|i| views[i].lag_events.to_string(),
+    );
+    family(
+        "purser_projection_checkpoint_position",
+        "gauge",
+        "Highest global event-store position the projection has applied.",
+        &|i| views[i].checkpoint.to_string(),
+    );
+    family(
+        "purser_projection_head_position",
+        "gauge",
+        "Highest global event-store position among the projection's stream types.",
+        &|i| views[i].head.to_string(),
+    );
+    family(
+        "purser_projection_events_applied_total",
+        "counter",
+        "Events applied to the read model.",
+        &|i| views[i].events_applied.to_string(),
+    );
+    family(
+        "purser_projection_apply_rate",
+        "gauge",
+        "Events applied per second since the previous scrape.",
+        &|i| format!("{:.3}", rates[i]),
+    );
+    family(
+        "purser_projection_parked_streams",
+        "gauge",
+        "Streams parked by a poison event (their later events wait).",
+        &|i| views[i].parked_streams.to_string(),
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response())
+}

@@ -1,0 +1,164 @@
+//! The router (no I/O) and the [`Application`] that binds and serves it.
+
+use std::net::SocketAddr;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::get;
+use axum::{BoxError, Router};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::QueryApiConfig;
+use crate::error::ApiError;
+use crate::openapi::openapi_json;
+use crate::progress::Progress;
+use crate::routes::{accounts, health, inventory, orders, projections};
+use crate::state::AppState;
+
+/// Request bodies are not used by any endpoint; refuse large ones early.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route, with the middleware stack: request id, trace span (request
+/// id, method, matched path), propagate request id, timeout, body limit.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.request_timeout;
+    Router::new()
+        .route("/accounts/{id}", get(accounts::get_account))
+        .route(
+            "/accounts/{id}/transactions",
+            get(accounts::list_transactions),
+        )
+        .route("/inventory", get(inventory::list_items))
+        .route("/inventory/{sku}", get(inventory::get_item))
+        .route("/orders", get(orders::list_orders))
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/projections", get(projections::list_projections))
+        .route("/metrics", get(projections::metrics))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(make_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(HandleErrorLayer::new(move |error: BoxError| async move {
+                    if error.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::Timeout(timeout)
+                    } else {
+                        ApiError::Status {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            detail: "internal error".to_owned(),
+                        }
+                    }
+                }))
+                .timeout(timeout)
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        )
+        .with_state(state)
+}
+
+fn make_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(request.uri().path(), MatchedPath::as_str);
+    tracing::info_span!("http", method = %request.method(), path, request_id)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::Status {
+        status: StatusCode::NOT_FOUND,
+        detail: "no such resource".to_owned(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::Status {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        detail: "the Query API only answers GET".to_owned(),
+    }
+}
+
+/// The Query API, bound to its port.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `config.addr` (port 0 picks a free port). Does not touch the
+    /// database.
+    pub async fn build(config: &QueryApiConfig, pool: PgPool) -> std::io::Result<Application> {
+        let listener = TcpListener::bind(config.addr).await?;
+        let state = AppState::new(pool, Progress::new(config.poll_interval()))
+            .with_request_timeout(config.request_timeout());
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Application { listener, state } = self;
+        let listener_task = state
+            .progress
+            .spawn_listener(state.pool.clone(), shutdown.child_token());
+        tracing::info!(addr = ?listener.local_addr().ok(), "query API listening");
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        let _ = listener_task.await;
+        served
+    }
+}
+
+/// Cancels `token` on ctrl-c or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}

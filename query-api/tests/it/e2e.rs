@@ -1,0 +1,211 @@
+//! End to end: commands appended through the repository, published by the
+//! relay to the broker at `KAFKA_BROKERS`, applied by the projection workers,
+//! read over HTTP with `min_version` giving read-your-writes.
+
+use std::time::Duration;
+
+use domain::{
+    AccountCommand, Amount, BankAccount, Inventory, InventoryCommand, Order, OrderCommand, OrderId,
+    Quantity,
+};
+use kafka::{KafkaConfig, Relay};
+use projections::WorkerConfig;
+use query_api::{Application, QueryApiConfig};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::support::Harness;
+
+fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("query-api-test-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 2_000,
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// GET that must answer 200; returns the JSON body.
+    async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = response.text().await.expect("body");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or(Value::String(body))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_become_visible_through_every_read_endpoint() {
+    let h = Harness::new().await;
+    let kafka = kafka_config();
+    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
+        .await
+        .expect("topics");
+    let shutdown = CancellationToken::new();
+
+    let relay = Relay::new(h.store.clone(), kafka.clone()).expect("relay");
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let workers = tokio::spawn({
+        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
+        async move {
+            let config = WorkerConfig {
+                poll_wait: Duration::from_millis(200),
+                ..WorkerConfig::default()
+            };
+            projections::run_workers(&[], store, &kafka, config, shutdown).await
+        }
+    });
+    let config = QueryApiConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        ..QueryApiConfig::default()
+    };
+    let app = Application::build(&config, h.db.pool.clone())
+        .await
+        .expect("bind");
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{}", app.port()),
+    };
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    // The first reads also wait for the consumer groups to form: allow it.
+    let wait = "wait_ms=10000";
+
+    // Accounts.
+    let customer = Uuid::now_v7();
+    let account = h.open_account(customer).await;
+    let version = h.deposit(account, 10_000).await;
+    let body = client
+        .get(&format!("/accounts/{account}?min_version={version}&{wait}"))
+        .await;
+    assert_eq!(
+        (body["balance"].as_i64(), body["version"].as_u64()),
+        (Some(10_000), Some(version))
+    );
+    let version = h
+        .exec::<BankAccount>(
+            &account.to_string(),
+            AccountCommand::Withdraw {
+                amount: Amount::new(2_500).unwrap(),
+            },
+        )
+        .await;
+    let body = client
+        .get(&format!("/accounts/{account}?min_version={version}&{wait}"))
+        .await;
+    assert_eq!(body["balance"], 7_500);
+    let ledger = client
+        .get(&format!(
+            "/accounts/{account}/transactions?min_version={version}&{wait}"
+        ))
+        .await;
+    let kinds: Vec<&str> = ledger["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["deposit", "withdrawal"]);
+
+    // Inventory.
+    h.create_item("LAPTOP-15", 10).await;
+    let version = h
+        .exec::<Inventory>(
+            "LAPTOP-15",
+            InventoryCommand::Restock {
+                quantity: Quantity::new(5).unwrap(),
+            },
+        )
+        .await;
+    let item = client
+        .get(&format!(
+            "/inventory/LAPTOP-15?min_version={version}&{wait}"
+        ))
+        .await;
+    assert_eq!(
+        (item["on_hand"].as_i64(), item["available"].as_i64()),
+        (Some(15), Some(15))
+    );
+    let version = h
+        .exec::<Inventory>(
+            "LAPTOP-15",
+            InventoryCommand::Reserve {
+                order_id: OrderId::new(Uuid::now_v7()),
+                quantity: Quantity::new(3).unwrap(),
+            },
+        )
+        .await;
+    let item = client
+        .get(&format!(
+            "/inventory/LAPTOP-15?min_version={version}&{wait}"
+        ))
+        .await;
+    assert_eq!(
+        (item["reserved"].as_i64(), item["available"].as_i64()),
+        (Some(3), Some(12))
+    );
+    let list = client.get("/inventory?limit=10").await;
+    assert_eq!(list["items"][0]["sku"], "LAPTOP-15");
+
+    // Orders.
+    let order = h.place_order(customer, account).await;
+    let version = h
+        .exec::<Order>(&order.to_string(), OrderCommand::MarkReserved)
+        .await;
+    let body = client
+        .get(&format!("/orders/{order}?min_version={version}&{wait}"))
+        .await;
+    assert_eq!(body["status"], "reserved");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 2);
+    let mine = client
+        .get(&format!("/orders?customer_id={customer}&status=reserved"))
+        .await;
+    assert_eq!(mine["items"][0]["order_id"], order.to_string());
+
+    // Progress, metrics, health, the document.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = client.get("/projections").await;
+        let caught_up = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag_events"] == 0 && p["status"] == "up_to_date");
+        if caught_up {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not catch up: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = client.get("/metrics").await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("purser_projection_lag_events{projection=\"accounts\"} 0"));
+    client.get("/health/live").await;
+    client.get("/health/ready").await;
+    let doc = client.get("/openapi.json").await;
+    assert!(doc["paths"]["/orders/{id}"].is_object());
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    workers.await.unwrap().unwrap();
+    relay_task.await.unwrap().unwrap();
+    h.drop().await;
+}
