@@ -50,6 +50,11 @@ pub struct GlobalArgs {
 enum Command {
     /// Apply the pending database migrations and list what was applied.
     Migrate(migrate::Args),
+    /// Serve the Command API (default 127.0.0.1:8080).
+    #[command(name = "command-api")]
+    WriteApi(command_api::Config),
+    /// Run every component in one process (for now: the Command API).
+    Serve(command_api::Config),
 }
 
 #[tokio::main]
@@ -58,6 +63,9 @@ async fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let outcome = match cli.command {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
+        Command::WriteApi(config) | Command::Serve(config) => {
+            run_command_api(&cli.global, config).await
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +74,23 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `purser command-api`: serves until SIGTERM or ctrl-c, then finishes
+/// the requests in flight.
+async fn run_command_api(
+    global: &GlobalArgs,
+    mut config: command_api::Config,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    config.database_url = global.database_url.clone();
+    let application = command_api::Application::build(config)
+        .await
+        .context("starting the command API")?;
+    application
+        .run_until_stopped()
+        .await
+        .context("serving the command API")
 }
 
 /// Prints a failure and its causes, one per line (no backtrace: this is a

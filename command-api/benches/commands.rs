@@ -1,0 +1,268 @@
+//! Command API throughput and latency, next to a bare axum + sqlx handler
+//! that inserts one row, driven the same way in the same run.
+//!
+//! `cargo bench -p command-api --bench commands`
+//!
+//! 32 concurrent HTTP clients (reqwest, keep-alive, one connection each)
+//! post deposits round-robin over 1,000 accounts for a fixed time against
+//! (a) the real Command API (parse, load the account's stream, decide,
+//! append with optimistic concurrency) and (b) a bare handler that parses
+//! the same body and inserts one event-shaped row. Same process, same
+//! runtime, same database. Environment: `BENCH_SECONDS` (default 10),
+//! `BENCH_CLIENTS` (32), `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use command_api::{Application, Config};
+use futures::future::join_all;
+use migrations::testing::TestDatabase;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connections per server's pool (the Command API's default).
+const POOL_SIZE: u32 = 16;
+const WARMUP: Duration = Duration::from_secs(2);
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deposit {
+    amount: i64,
+}
+
+/// The baseline: parse the body, insert one row shaped like an event.
+async fn bare_deposit(
+    State(pool): State<PgPool>,
+    Path(id): Path<Uuid>,
+    Json(deposit): Json<Deposit>,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO bench_bare_events (event_id, stream_id, event_type, payload) \
+         VALUES ($1, $2, 'MoneyDeposited', $3) RETURNING position",
+    )
+    .bind(Uuid::now_v7())
+    .bind(format!("account-{id}"))
+    .bind(json!({"amount": deposit.amount}))
+    .fetch_one(&pool)
+    .await
+    .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Json(json!({"account_id": id, "position": position})))
+}
+
+async fn start_bare(pool: PgPool) -> Result<SocketAddr, BoxError> {
+    sqlx::query(
+        "CREATE TABLE bench_bare_events ( \
+           position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           event_id uuid NOT NULL UNIQUE, stream_id text NOT NULL, event_type text NOT NULL, \
+           payload jsonb NOT NULL, metadata jsonb NOT NULL DEFAULT '{}'::jsonb, \
+           recorded_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await?;
+    let app = Router::new()
+        .route("/accounts/{id}/deposits", post(bare_deposit))
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
+struct Run {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+}
+
+/// `clients` loops posting deposits round-robin over `accounts` for `for_`.
+async fn drive(
+    address: SocketAddr,
+    accounts: Arc<Vec<Uuid>>,
+    clients: usize,
+    for_: Duration,
+) -> Run {
+    let started = Instant::now();
+    let deadline = started + for_;
+    let per_client = join_all((0..clients).map(|c| {
+        let accounts = Arc::clone(&accounts);
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .tcp_nodelay(true)
+                .build()
+                .expect("client");
+            let mut latencies = Vec::with_capacity(8192);
+            let mut errors = 0;
+            let mut i = c;
+            while Instant::now() < deadline {
+                let account = accounts[i % accounts.len()];
+                i += clients;
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("http://{address}/accounts/{account}/deposits"))
+                    .json(&json!({"amount": 1}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(sent.elapsed());
+                    }
+                    Ok(r) => {
+                        let _ = r.bytes().await;
+                        errors += 1;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        })
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for result in per_client {
+        let (l, e) = result.expect("client task");
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    Run {
+        requests: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let clients: usize = env_or("BENCH_CLIENTS", 32);
+    let account_count: usize = env_or("BENCH_ACCOUNTS", 1000);
+    let measure = Duration::from_secs(seconds);
+
+    let db = TestDatabase::create().await;
+    let pool = |size| {
+        PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&db.url)
+    };
+
+    // The Command API, and 1,000 open accounts through it.
+    let mut config = Config::local(db.url.clone());
+    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.db_max_connections = POOL_SIZE;
+    let application = Application::build_with_pool(&config, pool(POOL_SIZE).await?).await?;
+    let command_api = application.address();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
+    let setup = reqwest::Client::new();
+    let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
+    for chunk in accounts.chunks(64) {
+        let opened = join_all(chunk.iter().map(|id| {
+            setup
+                .post(format!("http://{command_api}/accounts"))
+                .json(&json!({"account_id": id, "customer_id": Uuid::now_v7(), "currency": "EUR"}))
+                .send()
+        }))
+        .await;
+        for response in opened {
+            if response?.status() != reqwest::StatusCode::CREATED {
+                return Err("opening an account failed".into());
+            }
+        }
+    }
+    let accounts = Arc::new(accounts);
+
+    let bare = start_bare(pool(POOL_SIZE).await?).await?;
+
+    println!(
+        "deposits over {account_count} accounts, {clients} concurrent keep-alive clients, \
+         {seconds} s each (after {} s warm-up), pools of {POOL_SIZE} connections",
+        WARMUP.as_secs()
+    );
+    drive(bare, Arc::clone(&accounts), clients, WARMUP).await;
+    drive(command_api, Arc::clone(&accounts), clients, WARMUP).await;
+    let bare_run = drive(bare, Arc::clone(&accounts), clients, measure).await;
+    let api_run = drive(command_api, Arc::clone(&accounts), clients, measure).await;
+
+    println!(
+        "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "", "req/s", "p50 ms", "p99 ms", "requests", "errors"
+    );
+    for (name, run) in [
+        ("bare axum + sqlx insert", &bare_run),
+        ("command API deposit", &api_run),
+    ] {
+        println!(
+            "{:<28} {:>10.0} {:>9.2} {:>9.2} {:>9} {:>7}",
+            name,
+            run.throughput(),
+            ms(run.percentile(0.50)),
+            ms(run.percentile(0.99)),
+            run.requests,
+            run.errors
+        );
+    }
+    let throughput_ratio = api_run.throughput() / bare_run.throughput();
+    let p99_ratio = ms(api_run.percentile(0.99)) / ms(bare_run.percentile(0.99));
+    println!(
+        "ratio: throughput {:.0}% of bare (target >= 50%), p99 {:.2}x bare (target < 4x)",
+        throughput_ratio * 100.0,
+        p99_ratio
+    );
+
+    // Every successful deposit is an event: nothing lost, nothing extra.
+    let deposited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE event_type = 'MoneyDeposited'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    println!("events appended by the command API: {deposited}");
+
+    let _ = stop.send(());
+    server.await??;
+    db.drop().await;
+    Ok(())
+}

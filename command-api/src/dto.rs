@@ -1,0 +1,502 @@
+//! Request and response bodies, and the parsing of requests into domain
+//! commands: this is the edge where raw JSON becomes domain newtypes.
+//!
+//! Status rules (API.md): a body that is not JSON, has the wrong types,
+//! unknown or missing fields, or an invalid id is a 400; a well-formed value
+//! the domain does not accept (zero or negative amounts, numbers out of
+//! range, a malformed SKU, currency or country, empty or over-long line
+//! lists, duplicate SKUs, an overflowing total) is a 422 with a code.
+
+use std::fmt;
+
+use domain::order::MAX_ORDER_LINES;
+use domain::values::validate_text;
+use domain::{
+    AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderLine, Quantity,
+    ShippingAddress, Sku,
+};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// A JSON integer as the client wrote it: an `i64`, or an integer outside
+/// the `i64` range (which is a 422, not a 400: the type is right, the value
+/// is not). Fractions and non-numbers are type errors (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int {
+    Value(i64),
+    OutOfRange,
+}
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int::Value(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(i64::try_from(v).map_or(Int::OutOfRange, Int::Value))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
+                // serde_json reads integers beyond u64/i64 as floats.
+                // Every integer in the i64 range arrives through visit_i64 or
+                // visit_u64, so a float at or beyond +-2^63 is out of range.
+                const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+                if v.is_finite() && v.fract() == 0.0 && (v >= LIMIT || v <= -LIMIT) {
+                    Ok(Int::OutOfRange)
+                } else {
+                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+
+        deserializer.deserialize_any(IntVisitor)
+    }
+}
+
+impl Int {
+    fn get(self, field: &str, code: &'static str) -> Result<i64, ApiError> {
+        match self {
+            Int::Value(v) => Ok(v),
+            Int::OutOfRange => Err(ApiError::validation(
+                code,
+                format!("{field} is out of range (a 64-bit integer)"),
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field parsers
+
+fn amount(field: &str, value: Int) -> Result<Amount, ApiError> {
+    let v = value.get(field, "invalid_amount")?;
+    Amount::new(v).map_err(|_| {
+        ApiError::validation(
+            "invalid_amount",
+            format!("{field} must be greater than zero, got {v}"),
+        )
+    })
+}
+
+fn quantity(field: &str, value: Int) -> Result<Quantity, ApiError> {
+    let v = value.get(field, "invalid_quantity")?;
+    Quantity::new(v).map_err(|_| {
+        ApiError::validation(
+            "invalid_quantity",
+            format!("{field} must be between 1 and {}, got {v}", Quantity::MAX),
+        )
+    })
+}
+
+fn money(field: &str, value: Int) -> Result<Money, ApiError> {
+    let v = value.get(field, "invalid_amount")?;
+    Money::new(v).map_err(|_| {
+        ApiError::validation(
+            "invalid_amount",
+            format!("{field} must not be negative, got {v}"),
+        )
+    })
+}
+
+fn sku(field: &str, value: &str) -> Result<Sku, ApiError> {
+    Sku::parse(value).map_err(|_| {
+        ApiError::validation(
+            "invalid_sku",
+            format!("{field} must match [A-Z0-9-]{{1,64}}, got {value:?}"),
+        )
+    })
+}
+
+fn currency(value: &str) -> Result<Currency, ApiError> {
+    Currency::parse(value).map_err(|e| ApiError::validation("invalid_currency", e.to_string()))
+}
+
+fn country(value: &str) -> Result<CountryCode, ApiError> {
+    CountryCode::parse(value).map_err(|e| ApiError::validation("invalid_country", e.to_string()))
+}
+
+/// A uuid from the body; an invalid id is a 400 (API.md).
+fn uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(value)
+        .map_err(|_| ApiError::InvalidId(format!("{field} must be a uuid, got {value:?}")))
+}
+
+/// A path id: a uuid...
+pub fn path_uuid(what: &str, value: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(value)
+        .map_err(|_| ApiError::InvalidId(format!("{what} must be a uuid, got {value:?}")))
+}
+
+/// ...or a SKU (the inventory item's id): a malformed one is a bad id, 400.
+pub fn path_sku(value: &str) -> Result<Sku, ApiError> {
+    Sku::parse(value).map_err(|_| {
+        ApiError::InvalidId(format!("sku must match [A-Z0-9-]{{1,64}}, got {value:?}"))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Accounts
+
+/// `POST /accounts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccountRequest {
+    #[schema(format = Uuid)]
+    pub customer_id: String,
+    /// ISO 4217 code, e.g. `EUR`.
+    #[schema(example = "EUR")]
+    pub currency: String,
+    /// The new account's id; the server makes a uuid v7 when absent.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub account_id: Option<String>,
+}
+
+/// An `OpenAccountRequest`, parsed.
+#[derive(Debug)]
+pub struct OpenAccount {
+    pub account_id: Option<AccountId>,
+    pub customer_id: CustomerId,
+    pub currency: Currency,
+}
+
+impl TryFrom<OpenAccountRequest> for OpenAccount {
+    type Error = ApiError;
+    fn try_from(r: OpenAccountRequest) -> Result<Self, ApiError> {
+        let account_id = r
+            .account_id
+            .as_deref()
+            .map(|id| uuid("account_id", id).map(AccountId::new))
+            .transpose()?;
+        Ok(OpenAccount {
+            account_id,
+            customer_id: CustomerId::new(uuid("customer_id", &r.customer_id)?),
+            currency: currency(&r.currency)?,
+        })
+    }
+}
+
+/// `POST /accounts/{id}/deposits` and `.../withdrawals`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyRequest {
+    /// Minor units (cents), `> 0`.
+    #[schema(value_type = i64, example = 10000)]
+    pub amount: Int,
+}
+
+impl MoneyRequest {
+    pub fn amount(&self) -> Result<Amount, ApiError> {
+        amount("amount", self.amount)
+    }
+}
+
+/// `POST /accounts/{id}/close`: `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseAccountRequest {}
+
+/// The answer to every account command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountResponse {
+    pub account_id: Uuid,
+    /// The account's version after the command (also the `ETag`).
+    pub version: u64,
+    /// Global position of the last event the command appended.
+    pub position: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// Inventory
+
+/// `POST /inventory`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateItemRequest {
+    /// `[A-Z0-9-]{1,64}`.
+    #[schema(example = "LAPTOP-15")]
+    pub sku: String,
+    /// 1 to 200 characters, not blank.
+    pub name: String,
+    /// Initial stock, `> 0`.
+    #[schema(value_type = i64, example = 10)]
+    pub quantity: Int,
+}
+
+/// A `CreateItemRequest`, parsed.
+#[derive(Debug)]
+pub struct CreateItem {
+    pub sku: Sku,
+    pub name: String,
+    pub quantity: Quantity,
+}
+
+impl TryFrom<CreateItemRequest> for CreateItem {
+    type Error = ApiError;
+    fn try_from(r: CreateItemRequest) -> Result<Self, ApiError> {
+        let sku = sku("sku", &r.sku)?;
+        validate_text("name", &r.name)
+            .map_err(|e| ApiError::validation("invalid_name", e.to_string()))?;
+        Ok(CreateItem {
+            sku,
+            name: r.name,
+            quantity: quantity("quantity", r.quantity)?,
+        })
+    }
+}
+
+/// `POST /inventory/{sku}/restock`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestockRequest {
+    /// `> 0`.
+    #[schema(value_type = i64, example = 5)]
+    pub quantity: Int,
+}
+
+impl RestockRequest {
+    pub fn quantity(&self) -> Result<Quantity, ApiError> {
+        quantity("quantity", self.quantity)
+    }
+}
+
+/// The answer to every inventory command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ItemResponse {
+    pub sku: String,
+    pub version: u64,
+    pub position: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// Orders
+
+/// `POST /orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    #[schema(format = Uuid)]
+    pub customer_id: String,
+    #[schema(format = Uuid)]
+    pub account_id: String,
+    #[schema(example = "EUR")]
+    pub currency: String,
+    /// 1 to 100 lines, each SKU at most once.
+    pub lines: Vec<OrderLineRequest>,
+    pub shipping_address: ShippingAddressRequest,
+}
+
+/// One line of a `PlaceOrderRequest`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineRequest {
+    pub sku: String,
+    /// `>= 1`.
+    #[schema(value_type = i64)]
+    pub quantity: Int,
+    /// Minor units, `>= 0`.
+    #[schema(value_type = i64)]
+    pub unit_price: Int,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingAddressRequest {
+    pub name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 (`XX` makes the simulated carrier refuse).
+    #[schema(example = "ES")]
+    pub country: String,
+}
+
+/// A `PlaceOrderRequest`, parsed (the order id is the server's).
+#[derive(Debug)]
+pub struct PlaceOrder {
+    pub customer_id: CustomerId,
+    pub account_id: AccountId,
+    pub currency: Currency,
+    pub lines: Vec<OrderLine>,
+    pub shipping_address: ShippingAddress,
+}
+
+impl TryFrom<PlaceOrderRequest> for PlaceOrder {
+    type Error = ApiError;
+    fn try_from(r: PlaceOrderRequest) -> Result<Self, ApiError> {
+        let customer_id = CustomerId::new(uuid("customer_id", &r.customer_id)?);
+        let account_id = AccountId::new(uuid("account_id", &r.account_id)?);
+        let currency = currency(&r.currency)?;
+        let lines = r
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                Ok(OrderLine::new(
+                    sku(&format!("lines[{i}].sku"), &line.sku)?,
+                    quantity(&format!("lines[{i}].quantity"), line.quantity)?,
+                    money(&format!("lines[{i}].unit_price"), line.unit_price)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        // 1..=100 lines, distinct SKUs, total within i64: the domain's own
+        // check, run here so a bad order never reaches the store.
+        domain::order::order_total(&lines)
+            .map_err(|e| ApiError::validation("invalid_order", format!("invalid order: {e}")))?;
+        debug_assert!(lines.len() <= MAX_ORDER_LINES);
+        let a = r.shipping_address;
+        let shipping_address = ShippingAddress::new(
+            a.name,
+            a.line1,
+            a.line2,
+            a.city,
+            a.postal_code,
+            country(&a.country)?,
+        )
+        .map_err(|e| ApiError::validation("invalid_address", e.to_string()))?;
+        Ok(PlaceOrder {
+            customer_id,
+            account_id,
+            currency,
+            lines,
+            shipping_address,
+        })
+    }
+}
+
+/// `POST /orders/{id}/cancel`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrderRequest {
+    /// Why the customer cancels (1 to 200 characters); defaults to
+    /// `customer_request`.
+    #[serde(default)]
+    #[schema(example = "changed my mind")]
+    pub reason: Option<String>,
+}
+
+impl CancelOrderRequest {
+    pub fn reason(self) -> Result<String, ApiError> {
+        match self.reason {
+            None => Ok("customer_request".to_owned()),
+            Some(reason) => {
+                validate_text("reason", &reason)
+                    .map_err(|e| ApiError::validation("invalid_reason", e.to_string()))?;
+                Ok(reason)
+            }
+        }
+    }
+}
+
+/// `202` to `POST /orders`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrderPlacedResponse {
+    pub order_id: Uuid,
+    /// Always `placed`: the saga runs asynchronously.
+    #[schema(example = "placed")]
+    pub status: String,
+    pub version: u64,
+    pub position: Option<i64>,
+}
+
+/// `202` to `POST /orders/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrderResponse {
+    pub order_id: Uuid,
+    pub version: u64,
+    pub position: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::extract::parse_json;
+
+    fn int(text: &str) -> Result<Int, ApiError> {
+        parse_json::<MoneyRequest>(format!("{{\"amount\":{text}}}").as_bytes()).map(|r| r.amount)
+    }
+
+    #[test]
+    fn integers_in_and_out_of_range() {
+        assert_eq!(int("5").ok(), Some(Int::Value(5)));
+        assert_eq!(int("-5").ok(), Some(Int::Value(-5)));
+        assert_eq!(int("9223372036854775807").ok(), Some(Int::Value(i64::MAX)));
+        assert_eq!(int("9223372036854775808").ok(), Some(Int::OutOfRange));
+        assert_eq!(int("-9223372036854775809").ok(), Some(Int::OutOfRange));
+        assert_eq!(int("99999999999999999999999").ok(), Some(Int::OutOfRange));
+        assert_eq!(int("1e30").ok(), Some(Int::OutOfRange));
+        for type_error in ["1.5", "10.0", "\"10\"", "null", "true", "[1]"] {
+            assert!(
+                matches!(int(type_error), Err(ApiError::InvalidBody(_))),
+                "{type_error} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn amounts_must_be_positive() {
+        let code = |text: &str| {
+            int(text)
+                .and_then(|v| amount("amount", v))
+                .map_err(|e| e.code())
+        };
+        assert_eq!(code("1").map(Amount::amount), Ok(1));
+        assert_eq!(code("0"), Err("invalid_amount"));
+        assert_eq!(code("-1"), Err("invalid_amount"));
+        assert_eq!(code("9223372036854775808"), Err("invalid_amount"));
+    }
+
+    fn order(lines: serde_json::Value) -> Result<PlaceOrder, ApiError> {
+        let body = json!({
+            "customer_id": Uuid::now_v7(),
+            "account_id": Uuid::now_v7(),
+            "currency": "EUR",
+            "lines": lines,
+            "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
+                                 "postal_code": "28013", "country": "ES"}
+        });
+        parse_json::<PlaceOrderRequest>(body.to_string().as_bytes()).and_then(PlaceOrder::try_from)
+    }
+
+    #[test]
+    fn order_lines_are_checked_together() {
+        let line = |sku: &str, quantity: i64, unit_price: i64| json!({"sku": sku, "quantity": quantity, "unit_price": unit_price});
+        assert!(order(json!([line("A", 1, 0)])).is_ok());
+        let code = |lines| order(lines).map(|_| ()).map_err(|e| e.code());
+        assert_eq!(code(json!([])), Err("invalid_order"));
+        let many: Vec<_> = (0..101).map(|i| line(&format!("S{i}"), 1, 1)).collect();
+        assert_eq!(code(json!(many)), Err("invalid_order"));
+        let hundred: Vec<_> = (0..100).map(|i| line(&format!("S{i}"), 1, 1)).collect();
+        assert_eq!(code(json!(hundred)), Ok(()));
+        assert_eq!(
+            code(json!([line("A", 1, 1), line("A", 2, 1)])),
+            Err("invalid_order")
+        );
+        assert_eq!(
+            code(json!([line("A", 2, i64::MAX)])),
+            Err("invalid_order"),
+            "total overflow"
+        );
+        assert_eq!(code(json!([line("a", 1, 1)])), Err("invalid_sku"));
+        assert_eq!(code(json!([line("A", 0, 1)])), Err("invalid_quantity"));
+        assert_eq!(code(json!([line("A", 1, -1)])), Err("invalid_amount"));
+    }
+}

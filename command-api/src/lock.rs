@@ -1,0 +1,86 @@
+//! In-process serialisation of commands per aggregate.
+//!
+//! Optimistic concurrency in the event store is what keeps every stream
+//! consistent; this lock only keeps requests to one aggregate that arrive at
+//! this process at the same time from racing each other into conflicts and
+//! retries (50 concurrent withdrawals would otherwise re-read and re-decide
+//! up to 50 times). Writers in other processes still meet the store's
+//! conflict check and the bounded retries.
+//!
+//! Striped: a fixed array of mutexes indexed by a hash of the stream id, so
+//! memory is bounded and nothing needs cleaning up; two streams that share a
+//! stripe merely take turns.
+
+use std::hash::{BuildHasher, RandomState};
+
+use tokio::sync::{Mutex, MutexGuard};
+
+/// How many stripes: enough that unrelated aggregates rarely share one.
+const STRIPES: usize = 1024;
+
+#[derive(Debug)]
+pub struct StreamLocks {
+    stripes: Box<[Mutex<()>]>,
+    hasher: RandomState,
+}
+
+impl Default for StreamLocks {
+    fn default() -> Self {
+        StreamLocks::new()
+    }
+}
+
+impl StreamLocks {
+    pub fn new() -> StreamLocks {
+        StreamLocks {
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Waits for the stripe of `stream` (e.g. `account-0191...`).
+    pub async fn lock(&self, stream: &str) -> MutexGuard<'_, ()> {
+        let index = (self.hasher.hash_one(stream) as usize) % self.stripes.len();
+        self.stripes[index].lock().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn one_stream_is_serialised_and_others_are_not() {
+        let locks = Arc::new(StreamLocks::new());
+        let held = locks.lock("account-a").await;
+        // Another stream is free (unless it shares the stripe, in which case
+        // pick a different name).
+        let other = (0..100)
+            .map(|i| format!("account-{i}"))
+            .find(|name| {
+                let index_a = locks.hasher.hash_one("account-a") as usize % STRIPES;
+                locks.hasher.hash_one(name.as_str()) as usize % STRIPES != index_a
+            })
+            .expect("some name in another stripe");
+        assert!(locks.stripes.len() == STRIPES);
+        let free = tokio::time::timeout(Duration::from_secs(5), locks.lock(&other)).await;
+        assert!(free.is_ok(), "an unrelated stream was blocked");
+        drop(free);
+        let waiter = {
+            let locks = Arc::clone(&locks);
+            tokio::spawn(async move {
+                let _guard = locks.lock("account-a").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the same stream was not serialised");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter got the lock once released")
+            .expect("waiter task");
+    }
+}

@@ -1,0 +1,89 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{IntoParams, OpenApi};
+
+use crate::dto;
+use crate::error::Problem;
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Purser Command API",
+        description = "Commands for accounts, inventory and orders. Errors are RFC 9457 problem details."
+    ),
+    paths(
+        routes::accounts::open,
+        routes::accounts::deposit,
+        routes::accounts::withdraw,
+        routes::accounts::close,
+        routes::inventory::create,
+        routes::inventory::restock,
+        routes::orders::place,
+        routes::orders::cancel,
+        routes::health::live,
+        routes::health::ready,
+        routes::health::metrics,
+        openapi_json,
+    ),
+    components(schemas(
+        Problem,
+        dto::OpenAccountRequest,
+        dto::MoneyRequest,
+        dto::CloseAccountRequest,
+        dto::AccountResponse,
+        dto::CreateItemRequest,
+        dto::RestockRequest,
+        dto::ItemResponse,
+        dto::PlaceOrderRequest,
+        dto::OrderLineRequest,
+        dto::ShippingAddressRequest,
+        dto::CancelOrderRequest,
+        dto::OrderPlacedResponse,
+        dto::OrderResponse,
+        routes::health::Health,
+    )),
+    tags(
+        (name = "accounts", description = "Bank accounts"),
+        (name = "inventory", description = "Stock per SKU"),
+        (name = "orders", description = "Orders; fulfilment runs asynchronously"),
+        (name = "health", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document.
+pub fn document() -> Document {
+    ApiDoc::openapi()
+}
+
+/// `Idempotency-Key`, accepted by every `POST`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// 1 to 255 visible ASCII characters. A repeat with the same request
+    /// gets the stored answer (`Idempotent-Replayed: true`); with another
+    /// request, 422 `idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
+
+/// `If-Match`, accepted by every command on an existing aggregate.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatchHeader {
+    /// `"<version>"`: append only at that version, else 412 `version_mismatch`.
+    #[param(rename = "If-Match")]
+    #[allow(dead_code)]
+    if_match: Option<String>,
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi_json() -> Json<Document> {
+    Json(document())
+}

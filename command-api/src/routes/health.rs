@@ -1,0 +1,89 @@
+//! `GET /health/live`, `GET /health/ready`, `GET /metrics`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+/// How long the readiness check waits for the database.
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The answer of the health checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: &'static str,
+    /// The state of each check (`ok`).
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn live() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        checks: serde_json::Map::new(),
+    })
+}
+
+/// 200 when the database answers, else 503 naming the failed check.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "A dependency is down; `checks` names it", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let check = tokio::time::timeout(
+        DATABASE_CHECK_TIMEOUT,
+        sqlx::query("SELECT 1").execute(state.store().pool()),
+    )
+    .await;
+    let failure: Option<Box<dyn std::error::Error + Send + Sync>> = match check {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(Box::new(error)),
+        Err(elapsed) => Some(Box::new(elapsed)),
+    };
+    let mut checks = serde_json::Map::new();
+    match failure {
+        None => {
+            checks.insert("database".to_owned(), "ok".into());
+            Ok(Json(Health {
+                status: "ok",
+                checks,
+            }))
+        }
+        Some(source) => {
+            checks.insert("database".to_owned(), "failed".into());
+            Err(ApiError::Unavailable {
+                detail: "check failed: database".to_owned(),
+                checks: Some(checks),
+                source: Some(source),
+            })
+        }
+    }
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+               content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}

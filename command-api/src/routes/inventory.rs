@@ -1,0 +1,101 @@
+//! `POST /inventory`, `/inventory/{sku}/restock`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use domain::{Inventory, InventoryCommand, Sku};
+use event_store::Outcome;
+
+use crate::commands::execute;
+use crate::dto::{path_sku, CreateItem, CreateItemRequest, ItemResponse, RestockRequest};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Command, PathParam};
+use crate::state::AppState;
+
+fn answer(
+    status: StatusCode,
+    sku: Sku,
+) -> impl Fn(&Outcome<Inventory>) -> (StatusCode, serde_json::Value) + Send + Sync {
+    move |outcome| {
+        let body = ItemResponse {
+            sku: sku.as_str().to_owned(),
+            version: outcome.version,
+            position: outcome.position,
+        };
+        (
+            status,
+            serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+/// Creates an inventory item (one aggregate per SKU).
+#[utoipa::path(
+    post, path = "/inventory", tag = "inventory",
+    request_body = CreateItemRequest,
+    params(crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
+    responses(
+        (status = 201, description = "Created", body = ItemResponse,
+         headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`item_already_exists`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_sku`, `invalid_name`, `invalid_quantity`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    request: Command<CreateItemRequest>,
+) -> Result<Response, ApiError> {
+    let item = CreateItem::try_from(request.body)?;
+    let sku = item.sku.clone();
+    let command = InventoryCommand::Create {
+        sku: item.sku,
+        name: item.name,
+        quantity: item.quantity,
+    };
+    execute(
+        &state,
+        state.inventory(),
+        sku.as_str(),
+        &command,
+        request.meta,
+        answer(StatusCode::CREATED, sku.clone()),
+    )
+    .await
+}
+
+/// Adds stock.
+#[utoipa::path(
+    post, path = "/inventory/{sku}/restock", tag = "inventory",
+    request_body = RestockRequest,
+    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}`"),
+           crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
+    responses(
+        (status = 200, description = "Restocked", body = ItemResponse,
+         headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Malformed request or SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`item_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_quantity`, `stock_overflow`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn restock(
+    State(state): State<AppState>,
+    PathParam(sku): PathParam,
+    request: Command<RestockRequest>,
+) -> Result<Response, ApiError> {
+    let sku = path_sku(&sku)?;
+    let command = InventoryCommand::Restock {
+        quantity: request.body.quantity()?,
+    };
+    execute(
+        &state,
+        state.inventory(),
+        sku.as_str(),
+        &command,
+        request.meta,
+        answer(StatusCode::OK, sku.clone()),
+    )
+    .await
+}

@@ -1,0 +1,6 @@
+//! The handlers, one module per resource.
+
+pub mod accounts;
+pub mod health;
+pub mod inventory;
+pub mod orders;

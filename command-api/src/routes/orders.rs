@@ -1,0 +1,110 @@
+//! `POST /orders`, `/orders/{id}/cancel`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use domain::{OrderCommand, OrderId};
+use uuid::Uuid;
+
+use crate::commands::execute;
+use crate::dto::{
+    path_uuid, CancelOrderRequest, OrderPlacedResponse, OrderResponse, PlaceOrder,
+    PlaceOrderRequest,
+};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Command, PathParam};
+use crate::state::AppState;
+
+/// Places an order: appends `OrderPlaced`; the fulfilment saga runs
+/// asynchronously from there.
+#[utoipa::path(
+    post, path = "/orders", tag = "orders",
+    request_body = PlaceOrderRequest,
+    params(crate::openapi::IdempotencyKeyHeader),
+    responses(
+        (status = 202, description = "Placed; the saga takes it from here", body = OrderPlacedResponse,
+         headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_order`, `invalid_sku`, `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn place(
+    State(state): State<AppState>,
+    request: Command<PlaceOrderRequest>,
+) -> Result<Response, ApiError> {
+    let order = PlaceOrder::try_from(request.body)?;
+    let order_id = OrderId::new(Uuid::now_v7());
+    let command = OrderCommand::Place {
+        order_id,
+        customer_id: order.customer_id,
+        account_id: order.account_id,
+        currency: order.currency,
+        lines: order.lines,
+        shipping_address: order.shipping_address,
+    };
+    execute(
+        &state,
+        state.orders(),
+        &order_id.to_string(),
+        &command,
+        request.meta,
+        move |outcome| {
+            let body = OrderPlacedResponse {
+                order_id: order_id.as_uuid(),
+                status: "placed".to_owned(),
+                version: outcome.version,
+                position: outcome.position,
+            };
+            (
+                StatusCode::ACCEPTED,
+                serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+            )
+        },
+    )
+    .await
+}
+
+/// Asks to cancel an order; honoured at any point before shipping.
+#[utoipa::path(
+    post, path = "/orders/{id}/cancel", tag = "orders",
+    request_body = CancelOrderRequest,
+    params(("id" = Uuid, Path, description = "Order id"),
+           crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
+    responses(
+        (status = 202, description = "Cancellation requested", body = OrderResponse,
+         headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`order_not_cancellable` once shipped, `invalid_reason`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    request: Command<CancelOrderRequest>,
+) -> Result<Response, ApiError> {
+    let order_id = OrderId::new(path_uuid("order id", &id)?);
+    let command = OrderCommand::RequestCancellation {
+        reason: request.body.reason()?,
+    };
+    execute(
+        &state,
+        state.orders(),
+        &order_id.to_string(),
+        &command,
+        request.meta,
+        move |outcome| {
+            let body = OrderResponse {
+                order_id: order_id.as_uuid(),
+                version: outcome.version,
+                position: outcome.position,
+            };
+            (
+                StatusCode::ACCEPTED,
+                serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+            )
+        },
+    )
+    .await
+}

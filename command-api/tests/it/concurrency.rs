@@ -1,0 +1,228 @@
+//! Races: concurrent commands on one aggregate never overdraw, never lose a
+//! write, and `If-Match` pins a version.
+
+use std::sync::Arc;
+
+use domain::{Inventory, InventoryCommand, InventoryError, OrderId, Quantity};
+use event_store::{ExecuteError, ExecuteOptions, Executed, Repository, StoredResponse};
+use futures::future::join_all;
+use reqwest::header::{ETAG, IF_MATCH};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{assert_json, assert_problem, Server, TestApp};
+
+/// Sends `count` withdrawals of `amount` at once through `servers` (round
+/// robin); returns (status, code) of each answer.
+async fn withdraw_concurrently(
+    servers: &[&Server],
+    account: Uuid,
+    count: usize,
+    amount: i64,
+) -> Vec<(StatusCode, Value)> {
+    let path = format!("/accounts/{account}/withdrawals");
+    join_all((0..count).map(|i| {
+        let server = servers[i % servers.len()];
+        let path = path.clone();
+        async move {
+            let response = server
+                .post(&path)
+                .json(&json!({"amount": amount}))
+                .send()
+                .await
+                .expect("request sent");
+            let status = response.status();
+            let body: Value = response.json().await.expect("JSON body");
+            (status, body)
+        }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn fifty_concurrent_withdrawals_never_overdraw() {
+    let app = TestApp::spawn().await;
+    let account = app.open_account(1_000).await;
+
+    let answers = withdraw_concurrently(&[&app.server], account, 50, 100).await;
+
+    let succeeded = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, b)| {
+            *s == StatusCode::UNPROCESSABLE_ENTITY && b["code"] == "insufficient_funds"
+        })
+        .count();
+    assert_eq!(succeeded, 10, "answers: {answers:?}");
+    assert_eq!(refused, 40, "answers: {answers:?}");
+    let mut versions: Vec<u64> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .map(|(_, b)| b["version"].as_u64().unwrap())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (3..=12).collect::<Vec<_>>(),
+        "each success its own version"
+    );
+
+    let (state, version) = app.account(account).await;
+    assert_eq!(state.balance.amount(), 0);
+    assert_eq!(version, 12);
+    assert_eq!(
+        app.count_of(&format!("account-{account}"), "MoneyWithdrawn")
+            .await,
+        10
+    );
+    app.stop().await;
+}
+
+/// Two processes' worth of servers on one database: the in-process
+/// serialisation does not help across them, so the store's optimistic
+/// concurrency and the bounded retries carry the race.
+#[tokio::test]
+async fn concurrent_withdrawals_through_two_servers_stay_consistent() {
+    let app = TestApp::spawn().await;
+    let second = Server::start(app.db.pool.clone(), |config| config.max_retries = 20).await;
+    let account = app.open_account(1_000).await;
+
+    let answers = withdraw_concurrently(&[&app.server, &second], account, 30, 100).await;
+
+    let succeeded = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    for (status, body) in &answers {
+        let expected = *status == StatusCode::OK
+            || (*status == StatusCode::UNPROCESSABLE_ENTITY
+                && body["code"] == "insufficient_funds");
+        assert!(expected, "unexpected answer {status}: {body}");
+    }
+    assert_eq!(succeeded, 10, "answers: {answers:?}");
+    let (state, version) = app.account(account).await;
+    assert_eq!(state.balance.amount(), 0);
+    assert_eq!(version, 12);
+    assert_eq!(
+        app.count_of(&format!("account-{account}"), "MoneyWithdrawn")
+            .await,
+        10
+    );
+    second.stop().await;
+    app.stop().await;
+}
+
+/// Reservations are made by the saga, not over HTTP: this races 50
+/// `InventoryCommand::Reserve` through the repository, the way the saga
+/// sends them.
+#[tokio::test]
+async fn fifty_concurrent_reservations_never_oversell() {
+    let app = TestApp::spawn().await;
+    app.create_item("GPU", 20).await;
+    // Each refusal appends nothing, so a request can lose at most one race
+    // per successful reservation (20): 25 retries can never run out.
+    let repository = Arc::new(Repository::<Inventory>::new(app.store()).with_max_retries(25));
+
+    let results = join_all((0..50).map(|_| {
+        let repository = Arc::clone(&repository);
+        tokio::spawn(async move {
+            let command = InventoryCommand::Reserve {
+                order_id: OrderId::new(Uuid::now_v7()),
+                quantity: Quantity::new(1).expect("1 is a quantity"),
+            };
+            repository
+                .execute("GPU", &command, ExecuteOptions::default(), |_| {
+                    StoredResponse {
+                        status: 200,
+                        body: json!({}),
+                    }
+                })
+                .await
+        })
+    }))
+    .await;
+
+    let mut reserved = 0;
+    let mut refused = 0;
+    for result in results {
+        match result.expect("task") {
+            Ok(Executed::Done(outcome)) if outcome.events.len() == 1 => reserved += 1,
+            Ok(Executed::Refused(InventoryError::InsufficientStock { .. })) => refused += 1,
+            Ok(other) => panic!("unexpected outcome {other:?}"),
+            Err(ExecuteError::ConflictRetriesExhausted { attempts }) => {
+                panic!("retries ran out after {attempts} attempts")
+            }
+            Err(error) => panic!("unexpected error {error}"),
+        }
+    }
+    assert_eq!(reserved, 20);
+    assert_eq!(refused, 30);
+    let loaded = repository.load("GPU").await.unwrap();
+    assert_eq!(loaded.state.reserved, 20);
+    assert_eq!(loaded.state.available(), 0);
+    assert_eq!(app.count_of("inventory-GPU", "StockReserved").await, 20);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_pins_the_version() {
+    let app = TestApp::spawn().await;
+    let account = app.open_account(500).await; // version 2
+    let path = format!("/accounts/{account}/withdrawals");
+
+    let before = app.event_count().await;
+    let response = app
+        .post(&path)
+        .header(IF_MATCH, "\"1\"")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(
+        response,
+        StatusCode::PRECONDITION_FAILED,
+        "version_mismatch",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains('2'),
+        "{problem}"
+    );
+    assert_eq!(app.event_count().await, before);
+
+    let response = app
+        .post(&path)
+        .header(IF_MATCH, "\"2\"")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[ETAG], "\"3\"");
+    let body = assert_json(response, StatusCode::OK).await;
+    assert_eq!(body["version"], 3);
+
+    // The ETag of one answer is the If-Match of the next.
+    let response = app
+        .post(&path)
+        .header(IF_MATCH, "\"3\"")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_json(response, StatusCode::OK).await;
+
+    // A stale version (the account moved on to 4) is refused.
+    let stale = app
+        .post(&path)
+        .header(IF_MATCH, "\"3\"")
+        .json(&json!({"amount": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(stale, StatusCode::PRECONDITION_FAILED, "version_mismatch").await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .contains("command_api_concurrency_conflicts_total{outcome=\"precondition_failed\"} 2"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

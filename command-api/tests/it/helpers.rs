@@ -1,0 +1,289 @@
+//! A Command API on a port of its own, over a database of its own.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use command_api::{Application, Config};
+use domain::{AccountState, BankAccount, DomainEvent};
+use event_store::{EventStore, Repository};
+use migrations::testing::TestDatabase;
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Logs go to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A running Command API.
+pub struct Server {
+    pub address: SocketAddr,
+    pub client: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<command_api::Result<()>>,
+}
+
+impl Server {
+    /// Serves on 127.0.0.1:0 with `pool`.
+    pub async fn start(pool: PgPool, configure: impl FnOnce(&mut Config)) -> Server {
+        let mut config = Config::local("postgres://unused");
+        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        configure(&mut config);
+        let application = Application::build_with_pool(&config, pool)
+            .await
+            .expect("application binds");
+        let address = application.address();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(application.run_until(async {
+            let _ = rx.await;
+        }));
+        Server {
+            address,
+            client: Client::new(),
+            shutdown: Some(tx),
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.post(path)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down gracefully and waits for the server to finish.
+    pub async fn stop(mut self) {
+        self.signal_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), &mut self.handle)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task")
+            .expect("server ran without error");
+    }
+
+    pub async fn join(self) -> command_api::Result<()> {
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task")
+    }
+}
+
+/// A server with its own fresh database.
+pub struct TestApp {
+    pub server: Server,
+    pub db: TestDatabase,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        init_tracing();
+        let db = TestDatabase::create().await;
+        let server = Server::start(db.pool.clone(), configure).await;
+        TestApp { server, db }
+    }
+
+    pub fn store(&self) -> EventStore {
+        EventStore::new(self.db.pool.clone())
+    }
+
+    /// Stops the server and drops the database.
+    pub async fn stop(self) {
+        self.server.stop().await;
+        self.db.drop().await;
+    }
+
+    /// Rows in `event_store.events`.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count events")
+    }
+
+    /// Rows in `event_store.idempotency`.
+    pub async fn idempotency_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_store.idempotency")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count idempotency records")
+    }
+
+    /// How many events of `event_type` the stream holds.
+    pub async fn count_of(&self, stream_id: &str, event_type: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM event_store.events WHERE stream_id = $1 AND event_type = $2",
+        )
+        .bind(stream_id)
+        .bind(event_type)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("count events")
+    }
+
+    /// The account's state, folded from its stream.
+    pub async fn account(&self, id: Uuid) -> (AccountState, u64) {
+        let loaded = Repository::<BankAccount>::new(self.store())
+            .load(&id.to_string())
+            .await
+            .expect("load account");
+        (loaded.state, loaded.version)
+    }
+
+    /// Opens an account over HTTP and deposits `balance` into it.
+    pub async fn open_account(&self, balance: i64) -> Uuid {
+        let response = self
+            .post_json(
+                "/accounts",
+                &json!({"customer_id": Uuid::now_v7(), "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("json body");
+        let id: Uuid = body["account_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("account_id");
+        if balance > 0 {
+            let response = self
+                .post_json(
+                    &format!("/accounts/{id}/deposits"),
+                    &json!({"amount": balance}),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        id
+    }
+
+    /// Creates an inventory item over HTTP.
+    pub async fn create_item(&self, sku: &str, quantity: i64) {
+        let response = self
+            .post_json(
+                "/inventory",
+                &json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(
+        response.status(),
+        status,
+        "unexpected status for an expected {code}"
+    );
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with(PROBLEM_JSON),
+        "content type {content_type:?} for {code}"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "problem: {body}");
+    assert_eq!(body["status"], status.as_u16(), "problem: {body}");
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body
+}
+
+/// The body of a successful JSON answer.
+pub async fn assert_json(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let body = response.text().await.expect("body");
+    assert_eq!(actual, status, "body: {body}");
+    serde_json::from_str(&body).expect("JSON body")
+}
+
+/// Waits until `condition` holds, or panics after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A place-order body.
+pub fn order_body(lines: Value) -> Value {
+    json!({
+        "customer_id": Uuid::now_v7(),
+        "account_id": Uuid::now_v7(),
+        "currency": "EUR",
+        "lines": lines,
+        "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
+                             "postal_code": "28013", "country": "ES"}
+    })
+}
+
+/// Decodes every event of a stream.
+pub async fn stream_events<E: DomainEvent>(store: &EventStore, stream: &str) -> Vec<E> {
+    let (stream_type, id) = stream.split_once('-').expect("type-id");
+    store
+        .read_stream(&event_store::StreamId::new(stream_type, id), 1)
+        .await
+        .expect("read stream")
+        .iter()
+        .map(|recorded| recorded.decode::<E>().expect("decode"))
+        .collect()
+}

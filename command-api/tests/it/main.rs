@@ -1,0 +1,13 @@
+//! Integration tests of the Command API: a real server on 127.0.0.1:0 over
+//! a fresh PostgreSQL database per test.
+
+mod accounts;
+mod concurrency;
+mod connection;
+mod helpers;
+mod idempotency;
+mod inventory;
+mod observability;
+mod orders;
+mod shutdown;
+mod validation;
