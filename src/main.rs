@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod migrate;
+mod read_side;
 mod telemetry;
 
 /// Event-sourced CQRS backend for orders, payments and inventory.
@@ -53,6 +54,11 @@ enum Command {
     /// Serve the Command API (default 127.0.0.1:8080).
     #[command(name = "command-api")]
     WriteApi(command_api::Config),
+    /// Run the projection workers that build the read models.
+    Project(read_side::ProjectArgs),
+    /// Serve the Query API (default 127.0.0.1:8081).
+    #[command(name = "query-api")]
+    QueryApi(query_api::QueryApiConfig),
     /// Run every component in one process (for now: the Command API).
     Serve(command_api::Config),
 }
@@ -63,6 +69,8 @@ async fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let outcome = match cli.command {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
+        Command::Project(args) => read_side::run_project(&cli.global, args).await,
+        Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
         Command::WriteApi(config) | Command::Serve(config) => {
             run_command_api(&cli.global, config).await
         }

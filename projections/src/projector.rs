@@ -360,7 +360,7 @@ fn apply_error(event: &RecordedEvent, source: ApplyError) -> Error {
 }
 
 fn event_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
-    tracing::debug_span!(
+    tracing::info_span!(
         "apply",
         projection,
         stream_id = %event.stream_id,
