@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-mod commands;
+pub mod commands;
 pub mod config;
 pub mod dto;
 pub mod error;

@@ -1,16 +1,20 @@
-//! In-process serialisation of commands per aggregate.
+//! In-process serialisation of commands per aggregate, with a cache of the
+//! last state each command left behind.
 //!
 //! Optimistic concurrency in the event store is what keeps every stream
-//! consistent; this lock only keeps requests to one aggregate that arrive at
-//! this process at the same time from racing each other into conflicts and
-//! retries (50 concurrent withdrawals would otherwise re-read and re-decide
-//! up to 50 times). Writers in other processes still meet the store's
-//! conflict check and the bounded retries.
+//! consistent; serialising here only keeps requests to one aggregate that
+//! reach this process at the same time from racing each other into
+//! conflicts and retries (50 concurrent withdrawals would otherwise re-read
+//! and re-decide up to 50 times). Writers in other processes still meet the
+//! store's conflict check and the bounded retries.
 //!
 //! Striped: a fixed array of mutexes indexed by a hash of the stream id, so
-//! memory is bounded and nothing needs cleaning up; two streams that share a
-//! stripe merely take turns.
+//! memory is bounded; two streams that share a stripe merely take turns.
+//! Each stripe also holds a small map from stream id to a value (the
+//! command layer keeps the aggregate's last known state there), guarded by
+//! the same mutex.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -18,30 +22,73 @@ use tokio::sync::{Mutex, MutexGuard};
 /// How many stripes: enough that unrelated aggregates rarely share one.
 const STRIPES: usize = 1024;
 
+/// How many streams one stripe remembers (so at most 64 Ki in all).
+const ENTRIES_PER_STRIPE: usize = 64;
+
 #[derive(Debug)]
-pub struct StreamLocks {
-    stripes: Box<[Mutex<()>]>,
+pub struct StreamLocks<V> {
+    stripes: Box<[Mutex<Stripe<V>>]>,
     hasher: RandomState,
 }
 
-impl Default for StreamLocks {
+/// One stripe's remembered values, reachable only while holding its lock.
+#[derive(Debug)]
+pub struct Stripe<V> {
+    entries: HashMap<String, V>,
+}
+
+impl<V> Stripe<V> {
+    pub fn get(&self, stream: &str) -> Option<&V> {
+        self.entries.get(stream)
+    }
+
+    /// Remembers `value` for `stream`, forgetting some other stream when the
+    /// stripe is full.
+    pub fn insert(&mut self, stream: &str, value: V) {
+        if let Some(slot) = self.entries.get_mut(stream) {
+            *slot = value;
+            return;
+        }
+        if self.entries.len() >= ENTRIES_PER_STRIPE {
+            if let Some(evicted) = self.entries.keys().next().cloned() {
+                self.entries.remove(&evicted);
+            }
+        }
+        self.entries.insert(stream.to_owned(), value);
+    }
+
+    pub fn remove(&mut self, stream: &str) {
+        self.entries.remove(stream);
+    }
+}
+
+impl<V> Default for StreamLocks<V> {
     fn default() -> Self {
         StreamLocks::new()
     }
 }
 
-impl StreamLocks {
-    pub fn new() -> StreamLocks {
+impl<V> StreamLocks<V> {
+    pub fn new() -> StreamLocks<V> {
         StreamLocks {
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| {
+                    Mutex::new(Stripe {
+                        entries: HashMap::new(),
+                    })
+                })
+                .collect(),
             hasher: RandomState::new(),
         }
     }
 
+    fn index(&self, stream: &str) -> usize {
+        (self.hasher.hash_one(stream) as usize) % self.stripes.len()
+    }
+
     /// Waits for the stripe of `stream` (e.g. `account-0191...`).
-    pub async fn lock(&self, stream: &str) -> MutexGuard<'_, ()> {
-        let index = (self.hasher.hash_one(stream) as usize) % self.stripes.len();
-        self.stripes[index].lock().await
+    pub async fn lock(&self, stream: &str) -> MutexGuard<'_, Stripe<V>> {
+        self.stripes[self.index(stream)].lock().await
     }
 }
 
@@ -54,18 +101,12 @@ mod tests {
 
     #[tokio::test]
     async fn one_stream_is_serialised_and_others_are_not() {
-        let locks = Arc::new(StreamLocks::new());
+        let locks = Arc::new(StreamLocks::<()>::new());
         let held = locks.lock("account-a").await;
-        // Another stream is free (unless it shares the stripe, in which case
-        // pick a different name).
         let other = (0..100)
             .map(|i| format!("account-{i}"))
-            .find(|name| {
-                let index_a = locks.hasher.hash_one("account-a") as usize % STRIPES;
-                locks.hasher.hash_one(name.as_str()) as usize % STRIPES != index_a
-            })
+            .find(|name| locks.index(name) != locks.index("account-a"))
             .expect("some name in another stripe");
-        assert!(locks.stripes.len() == STRIPES);
         let free = tokio::time::timeout(Duration::from_secs(5), locks.lock(&other)).await;
         assert!(free.is_ok(), "an unrelated stream was blocked");
         drop(free);
@@ -82,5 +123,20 @@ mod tests {
             .await
             .expect("the waiter got the lock once released")
             .expect("waiter task");
+    }
+
+    #[tokio::test]
+    async fn a_stripe_remembers_a_bounded_number_of_streams() {
+        let locks = StreamLocks::<u32>::new();
+        let mut stripe = locks.lock("s").await;
+        stripe.insert("s", 1);
+        stripe.insert("s", 2);
+        assert_eq!(stripe.get("s"), Some(&2));
+        for i in 0..200 {
+            stripe.insert(&format!("other-{i}"), i);
+        }
+        assert_eq!(stripe.entries.len(), ENTRIES_PER_STRIPE);
+        stripe.remove("other-199");
+        assert_eq!(stripe.get("other-199"), None);
     }
 }

@@ -7,7 +7,6 @@ use domain::{AccountCommand, AccountId, BankAccount};
 use event_store::Outcome;
 use uuid::Uuid;
 
-use crate::commands::execute;
 use crate::dto::{
     path_uuid, AccountResponse, CloseAccountRequest, MoneyRequest, OpenAccount, OpenAccountRequest,
 };
@@ -62,15 +61,16 @@ pub async fn open(
         customer_id: open.customer_id,
         currency: open.currency,
     };
-    execute(
-        &state,
-        state.accounts(),
-        &account_id.to_string(),
-        &command,
-        request.meta,
-        answer(StatusCode::CREATED, account_id),
-    )
-    .await
+    state
+        .accounts()
+        .execute(
+            state.metrics(),
+            &account_id.to_string(),
+            &command,
+            request.meta,
+            answer(StatusCode::CREATED, account_id),
+        )
+        .await
 }
 
 /// Deposits money.
@@ -98,15 +98,16 @@ pub async fn deposit(
     let command = AccountCommand::Deposit {
         amount: request.body.amount()?,
     };
-    execute(
-        &state,
-        state.accounts(),
-        &account_id.to_string(),
-        &command,
-        request.meta,
-        answer(StatusCode::OK, account_id),
-    )
-    .await
+    state
+        .accounts()
+        .execute(
+            state.metrics(),
+            &account_id.to_string(),
+            &command,
+            request.meta,
+            answer(StatusCode::OK, account_id),
+        )
+        .await
 }
 
 /// Withdraws money.
@@ -134,15 +135,16 @@ pub async fn withdraw(
     let command = AccountCommand::Withdraw {
         amount: request.body.amount()?,
     };
-    execute(
-        &state,
-        state.accounts(),
-        &account_id.to_string(),
-        &command,
-        request.meta,
-        answer(StatusCode::OK, account_id),
-    )
-    .await
+    state
+        .accounts()
+        .execute(
+            state.metrics(),
+            &account_id.to_string(),
+            &command,
+            request.meta,
+            answer(StatusCode::OK, account_id),
+        )
+        .await
 }
 
 /// Closes an account (only at a zero balance).
@@ -166,13 +168,14 @@ pub async fn close(
     request: Command<CloseAccountRequest>,
 ) -> Result<Response, ApiError> {
     let account_id = account_id(&id)?;
-    execute(
-        &state,
-        state.accounts(),
-        &account_id.to_string(),
-        &AccountCommand::Close,
-        request.meta,
-        answer(StatusCode::OK, account_id),
-    )
-    .await
+    state
+        .accounts()
+        .execute(
+            state.metrics(),
+            &account_id.to_string(),
+            &AccountCommand::Close,
+            request.meta,
+            answer(StatusCode::OK, account_id),
+        )
+        .await
 }

@@ -6,7 +6,6 @@ use axum::response::Response;
 use domain::{Inventory, InventoryCommand, Sku};
 use event_store::Outcome;
 
-use crate::commands::execute;
 use crate::dto::{path_sku, CreateItem, CreateItemRequest, ItemResponse, RestockRequest};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathParam};
@@ -53,15 +52,16 @@ pub async fn create(
         name: item.name,
         quantity: item.quantity,
     };
-    execute(
-        &state,
-        state.inventory(),
-        sku.as_str(),
-        &command,
-        request.meta,
-        answer(StatusCode::CREATED, sku.clone()),
-    )
-    .await
+    state
+        .inventory()
+        .execute(
+            state.metrics(),
+            sku.as_str(),
+            &command,
+            request.meta,
+            answer(StatusCode::CREATED, sku.clone()),
+        )
+        .await
 }
 
 /// Adds stock.
@@ -89,13 +89,14 @@ pub async fn restock(
     let command = InventoryCommand::Restock {
         quantity: request.body.quantity()?,
     };
-    execute(
-        &state,
-        state.inventory(),
-        sku.as_str(),
-        &command,
-        request.meta,
-        answer(StatusCode::OK, sku.clone()),
-    )
-    .await
+    state
+        .inventory()
+        .execute(
+            state.metrics(),
+            sku.as_str(),
+            &command,
+            request.meta,
+            answer(StatusCode::OK, sku.clone()),
+        )
+        .await
 }

@@ -6,7 +6,6 @@ use axum::response::Response;
 use domain::{OrderCommand, OrderId};
 use uuid::Uuid;
 
-use crate::commands::execute;
 use crate::dto::{
     path_uuid, CancelOrderRequest, OrderPlacedResponse, OrderResponse, PlaceOrder,
     PlaceOrderRequest,
@@ -42,26 +41,27 @@ pub async fn place(
         lines: order.lines,
         shipping_address: order.shipping_address,
     };
-    execute(
-        &state,
-        state.orders(),
-        &order_id.to_string(),
-        &command,
-        request.meta,
-        move |outcome| {
-            let body = OrderPlacedResponse {
-                order_id: order_id.as_uuid(),
-                status: "placed".to_owned(),
-                version: outcome.version,
-                position: outcome.position,
-            };
-            (
-                StatusCode::ACCEPTED,
-                serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
-            )
-        },
-    )
-    .await
+    state
+        .orders()
+        .execute(
+            state.metrics(),
+            &order_id.to_string(),
+            &command,
+            request.meta,
+            move |outcome| {
+                let body = OrderPlacedResponse {
+                    order_id: order_id.as_uuid(),
+                    status: "placed".to_owned(),
+                    version: outcome.version,
+                    position: outcome.position,
+                };
+                (
+                    StatusCode::ACCEPTED,
+                    serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+                )
+            },
+        )
+        .await
 }
 
 /// Asks to cancel an order; honoured at any point before shipping.
@@ -88,23 +88,24 @@ pub async fn cancel(
     let command = OrderCommand::RequestCancellation {
         reason: request.body.reason()?,
     };
-    execute(
-        &state,
-        state.orders(),
-        &order_id.to_string(),
-        &command,
-        request.meta,
-        move |outcome| {
-            let body = OrderResponse {
-                order_id: order_id.as_uuid(),
-                version: outcome.version,
-                position: outcome.position,
-            };
-            (
-                StatusCode::ACCEPTED,
-                serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
-            )
-        },
-    )
-    .await
+    state
+        .orders()
+        .execute(
+            state.metrics(),
+            &order_id.to_string(),
+            &command,
+            request.meta,
+            move |outcome| {
+                let body = OrderResponse {
+                    order_id: order_id.as_uuid(),
+                    version: outcome.version,
+                    position: outcome.position,
+                };
+                (
+                    StatusCode::ACCEPTED,
+                    serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+                )
+            },
+        )
+        .await
 }

@@ -226,3 +226,130 @@ async fn if_match_pins_the_version() {
     );
     app.stop().await;
 }
+
+/// Writers outside this process (the saga, another instance) move an
+/// aggregate on behind the server's back: the state the server remembers
+/// is then stale, and must never decide anything on its own.
+#[tokio::test]
+async fn writes_from_elsewhere_are_never_missed() {
+    use domain::{AccountCommand, Amount, BankAccount, Currency, CustomerId};
+
+    let app = TestApp::spawn().await;
+    let customer = Uuid::now_v7();
+    let body = assert_json(
+        app.post_json(
+            "/accounts",
+            &json!({"customer_id": customer, "currency": "EUR"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let account: Uuid = body["account_id"].as_str().unwrap().parse().unwrap();
+    let deposits = format!("/accounts/{account}/deposits");
+    let withdrawals = format!("/accounts/{account}/withdrawals");
+    assert_json(
+        app.post_json(&deposits, &json!({"amount": 100})).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    // Elsewhere: a charge of 100 for an order (balance 0), then a refund of
+    // it (balance 100 again): two events the server did not write.
+    let repository = Repository::<BankAccount>::new(app.store());
+    let order_id = OrderId::new(Uuid::now_v7());
+    for command in [
+        AccountCommand::Charge {
+            order_id,
+            customer_id: CustomerId::new(customer),
+            currency: Currency::EUR,
+            amount: Amount::new(100).unwrap(),
+        },
+        AccountCommand::Refund { order_id },
+    ] {
+        let executed = repository
+            .execute(
+                &account.to_string(),
+                &command,
+                ExecuteOptions::default(),
+                |_| StoredResponse {
+                    status: 200,
+                    body: json!({}),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(executed, Executed::Done(_)));
+    }
+
+    // The server remembers version 2; the stream is at 4.
+    let body = assert_json(
+        app.post_json(&deposits, &json!({"amount": 50})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["version"], 5);
+
+    // Elsewhere again: a charge of 150 empties the account.
+    let other_order = OrderId::new(Uuid::now_v7());
+    repository
+        .execute(
+            &account.to_string(),
+            &AccountCommand::Charge {
+                order_id: other_order,
+                customer_id: CustomerId::new(customer),
+                currency: Currency::EUR,
+                amount: Amount::new(150).unwrap(),
+            },
+            ExecuteOptions::default(),
+            |_| StoredResponse {
+                status: 200,
+                body: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    // The remembered balance (150) would allow this; the real one (0) not.
+    assert_problem(
+        app.post_json(&withdrawals, &json!({"amount": 100})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    // A refund elsewhere: the remembered version (5) is stale again, the
+    // append at it conflicts and the withdrawal is decided on a fresh load.
+    repository
+        .execute(
+            &account.to_string(),
+            &AccountCommand::Refund {
+                order_id: other_order,
+            },
+            ExecuteOptions::default(),
+            |_| StoredResponse {
+                status: 200,
+                body: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    let body = assert_json(
+        app.post_json(&withdrawals, &json!({"amount": 150})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["version"], 8);
+    // If-Match against the real version, not the remembered one.
+    let response = app
+        .post(&deposits)
+        .header(IF_MATCH, "\"8\"")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assert_json(response, StatusCode::OK).await["version"], 9);
+
+    let (state, version) = app.account(account).await;
+    assert_eq!(version, 9);
+    assert_eq!(state.balance.amount(), 1);
+    app.stop().await;
+}
