@@ -44,12 +44,14 @@ pub struct Commands<A: Aggregate> {
 }
 
 impl<A: Aggregate> Commands<A> {
-    pub fn new(store: EventStore, max_retries: u32) -> Self {
+    /// `remember` is how many aggregates' states each of the lock's stripes
+    /// keeps for the fast path (0: none; the lock has 1,024 stripes).
+    pub fn new(store: EventStore, max_retries: u32, remember: usize) -> Self {
         Commands {
             // Retries are counted and bounded here, one attempt per call.
             repository: Repository::new(store.clone()).with_max_retries(0),
             store,
-            locks: StreamLocks::new(),
+            locks: StreamLocks::new(remember),
             max_retries,
         }
     }

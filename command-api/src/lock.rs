@@ -22,8 +22,8 @@ use tokio::sync::{Mutex, MutexGuard};
 /// How many stripes: enough that unrelated aggregates rarely share one.
 const STRIPES: usize = 1024;
 
-/// How many streams one stripe remembers (so at most 64 Ki in all).
-const ENTRIES_PER_STRIPE: usize = 64;
+/// How many streams one stripe remembers by default (16 Ki in all).
+pub const DEFAULT_ENTRIES_PER_STRIPE: usize = 16;
 
 #[derive(Debug)]
 pub struct StreamLocks<V> {
@@ -35,6 +35,7 @@ pub struct StreamLocks<V> {
 #[derive(Debug)]
 pub struct Stripe<V> {
     entries: HashMap<String, V>,
+    capacity: usize,
 }
 
 impl<V> Stripe<V> {
@@ -43,13 +44,16 @@ impl<V> Stripe<V> {
     }
 
     /// Remembers `value` for `stream`, forgetting some other stream when the
-    /// stripe is full.
+    /// stripe is full (and nothing at all at capacity 0).
     pub fn insert(&mut self, stream: &str, value: V) {
+        if self.capacity == 0 {
+            return;
+        }
         if let Some(slot) = self.entries.get_mut(stream) {
             *slot = value;
             return;
         }
-        if self.entries.len() >= ENTRIES_PER_STRIPE {
+        if self.entries.len() >= self.capacity {
             if let Some(evicted) = self.entries.keys().next().cloned() {
                 self.entries.remove(&evicted);
             }
@@ -64,17 +68,19 @@ impl<V> Stripe<V> {
 
 impl<V> Default for StreamLocks<V> {
     fn default() -> Self {
-        StreamLocks::new()
+        StreamLocks::new(DEFAULT_ENTRIES_PER_STRIPE)
     }
 }
 
 impl<V> StreamLocks<V> {
-    pub fn new() -> StreamLocks<V> {
+    /// Stripes that remember up to `entries_per_stripe` streams each.
+    pub fn new(entries_per_stripe: usize) -> StreamLocks<V> {
         StreamLocks {
             stripes: (0..STRIPES)
                 .map(|_| {
                     Mutex::new(Stripe {
                         entries: HashMap::new(),
+                        capacity: entries_per_stripe,
                     })
                 })
                 .collect(),
@@ -101,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_stream_is_serialised_and_others_are_not() {
-        let locks = Arc::new(StreamLocks::<()>::new());
+        let locks = Arc::new(StreamLocks::<()>::default());
         let held = locks.lock("account-a").await;
         let other = (0..100)
             .map(|i| format!("account-{i}"))
@@ -127,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stripe_remembers_a_bounded_number_of_streams() {
-        let locks = StreamLocks::<u32>::new();
+        let locks = StreamLocks::<u32>::new(4);
         let mut stripe = locks.lock("s").await;
         stripe.insert("s", 1);
         stripe.insert("s", 2);
@@ -135,8 +141,13 @@ mod tests {
         for i in 0..200 {
             stripe.insert(&format!("other-{i}"), i);
         }
-        assert_eq!(stripe.entries.len(), ENTRIES_PER_STRIPE);
+        assert_eq!(stripe.entries.len(), 4);
         stripe.remove("other-199");
         assert_eq!(stripe.get("other-199"), None);
+
+        let forgetful = StreamLocks::<u32>::new(0);
+        let mut stripe = forgetful.lock("s").await;
+        stripe.insert("s", 1);
+        assert_eq!(stripe.get("s"), None);
     }
 }

@@ -8,6 +8,7 @@ use event_store::EventStore;
 
 use crate::commands::Commands;
 use crate::config::Config;
+use crate::lock::DEFAULT_ENTRIES_PER_STRIPE;
 use crate::metrics::Metrics;
 
 /// Cheap to clone: everything lives behind one `Arc`.
@@ -30,9 +31,19 @@ impl AppState {
     pub fn new(store: EventStore, config: &Config) -> AppState {
         AppState {
             inner: Arc::new(Inner {
-                accounts: Commands::new(store.clone(), config.max_retries),
-                inventory: Commands::new(store.clone(), config.max_retries),
-                orders: Commands::new(store.clone(), config.max_retries),
+                accounts: Commands::new(
+                    store.clone(),
+                    config.max_retries,
+                    DEFAULT_ENTRIES_PER_STRIPE,
+                ),
+                inventory: Commands::new(
+                    store.clone(),
+                    config.max_retries,
+                    DEFAULT_ENTRIES_PER_STRIPE,
+                ),
+                // An order gets one command over HTTP after it is placed (a
+                // cancellation), and its state can be large: not remembered.
+                orders: Commands::new(store.clone(), config.max_retries, 0),
                 store,
                 metrics: Metrics::new(),
                 body_limit: config.body_limit,

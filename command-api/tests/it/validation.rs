@@ -478,6 +478,7 @@ async fn errors_have_the_problem_content_type() {
         .send()
         .await
         .unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
 
     // Exactly 64 KiB is accepted (whitespace around a valid body).
