@@ -8,17 +8,25 @@
 //! rate at 8 writers and 19% at 32 (BENCHMARKS.md). So an append only pokes
 //! this process-local notifier; one background task per `EventStore` turns
 //! any number of pokes into one `pg_notify` in its own transaction, at most
-//! one in flight. Subscribers in any process `LISTEN` on [`CHANNEL`] and poll
+//! one in flight and at most one per [`MIN_INTERVAL`] (a notifying
+//! transaction costs a commit like an append's, so one per append would
+//! still cost a single writer a large share of its rate). Subscribers in any process `LISTEN` on [`CHANNEL`] and poll
 //! as a fallback, so a lost wake-up (crash between commit and notify) only
 //! delays delivery to the next poll.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 /// The channel subscribers `LISTEN` on; the payload is empty.
 pub const CHANNEL: &str = "event_store_appended";
+
+/// Shortest time between two notifications from one `EventStore`: the most
+/// a wake-up can lag behind its append, beyond the notification's own
+/// round trip.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
@@ -46,6 +54,7 @@ async fn run(pool: PgPool, mut pokes: mpsc::Receiver<()>) {
         if pool.is_closed() {
             break;
         }
+        let next_allowed = tokio::time::Instant::now() + MIN_INTERVAL;
         if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
             .bind(CHANNEL)
             .execute(&pool)
@@ -54,5 +63,7 @@ async fn run(pool: PgPool, mut pokes: mpsc::Receiver<()>) {
             // Subscribers fall back to polling.
             tracing::debug!(%error, "event store wake-up notification failed");
         }
+        // Pokes meanwhile wait in the channel, coalesced into one.
+        tokio::time::sleep_until(next_allowed).await;
     }
 }

@@ -16,13 +16,49 @@ const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transacti
      stream_type, stream_id, version, event_id, event_type, schema_version, payload, \
      metadata, recorded_at";
 
-/// One statement, so an append without idempotency record needs no explicit
-/// transaction: it reads the stream's current version, checks the
-/// expectation, and inserts all events with contiguous versions, or none.
-/// The version read and the transaction id (assigned at the first insert)
-/// both come after the statement's snapshot, which is what keeps per-stream
-/// order inside the global `(transaction_id, position)` order.
-const APPEND: &str = "\
+// Appends are one statement each, so an append without idempotency record
+// needs no explicit transaction: all events with contiguous versions, or
+// none. With an expected version n, the statement inserts versions n+1.. if
+// version n exists (or n = 0); `UNIQUE (stream_id, version)` refuses them if
+// the stream is already past n, waiting for an in-flight writer of the same
+// version to finish first. There is no max() to compute, and an append to a
+// new stream is a plain insert.
+//
+// Ordering: the existence check reads under the statement's snapshot, and
+// the transaction id is assigned at the first insert, after that snapshot.
+// So the writer of version n committed before the writer of n+1 got its
+// id: version n+1 always has the larger transaction id, which keeps
+// per-stream order inside the global `(transaction_id, position)` order of
+// `read_all`. In a transaction, the append must therefore be the first
+// write.
+
+/// One event at an expected version ($4).
+const APPEND_ONE: &str = "\
+INSERT INTO event_store.events
+    (event_id, stream_type, stream_id, version, event_type, schema_version, payload, metadata)
+SELECT $1, $2, $3, $4::bigint + 1, $5, $6, $7, $8
+WHERE $4::bigint = 0
+   OR EXISTS (SELECT FROM event_store.events WHERE stream_id = $3 AND version = $4::bigint)
+RETURNING position";
+
+/// Several events at an expected version ($8); one row: the last position,
+/// NULL when the expectation failed.
+const APPEND_MANY: &str = "\
+WITH inserted AS (
+    INSERT INTO event_store.events
+        (event_id, stream_type, stream_id, version, event_type, schema_version, payload, metadata)
+    SELECT e.event_id, $2, $1, $8::bigint + e.n, e.event_type, e.schema_version, e.payload, $3
+    FROM unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[])
+             WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, n)
+    WHERE $8::bigint = 0
+       OR EXISTS (SELECT FROM event_store.events WHERE stream_id = $1 AND version = $8::bigint)
+    RETURNING position
+)
+SELECT max(position) FROM inserted";
+
+/// Events after the stream's current last one (`ExpectedVersion::Any`); one
+/// row: the last position and version.
+const APPEND_ANY: &str = "\
 WITH current AS (
     SELECT coalesce(max(version), 0) AS version
     FROM event_store.events WHERE stream_id = $1
@@ -33,16 +69,14 @@ WITH current AS (
     FROM current,
          unnest($4::uuid[], $5::text[], $6::int4[], $7::jsonb[])
              WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, n)
-    WHERE $8::bigint < 0 OR current.version = $8::bigint
     RETURNING position, version
 )
-SELECT (SELECT version FROM current) AS current_version,
-       max(position) AS position,
-       max(version) AS version
-FROM inserted";
+SELECT max(position), max(version) FROM inserted";
 
-/// How often an append with [`ExpectedVersion::Any`] retries a lost race.
-const ANY_ATTEMPTS: u32 = 10;
+/// How often an append with [`ExpectedVersion::Any`] tries before giving up
+/// with a conflict. Each lost race means another append to the same stream
+/// succeeded, so this only bounds starvation under extreme contention.
+const ANY_ATTEMPTS: u32 = 100;
 
 const EVENTS_STREAM_VERSION_KEY: &str = "events_stream_version_key";
 const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
@@ -83,7 +117,7 @@ impl EventStore {
                 Ok(appended) => break appended,
                 // `Any` lost a race for the next version: there is no
                 // expectation to fail, so try again after the new last event.
-                Err(Rejection::LostRace)
+                Err(Rejection::Conflict)
                     if expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS =>
                 {
                     attempt += 1;
@@ -132,13 +166,17 @@ impl EventStore {
     /// position and commit first. Per-stream order is preserved because an
     /// append's transaction id is assigned after it read the stream's
     /// version, so version n+1 always has a larger transaction id than n.
+    ///
+    /// The ORDER BY names the table's columns: a bare `transaction_id` would
+    /// mean the `::text::bigint` output column, which no index serves (a
+    /// sort of the whole log on every read).
     #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
     pub async fn read_all(&self, after: Checkpoint, limit: i64) -> Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM event_store.events \
              WHERE (transaction_id, position) > ($1::text::xid8, $2) \
                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY transaction_id, position \
+             ORDER BY events.transaction_id, events.position \
              LIMIT $3"
         ))
         .bind(after.transaction_id.to_string())
@@ -233,10 +271,9 @@ impl EventStore {
 /// re-reads what the error reports.
 #[derive(Debug)]
 pub(crate) enum Rejection {
-    /// The stream was not at the expected version.
-    Expectation { actual: u64 },
-    /// A concurrent append took one of the versions (unique violation).
-    LostRace,
+    /// The stream was not at the expected version, or a concurrent append
+    /// took one of the versions (unique violation).
+    Conflict,
     /// One of the event ids is already stored.
     DuplicateEventId,
 }
@@ -253,15 +290,13 @@ impl Rejection {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Error {
-        let conflict = |actual| Error::Conflict {
-            stream: stream.to_string(),
-            expected,
-            actual,
-        };
         match self {
-            Rejection::Expectation { actual } => conflict(actual),
-            Rejection::LostRace => match current_version(pool, stream).await {
-                Ok(actual) => conflict(actual),
+            Rejection::Conflict => match current_version(pool, stream).await {
+                Ok(actual) => Error::Conflict {
+                    stream: stream.to_string(),
+                    expected,
+                    actual,
+                },
                 Err(e) => e,
             },
             Rejection::DuplicateEventId => {
@@ -275,8 +310,8 @@ impl Rejection {
     }
 }
 
-/// The append statement ([`APPEND`]) on any executor: the pool (autocommit)
-/// or an open transaction, where it must be the transaction's first write.
+/// One append statement on any executor: the pool (autocommit) or an open
+/// transaction, where it must be the transaction's first write.
 pub(crate) async fn append_on<'e>(
     executor: impl PgExecutor<'e>,
     stream: &StreamId,
@@ -291,48 +326,96 @@ pub(crate) async fn append_on<'e>(
         what: "metadata",
         source,
     })?;
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let schema_versions: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-        .collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-
-    let result = sqlx::query(APPEND)
-        .bind(stream.as_str())
-        .bind(stream.stream_type())
-        .bind(&metadata)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(expected.to_sql())
-        .fetch_one(executor)
-        .await;
-    let row = match result {
-        Ok(row) => row,
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_STREAM_VERSION_KEY) => {
-            return Ok(Err(Rejection::LostRace));
-        }
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_EVENT_ID_KEY) => {
-            return Ok(Err(Rejection::DuplicateEventId));
-        }
-        Err(e) => return Err(e.into()),
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let required = match expected.required().map(i64::try_from) {
+        None => None,
+        // No stream gets that long: the expectation cannot hold.
+        Some(Ok(n)) if n <= i64::MAX - count => Some(n),
+        Some(_) => return Ok(Err(Rejection::Conflict)),
     };
-    let current: i64 = row.try_get("current_version")?;
-    let position: Option<i64> = row.try_get("position")?;
-    let version: Option<i64> = row.try_get("version")?;
-    Ok(match (position, version) {
-        (Some(position), Some(version)) => Ok(Appended {
+
+    let result = match (required, events) {
+        (Some(n), [event]) => sqlx::query_scalar::<_, i64>(APPEND_ONE)
+            .bind(event.event_id)
+            .bind(stream.stream_type())
+            .bind(stream.as_str())
+            .bind(n)
+            .bind(&event.event_type)
+            .bind(schema_version(event))
+            .bind(&event.payload)
+            .bind(&metadata)
+            .fetch_optional(executor)
+            .await
+            .map(|position| position.map(|position| (position, n + 1))),
+        (Some(n), _) => {
+            let columns = Columns::of(events);
+            sqlx::query_scalar::<_, Option<i64>>(APPEND_MANY)
+                .bind(stream.as_str())
+                .bind(stream.stream_type())
+                .bind(&metadata)
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.schema_versions)
+                .bind(&columns.payloads)
+                .bind(n)
+                .fetch_one(executor)
+                .await
+                .map(|position| position.map(|position| (position, n + count)))
+        }
+        (None, _) => {
+            let columns = Columns::of(events);
+            sqlx::query_as::<_, (Option<i64>, Option<i64>)>(APPEND_ANY)
+                .bind(stream.as_str())
+                .bind(stream.stream_type())
+                .bind(&metadata)
+                .bind(&columns.ids)
+                .bind(&columns.types)
+                .bind(&columns.schema_versions)
+                .bind(&columns.payloads)
+                .fetch_one(executor)
+                .await
+                .map(|row| row.0.zip(row.1))
+        }
+    };
+    match result {
+        Ok(Some((position, version))) => Ok(Ok(Appended {
             version: to_u64(version),
             position,
-        }),
+        })),
         // The expectation failed: nothing was inserted.
-        _ => Err(Rejection::Expectation {
-            actual: to_u64(current),
-        }),
-    })
+        Ok(None) => Ok(Err(Rejection::Conflict)),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_STREAM_VERSION_KEY) => {
+            Ok(Err(Rejection::Conflict))
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(EVENTS_EVENT_ID_KEY) => {
+            Ok(Err(Rejection::DuplicateEventId))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The events of one append as column arrays, for `unnest`.
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [NewEvent]) -> Self {
+        Columns {
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(schema_version).collect(),
+            payloads: events.iter().map(|e| &e.payload).collect(),
+        }
+    }
+}
+
+/// The schema's `integer`; versions beyond it do not occur.
+fn schema_version(event: &NewEvent) -> i32 {
+    i32::try_from(event.schema_version).unwrap_or(i32::MAX)
 }
 
 pub(crate) async fn current_version<'e>(

@@ -26,13 +26,6 @@ impl ExpectedVersion {
             ExpectedVersion::Exact(n) => Some(n),
         }
     }
-
-    /// Encoding for SQL: -1 = any, otherwise the required version
-    /// (saturated: an unreachable version simply never matches).
-    pub(crate) fn to_sql(self) -> i64 {
-        self.required()
-            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
-    }
 }
 
 impl fmt::Display for ExpectedVersion {
@@ -231,10 +224,9 @@ mod tests {
         assert_eq!(ExpectedVersion::Any.to_string(), "any");
         assert_eq!(ExpectedVersion::NoStream.to_string(), "no stream");
         assert_eq!(ExpectedVersion::Exact(7).to_string(), "7");
-        assert_eq!(ExpectedVersion::Any.to_sql(), -1);
-        assert_eq!(ExpectedVersion::NoStream.to_sql(), 0);
-        assert_eq!(ExpectedVersion::Exact(3).to_sql(), 3);
-        assert_eq!(ExpectedVersion::Exact(u64::MAX).to_sql(), i64::MAX);
+        assert_eq!(ExpectedVersion::Any.required(), None);
+        assert_eq!(ExpectedVersion::NoStream.required(), Some(0));
+        assert_eq!(ExpectedVersion::Exact(3).required(), Some(3));
     }
 
     #[test]

@@ -78,9 +78,11 @@ impl TestDatabase {
     }
 
     /// Closes the pool and drops the database, terminating any connection
-    /// still open to it. Best effort: failures are ignored.
+    /// still open to it. Best effort: failures are ignored. Closing waits
+    /// (a few seconds at most) for checked-out connections to come back;
+    /// drop what holds them first (e.g. a LISTEN subscription).
     pub async fn drop(self) {
-        self.pool.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.pool.close()).await;
         if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
             let _ = sqlx::query(&format!(
                 r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,

@@ -109,15 +109,20 @@ async fn a_failed_expectation_is_a_conflict_with_the_actual_version() {
         ExpectedVersion::NoStream,
         ExpectedVersion::Exact(1),
         ExpectedVersion::Exact(3),
+        ExpectedVersion::Exact(7),
+        ExpectedVersion::Exact(u64::MAX),
     ] {
-        let err = store
-            .append(&stream, expected, &[added(9)], &Metadata::default())
-            .await
-            .expect_err("wrong expectation");
-        assert!(
-            matches!(err, Error::Conflict { expected: e, actual: 2, .. } if e == expected),
-            "{err:?}"
-        );
+        // A single event and a batch take different statements.
+        for batch in [vec![added(9)], vec![added(9), added(10)]] {
+            let err = store
+                .append(&stream, expected, &batch, &Metadata::default())
+                .await
+                .expect_err("wrong expectation");
+            assert!(
+                matches!(err, Error::Conflict { expected: e, actual: 2, .. } if e == expected),
+                "{err:?}"
+            );
+        }
     }
     assert_eq!(store.read_stream(&stream, 1).await.expect("read").len(), 2);
     assert!(matches!(

@@ -69,6 +69,8 @@ async fn a_subscription_is_woken_by_a_new_event() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].position, appended.position);
     assert_eq!(subscription.checkpoint(), events[0].checkpoint());
+    // It holds a pool connection (its listener) until dropped.
+    drop(subscription);
     db.drop().await;
 }
 
