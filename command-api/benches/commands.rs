@@ -7,9 +7,13 @@
 //! post deposits round-robin over 1,000 accounts for a fixed time against
 //! (a) the real Command API (parse, load the account's stream, decide,
 //! append with optimistic concurrency) and (b) a bare handler that parses
-//! the same body and inserts one event-shaped row. Same process, same
-//! runtime, same database. Environment: `BENCH_SECONDS` (default 10),
-//! `BENCH_CLIENTS` (32), `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
+//! the same body and inserts one event-shaped row. For reference it also
+//! drives (c) a bare handler around `EventStore::append` alone. Same process, same
+//! runtime, same database. The time is split into rounds that alternate
+//! between the two (and which one goes first), so that load from elsewhere
+//! on a shared machine weighs on both alike. Environment: `BENCH_SECONDS`
+//! per target (default 10), `BENCH_ROUNDS` (5), `BENCH_CLIENTS` (32),
+//! `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use command_api::{Application, Config};
+use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 use futures::future::join_all;
 use migrations::testing::TestDatabase;
 use serde::Deserialize;
@@ -66,6 +71,44 @@ async fn bare_deposit(
     Ok(Json(json!({"account_id": id, "position": position})))
 }
 
+/// For reference: the event store's append alone behind a bare handler (no
+/// command layer: no load, no decision, no middleware), so the figures show
+/// which part of the gap is the store's and which is the Command API's.
+async fn append_deposit(
+    State(store): State<EventStore>,
+    Path(id): Path<Uuid>,
+    Json(deposit): Json<Deposit>,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let event = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "BenchDeposited".to_owned(),
+        schema_version: 1,
+        payload: json!({"amount": deposit.amount}),
+    };
+    let appended = store
+        .append(
+            &StreamId::new("bench", id),
+            ExpectedVersion::Any,
+            &[event],
+            &Metadata::default(),
+        )
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Json(
+        json!({"account_id": id, "version": appended.version, "position": appended.position}),
+    ))
+}
+
+async fn start_append(pool: PgPool) -> Result<SocketAddr, BoxError> {
+    let app = Router::new()
+        .route("/accounts/{id}/deposits", post(append_deposit))
+        .with_state(EventStore::new(pool));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
 async fn start_bare(pool: PgPool) -> Result<SocketAddr, BoxError> {
     sqlx::query(
         "CREATE TABLE bench_bare_events ( \
@@ -93,6 +136,23 @@ struct Run {
 }
 
 impl Run {
+    fn merge(runs: Vec<Run>) -> Run {
+        let mut merged = Run {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        };
+        for run in runs {
+            merged.requests += run.requests;
+            merged.errors += run.errors;
+            merged.elapsed += run.elapsed;
+            merged.latencies.extend(run.latencies);
+        }
+        merged.latencies.sort_unstable();
+        merged
+    }
+
     fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -175,9 +235,10 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let rounds: u32 = env_or("BENCH_ROUNDS", 5).max(1);
     let clients: usize = env_or("BENCH_CLIENTS", 32);
     let account_count: usize = env_or("BENCH_ACCOUNTS", 1000);
-    let measure = Duration::from_secs(seconds);
+    let round = Duration::from_secs(seconds) / rounds;
 
     let db = TestDatabase::create().await;
     let pool = |size| {
@@ -216,16 +277,30 @@ async fn main() -> Result<(), BoxError> {
     let accounts = Arc::new(accounts);
 
     let bare = start_bare(pool(POOL_SIZE).await?).await?;
+    let append_only = start_append(pool(POOL_SIZE).await?).await?;
 
     println!(
         "deposits over {account_count} accounts, {clients} concurrent keep-alive clients, \
-         {seconds} s each (after {} s warm-up), pools of {POOL_SIZE} connections",
+         {seconds} s each in {rounds} alternating rounds (after {} s warm-up each), \
+         pools of {POOL_SIZE} connections",
         WARMUP.as_secs()
     );
-    drive(bare, Arc::clone(&accounts), clients, WARMUP).await;
-    drive(command_api, Arc::clone(&accounts), clients, WARMUP).await;
-    let bare_run = drive(bare, Arc::clone(&accounts), clients, measure).await;
-    let api_run = drive(command_api, Arc::clone(&accounts), clients, measure).await;
+    let targets = [bare, command_api, append_only];
+    for target in targets {
+        drive(target, Arc::clone(&accounts), clients, WARMUP).await;
+    }
+    let mut runs: [Vec<Run>; 3] = Default::default();
+    for i in 0..rounds as usize {
+        for k in 0..targets.len() {
+            let which = (i + k) % targets.len();
+            let run = drive(targets[which], Arc::clone(&accounts), clients, round).await;
+            runs[which].push(run);
+        }
+    }
+    let [bare_runs, api_runs, append_runs] = runs;
+    let bare_run = Run::merge(bare_runs);
+    let api_run = Run::merge(api_runs);
+    let append_run = Run::merge(append_runs);
 
     println!(
         "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
@@ -251,6 +326,11 @@ async fn main() -> Result<(), BoxError> {
         "ratio: throughput {:.0}% of bare (target >= 50%), p99 {:.2}x bare (target < 4x)",
         throughput_ratio * 100.0,
         p99_ratio
+    );
+    println!(
+        "for reference, the store's append alone: {:.0}% of bare; the command layer on top: {:.0}% of it",
+        append_run.throughput() / bare_run.throughput() * 100.0,
+        api_run.throughput() / append_run.throughput() * 100.0
     );
 
     // Every successful deposit is an event: nothing lost, nothing extra.
