@@ -199,3 +199,19 @@ async fn loading_from_a_snapshot_and_tail_equals_the_full_fold() {
     assert_eq!(plain.load(&id).await.expect("load").state.total, 55);
     db.drop().await;
 }
+
+/// The command API awaits `execute` inside axum handlers: its future must be
+/// `Send`.
+#[tokio::test]
+async fn execute_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://localhost/unused")
+        .expect("lazy pool");
+    let repo = Repository::<Counter>::new(EventStore::new(pool));
+    let command = CounterCommand::Add(1);
+    let future = repo.execute("id", &command, ExecuteOptions::default(), respond);
+    assert_send(&future);
+    let load = repo.load("id");
+    assert_send(&load);
+}

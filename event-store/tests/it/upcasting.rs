@@ -99,3 +99,56 @@ async fn an_unknown_stored_event_is_a_decode_error() {
     );
     db.drop().await;
 }
+
+/// The real domain's evolved event: `AccountOpened` v1 had no currency and
+/// meant EUR.
+#[tokio::test]
+async fn a_stored_v1_account_opened_loads_as_a_eur_account() {
+    use domain::{AccountCommand, AccountStatus, Amount, BankAccount, Currency};
+    use event_store::{ExecuteOptions, Executed, StoredResponse};
+
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let account_id = Uuid::now_v7();
+    let customer_id = Uuid::now_v7();
+    let stream = StreamId::of::<BankAccount>(account_id);
+    insert_raw(
+        &store,
+        &stream,
+        1,
+        "AccountOpened",
+        1,
+        serde_json::json!({ "account_id": account_id, "customer_id": customer_id }),
+    )
+    .await;
+
+    let repo = Repository::<BankAccount>::new(store.clone());
+    let loaded = repo.load(&account_id.to_string()).await.expect("load");
+    assert_eq!(loaded.state.status, AccountStatus::Open);
+    assert_eq!(
+        loaded.state.currency,
+        Some(Currency::parse("EUR").expect("currency"))
+    );
+
+    let deposit = AccountCommand::Deposit {
+        amount: Amount::new(250).expect("amount"),
+    };
+    let done = repo
+        .execute(
+            &account_id.to_string(),
+            &deposit,
+            ExecuteOptions::default(),
+            |_| StoredResponse {
+                status: 200,
+                body: serde_json::Value::Null,
+            },
+        )
+        .await
+        .expect("deposit");
+    let Executed::Done(outcome) = done else {
+        panic!("expected Done, got {done:?}")
+    };
+    assert_eq!(outcome.version, 2);
+    assert_eq!(outcome.state.balance.amount(), 250);
+    db.drop().await;
+}
