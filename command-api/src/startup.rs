@@ -1,7 +1,7 @@
 //! The router (no I/O) and the application (binds, serves, shuts down
 //! gracefully).
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ use crate::middleware::{
 use crate::routes::{accounts, health, inventory, orders};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
+
+/// What shutdown waits beyond the request timeout for connections to close.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
 /// Every route of the Command API with its middleware. No I/O: handlers can
 /// be driven with `tower::ServiceExt::oneshot`.
@@ -72,6 +75,8 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     router: Router,
+    /// How long shutdown waits for open connections.
+    drain: Duration,
     /// The pool `build` opened (closed on shutdown); `None` when the caller
     /// lent one to `build_with_pool`.
     owned_pool: Option<PgPool>,
@@ -112,6 +117,7 @@ impl Application {
             listener,
             address,
             router: router(state),
+            drain: config.request_timeout() + DRAIN_MARGIN,
             owned_pool: None,
         })
     }
@@ -131,15 +137,37 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections,
-    /// finishes in-flight requests (and closes the pool it opened).
+    /// finishes in-flight requests (and closes the pool it opened). Requests
+    /// are bounded by the request timeout; a connection still open
+    /// `drain` after the signal (a client that never finishes sending its
+    /// request) is dropped.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         tracing::info!(address = %self.address, "command API listening");
-        let served = axum::serve(self.listener, self.router)
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            let _ = signalled.send(());
+        };
+        let serve = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await;
+            .into_future();
+        let drain_deadline = async {
+            match on_signal.await {
+                Ok(()) => tokio::time::sleep(self.drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = serve => served,
+            () = drain_deadline => {
+                tracing::warn!(drain = ?self.drain, "connections still open after the drain period; stopping anyway");
+                Ok(())
+            }
+        };
         tracing::info!("command API stopped");
         if let Some(pool) = self.owned_pool {
             pool.close().await;

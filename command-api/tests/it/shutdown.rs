@@ -87,3 +87,32 @@ async fn shutdown_finishes_in_flight_requests() {
     assert_eq!(balance, 250);
     db.drop().await;
 }
+
+/// A client that never finishes sending its request cannot hold shutdown
+/// up beyond the drain period (request timeout plus a margin).
+#[tokio::test]
+async fn a_stalled_client_does_not_hold_shutdown_up() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = TestApp::spawn_with(|config| config.request_timeout_ms = 200).await;
+    let TestApp { mut server, db } = app;
+    let mut stalled = TcpStream::connect(server.address).await.unwrap();
+    stalled
+        .write_all(b"POST /accounts HTTP/1.1\r\nHost: localhost\r\nContent-")
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    // Connections are accepted in order: once a later one is answered, the
+    // stalled one is being read.
+    let live = server.get("/health/live").await;
+    assert!(live.status().is_success());
+    server.signal_shutdown();
+    // The drain period here is 5.2 s; without it the server would wait for
+    // the stalled request head for as long as hyper's own header timeout.
+    tokio::time::timeout(Duration::from_secs(20), server.join())
+        .await
+        .expect("stopped within the drain period")
+        .expect("clean stop");
+    drop(stalled);
+    db.drop().await;
+}
