@@ -66,7 +66,7 @@ pub struct IdempotencyKeyHeader {
     /// 1 to 255 visible ASCII characters. A repeat with the same request
     /// gets the stored answer (`Idempotent-Replayed: true`); with another
     /// request, 422 `idempotency_key_reused`.
-    #[param(rename = "Idempotency-Key")]
+    #[param(rename = "Idempotency-Key", value_type = String, required = false)]
     #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
@@ -76,7 +76,7 @@ pub struct IdempotencyKeyHeader {
 #[into_params(parameter_in = Header)]
 pub struct IfMatchHeader {
     /// `"<version>"`: append only at that version, else 412 `version_mismatch`.
-    #[param(rename = "If-Match")]
+    #[param(rename = "If-Match", value_type = String, required = false)]
     #[allow(dead_code)]
     if_match: Option<String>,
 }
