@@ -28,6 +28,25 @@ pub trait Projection: Send + Sync + 'static {
         tx: &mut Transaction<'_, Postgres>,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError>;
+
+    /// Applies the events of several streams: each slice holds consecutive
+    /// versions of one stream, in order, and no stream appears twice.
+    ///
+    /// The default calls [`Projection::apply`] on each event in turn. An
+    /// implementation may override it to write a whole batch in a few
+    /// set-based statements; it must leave the same rows as `apply` would.
+    /// If it fails, the worker rolls the batch back and applies it again
+    /// event by event, to find (and park) the event at fault.
+    async fn apply_many(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        streams: &[&[&RecordedEvent]],
+    ) -> Result<(), ApplyError> {
+        for event in streams.iter().flat_map(|events| events.iter()) {
+            self.apply(tx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The aggregate id part of a stream id (`account-0191...` -> `0191...`).

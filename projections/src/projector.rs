@@ -27,6 +27,9 @@ pub struct BatchReport {
     pub waiting: u64,
     /// Streams this batch parked (their event failed `max_attempts` times).
     pub parked: Vec<String>,
+    /// The set-based apply failed, so the batch was applied again event by
+    /// event (each in a savepoint) to find the event at fault.
+    pub one_by_one: bool,
 }
 
 /// Applies events to one projection: each batch in one database transaction
@@ -104,7 +107,10 @@ impl Projector {
         match self.try_apply(&streams, Mode::Fast).await? {
             Attempt::Done(report) => Ok(report),
             Attempt::RetryCarefully => match self.try_apply(&streams, Mode::Careful).await? {
-                Attempt::Done(report) => Ok(report),
+                Attempt::Done(report) => Ok(BatchReport {
+                    one_by_one: true,
+                    ..report
+                }),
                 Attempt::RetryCarefully => unreachable!("careful mode parks instead of retrying"),
             },
         }
@@ -178,7 +184,7 @@ impl Projector {
         .bind(&stream_ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut applied: BTreeMap<String, i64> = rows.into_iter().collect();
+        let applied: BTreeMap<String, i64> = rows.into_iter().collect();
         let parked: Vec<String> = sqlx::query_scalar(
             "SELECT stream_id FROM read_models.parked WHERE projection = $1 AND stream_id = ANY($2)",
         )
@@ -187,9 +193,10 @@ impl Projector {
         .fetch_all(&mut *tx)
         .await?;
 
+        // Plan: per stream, the events to apply, in version order.
         let mut report = BatchReport::default();
-        let mut last = (0i64, 0i64); // (transaction_id, position) of the latest event applied
-        let mut changed: Vec<(String, i64)> = Vec::new();
+        let mut fresh_by_stream: Vec<(&str, i64, Vec<&RecordedEvent>)> = Vec::new();
+        let mut fetched: BTreeMap<&str, Vec<RecordedEvent>> = BTreeMap::new();
         for (&stream_id, events) in streams {
             let from = applied.get(stream_id).copied().unwrap_or(0);
             if parked.iter().any(|p| p == stream_id) {
@@ -208,65 +215,102 @@ impl Projector {
                 continue;
             };
             let contiguous = fresh.iter().zip(from + 1..).all(|(e, v)| version(e) == v);
-            // The event store is the truth: on a gap, read the stream from
-            // the applied version on.
-            let fetched;
-            let todo: Vec<&RecordedEvent> = if contiguous {
-                fresh
-            } else {
+            if !contiguous {
+                // The event store is the truth: on a gap, read the stream
+                // from the applied version on.
                 let stream = parse_stream_id(stream_id, self.projection.stream_types())
                     .ok_or_else(|| Error::UnknownProjection(format!("stream {stream_id}")))?;
                 let from_version = u64::try_from(from + 1).unwrap_or(1);
-                fetched = self.store.read_stream(&stream, from_version).await?;
-                let todo: Vec<&RecordedEvent> =
-                    fetched.iter().filter(|e| version(e) <= newest).collect();
-                report.gap_filled += todo.len() as u64 - count_in(&todo, events);
-                todo
-            };
+                let mut events = self.store.read_stream(&stream, from_version).await?;
+                events.retain(|e| version(e) <= newest);
+                fetched.insert(stream_id, events);
+            }
+            fresh_by_stream.push((stream_id, from, fresh));
+        }
+        let plans: Vec<(&str, i64, Vec<&RecordedEvent>)> = fresh_by_stream
+            .into_iter()
+            .map(|(stream_id, from, fresh)| match fetched.get(stream_id) {
+                Some(events) => {
+                    let todo: Vec<&RecordedEvent> = events.iter().collect();
+                    report.gap_filled += todo.len() as u64 - count_in(&todo, &fresh);
+                    (stream_id, from, todo)
+                }
+                None => (stream_id, from, fresh),
+            })
+            .collect();
 
-            let mut version_now = from;
-            for event in todo {
-                let span = event_span(name, event);
-                let outcome = match mode {
-                    Mode::Fast => self
-                        .projection
-                        .apply(&mut tx, event)
-                        .instrument(span.clone())
-                        .await
-                        .map_err(|e| (e, 1)),
-                    Mode::Careful => {
-                        self.apply_with_retries(&mut tx, event)
-                            .instrument(span.clone())
-                            .await?
-                    }
-                };
-                match outcome {
-                    Ok(()) => {
-                        version_now = version(event);
-                        report.applied += 1;
-                        last = last.max((event.transaction_id as i64, event.position));
-                    }
-                    Err((error, _)) if error.is_transient() => {
-                        return Err(apply_error(event, error));
-                    }
-                    Err(_) if mode == Mode::Fast => return Ok(Attempt::RetryCarefully),
-                    Err((error, attempts)) => {
-                        span.in_scope(|| {
-                            tracing::error!(error = %error, attempts, "poison event: parking its stream")
-                        });
-                        park(&mut tx, name, event, &error, attempts).await?;
-                        report.parked.push(stream_id.to_owned());
-                        report.waiting += events
-                            .iter()
-                            .filter(|e| version(e) >= version(event))
-                            .count() as u64;
-                        break;
+        let mut last = (0i64, 0i64); // (transaction_id, position) of the latest event applied
+        let mut changed: Vec<(String, i64)> = Vec::new();
+        if mode == Mode::Fast {
+            let todos: Vec<&[&RecordedEvent]> =
+                plans.iter().map(|(_, _, todo)| todo.as_slice()).collect();
+            for event in todos.iter().flat_map(|todo| todo.iter()) {
+                tracing::debug!(
+                    stream_id = %event.stream_id,
+                    version = event.version,
+                    event_id = %event.event_id,
+                    position = event.position,
+                    correlation_id = event.metadata.correlation_id.as_deref(),
+                    "applying"
+                );
+            }
+            match self.projection.apply_many(&mut tx, &todos).await {
+                Ok(()) => {
+                    for (stream_id, _, todo) in &plans {
+                        for event in todo {
+                            last = last.max((event.transaction_id as i64, event.position));
+                        }
+                        if let Some(newest) = todo.last() {
+                            report.applied += todo.len() as u64;
+                            changed.push(((*stream_id).to_owned(), version(newest)));
+                        }
                     }
                 }
+                Err(error) if error.is_transient() => {
+                    let first = todos.iter().find_map(|todo| todo.first());
+                    return Err(match first {
+                        Some(event) => apply_error(event, error),
+                        None => Error::Database(sqlx::Error::Protocol(error.to_string())),
+                    });
+                }
+                // Find the event at fault, one by one.
+                Err(error) => {
+                    tracing::warn!(error = %error, "batch failed to apply; applying it event by event");
+                    return Ok(Attempt::RetryCarefully);
+                }
             }
-            if version_now > from {
-                applied.insert(stream_id.to_owned(), version_now);
-                changed.push((stream_id.to_owned(), version_now));
+        } else {
+            for (stream_id, from, todo) in &plans {
+                let mut version_now = *from;
+                for (i, event) in todo.iter().enumerate() {
+                    let span = event_span(name, event);
+                    let outcome = self
+                        .apply_with_retries(&mut tx, event)
+                        .instrument(span.clone())
+                        .await?;
+                    match outcome {
+                        Ok(()) => {
+                            version_now = version(event);
+                            report.applied += 1;
+                            last = last.max((event.transaction_id as i64, event.position));
+                        }
+                        Err((error, _)) if error.is_transient() => {
+                            return Err(apply_error(event, error));
+                        }
+                        Err((error, attempts)) => {
+                            span.in_scope(|| {
+                                tracing::error!(error = %error, attempts, "poison event: parking its stream")
+                            });
+                            park(&mut tx, name, event, &error, attempts).await?;
+                            report.parked.push((*stream_id).to_owned());
+                            report.waiting += (todo.len() - i) as u64;
+                            break;
+                        }
+                    }
+                }
+                if version_now > *from {
+                    changed.push(((*stream_id).to_owned(), version_now));
+                }
             }
         }
 

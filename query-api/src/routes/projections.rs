@@ -59,16 +59,15 @@ async fn projection_view(
     let types: Vec<String> = stream_types.iter().map(|t| (*t).to_owned()).collect();
     let (checkpoint, head, lag_events, parked_streams, events_applied): (i64, i64, i64, i64, i64) =
         sqlx::query_as(
-            "WITH heads AS ( \
-                 SELECT stream_id, max(version) AS version, max(position) AS position \
-                 FROM event_store.events WHERE stream_type = ANY($2) GROUP BY stream_id \
-             ) \
-             SELECT \
+            // Stream versions are contiguous from 1, so the events not yet
+            // applied are the events of these types minus the versions
+            // applied; no per-stream grouping of the whole log.
+            "SELECT \
                  coalesce((SELECT last_position FROM read_models.projection_status WHERE projection = $1), 0), \
-                 coalesce((SELECT max(position) FROM heads), 0), \
-                 coalesce((SELECT sum(greatest(h.version - coalesce(a.version, 0), 0)) \
-                           FROM heads h LEFT JOIN read_models.applied a \
-                             ON a.projection = $1 AND a.stream_id = h.stream_id), 0)::bigint, \
+                 coalesce((SELECT position FROM event_store.events WHERE stream_type = ANY($2) \
+                           ORDER BY position DESC LIMIT 1), 0), \
+                 greatest((SELECT count(*) FROM event_store.events WHERE stream_type = ANY($2)) \
+                          - coalesce((SELECT sum(version) FROM read_models.applied WHERE projection = $1), 0), 0)::bigint, \
                  (SELECT count(*) FROM read_models.parked WHERE projection = $1), \
                  coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0)",
         )
