@@ -7,7 +7,7 @@ use event_store::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::projection::{expect_one_row, stream_uuid, version_i64};
+use crate::projection::{expect_one_row, expect_rows, stream_uuid, version_i64};
 use crate::{ApplyError, Projection};
 
 /// Builds `read_models.accounts` and `read_models.account_transactions`.
@@ -337,16 +337,6 @@ struct Last {
     statuses: Vec<Option<String>>,
     versions: Vec<i64>,
     at: Vec<DateTime<Utc>>,
-}
-
-fn expect_rows(written: u64, expected: usize, what: &str) -> Result<(), ApplyError> {
-    if written == expected as u64 {
-        Ok(())
-    } else {
-        Err(ApplyError::Invalid(format!(
-            "expected {expected} {what} rows, wrote {written}"
-        )))
-    }
 }
 
 /// One balance change: updates the account and appends to its ledger in one

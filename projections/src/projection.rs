@@ -91,3 +91,14 @@ pub(crate) fn expect_one_row(
         ))),
     }
 }
+
+/// Fails unless a set-based statement wrote one row per item.
+pub(crate) fn expect_rows(written: u64, expected: usize, what: &str) -> Result<(), ApplyError> {
+    if written == expected as u64 {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid(format!(
+            "expected {expected} {what} rows, wrote {written}"
+        )))
+    }
+}

@@ -473,3 +473,123 @@ async fn a_poison_event_parks_only_its_stream_until_it_is_unparked() {
     assert_eq!(parked, 0);
     h.drop().await;
 }
+
+#[tokio::test]
+async fn set_based_and_event_by_event_application_leave_the_same_rows() {
+    let h = Harness::new().await;
+    let (account, customer) = h.open_account("EUR").await;
+    h.deposit(account, 5_000).await;
+    h.withdraw(account, 1_000).await.unwrap();
+    let charged = Uuid::now_v7();
+    h.exec::<BankAccount>(
+        &account.to_string(),
+        AccountCommand::Charge {
+            order_id: order_id(charged),
+            customer_id: CustomerId::new(customer),
+            currency: currency_of("EUR"),
+            amount: amount_of(700),
+        },
+    )
+    .await;
+    h.exec::<BankAccount>(
+        &account.to_string(),
+        AccountCommand::Refund {
+            order_id: order_id(charged),
+        },
+    )
+    .await;
+    let (closed, _) = h.open_account("USD").await;
+    h.exec::<BankAccount>(&closed.to_string(), AccountCommand::Close)
+        .await;
+    h.create_item("LAPTOP-15", 10).await;
+    let o = order_id(Uuid::now_v7());
+    h.inventory(
+        "LAPTOP-15",
+        InventoryCommand::Reserve {
+            order_id: o,
+            quantity: quantity_of(3),
+        },
+    )
+    .await
+    .unwrap();
+    h.inventory(
+        "LAPTOP-15",
+        InventoryCommand::Restock {
+            quantity: quantity_of(2),
+        },
+    )
+    .await
+    .unwrap();
+    h.inventory("LAPTOP-15", InventoryCommand::Commit { order_id: o })
+        .await
+        .unwrap();
+    let shipped = Uuid::now_v7();
+    h.order(shipped, place(shipped, customer, account)).await;
+    h.order(shipped, OrderCommand::MarkReserved).await;
+    h.order(shipped, OrderCommand::MarkPaid).await;
+    h.order(
+        shipped,
+        OrderCommand::MarkShipped {
+            tracking_number: "TRK-9".into(),
+        },
+    )
+    .await;
+    let cancelled = Uuid::now_v7();
+    h.order(cancelled, place(cancelled, customer, account))
+        .await;
+    h.order(
+        cancelled,
+        OrderCommand::RequestCancellation {
+            reason: "no".into(),
+        },
+    )
+    .await;
+    h.order(
+        cancelled,
+        OrderCommand::Cancel {
+            reason: CancellationReason::CustomerRequest,
+        },
+    )
+    .await;
+
+    let events = h.all_events().await;
+    let projections: Vec<std::sync::Arc<dyn projections::Projection>> = projections::all();
+    for projection in &projections {
+        let report = projections::Projector::new(projection.clone(), h.store.clone())
+            .apply_batch(&events)
+            .await
+            .unwrap();
+        assert!(!report.one_by_one, "{report:?}");
+    }
+    let read_models = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .filter(|r| {
+                !r.starts_with("read_models.applied") && !r.starts_with("read_models.parked")
+            })
+            .collect()
+    };
+    let set_based = read_models(h.snapshot().await);
+    assert!(set_based.len() > 10, "{set_based:?}");
+
+    sqlx::query(
+        "TRUNCATE read_models.account_transactions, read_models.accounts, read_models.inventory, \
+         read_models.order_lines, read_models.orders",
+    )
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let mut tx = h.db.pool.begin().await.unwrap();
+    for event in &events {
+        for projection in &projections {
+            if projection
+                .stream_types()
+                .contains(&event.stream_type.as_str())
+            {
+                projection.apply(&mut tx, event).await.unwrap();
+            }
+        }
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(read_models(h.snapshot().await), set_based);
+    h.drop().await;
+}
