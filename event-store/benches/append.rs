@@ -8,9 +8,9 @@
 //!
 //! Uses its own fresh database on the server at `DATABASE_URL` (dropped at
 //! the end). Each case runs the baseline and the append alternately in
-//! ABBA order (raw, append, append, raw), `SLICE` each, so drift in the
-//! machine's load and the table's growth hits both sides alike.
-//! `BENCH_SLICE_MS` overrides the slice length.
+//! ABBA order twice (raw, append, append, raw, raw, append, append, raw),
+//! 1.25 s per slice, so drift in the machine's load and the table's growth
+//! hits both sides alike. `BENCH_SLICE_MS` overrides the slice length.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,7 +163,7 @@ async fn main() {
         std::env::var("BENCH_SLICE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2500),
+            .unwrap_or(1250),
     );
     let db = TestDatabase::create().await;
     let pool = PgPoolOptions::new()
@@ -179,8 +179,8 @@ async fn main() {
     }
 
     println!(
-        "event store append vs raw INSERT, {:.1} s per side per case (ABBA slices of {} ms)\n",
-        slice.as_secs_f64() * 2.0,
+        "event store append vs raw INSERT, {:.1} s per side per case (ABBA ABBA slices of {} ms)\n",
+        slice.as_secs_f64() * 4.0,
         slice.as_millis()
     );
     println!("| case | writers | raw events/s | raw p50 ms | raw p99 ms | append events/s | append p50 ms | append p99 ms | append/raw |");
@@ -188,7 +188,8 @@ async fn main() {
     for batch in [1, BATCH] {
         for writers in CONCURRENCY {
             let (mut raw, mut app) = (Samples::default(), Samples::default());
-            for side in [Side::Raw, Side::Append, Side::Append, Side::Raw] {
+            const ABBA: [Side; 4] = [Side::Raw, Side::Append, Side::Append, Side::Raw];
+            for side in ABBA.into_iter().chain(ABBA) {
                 let into = if side == Side::Raw {
                     &mut raw
                 } else {

@@ -144,7 +144,7 @@ impl EventStore {
         let from = i64::try_from(from_version).unwrap_or(i64::MAX);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM event_store.events \
-             WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+             WHERE stream_id = $1 AND version >= $2 ORDER BY events.version"
         ))
         .bind(stream.as_str())
         .bind(from)
