@@ -8,10 +8,13 @@ use domain::{
     AccountCommand, BankAccount, CustomerId, Inventory as InventoryAggregate, InventoryCommand,
 };
 use event_store::{RecordedEvent, Repository};
-use projections::{Accounts, Inventory};
+use std::time::Duration;
+
+use projections::{Accounts, Inventory, Projection, Worker, WorkerConfig};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support::{amount_of, currency_of, order_id, quantity_of, Harness};
@@ -21,11 +24,15 @@ const SKUS: usize = 4;
 const TASKS: u64 = 6;
 const COMMANDS_PER_TASK: usize = 40;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_models_equal_the_folded_streams_after_a_random_workload() {
-    let seed: u64 = rand::random();
-    println!("seed {seed}");
-    let h = Arc::new(Harness::new().await);
+/// The workload's accounts `(account, customer)` and SKUs.
+struct Workload {
+    accounts: Arc<Vec<(Uuid, Uuid)>>,
+    skus: Arc<Vec<String>>,
+}
+
+/// Opens the accounts, creates the SKUs, then runs random commands from
+/// concurrent tasks (refusals included).
+async fn run_workload(h: &Arc<Harness>, seed: u64) -> Workload {
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
         accounts.push(h.open_account("EUR").await);
@@ -123,6 +130,16 @@ async fn read_models_equal_the_folded_streams_after_a_random_workload() {
         task.await.expect("workload task");
     }
 
+    Workload { accounts, skus }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_equal_the_folded_streams_after_a_random_workload() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let h = Arc::new(Harness::new().await);
+    let workload = run_workload(&h, seed).await;
+
     // Deliver the log in random batches: shuffled within a batch, some events
     // duplicated, some lost (a later event of the stream fills the gap from
     // the store); then everything once more, as a consumer restarting from
@@ -154,6 +171,86 @@ async fn read_models_equal_the_folded_streams_after_a_random_workload() {
     accounts_projector.apply_batch(&events).await.unwrap();
     inventory_projector.apply_batch(&events).await.unwrap();
 
+    check_against_streams(&h, &workload, seed).await;
+    if let Ok(h) = Arc::try_unwrap(h) {
+        h.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kafka_the_read_models_equal_the_folded_streams() {
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let h = Arc::new(Harness::new().await);
+    let kafka = kafka::KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("projections-random-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 2_000,
+    };
+    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
+        .await
+        .expect("topics");
+    let shutdown = CancellationToken::new();
+    // The relay and two workers per projection run while the commands do.
+    let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
+    let token = shutdown.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        relay.run(token).await.map_err(|e| e.to_string())
+    })];
+    let config = WorkerConfig {
+        batch_size: 50,
+        poll_wait: Duration::from_millis(200),
+        ..WorkerConfig::default()
+    };
+    for projection in [
+        Arc::new(Accounts) as Arc<dyn Projection>,
+        Arc::new(Inventory),
+    ] {
+        for _ in 0..2 {
+            let worker =
+                Worker::new(projection.clone(), h.store.clone(), &kafka, config.clone()).unwrap();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                worker.run(token).await.map_err(|e| e.to_string())
+            }));
+        }
+    }
+    let workload = run_workload(&h, seed).await;
+
+    // Wait until every event of both projections' streams is applied.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let lag: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM event_store.events WHERE stream_type IN ('account', 'inventory')) \
+                  - (SELECT coalesce(sum(version), 0) FROM read_models.applied)::bigint",
+        )
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lag} events still not applied (seed {seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    for task in tasks {
+        task.await.expect("task").expect("component");
+    }
+    check_against_streams(&h, &workload, seed).await;
+    if let Ok(h) = Arc::try_unwrap(h) {
+        h.drop().await;
+    }
+}
+
+/// Every account's balance and version equal its folded stream; every
+/// ledger sums to its balance; every inventory row equals its folded stream.
+async fn check_against_streams(h: &Harness, workload: &Workload, seed: u64) {
+    let Workload { accounts, skus } = workload;
     // Every account's balance and version equal its folded stream; every
     // ledger sums to its balance and ends at it.
     let repository = Repository::<BankAccount>::new(h.store.clone());
@@ -215,8 +312,4 @@ async fn read_models_equal_the_folded_streams_after_a_random_workload() {
         .await
         .unwrap();
     assert_eq!(parked, 0);
-
-    if let Ok(h) = Arc::try_unwrap(h) {
-        h.drop().await;
-    }
 }
