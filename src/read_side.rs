@@ -27,6 +27,11 @@ pub struct ProjectArgs {
     #[arg(long = "projection-max-attempts", env = "PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Instead of running the workers: un-park this stream (e.g.
+    /// `account-0191...`) in the selected projections that follow its type,
+    /// apply its waiting events from the event store, and exit.
+    #[arg(long = "unpark", value_name = "STREAM_ID")]
+    pub unpark: Option<String>,
 }
 
 /// `purser project`: one worker per projection until SIGTERM or ctrl-c; the
@@ -36,6 +41,9 @@ pub async fn run_project(global: &GlobalArgs, args: ProjectArgs) -> Result<()> {
     migrations::run(&pool)
         .await
         .context("applying the migrations")?;
+    if let Some(stream_id) = &args.unpark {
+        return unpark(event_store::EventStore::new(pool), &args, stream_id).await;
+    }
     kafka::ensure_topics(&args.kafka, kafka::STREAM_TYPES)
         .await
         .with_context(|| format!("creating the topics at {}", args.kafka.brokers))?;
@@ -73,4 +81,50 @@ pub async fn run_query_api(global: &GlobalArgs, config: query_api::QueryApiConfi
         .run_until_stopped(shutdown)
         .await
         .context("serving the query API")
+}
+
+/// `purser project --unpark STREAM_ID`.
+async fn unpark(store: event_store::EventStore, args: &ProjectArgs, stream_id: &str) -> Result<()> {
+    let selected = if args.projections.is_empty() {
+        projections::all()
+    } else {
+        args.projections
+            .iter()
+            .map(|name| projections::by_name(name))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut followed = false;
+    for projection in selected {
+        let follows = projection.stream_types().iter().any(|t| {
+            stream_id
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with('-'))
+        });
+        if !follows {
+            continue;
+        }
+        followed = true;
+        let name = projection.name();
+        let report = projections::Projector::new(projection, store.clone())
+            .with_max_attempts(args.max_attempts)
+            .unpark(stream_id)
+            .await
+            .with_context(|| format!("un-parking {stream_id} in {name}"))?;
+        if report.parked.is_empty() {
+            println!(
+                "{name}: {stream_id} applied {} waiting events",
+                report.applied
+            );
+        } else {
+            println!(
+                "{name}: {stream_id} applied {} events and is parked again",
+                report.applied
+            );
+        }
+    }
+    anyhow::ensure!(
+        followed,
+        "no selected projection follows the stream {stream_id}"
+    );
+    Ok(())
 }
