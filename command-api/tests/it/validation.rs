@@ -423,8 +423,15 @@ async fn bad_inputs_are_refused_and_append_nothing() {
         }
         let response = request.send().await.expect("request sent");
         let status = response.status();
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let body = response.text().await.unwrap_or_default();
         assert_eq!(status, case.status, "{}: {body}", case.name);
+        assert_eq!(
+            content_type.as_ref().and_then(|v| v.to_str().ok()),
+            Some(crate::helpers::PROBLEM_JSON),
+            "{}",
+            case.name
+        );
         let problem: Value = serde_json::from_str(&body)
             .unwrap_or_else(|_| panic!("{}: not JSON: {body}", case.name));
         assert_eq!(problem["code"], case.code, "{}: {problem}", case.name);
