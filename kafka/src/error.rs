@@ -41,6 +41,9 @@ pub enum Error {
         /// The serialiser's error.
         source: serde_json::Error,
     },
+    /// The relay's reader task ended unexpectedly (it is started again).
+    #[error("the relay's event store reader stopped")]
+    ReaderStopped,
     /// The event store failed (reading events or saving the checkpoint).
     #[error("event store: {0}")]
     Store(#[from] event_store::Error),

@@ -2,9 +2,12 @@
 //! recorded event as JSON, and headers that let a consumer route, trace and
 //! deduplicate without parsing the value.
 
+use std::sync::Arc;
+
 use event_store::RecordedEvent;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::Message;
+use uuid::Uuid;
 
 use crate::{Error, KafkaConfig, Result};
 
@@ -39,25 +42,61 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// A message ready to be produced.
+/// A message ready to be produced, with what the traces of its delivery need.
 pub(crate) struct Outgoing {
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
+    /// The stream id.
+    pub(crate) key: String,
     pub(crate) payload: Vec<u8>,
     pub(crate) headers: OwnedHeaders,
+    pub(crate) event_id: Uuid,
+    pub(crate) position: i64,
+    pub(crate) correlation_id: Option<String>,
 }
 
-/// Builds the message for `event` (its key is `event.stream_id`).
-pub(crate) fn encode(config: &KafkaConfig, event: &RecordedEvent) -> Result<Outgoing> {
-    let payload = serde_json::to_vec(event).map_err(|source| Error::Encode {
+/// Topic names by stream type, built once each.
+#[derive(Debug, Clone)]
+pub(crate) struct Topics {
+    config: KafkaConfig,
+    names: Vec<(String, Arc<str>)>,
+}
+
+impl Topics {
+    pub(crate) fn new(config: &KafkaConfig) -> Self {
+        Topics {
+            config: config.clone(),
+            names: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, stream_type: &str) -> Arc<str> {
+        if let Some((_, name)) = self.names.iter().find(|(t, _)| t == stream_type) {
+            return name.clone();
+        }
+        let name: Arc<str> = self.config.topic(stream_type).into();
+        self.names.push((stream_type.to_owned(), name.clone()));
+        name
+    }
+}
+
+/// A typical encoded event fits, so the buffer is not grown while writing.
+const PAYLOAD_CAPACITY: usize = 1024;
+
+/// Builds the message for `event`: key = stream id, value = the event as
+/// JSON, and the [`headers`].
+pub(crate) fn encode(topics: &mut Topics, event: &RecordedEvent) -> Result<Outgoing> {
+    let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
+    serde_json::to_writer(&mut payload, event).map_err(|source| Error::Encode {
         event_id: event.event_id,
         source,
     })?;
-    let event_id = event.event_id.to_string();
+    let mut uuid = Uuid::encode_buffer();
+    let event_id = event.event_id.hyphenated().encode_lower(&mut uuid);
     let schema_version = event.schema_version.to_string();
     let stream_version = event.version.to_string();
     let position = event.position.to_string();
     let mut headers = OwnedHeaders::new_with_capacity(7)
-        .insert(header(headers::EVENT_ID, &event_id))
+        .insert(header(headers::EVENT_ID, event_id))
         .insert(header(headers::EVENT_TYPE, &event.event_type))
         .insert(header(headers::SCHEMA_VERSION, &schema_version))
         .insert(header(headers::STREAM_VERSION, &stream_version))
@@ -69,9 +108,13 @@ pub(crate) fn encode(config: &KafkaConfig, event: &RecordedEvent) -> Result<Outg
         headers = headers.insert(header(headers::CAUSATION_ID, id));
     }
     Ok(Outgoing {
-        topic: config.topic(&event.stream_type),
+        topic: topics.get(&event.stream_type),
+        key: event.stream_id.clone(),
         payload,
         headers,
+        event_id: event.event_id,
+        position: event.position,
+        correlation_id: event.metadata.correlation_id.clone(),
     })
 }
 

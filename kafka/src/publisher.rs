@@ -6,8 +6,9 @@ use std::time::Duration;
 use event_store::RecordedEvent;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use uuid::Uuid;
 
-use crate::message::encode;
+use crate::message::{encode, Outgoing, Topics};
 use crate::{Error, KafkaConfig, Result};
 
 /// Where the broker stored a published event.
@@ -72,36 +73,58 @@ impl EventPublisher {
         err
     )]
     pub async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Acked>> {
-        let mut acked = Vec::with_capacity(events.len());
-        let mut pending: VecDeque<(&RecordedEvent, DeliveryFuture)> = VecDeque::new();
-        for event in events {
-            let outgoing = encode(&self.config, event)?;
-            let mut record = FutureRecord::to(&outgoing.topic)
-                .key(event.stream_id.as_str())
-                .payload(&outgoing.payload)
-                .headers(outgoing.headers);
-            loop {
+        let mut topics = Topics::new(&self.config);
+        let messages = events
+            .iter()
+            .map(|event| encode(&mut topics, event))
+            .collect::<Result<Vec<_>>>()?;
+        self.send(messages).await?.wait().await
+    }
+
+    /// Hands `messages` to the producer, in order, without waiting for their
+    /// acknowledgements (except to make room in a full queue); the result
+    /// waits for them. Batches sent one after the other keep their order.
+    pub(crate) async fn send(&self, messages: Vec<Outgoing>) -> Result<Pending> {
+        let mut pending = Pending {
+            deliveries: VecDeque::with_capacity(messages.len()),
+            acked: Vec::with_capacity(messages.len()),
+        };
+        for message in messages {
+            let Outgoing {
+                topic,
+                key,
+                payload,
+                headers,
+                event_id,
+                position,
+                correlation_id,
+            } = message;
+            let mut record = FutureRecord::to(&topic)
+                .key(key.as_str())
+                .payload(&payload)
+                .headers(headers);
+            let delivery = loop {
                 match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push_back((event, delivery));
-                        break;
-                    }
+                    Ok(delivery) => break delivery,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         // Make room by waiting for the oldest message in flight.
-                        match pending.pop_front() {
-                            Some((event, delivery)) => acked.push(wait(event, delivery).await?),
-                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        if !pending.wait_oldest().await? {
+                            tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                         }
                     }
                     Err((error, _)) => return Err(Error::Kafka(error)),
                 }
-            }
+            };
+            let sent = Sent {
+                event_id,
+                position,
+                stream_id: key,
+                correlation_id,
+            };
+            pending.deliveries.push_back((sent, delivery));
         }
-        while let Some((event, delivery)) = pending.pop_front() {
-            acked.push(wait(event, delivery).await?);
-        }
-        Ok(acked)
+        Ok(pending)
     }
 
     /// The fatal error that made this producer unusable, if any (a new
@@ -119,7 +142,44 @@ impl EventPublisher {
     }
 }
 
-async fn wait(event: &RecordedEvent, delivery: DeliveryFuture) -> Result<Acked> {
+/// Pause when the producer's queue is full and none of this batch's own
+/// messages is in flight (earlier batches fill it).
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+/// What the traces and errors of a sent event need (the batch itself need
+/// not stay in memory while it is in flight).
+struct Sent {
+    event_id: Uuid,
+    position: i64,
+    stream_id: String,
+    correlation_id: Option<String>,
+}
+
+/// The acknowledgements a sent batch is waiting for.
+pub(crate) struct Pending {
+    /// In send order, after those already acknowledged.
+    deliveries: VecDeque<(Sent, DeliveryFuture)>,
+    acked: Vec<Acked>,
+}
+
+impl Pending {
+    /// Waits for every acknowledgement, in order.
+    pub(crate) async fn wait(mut self) -> Result<Vec<Acked>> {
+        while self.wait_oldest().await? {}
+        Ok(self.acked)
+    }
+
+    /// Waits for the oldest delivery still pending; `false` if there is none.
+    async fn wait_oldest(&mut self) -> Result<bool> {
+        let Some((sent, delivery)) = self.deliveries.pop_front() else {
+            return Ok(false);
+        };
+        self.acked.push(wait(sent, delivery).await?);
+        Ok(true)
+    }
+}
+
+async fn wait(event: Sent, delivery: DeliveryFuture) -> Result<Acked> {
     match delivery.await {
         Ok(Ok(delivery)) => {
             tracing::debug!(
@@ -128,7 +188,7 @@ async fn wait(event: &RecordedEvent, delivery: DeliveryFuture) -> Result<Acked> 
                 position = event.position,
                 partition = delivery.partition,
                 offset = delivery.offset,
-                correlation_id = event.metadata.correlation_id.as_deref(),
+                correlation_id = event.correlation_id.as_deref(),
                 "event published"
             );
             Ok(Acked {

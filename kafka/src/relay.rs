@@ -1,12 +1,17 @@
 //! The relay: tails the event store gap-safely and publishes every event to
 //! Kafka, advancing its checkpoint only after the broker acknowledged.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use event_store::{Checkpoint, EventStore, Subscription};
+use event_store::{Checkpoint, EventStore, RecordedEvent, Subscription};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::{EventPublisher, KafkaConfig, Result};
+use crate::message::{encode, Outgoing, Topics};
+use crate::publisher::Pending;
+use crate::{Error, EventPublisher, KafkaConfig, Result};
 
 /// Name of the relay's checkpoint in `event_store.checkpoints`.
 pub const CHECKPOINT_NAME: &str = "relay";
@@ -20,8 +25,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Tuning of the relay (the `purser relay` command line).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct RelayOptions {
-    /// Events read from the store and published per batch.
-    #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", default_value_t = 1000,
+    /// Most events read from the store and published per batch. Large
+    /// batches make large produce requests, which a broker takes much faster
+    /// while the relay catches up; at a steady pace batches are small anyway.
+    #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
     /// How long the broker may take to acknowledge a message before the batch
@@ -40,6 +47,11 @@ pub struct RelayOptions {
         default_value_t = 1000
     )]
     pub idle_wait_ms: u64,
+    /// Batches handed to the producer before the oldest one is acknowledged
+    /// (each is checkpointed, in order, once all of its events are).
+    #[arg(long = "relay-max-in-flight", env = "RELAY_MAX_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// Longest pause between retries while the broker or the store fails.
     #[arg(
         long = "relay-max-backoff-ms",
@@ -52,9 +64,10 @@ pub struct RelayOptions {
 impl Default for RelayOptions {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 5000,
             delivery_timeout_ms: 30_000,
             idle_wait_ms: 1000,
+            max_in_flight: 4,
             max_backoff_ms: 10_000,
         }
     }
@@ -86,13 +99,17 @@ pub enum RelayOutcome {
 
 /// Publishes the event log to Kafka (DESIGN.md point 4).
 ///
-/// Each step takes the next batch after the checkpoint from a gap-safe
-/// [`Subscription`] of the store (waiting a little for one if there is none
-/// yet), publishes it, waits for every acknowledgement and only then saves
-/// the checkpoint. A failed step saves nothing and rewinds the subscription
-/// to the saved checkpoint, so the batch is published again by a later step:
-/// delivery is at-least-once, and consumers drop what they have already
-/// applied.
+/// Batches come, in the store's gap-safe `(transaction_id, position)` order,
+/// from a [`Subscription`] running in a task of its own a few batches ahead.
+/// Up to `max_in_flight` batches are handed to the producer before the
+/// oldest is acknowledged, so the broker always has work; a batch's
+/// checkpoint is saved only once every event of it, and of every batch
+/// before it, is acknowledged. A failure saves nothing more: the relay
+/// forgets what is in flight and reads again from the saved checkpoint, so
+/// those events are published again by a later step. Delivery is
+/// at-least-once (a consumer can see a duplicate, or, after a failure, a
+/// stream version before the one preceding it arrives again), and consumers
+/// drop what they have already applied.
 pub struct Relay {
     store: EventStore,
     config: KafkaConfig,
@@ -101,7 +118,92 @@ pub struct Relay {
     /// The saved checkpoint, loaded on the first step.
     checkpoint: Option<Checkpoint>,
     /// Reads on from `checkpoint`; rebuilt from it after a failure.
-    subscription: Option<Subscription>,
+    reader: Option<Reader>,
+    /// Batches sent and not yet acknowledged, oldest first.
+    in_flight: VecDeque<InFlight>,
+}
+
+/// A batch handed to the producer.
+struct InFlight {
+    /// How many events it has.
+    events: usize,
+    /// The checkpoint after its last event.
+    to: Checkpoint,
+    pending: Pending,
+}
+
+/// A batch read and encoded, ready for the producer.
+struct Batch {
+    messages: Vec<Outgoing>,
+    /// The checkpoint after its last event.
+    to: Checkpoint,
+}
+
+impl Batch {
+    fn encode(topics: &mut Topics, events: &[RecordedEvent]) -> Result<Option<Batch>> {
+        let Some(last) = events.last() else {
+            return Ok(None);
+        };
+        let messages = events
+            .iter()
+            .map(|event| encode(topics, event))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Batch {
+            messages,
+            to: last.checkpoint(),
+        }))
+    }
+}
+
+/// A task reading batches from a [`Subscription`] and encoding them, ahead
+/// of the publisher (and on another core, when there is one).
+struct Reader {
+    batches: mpsc::Receiver<Result<Batch>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn spawn(
+        store: &EventStore,
+        config: &KafkaConfig,
+        from: Checkpoint,
+        options: &RelayOptions,
+    ) -> Reader {
+        let max = options.batch_size as usize;
+        let poll = options.idle_wait().min(Subscription::DEFAULT_POLL_INTERVAL);
+        // One batch ready here, one more held by the task: enough to keep
+        // ahead of the broker, and little memory.
+        let (sender, batches) = mpsc::channel(1);
+        let mut subscription = store.subscribe(from).with_poll_interval(poll);
+        let mut topics = Topics::new(config);
+        let task = tokio::spawn(
+            async move {
+                loop {
+                    let batch = match subscription.next_batch(max).await {
+                        Ok(events) => Batch::encode(&mut topics, &events),
+                        Err(error) => Err(Error::from(error)),
+                    };
+                    let batch = match batch {
+                        Ok(None) => continue,
+                        Ok(Some(batch)) => Ok(batch),
+                        Err(error) => Err(error),
+                    };
+                    let failed = batch.is_err();
+                    if sender.send(batch).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }
+            .instrument(tracing::debug_span!("relay_reader")),
+        );
+        Reader { batches, task }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for Relay {
@@ -133,7 +235,8 @@ impl Relay {
             options,
             publisher,
             checkpoint: None,
-            subscription: None,
+            reader: None,
+            in_flight: VecDeque::new(),
         })
     }
 
@@ -143,18 +246,22 @@ impl Relay {
         self.checkpoint
     }
 
-    /// One step: publishes the next batch after the checkpoint and saves the
-    /// checkpoint once every event of it is acknowledged.
+    /// One step: hands new batches to the producer while there is room,
+    /// then waits for the oldest batch in flight to be acknowledged and saves
+    /// its checkpoint. Waits up to the idle wait for new events when nothing
+    /// is in flight, and reports [`RelayOutcome::Idle`] if none came.
     #[tracing::instrument(
         skip_all,
-        fields(from_transaction, from_position, events, to_position),
+        fields(from_transaction, from_position, in_flight, events, to_position),
         err
     )]
     pub async fn process_batch(&mut self) -> Result<RelayOutcome> {
         let result = self.step().await;
         if result.is_err() {
-            // Read again from the saved checkpoint next time.
-            self.subscription = None;
+            // Forget what is in flight and read again from the saved
+            // checkpoint next time.
+            self.in_flight.clear();
+            self.reader = None;
         }
         result
     }
@@ -171,26 +278,53 @@ impl Relay {
         };
         span.record("from_transaction", from.transaction_id);
         span.record("from_position", from.position);
-        let idle_wait = self.options.idle_wait();
-        let max = self.options.batch_size as usize;
-        let subscription = self.subscription.get_or_insert_with(|| {
-            self.store
-                .subscribe(from)
-                .with_poll_interval(idle_wait.min(Subscription::DEFAULT_POLL_INTERVAL))
-        });
-        // Cancel-safe: on timeout the subscription has not moved.
-        let Ok(events) = tokio::time::timeout(idle_wait, subscription.next_batch(max)).await else {
-            return Ok(RelayOutcome::Idle);
-        };
-        let events = events?;
-        let Some(last) = events.last() else {
-            return Ok(RelayOutcome::Idle);
-        };
-        let to = last.checkpoint();
-        span.record("events", events.len());
-        span.record("to_position", to.position);
+        let reader = self
+            .reader
+            .get_or_insert_with(|| Reader::spawn(&self.store, &self.config, from, &self.options));
 
-        if let Err(error) = self.publisher.publish(&events).await {
+        while self.in_flight.len() < self.options.max_in_flight as usize {
+            let next = if self.in_flight.is_empty() {
+                match tokio::time::timeout(self.options.idle_wait(), reader.batches.recv()).await {
+                    Err(_elapsed) => return Ok(RelayOutcome::Idle),
+                    Ok(batch) => batch,
+                }
+            } else {
+                match reader.batches.try_recv() {
+                    Ok(batch) => Some(batch),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Batch { messages, to } = next.ok_or(Error::ReaderStopped)??;
+            let events = messages.len();
+            let pending = self.publisher.send(messages).await?;
+            self.in_flight.push_back(InFlight {
+                events,
+                to,
+                pending,
+            });
+        }
+        span.record("in_flight", self.in_flight.len());
+        match self.complete_oldest().await? {
+            Some(outcome) => Ok(outcome),
+            None => Ok(RelayOutcome::Idle),
+        }
+    }
+
+    /// Waits for the oldest batch in flight and saves its checkpoint.
+    async fn complete_oldest(&mut self) -> Result<Option<RelayOutcome>> {
+        let Some(InFlight {
+            events,
+            to,
+            pending,
+        }) = self.in_flight.pop_front()
+        else {
+            return Ok(None);
+        };
+        let span = tracing::Span::current();
+        span.record("events", events);
+        span.record("to_position", to.position);
+        if let Err(error) = pending.wait().await {
             if let Some(fatal) = self.publisher.fatal_error() {
                 tracing::warn!(%fatal, "producer failed fatally; starting a new one");
                 self.publisher =
@@ -200,15 +334,25 @@ impl Relay {
         }
         self.store.save_checkpoint(CHECKPOINT_NAME, to).await?;
         self.checkpoint = Some(to);
-        tracing::debug!(
-            events = events.len(),
-            position = to.position,
-            "batch relayed"
-        );
-        Ok(RelayOutcome::Published {
-            events: events.len(),
+        tracing::debug!(events, position = to.position, "batch relayed");
+        Ok(Some(RelayOutcome::Published {
+            events,
             checkpoint: to,
-        })
+        }))
+    }
+
+    /// Waits for every batch in flight and saves the checkpoint after them.
+    async fn finish(&mut self) -> Result<()> {
+        let result = async {
+            while self.complete_oldest().await?.is_some() {}
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.in_flight.clear();
+            self.reader = None;
+        }
+        result
     }
 
     /// Runs steps until `shutdown` is cancelled: back to back while all is
@@ -228,7 +372,7 @@ impl Relay {
                     outcome = &mut step => Some(outcome),
                     () = shutdown.cancelled() => {
                         if tokio::time::timeout(SHUTDOWN_GRACE, step).await.is_err() {
-                            tracing::warn!("batch unfinished at shutdown; it will be published again");
+                            tracing::warn!("step unfinished at shutdown; its batch will be published again");
                         }
                         None
                     }
@@ -251,6 +395,15 @@ impl Relay {
                 () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => break,
             }
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.finish()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "batches in flight at shutdown failed; they will be published again")
+            }
+            Err(_elapsed) => tracing::warn!(
+                "batches in flight at shutdown unacknowledged; they will be published again"
+            ),
         }
         tracing::info!("relay stopped");
         self.publisher.flush(SHUTDOWN_GRACE)

@@ -24,17 +24,36 @@ fn options(batch_size: u32) -> RelayOptions {
     }
 }
 
-/// Steps the relay until it is idle; returns the number of events published.
-async fn drain(relay: &mut Relay) -> usize {
+/// Steps the relay until its checkpoint is `target`; returns the number of
+/// events it published meanwhile.
+async fn relay_until(relay: &mut Relay, target: Checkpoint) -> usize {
     let deadline = Instant::now() + DEADLINE;
     let mut published = 0;
-    loop {
-        assert!(Instant::now() < deadline, "relay never became idle");
+    while relay.checkpoint() != Some(target) {
+        assert!(Instant::now() < deadline, "relay never reached {target:?}");
         match relay.process_batch().await.expect("relay step") {
             RelayOutcome::Published { events, .. } => published += events,
-            RelayOutcome::Idle => return published,
+            RelayOutcome::Idle => {}
         }
     }
+    published
+}
+
+/// Steps the relay until a step fails.
+async fn relay_until_error(relay: &mut Relay) -> kafka::Error {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "the relay never failed");
+        match relay.process_batch().await {
+            Ok(RelayOutcome::Idle) => {}
+            Ok(outcome) => panic!("published without a broker: {outcome:?}"),
+            Err(error) => return error,
+        }
+    }
+}
+
+fn last_checkpoint(events: &[RecordedEvent]) -> Checkpoint {
+    events.last().expect("events").checkpoint()
 }
 
 fn ids(events: &[RecordedEvent]) -> HashSet<Uuid> {
@@ -64,9 +83,8 @@ async fn publishes_every_event_in_order_with_key_headers_and_value() {
     assert_eq!(stored.len(), 24);
 
     let mut relay = Relay::with_options(store.clone(), config.clone(), options(5)).expect("relay");
-    assert_eq!(drain(&mut relay).await, 24);
-    let last = stored.last().expect("events").checkpoint();
-    assert_eq!(relay.checkpoint(), Some(last));
+    let last = last_checkpoint(&stored);
+    assert_eq!(relay_until(&mut relay, last).await, 24);
     assert_eq!(
         store
             .load_checkpoint(CHECKPOINT_NAME)
@@ -169,10 +187,7 @@ async fn broker_unavailable_checkpoints_nothing_then_everything_arrives() {
     )
     .expect("relay");
     for _ in 0..2 {
-        let error = relay
-            .process_batch()
-            .await
-            .expect_err("no broker, no acknowledgement");
+        let error = relay_until_error(&mut relay).await;
         assert!(
             matches!(error, kafka::Error::Delivery { .. }),
             "unexpected error: {error}"
@@ -195,7 +210,10 @@ async fn broker_unavailable_checkpoints_nothing_then_everything_arrives() {
     // The broker is back: the next relay publishes everything.
     let stored = all_events(&store).await;
     let mut relay = Relay::with_options(store.clone(), config.clone(), options(4)).expect("relay");
-    assert_eq!(drain(&mut relay).await, stored.len());
+    assert_eq!(
+        relay_until(&mut relay, last_checkpoint(&stored)).await,
+        stored.len()
+    );
     let consumer =
         EventConsumer::new(&config, &group(&config), kafka::STREAM_TYPES).expect("consumer");
     let delivered = consume_ids(&consumer, &ids(&stored)).await;
@@ -217,18 +235,15 @@ async fn a_new_relay_resumes_after_the_saved_checkpoint() {
     {
         let mut relay =
             Relay::with_options(store.clone(), config.clone(), options(4)).expect("relay");
-        assert_eq!(drain(&mut relay).await, 6);
+        assert_eq!(relay_until(&mut relay, last_checkpoint(&first)).await, 6);
     }
     let second = append(&store, &stream, 4).await;
     let mut relay =
         Relay::with_options(store.clone(), config.clone(), options(100)).expect("relay");
     assert_eq!(
-        relay.process_batch().await.expect("step"),
-        RelayOutcome::Published {
-            events: 4,
-            checkpoint: second.last().expect("events").checkpoint()
-        },
-        "only the events after the checkpoint"
+        relay_until(&mut relay, last_checkpoint(&second)).await,
+        4,
+        "only the events after the checkpoint are published"
     );
     assert_eq!(
         relay.process_batch().await.expect("step"),
