@@ -19,6 +19,16 @@ pub enum Error {
     },
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+    #[error("stream id {0:?} is not of a stream type this projection follows")]
+    InvalidStreamId(String),
+    /// The event store does not hold the versions a gap needs (never expected:
+    /// a version is only appended after the previous one committed).
+    #[error("stream {stream_id}: the event store lacks versions {from}..={to}")]
+    Gap {
+        stream_id: String,
+        from: i64,
+        to: i64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -119,8 +119,10 @@ impl Projector {
     /// Un-parks a stream and applies its waiting events from the event store.
     /// Returns what was applied (the stream is parked again if its event still
     /// fails).
-    #[tracing::instrument(skip_all, fields(projection = self.name(), stream_id), err)]
+    #[tracing::instrument(skip_all, fields(projection = self.name(), stream_id = stream_id), err)]
     pub async fn unpark(&self, stream_id: &str) -> Result<BatchReport> {
+        let stream = parse_stream_id(stream_id, self.projection.stream_types())
+            .ok_or_else(|| Error::InvalidStreamId(stream_id.to_owned()))?;
         let deleted =
             sqlx::query("DELETE FROM read_models.parked WHERE projection = $1 AND stream_id = $2")
                 .bind(self.name())
@@ -131,10 +133,6 @@ impl Projector {
             return Ok(BatchReport::default());
         }
         let applied = applied_version(self.store.pool(), self.name(), stream_id).await?;
-        let stream =
-            parse_stream_id(stream_id, self.projection.stream_types()).ok_or_else(|| {
-                Error::UnknownProjection(format!("stream {stream_id} of {}", self.name()))
-            })?;
         let from_version = u64::try_from(applied).unwrap_or(0) + 1;
         let events = self.store.read_stream(&stream, from_version).await?;
         self.apply_batch(&events).await
@@ -219,10 +217,19 @@ impl Projector {
                 // The event store is the truth: on a gap, read the stream
                 // from the applied version on.
                 let stream = parse_stream_id(stream_id, self.projection.stream_types())
-                    .ok_or_else(|| Error::UnknownProjection(format!("stream {stream_id}")))?;
+                    .ok_or_else(|| Error::InvalidStreamId(stream_id.to_owned()))?;
                 let from_version = u64::try_from(from + 1).unwrap_or(1);
                 let mut events = self.store.read_stream(&stream, from_version).await?;
                 events.retain(|e| version(e) <= newest);
+                let complete = events.iter().zip(from + 1..).all(|(e, v)| version(e) == v)
+                    && events.last().map(version) == Some(newest);
+                if !complete {
+                    return Err(Error::Gap {
+                        stream_id: stream_id.to_owned(),
+                        from: from + 1,
+                        to: newest,
+                    });
+                }
                 fetched.insert(stream_id, events);
             }
             fresh_by_stream.push((stream_id, from, fresh));
