@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod db;
 mod migrate;
 mod read_side;
+mod relay;
 mod telemetry;
 
 /// Event-sourced CQRS backend for orders, payments and inventory.
@@ -54,6 +55,8 @@ enum Command {
     /// Serve the Command API (default 127.0.0.1:8080).
     #[command(name = "command-api")]
     WriteApi(command_api::Config),
+    /// Publish the event log to Kafka (the relay).
+    Relay(relay::RelayArgs),
     /// Run the projection workers that build the read models.
     Project(read_side::ProjectArgs),
     /// Serve the Query API (default 127.0.0.1:8081).
@@ -69,6 +72,7 @@ async fn main() -> ExitCode {
     telemetry::init(cli.global.log_format);
     let outcome = match cli.command {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
+        Command::Relay(args) => relay::run(&cli.global, args).await,
         Command::Project(args) => read_side::run_project(&cli.global, args).await,
         Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
         Command::WriteApi(config) | Command::Serve(config) => {

@@ -24,4 +24,4 @@ pub use error::{Error, Result};
 pub use message::{headers, Delivered};
 pub use publisher::{Acked, EventPublisher};
 pub use relay::{Relay, RelayOptions, RelayOutcome, CHECKPOINT_NAME};
-pub use topics::ensure_topics;
+pub use topics::{ensure_topics, ensure_topics_retrying};

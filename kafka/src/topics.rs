@@ -6,11 +6,12 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, KafkaConfig, Result};
 
 /// How long the broker may take to answer the create request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates `{prefix}.{stream_type}` for every stream type, with
 /// `config.partitions` partitions and replication 1. Topics that already exist
@@ -34,4 +35,39 @@ pub async fn ensure_topics(config: &KafkaConfig, stream_types: &[&str]) -> Resul
         }
     }
     Ok(())
+}
+
+/// First pause of [`ensure_topics_retrying`]; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(10);
+
+/// [`ensure_topics`], tried again with growing pauses while the broker
+/// cannot be reached, so a service started before its broker waits for it.
+/// Returns `Ok(false)` if `shutdown` is cancelled first; a refusal by the
+/// broker (say, too many partitions) is returned at once.
+pub async fn ensure_topics_retrying(
+    config: &KafkaConfig,
+    stream_types: &[&str],
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(false),
+            attempt = ensure_topics(config, stream_types) => attempt,
+        };
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(Error::Kafka(error)) => {
+                tracing::warn!(%error, brokers = %config.brokers, retry_in_ms = pause.as_millis() as u64, "cannot create the topics yet");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(false),
+        }
+        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+    }
 }

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use kafka::{ensure_topics, STREAM_TYPES};
+use kafka::{ensure_topics, ensure_topics_retrying, KafkaConfig, STREAM_TYPES};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
 
-use crate::common::kafka_config;
+use crate::common::{dead_broker, kafka_config};
 
 #[tokio::test]
 async fn ensure_topics_creates_every_topic_once_with_its_partitions() {
@@ -37,4 +38,29 @@ async fn ensure_topics_creates_every_topic_once_with_its_partitions() {
             .unwrap_or_else(|| panic!("topic {name} exists"));
         assert_eq!(topic.partitions().len(), 2, "{name}");
     }
+}
+
+#[tokio::test]
+async fn ensure_topics_retrying_succeeds_on_a_live_broker_and_gives_up_on_shutdown() {
+    let config = kafka_config();
+    let shutdown = CancellationToken::new();
+    assert!(ensure_topics_retrying(&config, &["account"], &shutdown)
+        .await
+        .expect("live broker"));
+
+    let dead = KafkaConfig {
+        brokers: dead_broker(),
+        ..kafka_config()
+    };
+    let waiting = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { ensure_topics_retrying(&dead, &["account"], &shutdown).await }
+    });
+    shutdown.cancel();
+    let created = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("returns once shut down")
+        .expect("task")
+        .expect("no error");
+    assert!(!created, "nothing was created without a broker");
 }
