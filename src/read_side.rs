@@ -44,16 +44,20 @@ pub async fn run_project(global: &GlobalArgs, args: ProjectArgs) -> Result<()> {
     if let Some(stream_id) = &args.unpark {
         return unpark(event_store::EventStore::new(pool), &args, stream_id).await;
     }
-    kafka::ensure_topics(&args.kafka, kafka::STREAM_TYPES)
+    let shutdown = CancellationToken::new();
+    query_api::cancel_on_signal(shutdown.clone());
+    // Started before the broker, the workers wait for it.
+    let ready = kafka::ensure_topics_retrying(&args.kafka, kafka::STREAM_TYPES, &shutdown)
         .await
         .with_context(|| format!("creating the topics at {}", args.kafka.brokers))?;
+    if !ready {
+        return Ok(());
+    }
     let config = projections::WorkerConfig {
         batch_size: args.batch_size as usize,
         max_attempts: args.max_attempts,
         ..projections::WorkerConfig::default()
     };
-    let shutdown = CancellationToken::new();
-    query_api::cancel_on_signal(shutdown.clone());
     projections::run_workers(
         &args.projections,
         event_store::EventStore::new(pool),
