@@ -155,11 +155,12 @@ impl Batch {
     }
 }
 
-/// A task reading batches from a [`Subscription`] and encoding them, ahead
-/// of the publisher (and on another core, when there is one).
+/// Two tasks ahead of the publisher: one reads batches from a
+/// [`Subscription`], the other encodes them, so reading the next batch
+/// overlaps with encoding this one (and both with waiting for the broker).
 struct Reader {
     batches: mpsc::Receiver<Result<Batch>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Reader {
@@ -171,19 +172,29 @@ impl Reader {
     ) -> Reader {
         let max = options.batch_size as usize;
         let poll = options.idle_wait().min(Subscription::DEFAULT_POLL_INTERVAL);
-        // One batch ready here, one more held by the task: enough to keep
-        // ahead of the broker, and little memory.
+        // Each stage holds one batch and has one more waiting: enough to
+        // keep ahead of the broker, and little memory.
+        let (read_sender, mut read) = mpsc::channel::<Result<Vec<RecordedEvent>>>(1);
         let (sender, batches) = mpsc::channel(1);
         let mut subscription = store.subscribe(from).with_poll_interval(poll);
-        let mut topics = Topics::new(config);
-        let task = tokio::spawn(
+        let reading = tokio::spawn(
             async move {
                 loop {
-                    let batch = match subscription.next_batch(max).await {
-                        Ok(events) => Batch::encode(&mut topics, &events),
-                        Err(error) => Err(Error::from(error)),
-                    };
-                    let batch = match batch {
+                    let events = subscription.next_batch(max).await.map_err(Error::from);
+                    let failed = events.is_err();
+                    if read_sender.send(events).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }
+            .instrument(tracing::debug_span!("relay_reader")),
+        );
+        let mut topics = Topics::new(config);
+        let encoding = tokio::spawn(
+            async move {
+                while let Some(events) = read.recv().await {
+                    let batch = match events.and_then(|events| Batch::encode(&mut topics, &events))
+                    {
                         Ok(None) => continue,
                         Ok(Some(batch)) => Ok(batch),
                         Err(error) => Err(error),
@@ -194,15 +205,20 @@ impl Reader {
                     }
                 }
             }
-            .instrument(tracing::debug_span!("relay_reader")),
+            .instrument(tracing::debug_span!("relay_encoder")),
         );
-        Reader { batches, task }
+        Reader {
+            batches,
+            tasks: [reading, encoding],
+        }
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
