@@ -121,6 +121,8 @@ pub struct Relay {
     reader: Option<Reader>,
     /// Batches sent and not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// A step is under way (still set at the next step: it was dropped).
+    interrupted: bool,
 }
 
 /// A batch handed to the producer.
@@ -253,6 +255,7 @@ impl Relay {
             checkpoint: None,
             reader: None,
             in_flight: VecDeque::new(),
+            interrupted: false,
         })
     }
 
@@ -271,15 +274,35 @@ impl Relay {
         fields(from_transaction, from_position, in_flight, events, to_position),
         err
     )]
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, the next
+    /// step forgets what was in flight and reads again from the saved
+    /// checkpoint (nothing is lost; some events may be published twice).
     pub async fn process_batch(&mut self) -> Result<RelayOutcome> {
+        self.recover_if_interrupted();
         let result = self.step().await;
+        self.interrupted = false;
         if result.is_err() {
-            // Forget what is in flight and read again from the saved
-            // checkpoint next time.
-            self.in_flight.clear();
-            self.reader = None;
+            self.rewind();
         }
         result
+    }
+
+    /// Forgets what is in flight: the next step reads again from the saved
+    /// checkpoint.
+    fn rewind(&mut self) {
+        self.in_flight.clear();
+        self.reader = None;
+    }
+
+    /// Marks a step as started; rewinds first if the previous one was
+    /// dropped midway (a later batch's checkpoint must never be saved
+    /// while an earlier one's acknowledgements were abandoned).
+    fn recover_if_interrupted(&mut self) {
+        if std::mem::replace(&mut self.interrupted, true) {
+            tracing::debug!("previous step was interrupted; reading again from the checkpoint");
+            self.rewind();
+        }
     }
 
     async fn step(&mut self) -> Result<RelayOutcome> {
@@ -359,14 +382,15 @@ impl Relay {
 
     /// Waits for every batch in flight and saves the checkpoint after them.
     async fn finish(&mut self) -> Result<()> {
+        self.recover_if_interrupted();
         let result = async {
             while self.complete_oldest().await?.is_some() {}
             Ok(())
         }
         .await;
+        self.interrupted = false;
         if result.is_err() {
-            self.in_flight.clear();
-            self.reader = None;
+            self.rewind();
         }
         result
     }

@@ -303,3 +303,35 @@ async fn run_publishes_as_events_arrive_and_stops_on_shutdown() {
     drop(consumer);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn steps_dropped_midway_lose_nothing() {
+    let (db, store, config) = setup().await;
+    for _ in 0..4 {
+        append(&store, &StreamId::new("order", Uuid::new_v4()), 10).await;
+    }
+    let stored = all_events(&store).await;
+    let options = RelayOptions {
+        max_in_flight: 4,
+        ..options(3)
+    };
+    let mut relay = Relay::with_options(store.clone(), config.clone(), options).expect("relay");
+    // Cut steps short at every stage: loading the checkpoint, reading,
+    // sending, waiting for acknowledgements, saving the checkpoint.
+    for i in 0..40u64 {
+        let _ = tokio::time::timeout(Duration::from_millis(i % 8), relay.process_batch()).await;
+    }
+    relay_until(&mut relay, last_checkpoint(&stored)).await;
+    assert_eq!(
+        store
+            .load_checkpoint(CHECKPOINT_NAME)
+            .await
+            .expect("checkpoint"),
+        last_checkpoint(&stored)
+    );
+    let consumer = EventConsumer::new(&config, &group(&config), &["order"]).expect("consumer");
+    let delivered = consume_ids(&consumer, &ids(&stored)).await;
+    assert!(delivered.len() >= stored.len());
+    drop(consumer);
+    db.drop().await;
+}
