@@ -398,7 +398,8 @@ impl Relay {
     /// Runs steps until `shutdown` is cancelled: back to back while all is
     /// well, and with exponential backoff while the broker or the
     /// store fails (nothing is lost meanwhile: the events wait in the store).
-    /// A batch in progress at shutdown gets a few seconds to finish.
+    /// A batch in progress at shutdown gets a few seconds to finish. Failures
+    /// are logged and retried, never returned.
     #[tracing::instrument(skip_all, fields(prefix = %self.config.topic_prefix))]
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!("relay started");
@@ -445,7 +446,12 @@ impl Relay {
                 "batches in flight at shutdown unacknowledged; they will be published again"
             ),
         }
+        // Only messages of abandoned batches can be left; they are
+        // published again from the checkpoint by the next relay anyway.
+        if let Err(error) = self.publisher.flush(SHUTDOWN_GRACE) {
+            tracing::warn!(%error, "messages left unsent at shutdown");
+        }
         tracing::info!("relay stopped");
-        self.publisher.flush(SHUTDOWN_GRACE)
+        Ok(())
     }
 }
