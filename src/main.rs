@@ -62,8 +62,9 @@ enum Command {
     /// Serve the Query API (default 127.0.0.1:8081).
     #[command(name = "query-api")]
     QueryApi(query_api::QueryApiConfig),
-    /// Run every component in one process (for now: the Command API).
-    Serve(command_api::Config),
+    /// Run every component in one process: Command API, relay, projection
+    /// workers and Query API.
+    Serve(Box<ServeArgs>),
 }
 
 #[tokio::main]
@@ -75,9 +76,8 @@ async fn main() -> ExitCode {
         Command::Relay(args) => relay::run(&cli.global, args).await,
         Command::Project(args) => read_side::run_project(&cli.global, args).await,
         Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
-        Command::WriteApi(config) | Command::Serve(config) => {
-            run_command_api(&cli.global, config).await
-        }
+        Command::WriteApi(config) => run_command_api(&cli.global, config).await,
+        Command::Serve(args) => serve(&cli.global, *args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +103,43 @@ async fn run_command_api(
         .run_until_stopped()
         .await
         .context("serving the command API")
+}
+
+/// Options of `purser serve`: those of every component it runs.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    command_api: command_api::Config,
+    #[command(flatten)]
+    kafka: kafka::KafkaConfig,
+    #[command(flatten)]
+    relay: kafka::RelayOptions,
+    #[command(flatten)]
+    query_api: query_api::QueryApiConfig,
+}
+
+/// `purser serve`: every component in one process. Each stops on SIGTERM or
+/// ctrl-c after finishing its work in flight; the first to fail stops the
+/// process with its error.
+async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let project = read_side::ProjectArgs {
+        kafka: args.kafka.clone(),
+        projections: Vec::new(),
+        batch_size: 500,
+        max_attempts: projections::DEFAULT_MAX_ATTEMPTS,
+        unpark: None,
+    };
+    let relay = relay::RelayArgs {
+        kafka: args.kafka,
+        relay: args.relay,
+    };
+    tokio::try_join!(
+        run_command_api(global, args.command_api),
+        relay::run(global, relay),
+        read_side::run_project(global, project),
+        read_side::run_query_api(global, args.query_api),
+    )?;
+    Ok(())
 }
 
 /// Prints a failure and its causes, one per line (no backtrace: this is a

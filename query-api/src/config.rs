@@ -8,6 +8,7 @@ use std::time::Duration;
 pub struct QueryApiConfig {
     /// Listen address.
     #[arg(
+        id = "query_api_addr",
         long = "query-api-addr",
         env = "QUERY_API_ADDR",
         default_value = "127.0.0.1:8081"
@@ -15,12 +16,12 @@ pub struct QueryApiConfig {
     pub addr: SocketAddr,
     /// Upper bound of a whole request, waits included (must exceed the
     /// longest `wait_ms`, 10 000).
-    #[arg(long = "query-api-request-timeout-ms", env = "QUERY_API_REQUEST_TIMEOUT_MS",
+    #[arg(id = "query_api_request_timeout_ms", long = "query-api-request-timeout-ms", env = "QUERY_API_REQUEST_TIMEOUT_MS",
           default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10_001..))]
     pub request_timeout_ms: u64,
     /// How often a `min_version` wait re-reads the database when no
     /// notification arrives (the fallback to LISTEN).
-    #[arg(long = "query-api-poll-ms", env = "QUERY_API_POLL_MS", default_value_t = 1_000,
+    #[arg(id = "query_api_poll_ms", long = "query-api-poll-ms", env = "QUERY_API_POLL_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_ms: u64,
 }
