@@ -1,0 +1,266 @@
+//! End-to-end lag: from a deposit's answer by the Command API to the deposit
+//! being visible through the Query API, at steady command rates.
+//!
+//!     cargo bench -p projections --bench lag
+//!
+//! In one process, against a fresh database and a random topic prefix on the
+//! broker at `KAFKA_BROKERS` (default 127.0.0.1:9092): the Command API, the
+//! relay, the accounts projection worker and the Query API, both APIs on
+//! port 0. Deposits are sent with reqwest at a fixed rate (a tokio interval
+//! ticks once per command, each command its own task) round-robin over
+//! `BENCH_ACCOUNTS` (default 200) accounts for `BENCH_SECONDS` (default 10)
+//! per rate in `BENCH_RATES` (default "100,500"). For each deposit, the time
+//! from its answer to a `GET /accounts/{id}?min_version=<version>` that is
+//! satisfied (the server waits for the version; retried on 503) is the lag;
+//! the deposit's own latency is printed next to it as the reference.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_api::Config;
+use event_store::EventStore;
+use kafka::{KafkaConfig, Relay};
+use migrations::testing::TestDatabase;
+use projections::WorkerConfig;
+use query_api::QueryApiConfig;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn pool(url: &str, size: u32) -> Result<PgPool, BoxError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .connect(url)
+        .await?)
+}
+
+#[derive(Default)]
+struct Samples {
+    command: Vec<Duration>,
+    lag: Vec<Duration>,
+    failures: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One deposit, then the read that sees it; pushes both timings.
+async fn deposit_and_read(
+    http: reqwest::Client,
+    command_base: Arc<str>,
+    query_base: Arc<str>,
+    account: Uuid,
+    samples: Arc<Mutex<Samples>>,
+) {
+    let result: Result<(Duration, Duration), BoxError> = async {
+        let sent = Instant::now();
+        let response = http
+            .post(format!("{command_base}/accounts/{account}/deposits"))
+            .json(&json!({"amount": 1}))
+            .send()
+            .await?;
+        if response.status() != 200 {
+            return Err(format!("deposit answered {}", response.status()).into());
+        }
+        let body: Value = response.json().await?;
+        let answered = Instant::now();
+        let version = body["version"].as_u64().ok_or("no version")?;
+        let deadline = answered + Duration::from_secs(30);
+        loop {
+            let response = http
+                .get(format!(
+                    "{query_base}/accounts/{account}?min_version={version}&wait_ms=5000"
+                ))
+                .send()
+                .await?;
+            let status = response.status();
+            if status == 200 {
+                let body: Value = response.json().await?;
+                if body["version"].as_u64().is_some_and(|v| v >= version) {
+                    return Ok((answered - sent, answered.elapsed()));
+                }
+            } else if status != 503 && status != 404 {
+                return Err(format!("read answered {status}").into());
+            }
+            if Instant::now() > deadline {
+                return Err("the deposit never became visible".into());
+            }
+        }
+    }
+    .await;
+    let mut samples = samples.lock().await;
+    match result {
+        Ok((command, lag)) => {
+            samples.command.push(command);
+            samples.lag.push(lag);
+        }
+        Err(error) => {
+            samples.failures += 1;
+            if samples.failures <= 3 {
+                eprintln!("  failed: {error}");
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let accounts_n: usize = env_or("BENCH_ACCOUNTS", 200);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "100,500".to_owned())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+
+    let db = TestDatabase::create().await;
+    let kafka = KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("lag-bench-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 6_000,
+    };
+    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
+    let store = EventStore::new(db.pool.clone());
+    let shutdown = CancellationToken::new();
+
+    let mut command_config = Config::local(db.url.clone());
+    command_config.bind = "127.0.0.1:0".parse()?;
+    let command_app =
+        command_api::Application::build_with_pool(&command_config, pool(&db.url, 16).await?)
+            .await?;
+    let command_base: Arc<str> = format!("http://127.0.0.1:{}", command_app.port()).into();
+    let command_server = tokio::spawn(command_app.run_until(shutdown.clone().cancelled_owned()));
+
+    let relay = Relay::new(store.clone(), kafka.clone())?;
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let worker_task = tokio::spawn({
+        let (store, kafka, shutdown) = (store.clone(), kafka.clone(), shutdown.clone());
+        async move {
+            projections::run_workers(
+                &["accounts".to_owned()],
+                store,
+                &kafka,
+                WorkerConfig::default(),
+                shutdown,
+            )
+            .await
+        }
+    });
+
+    let query_config = QueryApiConfig {
+        addr: "127.0.0.1:0".parse()?,
+        ..QueryApiConfig::default()
+    };
+    let query_app = query_api::Application::build(&query_config, pool(&db.url, 16).await?).await?;
+    let query_base: Arc<str> = format!("http://127.0.0.1:{}", query_app.port()).into();
+    let query_server = tokio::spawn(query_app.run_until_stopped(shutdown.clone()));
+
+    let http = reqwest::Client::new();
+    let mut accounts = Vec::with_capacity(accounts_n);
+    for _ in 0..accounts_n {
+        let response = http
+            .post(format!("{command_base}/accounts"))
+            .json(&json!({"customer_id": Uuid::now_v7(), "currency": "EUR"}))
+            .send()
+            .await?;
+        if response.status() != 201 {
+            return Err(format!("open account answered {}", response.status()).into());
+        }
+        let body: Value = response.json().await?;
+        let id: Uuid = body["account_id"]
+            .as_str()
+            .ok_or("no account_id")?
+            .parse()?;
+        accounts.push(id);
+    }
+    // Warm up: the consumer group forms and the last account is visible.
+    let last = accounts.last().ok_or("no accounts")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http
+            .get(format!(
+                "{query_base}/accounts/{last}?min_version=1&wait_ms=5000"
+            ))
+            .send()
+            .await?;
+        if response.status() == 200 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the projection never caught up with the opened accounts".into());
+        }
+    }
+
+    println!(
+        "end-to-end lag: deposit answered -> visible via GET /accounts/{{id}}?min_version \
+         ({seconds} s per rate, {accounts_n} accounts)"
+    );
+    for rate in rates {
+        let samples = Arc::new(Mutex::new(Samples::default()));
+        let total = rate * seconds;
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(total as usize);
+        let started = Instant::now();
+        for n in 0..total {
+            interval.tick().await;
+            tasks.push(tokio::spawn(deposit_and_read(
+                http.clone(),
+                command_base.clone(),
+                query_base.clone(),
+                accounts[n as usize % accounts.len()],
+                samples.clone(),
+            )));
+        }
+        let sending = started.elapsed();
+        for task in tasks {
+            task.await?;
+        }
+        let mut samples = samples.lock().await;
+        samples.command.sort();
+        samples.lag.sort();
+        println!(
+            "target {rate:>4}/s: achieved {:>6.1}/s | lag p50 {:>7.1} ms p99 {:>7.1} ms max {:>7.1} ms \
+             | deposit p50 {:>6.1} ms p99 {:>6.1} ms | {} ok, {} failed",
+            samples.command.len() as f64 / sending.as_secs_f64(),
+            ms(percentile(&samples.lag, 0.50)),
+            ms(percentile(&samples.lag, 0.99)),
+            ms(percentile(&samples.lag, 1.0)),
+            ms(percentile(&samples.command, 0.50)),
+            ms(percentile(&samples.command, 0.99)),
+            samples.lag.len(),
+            samples.failures,
+        );
+    }
+
+    shutdown.cancel();
+    command_server.await??;
+    relay_task.await??;
+    worker_task.await??;
+    query_server.await??;
+    db.drop().await;
+    Ok(())
+}
