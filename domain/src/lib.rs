@@ -1,5 +1,6 @@
 //! Purser's domain: the three aggregates (`BankAccount`, `Inventory`, `Order`)
-//! as pure deciders.
+//! as pure deciders, and the order-fulfilment saga (`FulfilmentSaga`) as a
+//! decider over its own stream plus a pure planner (`next_action`).
 //!
 //! Nothing here performs I/O, awaits, or reads a clock: facts a decision needs
 //! from outside are carried in the command. That is what makes the property
@@ -11,6 +12,7 @@ pub mod account;
 mod codec;
 pub mod inventory;
 pub mod order;
+pub mod saga;
 pub mod values;
 
 pub use account::{
@@ -20,6 +22,10 @@ pub use inventory::{Inventory, InventoryCommand, InventoryError, InventoryEvent,
 pub use order::{
     CancellationReason, InvalidOrder, Order, OrderCommand, OrderError, OrderEvent, OrderState,
     OrderStatus,
+};
+pub use saga::{
+    next_action, Action, FulfilmentSaga, SagaCommand, SagaError, SagaEvent, SagaOrder, SagaState,
+    SagaStatus, Situation, Step, StepRecord, StepStatus,
 };
 pub use values::{
     AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderId, OrderLine, Quantity,

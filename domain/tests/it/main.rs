@@ -4,4 +4,5 @@
 mod account;
 mod inventory;
 mod order;
+mod saga;
 mod support;

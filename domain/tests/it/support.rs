@@ -67,6 +67,22 @@ where
         }
     }
 
+    /// Asserts the command was accepted with at least one event, and
+    /// returns the state after them.
+    #[track_caller]
+    pub fn then_some_events(self) -> A::State {
+        match self.result {
+            Ok(events) if !events.is_empty() => {
+                for event in &events {
+                    assert_round_trips(event);
+                }
+                A::fold(self.state, &events)
+            }
+            Ok(_) => panic!("{:?} appended nothing", self.command),
+            Err(error) => panic!("{:?} was refused with {}", self.command, error.code()),
+        }
+    }
+
     /// Asserts the command was accepted and appended nothing (idempotent).
     #[track_caller]
     pub fn then_nothing(self) {
