@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod migrate;
+mod orchestrate;
 mod read_side;
 mod relay;
 mod telemetry;
@@ -62,8 +63,10 @@ enum Command {
     /// Serve the Query API (default 127.0.0.1:8081).
     #[command(name = "query-api")]
     QueryApi(query_api::QueryApiConfig),
+    /// Run the order-fulfilment saga orchestrator, or `saga retry ORDER_ID`.
+    Saga(Box<orchestrate::SagaArgs>),
     /// Run every component in one process: Command API, relay, projection
-    /// workers and Query API.
+    /// workers, saga orchestrator and Query API.
     Serve(Box<ServeArgs>),
 }
 
@@ -77,6 +80,7 @@ async fn main() -> ExitCode {
         Command::Project(args) => read_side::run_project(&cli.global, args).await,
         Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
         Command::WriteApi(config) => run_command_api(&cli.global, config).await,
+        Command::Saga(args) => orchestrate::run(&cli.global, *args).await,
         Command::Serve(args) => serve(&cli.global, *args).await,
     };
     match outcome {
@@ -116,6 +120,8 @@ pub struct ServeArgs {
     relay: kafka::RelayOptions,
     #[command(flatten)]
     query_api: query_api::QueryApiConfig,
+    #[command(flatten)]
+    saga: saga::SagaConfig,
 }
 
 /// `purser serve`: every component in one process. Each stops on SIGTERM or
@@ -129,6 +135,11 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         max_attempts: projections::DEFAULT_MAX_ATTEMPTS,
         unpark: None,
     };
+    let saga = orchestrate::SagaArgs {
+        action: None,
+        kafka: args.kafka.clone(),
+        saga: args.saga,
+    };
     let relay = relay::RelayArgs {
         kafka: args.kafka,
         relay: args.relay,
@@ -137,6 +148,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         run_command_api(global, args.command_api),
         relay::run(global, relay),
         read_side::run_project(global, project),
+        orchestrate::run(global, saga),
         read_side::run_query_api(global, args.query_api),
     )?;
     Ok(())

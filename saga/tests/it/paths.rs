@@ -1,0 +1,367 @@
+//! Every path of the saga, end to end: commands over HTTP, the relay and
+//! Kafka, the orchestrator, and the aggregates' own streams to check money
+//! and stock afterwards.
+
+use std::sync::Arc;
+
+use domain::{CancellationReason, OrderStatus, SagaStatus, Step, StepStatus};
+use reqwest::StatusCode;
+use saga::SagaConfig;
+
+use crate::support::{fast_config, hold_before, World};
+
+fn count(events: &[String], event_type: &str) -> usize {
+    events.iter().filter(|e| e.as_str() == event_type).count()
+}
+
+#[tokio::test]
+async fn a_placed_order_is_reserved_charged_shipped_and_committed() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    world.item("B", 5).await;
+    let order = world
+        .place(account, &[("A", 2, 1_000), ("B", 1, 500)], "ES")
+        .await;
+
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert!(saga.steps.iter().all(|s| s.status == StepStatus::Succeeded));
+    let state = world.order(order).await;
+    assert_eq!(state.status, OrderStatus::Shipped);
+    let tracking = state.tracking_number.expect("tracking number");
+    assert!(tracking.starts_with("SIM-"), "{tracking}");
+    assert_eq!(world.balance_of(account.0).await, 100_000 - 2_500);
+    let a = world.stock("A").await;
+    assert_eq!((a.on_hand, a.reserved), (3, 0));
+    let b = world.stock("B").await;
+    assert_eq!((b.on_hand, b.reserved), (4, 0));
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(
+        world.event_types(&format!("order-{order}")).await,
+        ["OrderPlaced", "OrderReserved", "OrderPaid", "OrderShipped"]
+    );
+    assert_eq!(world.metrics.counts(), (1, 1, 0, 0));
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn out_of_stock_on_the_second_of_three_lines_releases_the_first() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    world.item("B", 1).await;
+    world.item("C", 5).await;
+    let order = world
+        .place(
+            account,
+            &[("A", 1, 100), ("B", 2, 100), ("C", 1, 100)],
+            "ES",
+        )
+        .await;
+
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(
+        saga.compensation_reason,
+        Some(CancellationReason::OutOfStock)
+    );
+    let state = world.order(order).await;
+    assert_eq!(state.status, OrderStatus::Cancelled);
+    assert_eq!(
+        state.cancellation_reason,
+        Some(CancellationReason::OutOfStock)
+    );
+    assert_eq!(
+        world.event_types("inventory-A").await,
+        ["ItemCreated", "StockReserved", "ReservationReleased"]
+    );
+    assert_eq!(world.event_types("inventory-B").await, ["ItemCreated"]);
+    assert_eq!(
+        world.event_types("inventory-C").await,
+        ["ItemCreated"],
+        "the line after the refused one is never reserved"
+    );
+    for sku in ["A", "B", "C"] {
+        assert_eq!(world.stock(sku).await.reserved, 0, "{sku}");
+    }
+    assert_eq!(world.balance_of(account.0).await, 100_000);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_declined_payment_releases_the_stock_and_cancels() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
+
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    let state = world.order(order).await;
+    assert_eq!(
+        state.cancellation_reason,
+        Some(CancellationReason::PaymentDeclined)
+    );
+    let a = world.stock("A").await;
+    assert_eq!((a.on_hand, a.reserved), (5, 0));
+    assert_eq!(world.balance_of(account.0).await, 100);
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 0);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_for_another_customers_account_is_declined() {
+    let world = World::running(fast_config()).await;
+    let (account, _owner) = world.account(100_000).await;
+    world.item("A", 5).await;
+    let stranger = uuid::Uuid::now_v7();
+    let order = world
+        .place((account, stranger), &[("A", 1, 1_000)], "ES")
+        .await;
+
+    world.finished(order).await;
+    assert_eq!(
+        world.order(order).await.cancellation_reason,
+        Some(CancellationReason::PaymentDeclined)
+    );
+    assert_eq!(world.balance_of(account).await, 100_000);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_carrier_refusal_refunds_the_charge_and_releases_the_stock() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 2, 1_000)], "XX").await;
+
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(
+        world.order(order).await.cancellation_reason,
+        Some(CancellationReason::ShippingFailed)
+    );
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(count(&account_events, "ChargeRefunded"), 1);
+    assert_eq!(world.balance_of(account.0).await, 100_000);
+    let a = world.stock("A").await;
+    assert_eq!((a.on_hand, a.reserved), (5, 0));
+    let names: Vec<&str> = saga.steps.iter().map(|s| s.step.name()).collect();
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "cancel_shipment",
+            "refund_payment",
+            "release_stock",
+            "cancel_order"
+        ],
+        "compensations run in reverse"
+    );
+    world.stop().await;
+}
+
+/// Cancels `order` while its saga stands still before step `name`, then lets
+/// it go on.
+async fn cancel_before(step: &'static str) -> (World, uuid::Uuid, (uuid::Uuid, uuid::Uuid)) {
+    let mut world = World::new(fast_config()).await;
+    let (hook, release, reached) = hold_before(step);
+    world.start_saga(Some(hook));
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the saga reached the step");
+    let (status, body) = world.cancel(order).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    release.send(()).expect("saga waiting");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    let state = world.order(order).await;
+    assert_eq!(state.status, OrderStatus::Cancelled);
+    assert_eq!(
+        state.cancellation_reason,
+        Some(CancellationReason::CustomerRequest)
+    );
+    assert_eq!(world.balance_of(account.0).await, 100_000);
+    let a = world.stock("A").await;
+    assert_eq!((a.on_hand, a.reserved), (5, 0));
+    (world, order, account)
+}
+
+#[tokio::test]
+async fn a_cancellation_before_reservation_reserves_nothing() {
+    let (world, _, _) = cancel_before("reserve_stock").await;
+    assert_eq!(world.event_types("inventory-A").await, ["ItemCreated"]);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_after_reservation_releases_and_charges_nothing() {
+    let (world, _, account) = cancel_before("charge_payment").await;
+    assert_eq!(
+        world.event_types("inventory-A").await,
+        ["ItemCreated", "StockReserved", "ReservationReleased"]
+    );
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 0);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_after_payment_refunds_and_releases() {
+    let (world, order, account) = cancel_before("ship").await;
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(count(&account_events, "ChargeRefunded"), 1);
+    let saga = world.saga(order).await;
+    assert!(
+        !saga.attempted(&Step::Ship),
+        "the carrier was never asked to ship"
+    );
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancellation_after_shipping_is_refused_and_changes_nothing() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+    world.finished(order).await;
+    let before = world.event_types(&format!("order-{order}")).await;
+
+    let (status, body) = world.cancel(order).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "order_not_cancellable");
+    assert_eq!(world.event_types(&format!("order-{order}")).await, before);
+    assert_eq!(world.order(order).await.status, OrderStatus::Shipped);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_order_placed_delivered_many_times_starts_one_saga() {
+    let world = World::running(fast_config()).await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+    world.finished(order).await;
+
+    // Deliver the OrderPlaced again, three times, through Kafka...
+    let placed: Vec<event_store::RecordedEvent> = world
+        .store
+        .read_stream(&event_store::StreamId::new("order", order), 1)
+        .await
+        .expect("order stream")
+        .into_iter()
+        .take(1)
+        .collect();
+    let publisher = kafka::EventPublisher::new(&world.kafka, std::time::Duration::from_secs(10))
+        .expect("publisher");
+    for _ in 0..3 {
+        publisher.publish(&placed).await.expect("republished");
+    }
+    // ...and straight to the orchestrator, concurrently.
+    let orchestrator = world.orchestrator(None);
+    let domain::OrderEvent::OrderPlaced { .. } = placed[0].decode().expect("decodes") else {
+        panic!("not an OrderPlaced");
+    };
+    let saga_order = world.saga(order).await.order.expect("order");
+    let starts = futures::future::join_all(
+        (0..10).map(|_| orchestrator.start(saga_order.clone(), event_store::Metadata::default())),
+    )
+    .await;
+    assert!(starts.iter().all(|s| matches!(s, Ok(false))), "{starts:?}");
+
+    // The trigger has seen the republished events once the queue is empty
+    // again: the saga was woken, found over, and let go.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let consumer_lag = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saga.due")
+            .fetch_one(&world.db.pool)
+            .await
+            .expect("due")
+    };
+    while consumer_lag().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let saga_events = world.event_types(&format!("saga-{order}")).await;
+    assert_eq!(count(&saga_events, "SagaStarted"), 1);
+    assert_eq!(count(&saga_events, "SagaCompleted"), 1);
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(world.stock("A").await.on_hand, 4);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn transient_carrier_failures_are_retried_and_the_order_still_ships() {
+    let world = World::running(fast_config()).await;
+    world.carrier.controls().fail_next(2);
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    let ship = saga.record(&Step::Ship).expect("ship step");
+    assert_eq!(ship.attempts, 3);
+    assert_eq!(world.order(order).await.status, OrderStatus::Shipped);
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(count(&account_events, "ChargeRefunded"), 0);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_carrier_that_always_times_out_needs_attention_then_an_operator_retry_ships() {
+    let world = World::running(SagaConfig {
+        step_timeout_ms: 300,
+        max_attempts: 2,
+        ..fast_config()
+    })
+    .await;
+    let controls = world.carrier.controls();
+    controls.set_hang(true);
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+
+    let saga = world
+        .wait_saga(order, |s| s.status == SagaStatus::NeedsAttention)
+        .await;
+    let (stuck, error) = saga.attention.clone().expect("why");
+    assert_eq!(stuck, Step::Ship);
+    assert!(error.contains("deadline"), "{error}");
+    // Timeouts never compensate by themselves: the charge stands.
+    assert_eq!(world.order(order).await.status, OrderStatus::Paid);
+    assert_eq!(world.balance_of(account.0).await, 99_000);
+    assert_eq!(world.metrics.counts().3, 1);
+
+    // Retrying while the carrier still hangs is allowed; once it works, the
+    // order ships.
+    controls.set_hang(false);
+    let resumed = saga::retry(&world.store, domain::OrderId::new(order))
+        .await
+        .expect("retried");
+    assert_eq!(resumed, SagaStatus::Running);
+    let again = saga::retry(&world.store, domain::OrderId::new(order)).await;
+    assert!(
+        matches!(again, Err(saga::Error::NotRetryable { .. })),
+        "{again:?}"
+    );
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(world.order(order).await.status, OrderStatus::Shipped);
+    assert_eq!(world.balance_of(account.0).await, 99_000);
+    let _ = Arc::clone(&controls);
+    world.stop().await;
+}

@@ -1,0 +1,339 @@
+//! A whole write side for one test: its own database and topic prefix, the
+//! Command API on a free port, the relay, and the saga orchestrator with a
+//! simulated carrier whose behaviour the test controls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_api::{Application, Config};
+use domain::{
+    AccountState, Aggregate, BankAccount, FulfilmentSaga, Inventory, InventoryState, Order,
+    OrderState, SagaState,
+};
+use event_store::{EventStore, Repository};
+use kafka::KafkaConfig;
+use migrations::testing::TestDatabase;
+use reqwest::{Client, StatusCode};
+use saga::{BeforeStep, Orchestrator, SagaConfig, SagaMetrics, SimulatedCarrier, Trigger};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Quick retries, short deadlines: a test runs in seconds.
+pub fn fast_config() -> SagaConfig {
+    SagaConfig {
+        step_timeout_ms: 2_000,
+        max_attempts: 3,
+        backoff_ms: 20,
+        backoff_max_ms: 200,
+        lease_ms: 2_000,
+        concurrency: 16,
+        poll_ms: 50,
+        ..SagaConfig::default()
+    }
+}
+
+pub fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 2000,
+    }
+}
+
+pub struct World {
+    pub db: TestDatabase,
+    pub store: EventStore,
+    pub kafka: KafkaConfig,
+    pub carrier: SimulatedCarrier,
+    pub metrics: Arc<SagaMetrics>,
+    pub config: SagaConfig,
+    address: SocketAddr,
+    client: Client,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    saga_shutdown: Option<CancellationToken>,
+}
+
+impl World {
+    /// Database, topics, Command API and relay; the saga is started by
+    /// [`World::start_saga`].
+    pub async fn new(config: SagaConfig) -> World {
+        init_tracing();
+        let kafka = kafka_config();
+        kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
+            .await
+            .expect("create topics");
+        let db = TestDatabase::create().await;
+        let store = EventStore::new(db.pool.clone());
+        let shutdown = CancellationToken::new();
+
+        let mut api_config = Config::local("postgres://unused");
+        api_config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        let application = Application::build_with_pool(&api_config, db.pool.clone())
+            .await
+            .expect("command API binds");
+        let address = application.address();
+        let api_shutdown = shutdown.clone();
+        let api = tokio::spawn(async move {
+            let _ = application
+                .run_until(async move { api_shutdown.cancelled().await })
+                .await;
+        });
+
+        let relay = kafka::Relay::new(store.clone(), kafka.clone()).expect("relay");
+        let relay_shutdown = shutdown.clone();
+        let relay = tokio::spawn(async move {
+            let _ = relay.run(relay_shutdown).await;
+        });
+
+        World {
+            db,
+            store,
+            kafka,
+            carrier: SimulatedCarrier::default(),
+            metrics: Arc::new(SagaMetrics::new()),
+            config,
+            address,
+            client: Client::new(),
+            shutdown,
+            tasks: vec![api, relay],
+            saga_shutdown: None,
+        }
+    }
+
+    /// Starts a world with its saga running.
+    pub async fn running(config: SagaConfig) -> World {
+        let mut world = World::new(config).await;
+        world.start_saga(None);
+        world
+    }
+
+    pub fn orchestrator(&self, hook: Option<BeforeStep>) -> Orchestrator {
+        let orchestrator = Orchestrator::new(
+            self.store.clone(),
+            Arc::new(self.carrier.clone()),
+            self.config.clone(),
+            Arc::clone(&self.metrics),
+        );
+        match hook {
+            Some(hook) => orchestrator.with_before_step(hook),
+            None => orchestrator,
+        }
+    }
+
+    /// Runs the trigger and the orchestrator in this process.
+    pub fn start_saga(&mut self, hook: Option<BeforeStep>) {
+        let shutdown = self.shutdown.child_token();
+        let orchestrator = self.orchestrator(hook);
+        let trigger = Trigger::new(orchestrator.clone(), &self.kafka).expect("trigger");
+        let trigger_shutdown = shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let _ = trigger.run(trigger_shutdown).await;
+        }));
+        let driver_shutdown = shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let _ = orchestrator.run(driver_shutdown).await;
+        }));
+        self.saga_shutdown = Some(shutdown);
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Opens an account in EUR with `balance` deposited; `(account, customer)`.
+    pub async fn account(&self, balance: i64) -> (Uuid, Uuid) {
+        let customer = Uuid::now_v7();
+        let (status, body) = self
+            .post(
+                "/accounts",
+                json!({"customer_id": customer, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let account: Uuid = body["account_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid");
+        if balance > 0 {
+            let (status, body) = self
+                .post(
+                    &format!("/accounts/{account}/deposits"),
+                    json!({ "amount": balance }),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        (account, customer)
+    }
+
+    pub async fn item(&self, sku: &str, quantity: i64) {
+        let (status, body) = self
+            .post(
+                "/inventory",
+                json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Places an order of `(sku, quantity, unit_price)` lines; its id.
+    pub async fn place(
+        &self,
+        (account, customer): (Uuid, Uuid),
+        lines: &[(&str, i64, i64)],
+        country: &str,
+    ) -> Uuid {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(sku, quantity, unit_price)| {
+                json!({"sku": sku, "quantity": quantity, "unit_price": unit_price})
+            })
+            .collect();
+        let (status, body) = self
+            .post(
+                "/orders",
+                json!({
+                    "customer_id": customer,
+                    "account_id": account,
+                    "currency": "EUR",
+                    "lines": lines,
+                    "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
+                                         "postal_code": "28013", "country": country}
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["order_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid")
+    }
+
+    pub async fn cancel(&self, order: Uuid) -> (StatusCode, Value) {
+        self.post(
+            &format!("/orders/{order}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await
+    }
+
+    pub async fn saga(&self, order: Uuid) -> SagaState {
+        self.load::<FulfilmentSaga>(&order.to_string()).await
+    }
+
+    pub async fn order(&self, order: Uuid) -> OrderState {
+        self.load::<Order>(&order.to_string()).await
+    }
+
+    pub async fn balance_of(&self, account: Uuid) -> i64 {
+        let state: AccountState = self.load::<BankAccount>(&account.to_string()).await;
+        state.balance.amount()
+    }
+
+    pub async fn stock(&self, sku: &str) -> InventoryState {
+        self.load::<Inventory>(sku).await
+    }
+
+    async fn load<A: Aggregate>(&self, id: &str) -> A::State {
+        Repository::<A>::new(self.store.clone())
+            .load(id)
+            .await
+            .expect("load")
+            .state
+    }
+
+    /// Waits (at most 30 s) until the saga of `order` satisfies `done`.
+    pub async fn wait_saga(&self, order: Uuid, done: impl Fn(&SagaState) -> bool) -> SagaState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.saga(order).await;
+            if done(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga of {order} did not get there: {state:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the saga of `order` is over (completed or compensated).
+    pub async fn finished(&self, order: Uuid) -> SagaState {
+        self.wait_saga(order, |s| s.status.is_terminal()).await
+    }
+
+    /// The events of one stream, by type name.
+    pub async fn event_types(&self, stream: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT event_type FROM event_store.events WHERE stream_id = $1 ORDER BY version",
+        )
+        .bind(stream)
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("events")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.db.drop().await;
+    }
+}
+
+/// A hook that holds the saga before the first attempt of step `name`
+/// until the returned sender fires (or is dropped).
+pub fn hold_before(
+    name: &'static str,
+) -> (
+    BeforeStep,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<tokio::sync::Notify>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let reached_hook = Arc::clone(&reached);
+    let hook: BeforeStep = Arc::new(move |step| {
+        let released = Arc::clone(&released);
+        let reached = Arc::clone(&reached_hook);
+        let matches = step.name() == name;
+        Box::pin(async move {
+            if !matches {
+                return false;
+            }
+            let Some(receiver) = released.lock().await.take() else {
+                return false;
+            };
+            reached.notify_one();
+            let _ = receiver.await;
+            true
+        })
+    });
+    (hook, release, reached)
+}

@@ -1,0 +1,74 @@
+//! `purser saga`: the order-fulfilment saga orchestrator, and
+//! `purser saga retry ORDER_ID` for sagas that need attention.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{db, GlobalArgs};
+
+/// Options of `purser saga`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SagaArgs {
+    #[command(subcommand)]
+    pub action: Option<SagaAction>,
+    #[command(flatten)]
+    pub kafka: kafka::KafkaConfig,
+    #[command(flatten)]
+    pub saga: saga::SagaConfig,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SagaAction {
+    /// Resume a saga that needs attention: its stuck step gets a fresh
+    /// retry budget, and the running orchestrator carries on with it.
+    Retry {
+        /// The order whose saga to resume.
+        order_id: String,
+    },
+}
+
+/// `purser saga`: consumes the order events that start and wake sagas and
+/// drives them until SIGTERM or ctrl-c.
+pub async fn run(global: &GlobalArgs, args: SagaArgs) -> Result<()> {
+    let pool = db::connect(&global.database_url, 16).await?;
+    migrations::run(&pool)
+        .await
+        .context("applying the migrations")?;
+    let store = event_store::EventStore::new(pool);
+    if let Some(SagaAction::Retry { order_id }) = &args.action {
+        return retry(&store, order_id).await;
+    }
+    let shutdown = CancellationToken::new();
+    query_api::cancel_on_signal(shutdown.clone());
+    let ready = kafka::ensure_topics_retrying(&args.kafka, kafka::STREAM_TYPES, &shutdown)
+        .await
+        .with_context(|| format!("creating the topics at {}", args.kafka.brokers))?;
+    if !ready {
+        return Ok(());
+    }
+    let carrier = Arc::new(saga::SimulatedCarrier::new(&args.saga.carrier));
+    saga::run(
+        store,
+        &args.kafka,
+        args.saga,
+        carrier,
+        Arc::new(saga::SagaMetrics::new()),
+        shutdown,
+    )
+    .await
+    .context("running the saga orchestrator")
+}
+
+/// `purser saga retry ORDER_ID`.
+async fn retry(store: &event_store::EventStore, order_id: &str) -> Result<()> {
+    let id = domain::OrderId::parse(order_id)
+        .map_err(|_| anyhow::anyhow!("{order_id:?} is not an order id (a UUID)"))?;
+    let state = saga::retry(store, id)
+        .await
+        .with_context(|| format!("retrying the saga of order {id}"))?;
+    println!("saga of order {id} resumed ({state}); the orchestrator carries on with it");
+    Ok(())
+}
