@@ -1,0 +1,312 @@
+//! Kills `purser saga` (SIGKILL, a real process kill) right after a step's
+//! command was carried out and before the saga recorded its outcome, starts
+//! it again, and checks that the saga finishes with exactly one effect per
+//! step: one charge, one refund where due, exact stock.
+//!
+//! The orchestrator is told where to stand still by `PURSER_SAGA_PAUSE_AFTER`
+//! (it only stops there and says so on stderr); the kill is the test's.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use domain::{
+    AccountCommand, AccountId, Aggregate, Amount, BankAccount, CountryCode, Currency, CustomerId,
+    FulfilmentSaga, Inventory, InventoryCommand, Money, Order, OrderCommand, OrderId, OrderLine,
+    OrderStatus, Quantity, SagaState, SagaStatus, ShippingAddress, Sku, StepStatus,
+};
+use event_store::{EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
+use kafka::KafkaConfig;
+use migrations::testing::TestDatabase;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const BALANCE: i64 = 100_000;
+const STOCK: i64 = 5;
+const QUANTITY: i64 = 2;
+const PRICE: i64 = 1_000;
+
+struct Setup {
+    db: TestDatabase,
+    store: EventStore,
+    kafka: KafkaConfig,
+    account: Uuid,
+    order: Uuid,
+    relay: CancellationToken,
+}
+
+async fn exec<A: Aggregate>(store: &EventStore, id: &str, command: A::Command) {
+    let executed = Repository::<A>::new(store.clone())
+        .execute(id, &command, ExecuteOptions::default(), |_| {
+            StoredResponse {
+                status: 200,
+                body: serde_json::Value::Null,
+            }
+        })
+        .await
+        .expect("execute");
+    assert!(matches!(executed, Executed::Done(_)), "{executed:?}");
+}
+
+async fn setup(country: &str) -> Setup {
+    let kafka = KafkaConfig {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        partitions: 3,
+        session_timeout_ms: 2000,
+    };
+    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
+        .await
+        .expect("topics");
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+
+    let account = Uuid::now_v7();
+    let customer = Uuid::now_v7();
+    exec::<BankAccount>(
+        &store,
+        &account.to_string(),
+        AccountCommand::Open {
+            account_id: AccountId::new(account),
+            customer_id: CustomerId::new(customer),
+            currency: Currency::EUR,
+        },
+    )
+    .await;
+    exec::<BankAccount>(
+        &store,
+        &account.to_string(),
+        AccountCommand::Deposit {
+            amount: Amount::new(BALANCE).expect("amount"),
+        },
+    )
+    .await;
+    for sku in ["A", "B"] {
+        exec::<Inventory>(
+            &store,
+            sku,
+            InventoryCommand::Create {
+                sku: Sku::parse(sku).expect("sku"),
+                name: format!("Item {sku}"),
+                quantity: Quantity::new(STOCK).expect("quantity"),
+            },
+        )
+        .await;
+    }
+    let order = Uuid::now_v7();
+    let line = |sku: &str| {
+        OrderLine::new(
+            Sku::parse(sku).expect("sku"),
+            Quantity::new(QUANTITY).expect("quantity"),
+            Money::new(PRICE).expect("price"),
+        )
+    };
+    exec::<Order>(
+        &store,
+        &order.to_string(),
+        OrderCommand::Place {
+            order_id: OrderId::new(order),
+            customer_id: CustomerId::new(customer),
+            account_id: AccountId::new(account),
+            currency: Currency::EUR,
+            lines: vec![line("A"), line("B")],
+            shipping_address: ShippingAddress::new(
+                "Ana".into(),
+                "Calle Mayor 1".into(),
+                None,
+                "Madrid".into(),
+                "28013".into(),
+                CountryCode::parse(country).expect("country"),
+            )
+            .expect("address"),
+        },
+    )
+    .await;
+
+    let relay = CancellationToken::new();
+    let publisher = kafka::Relay::new(store.clone(), kafka.clone()).expect("relay");
+    tokio::spawn(publisher.run(relay.clone()));
+    Setup {
+        db,
+        store,
+        kafka,
+        account,
+        order,
+        relay,
+    }
+}
+
+/// `purser saga` on the test's database and topics; stderr piped.
+fn orchestrator(setup: &Setup, pause_after: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
+    command
+        .args(["saga", "--database-url", &setup.db.url])
+        .args(["--kafka-brokers", &setup.kafka.brokers])
+        .args(["--kafka-topic-prefix", &setup.kafka.topic_prefix])
+        .args(["--kafka-session-timeout-ms", "2000"])
+        .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "2000"])
+        .args(["--saga-poll-ms", "50", "--saga-backoff-ms", "50"])
+        .env("RUST_LOG", "warn")
+        .env_remove(saga::PAUSE_AFTER_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(step) = pause_after {
+        command.env(saga::PAUSE_AFTER_ENV, step);
+    }
+    command.spawn().expect("purser saga starts")
+}
+
+/// Reads the child's stderr until it says it paused after `step`.
+async fn wait_for_pause(child: &mut Child, step: &str) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let marker = format!("paused after {step}");
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("stderr") {
+            if line.contains(saga::PAUSE_AFTER_ENV) && line.contains(&marker) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "purser saga never paused after {step}");
+    // Keep draining, so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+async fn saga_of(setup: &Setup) -> SagaState {
+    Repository::<FulfilmentSaga>::new(setup.store.clone())
+        .load(&setup.order.to_string())
+        .await
+        .expect("saga")
+        .state
+}
+
+async fn count(setup: &Setup, stream: &str, event_type: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE stream_id = $1 AND event_type = $2",
+    )
+    .bind(stream)
+    .bind(event_type)
+    .fetch_one(&setup.db.pool)
+    .await
+    .expect("count")
+}
+
+async fn wait_until_over(setup: &Setup) -> SagaState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = saga_of(setup).await;
+        if state.status.is_terminal() || state.status == SagaStatus::NeedsAttention {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted orchestrator did not finish the saga: {state:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Places an order (to `country`), kills the orchestrator paused after
+/// `step`, restarts it, and checks the outcome.
+async fn killed_after(step: &str, country: &str) {
+    let setup = setup(country).await;
+    let mut first = orchestrator(&setup, Some(step));
+    wait_for_pause(&mut first, step).await;
+
+    // Standing still between the command and its record: the step is
+    // started, not finished, in the saga's stream.
+    let paused = saga_of(&setup).await;
+    let open: Vec<String> = paused
+        .steps
+        .iter()
+        .filter(|r| r.status == StepStatus::Running)
+        .map(|r| r.step.to_string())
+        .collect();
+    assert_eq!(open.len(), 1, "one step in flight: {open:?}");
+    assert!(open[0].starts_with(step), "{open:?}");
+
+    first.kill().await.expect("SIGKILL");
+    let mut second = orchestrator(&setup, None);
+    let saga = wait_until_over(&setup).await;
+    second.kill().await.expect("stopped");
+    setup.relay.cancel();
+
+    let account_stream = format!("account-{}", setup.account);
+    let charges = count(&setup, &account_stream, "AccountCharged").await;
+    let refunds = count(&setup, &account_stream, "ChargeRefunded").await;
+    let order: domain::OrderState = Repository::<Order>::new(setup.store.clone())
+        .load(&setup.order.to_string())
+        .await
+        .expect("order")
+        .state;
+    let balance = Repository::<BankAccount>::new(setup.store.clone())
+        .load(&setup.account.to_string())
+        .await
+        .expect("account")
+        .state
+        .balance
+        .amount();
+    let total = 2 * QUANTITY * PRICE;
+    let mut stock = Vec::new();
+    for sku in ["A", "B"] {
+        let item = Repository::<Inventory>::new(setup.store.clone())
+            .load(sku)
+            .await
+            .expect("item")
+            .state;
+        stock.push((item.on_hand, item.reserved));
+        assert_eq!(
+            count(&setup, &format!("inventory-{sku}"), "StockReserved").await,
+            1,
+            "{sku} reserved once"
+        );
+    }
+    if country == "XX" {
+        assert_eq!(saga.status, SagaStatus::Compensated, "{saga:#?}");
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!((charges, refunds), (1, 1), "one charge, one refund");
+        assert_eq!(balance, BALANCE);
+        assert_eq!(stock, [(STOCK as u64, 0), (STOCK as u64, 0)]);
+    } else {
+        assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+        assert_eq!(order.status, OrderStatus::Shipped);
+        assert_eq!((charges, refunds), (1, 0), "one charge, no refund");
+        assert_eq!(balance, BALANCE - total);
+        let left = (STOCK - QUANTITY) as u64;
+        assert_eq!(stock, [(left, 0), (left, 0)]);
+    }
+    assert_eq!(
+        count(&setup, &format!("saga-{}", setup.order), "SagaStarted").await,
+        1
+    );
+    setup.db.drop().await;
+}
+
+macro_rules! crash_tests {
+    ($($name:ident: $step:literal to $country:literal;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            killed_after($step, $country).await;
+        }
+    )*};
+}
+
+crash_tests! {
+    killed_after_reserve_stock: "reserve_stock" to "ES";
+    killed_after_mark_reserved: "mark_reserved" to "ES";
+    killed_after_charge_payment: "charge_payment" to "ES";
+    killed_after_mark_paid: "mark_paid" to "ES";
+    killed_after_ship: "ship" to "ES";
+    killed_after_mark_shipped: "mark_shipped" to "ES";
+    killed_after_commit_stock: "commit_stock" to "ES";
+    killed_after_cancel_shipment: "cancel_shipment" to "XX";
+    killed_after_refund_payment: "refund_payment" to "XX";
+    killed_after_release_stock: "release_stock" to "XX";
+    killed_after_cancel_order: "cancel_order" to "XX";
+}
