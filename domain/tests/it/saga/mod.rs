@@ -1,3 +1,4 @@
+mod properties;
 mod rules;
 
 use domain::{Money, OrderLine, SagaEvent, SagaOrder, Situation, Step};
