@@ -12,7 +12,7 @@ pub struct ProjectArgs {
     #[command(flatten)]
     pub kafka: kafka::KafkaConfig,
     /// Projections to run, comma separated (default: all of accounts,
-    /// inventory, orders).
+    /// inventory, orders, sagas).
     #[arg(
         long = "projections",
         env = "PURSER_PROJECTIONS",

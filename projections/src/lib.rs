@@ -8,7 +8,8 @@
 //! applied out of order; an event that keeps failing parks its stream
 //! (`read_models.parked`) while the other streams flow on (DESIGN.md point 5).
 //!
-//! - [`Projection`]: one read model ([`Accounts`], [`Inventory`], [`Orders`]).
+//! - [`Projection`]: one read model ([`Accounts`], [`Inventory`], [`Orders`],
+//!   [`Sagas`]).
 //! - [`Projector`]: applies batches of events to a projection (no Kafka).
 //! - [`Worker`]: a consumer group member feeding a projector, step by step
 //!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
@@ -19,6 +20,7 @@ mod inventory;
 mod orders;
 mod projection;
 mod projector;
+mod sagas;
 mod worker;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub use inventory::Inventory;
 pub use orders::Orders;
 pub use projection::Projection;
 pub use projector::{applied_version, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS};
+pub use sagas::{SagaStep, Sagas};
 pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig};
 
 use event_store::EventStore;
@@ -41,7 +44,12 @@ pub const NOTIFY_CHANNEL: &str = "purser_projection";
 
 /// Every projection, in a stable order.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(Accounts), Arc::new(Inventory), Arc::new(Orders)]
+    vec![
+        Arc::new(Accounts),
+        Arc::new(Inventory),
+        Arc::new(Orders),
+        Arc::new(Sagas),
+    ]
 }
 
 /// The projection called `name`.

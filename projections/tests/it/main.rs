@@ -4,5 +4,7 @@
 mod outage;
 mod projector;
 mod randomised;
+mod saga_sim;
+mod sagas;
 mod support;
 mod worker;
