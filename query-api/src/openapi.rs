@@ -8,7 +8,8 @@ use crate::routes::health::Health;
 use crate::routes::inventory::{InventoryPage, InventoryView};
 use crate::routes::orders::{OrderLineView, OrderPage, OrderView};
 use crate::routes::projections::ProjectionView;
-use crate::routes::{accounts, health, inventory, orders, projections};
+use crate::routes::sagas::{SagaPage, SagaStepView, SagaView};
+use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +25,8 @@ use crate::routes::{accounts, health, inventory, orders, projections};
         inventory::list_items,
         orders::get_order,
         orders::list_orders,
+        sagas::get_saga,
+        sagas::list_sagas,
         projections::list_projections,
         projections::metrics,
         health::live,
@@ -31,12 +34,13 @@ use crate::routes::{accounts, health, inventory, orders, projections};
     ),
     components(schemas(
         AccountView, TransactionView, TransactionPage, InventoryView, InventoryPage,
-        OrderView, OrderLineView, OrderPage, ProjectionView, Health, Problem
+        OrderView, OrderLineView, OrderPage, SagaView, SagaStepView, SagaPage, ProjectionView, Health, Problem
     )),
     tags(
         (name = "accounts", description = "Bank accounts and their ledgers"),
         (name = "inventory", description = "Stock per SKU"),
         (name = "orders", description = "Orders and their lines"),
+        (name = "sagas", description = "Order-fulfilment sagas and their steps"),
         (name = "projections", description = "Read-model progress"),
         (name = "operations", description = "Health and metrics"),
     )

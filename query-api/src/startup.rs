@@ -19,7 +19,7 @@ use crate::config::QueryApiConfig;
 use crate::error::ApiError;
 use crate::openapi::openapi_json;
 use crate::progress::Progress;
-use crate::routes::{accounts, health, inventory, orders, projections};
+use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 use crate::state::AppState;
 
 /// Request bodies are not used by any endpoint; refuse large ones early.
@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/inventory/{sku}", get(inventory::get_item))
         .route("/orders", get(orders::list_orders))
         .route("/orders/{id}", get(orders::get_order))
+        .route("/sagas", get(sagas::list_sagas))
+        .route("/sagas/{order_id}", get(sagas::get_saga))
         .route("/projections", get(projections::list_projections))
         .route("/metrics", get(projections::metrics))
         .route("/health/live", get(health::live))

@@ -5,6 +5,7 @@ pub mod health;
 pub mod inventory;
 pub mod orders;
 pub mod projections;
+pub mod sagas;
 
 use std::future::Future;
 

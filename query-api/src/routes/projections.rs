@@ -1,5 +1,6 @@
 //! `GET /projections` and `GET /metrics`: each projection's progress, with
-//! head and lag computed from the event store (not from Kafka watermarks).
+//! head and lag computed from the event store (not from Kafka watermarks),
+//! and (`/metrics`) the sagas per state.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -99,6 +100,7 @@ async fn projection_view(
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let views = projection_views(&state.pool).await?;
+    let sagas = crate::routes::sagas::counts_by_state(&state.pool).await?;
     let now = Instant::now();
     let rates: Vec<f64> = {
         let mut samples = state
@@ -162,6 +164,14 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         "Streams parked by a poison event (their later events wait).",
         &|i| views[i].parked_streams.to_string(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP purser_sagas Order-fulfilment sagas per state, from the sagas read model."
+    );
+    let _ = writeln!(out, "# TYPE purser_sagas gauge");
+    for (saga_state, count) in sagas {
+        let _ = writeln!(out, "purser_sagas{{state=\"{saga_state}\"}} {count}");
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

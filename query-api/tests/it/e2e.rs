@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::support::Harness;
 
-fn kafka_config() -> KafkaConfig {
+pub fn kafka_config() -> KafkaConfig {
     KafkaConfig {
         brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
         topic_prefix: format!("query-api-test-{}", Uuid::new_v4().simple()),
@@ -26,14 +26,14 @@ fn kafka_config() -> KafkaConfig {
     }
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
 }
 
 impl Client {
     /// GET that must answer 200; returns the JSON body.
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let response = self
             .http
             .get(format!("{}{path}", self.base))

@@ -376,7 +376,7 @@ async fn projections_report_checkpoint_head_lag_and_parked_streams() {
     assert_eq!(response.status, 200, "{}", response.text);
     let list = response.json.as_array().unwrap();
     let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["accounts", "inventory", "orders"]);
+    assert_eq!(names, vec!["accounts", "inventory", "orders", "sagas"]);
     let accounts = &list[0];
     assert_eq!(accounts["lag_events"], 2);
     assert_eq!(accounts["status"], "catching_up");

@@ -4,4 +4,6 @@
 
 mod e2e;
 mod handlers;
+mod saga_sim;
+mod sagas;
 mod support;

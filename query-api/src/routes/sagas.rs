@@ -1,0 +1,198 @@
+//! `GET /sagas/{order_id}` and `GET /sagas`.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use domain::SagaStatus;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{parse_uuid, read_entity, ReadParams};
+use crate::error::{ApiError, Problem, Result};
+use crate::extract::{Params, PathParam};
+use crate::pagination::{decode_cursor, limit, page};
+use crate::state::AppState;
+
+const PROJECTION: &str = projections::Sagas::NAME;
+
+/// An order-fulfilment saga as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct SagaView {
+    pub saga_id: Uuid,
+    pub order_id: Uuid,
+    /// `running`, `compensating`, `completed`, `compensated` or
+    /// `needs_attention`.
+    pub state: String,
+    /// Every step, in the order it was first attempted (compensations
+    /// included).
+    #[sqlx(json)]
+    pub steps: Vec<SagaStepView>,
+    /// `out_of_stock`, `payment_declined`, `shipping_failed` or
+    /// `customer_request` once compensation began.
+    pub compensation_reason: Option<String>,
+    pub tracking_number: Option<String>,
+    /// The last failure or refusal; while the saga needs attention, why.
+    pub error: Option<String>,
+    /// The saga stream's version this row reflects.
+    pub version: i64,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One step of a saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaStepView {
+    /// `reserve_stock`, `mark_reserved`, `charge_payment`, `mark_paid`,
+    /// `ship`, `mark_shipped`, `commit_stock`, or a compensation:
+    /// `cancel_shipment`, `refund_payment`, `release_stock`, `cancel_order`.
+    pub name: String,
+    /// The SKU of a per-line step (`reserve_stock`, `commit_stock`,
+    /// `release_stock`).
+    pub sku: Option<String>,
+    /// `running`, `succeeded`, `failed` (a transient failure, retried) or
+    /// `refused`.
+    pub status: String,
+    /// Attempts started.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub started_at: DateTime<Utc>,
+    /// When it succeeded or was refused.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The last failure or refusal.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaPage {
+    pub items: Vec<SagaView>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next: Option<String>,
+}
+
+/// `?state=&limit=&after=`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SagaParams {
+    /// Only sagas in this state.
+    pub state: Option<String>,
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<i64>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+const COLUMNS: &str = "saga_id, order_id, state, steps, compensation_reason, tracking_number, \
+                       last_error AS error, version, started_at, updated_at";
+
+#[utoipa::path(
+    get, path = "/sagas/{order_id}", tag = "sagas",
+    params(("order_id" = Uuid, Path, description = "The saga's order id"), ReadParams),
+    responses(
+        (status = 200, description = "The order's fulfilment saga", body = SagaView),
+        (status = 400, description = "Invalid id or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No saga for this order", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_saga(
+    State(state): State<AppState>,
+    PathParam(id): PathParam,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<SagaView>> {
+    let order_id = parse_uuid("order id", &id)?;
+    let consistency = params.consistency()?;
+    let saga = read_entity(
+        &state,
+        PROJECTION,
+        consistency,
+        || format!("no saga for order {order_id}"),
+        || fetch_saga(&state.pool, order_id),
+    )
+    .await?;
+    Ok(Json(saga))
+}
+
+#[utoipa::path(
+    get, path = "/sagas", tag = "sagas",
+    params(SagaParams),
+    responses(
+        (status = 200, description = "Sagas by order id (placement order for v7 ids)", body = SagaPage),
+        (status = 400, description = "Invalid state, parameter or cursor", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_sagas(
+    State(state): State<AppState>,
+    Params(params): Params<SagaParams>,
+) -> Result<Json<SagaPage>> {
+    let limit = limit(params.limit)?;
+    let saga_state = match &params.state {
+        Some(raw) => Some(parse_state(raw)?),
+        None => None,
+    };
+    let after = match &params.after {
+        Some(cursor) => Some(decode_cursor(cursor, |key| Uuid::parse_str(key).ok())?),
+        None => None,
+    };
+    let rows: Vec<SagaView> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.sagas \
+         WHERE ($1::text IS NULL OR state = $1) \
+           AND ($2::uuid IS NULL OR order_id > $2) \
+         ORDER BY order_id LIMIT $3"
+    ))
+    .bind(saga_state)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let (items, next) = page(rows, limit, |s| s.order_id.to_string());
+    Ok(Json(SagaPage { items, next }))
+}
+
+/// A saga state of API.md, or 400.
+fn parse_state(raw: &str) -> Result<&'static str> {
+    SagaStatus::ALL
+        .into_iter()
+        .map(SagaStatus::as_str)
+        .find(|s| *s == raw)
+        .ok_or_else(|| {
+            let names: Vec<&str> = SagaStatus::ALL
+                .into_iter()
+                .map(SagaStatus::as_str)
+                .collect();
+            ApiError::InvalidQuery(format!("state {raw:?} is not one of {}", names.join(", ")))
+        })
+}
+
+async fn fetch_saga(pool: &PgPool, order_id: Uuid) -> Result<Option<(SagaView, i64)>> {
+    let saga: Option<SagaView> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM read_models.sagas WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(saga.map(|s| {
+        let version = s.version;
+        (s, version)
+    }))
+}
+
+/// Sagas per state, every state of API.md included (for `/metrics`).
+pub async fn counts_by_state(pool: &PgPool) -> Result<Vec<(&'static str, i64)>> {
+    let counted: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM read_models.sagas GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    Ok(SagaStatus::ALL
+        .into_iter()
+        .map(|s| {
+            let n = counted
+                .iter()
+                .find(|(state, _)| state == s.as_str())
+                .map_or(0, |(_, n)| *n);
+            (s.as_str(), n)
+        })
+        .collect())
+}
