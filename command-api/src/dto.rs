@@ -423,6 +423,28 @@ pub struct OrderResponse {
     pub position: Option<i64>,
 }
 
+// ---------------------------------------------------------------------------
+// Sagas
+
+/// `POST /sagas/{order_id}/retry`: `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySagaRequest {}
+
+/// `202` to `POST /sagas/{order_id}/retry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SagaRetriedResponse {
+    pub order_id: Uuid,
+    pub saga_id: Option<Uuid>,
+    /// The saga's state after the retry: `running`, or `compensating` when
+    /// it was undoing the order.
+    #[schema(example = "running")]
+    pub state: String,
+    /// The saga stream's version after the retry (also the `ETag`).
+    pub version: u64,
+    pub position: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -12,7 +12,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "Purser Command API",
-        description = "Commands for accounts, inventory and orders. Errors are RFC 9457 problem details."
+        description = "Commands for accounts, inventory and orders, and the saga retry of operators. Errors are RFC 9457 problem details."
     ),
     paths(
         routes::accounts::open,
@@ -23,6 +23,7 @@ use crate::routes;
         routes::inventory::restock,
         routes::orders::place,
         routes::orders::cancel,
+        routes::sagas::retry,
         routes::health::live,
         routes::health::ready,
         routes::health::metrics,
@@ -43,12 +44,15 @@ use crate::routes;
         dto::CancelOrderRequest,
         dto::OrderPlacedResponse,
         dto::OrderResponse,
+        dto::RetrySagaRequest,
+        dto::SagaRetriedResponse,
         routes::health::Health,
     )),
     tags(
         (name = "accounts", description = "Bank accounts"),
         (name = "inventory", description = "Stock per SKU"),
         (name = "orders", description = "Orders; fulfilment runs asynchronously"),
+        (name = "sagas", description = "Operator actions on order-fulfilment sagas"),
         (name = "health", description = "Health, metrics, this document"),
     )
 )]

@@ -23,7 +23,7 @@ use crate::middleware::{
     not_found, problem_for_bare_errors, record_metrics, timeout, MakeRequestUuidV7, RequestEnd,
     RequestSpan,
 };
-use crate::routes::{accounts, health, inventory, orders};
+use crate::routes::{accounts, health, inventory, orders, sagas};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
 
@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/inventory/{sku}/restock", post(inventory::restock))
         .route("/orders", post(orders::place))
         .route("/orders/{id}/cancel", post(orders::cancel))
+        .route("/sagas/{order_id}/retry", post(sagas::retry))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{BankAccount, Inventory, Order};
+use domain::{BankAccount, FulfilmentSaga, Inventory, Order};
 use event_store::EventStore;
 
 use crate::commands::Commands;
@@ -22,6 +22,7 @@ struct Inner {
     accounts: Commands<BankAccount>,
     inventory: Commands<Inventory>,
     orders: Commands<Order>,
+    sagas: Commands<FulfilmentSaga>,
     metrics: Metrics,
     body_limit: usize,
     request_timeout: Duration,
@@ -44,6 +45,8 @@ impl AppState {
                 // An order gets one command over HTTP after it is placed (a
                 // cancellation), and its state can be large: not remembered.
                 orders: Commands::new(store.clone(), config.max_retries, 0),
+                // Operators retry a saga now and then: nothing to remember.
+                sagas: Commands::new(store.clone(), config.max_retries, 0),
                 store,
                 metrics: Metrics::new(),
                 body_limit: config.body_limit,
@@ -66,6 +69,10 @@ impl AppState {
 
     pub fn orders(&self) -> &Commands<Order> {
         &self.inner.orders
+    }
+
+    pub fn sagas(&self) -> &Commands<FulfilmentSaga> {
+        &self.inner.sagas
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -4,3 +4,4 @@ pub mod accounts;
 pub mod health;
 pub mod inventory;
 pub mod orders;
+pub mod sagas;

@@ -9,5 +9,7 @@ mod idempotency;
 mod inventory;
 mod observability;
 mod orders;
+mod saga_sim;
+mod sagas;
 mod shutdown;
 mod validation;

@@ -1,0 +1,155 @@
+//! Drives an order-fulfilment saga with the domain's own planner
+//! (`next_action`), appending its events through the real repository as the
+//! orchestrator would, with each step's outcome chosen by the test.
+
+use domain::{
+    next_action, Action, CountryCode, Currency, CustomerId, FulfilmentSaga, Money, OrderId,
+    OrderLine, Quantity, SagaCommand, SagaOrder, Situation, Sku, Step,
+};
+use domain::{AccountId, ShippingAddress};
+use event_store::{EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
+use uuid::Uuid;
+
+/// What an attempt of a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Succeed,
+    /// A transient failure (retried up to the budget, then attention).
+    Fail,
+    /// A business refusal with this code.
+    Refuse(&'static str),
+}
+
+/// Attempts a step gets before the saga needs attention.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// An order of one unit of each SKU at 1,000 each.
+pub fn saga_order(order_id: Uuid, skus: &[&str]) -> SagaOrder {
+    let lines: Vec<OrderLine> = skus
+        .iter()
+        .map(|sku| {
+            OrderLine::new(
+                Sku::parse(sku).expect("valid sku"),
+                Quantity::new(1).expect("valid quantity"),
+                Money::new(1_000).expect("valid price"),
+            )
+        })
+        .collect();
+    SagaOrder {
+        order_id: OrderId::new(order_id),
+        customer_id: CustomerId::new(Uuid::now_v7()),
+        account_id: AccountId::new(Uuid::now_v7()),
+        currency: Currency::parse("EUR").expect("valid currency"),
+        total: Money::new(1_000 * skus.len() as i64).expect("valid total"),
+        lines,
+        shipping_address: ShippingAddress::new(
+            "Ana".into(),
+            "Calle Mayor 1".into(),
+            None,
+            "Madrid".into(),
+            "28013".into(),
+            CountryCode::parse("ES").expect("valid country"),
+        )
+        .expect("valid address"),
+    }
+}
+
+/// Runs one saga command that must be accepted; returns the stream version.
+pub async fn saga_exec(store: &EventStore, order_id: Uuid, command: SagaCommand) -> u64 {
+    let executed = Repository::<FulfilmentSaga>::new(store.clone())
+        .execute(
+            &order_id.to_string(),
+            &command,
+            ExecuteOptions::default(),
+            |_| StoredResponse {
+                status: 200,
+                body: serde_json::Value::Null,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("saga {order_id}: {e}"));
+    match executed {
+        Executed::Done(outcome) => outcome.version,
+        Executed::Refused(error) => panic!("saga {order_id} refused {command:?}: {error}"),
+        Executed::Replayed(_) => panic!("no idempotency key was sent"),
+    }
+}
+
+/// Starts the saga of `order` and runs it until it is over or waits for an
+/// operator; `outcome(step, attempt)` decides each attempt. Returns the
+/// saga stream's version.
+pub async fn run_saga(
+    store: &EventStore,
+    order: SagaOrder,
+    outcome: impl Fn(&Step, u32) -> StepOutcome,
+) -> u64 {
+    let order_id = order.order_id.as_uuid();
+    saga_exec(
+        store,
+        order_id,
+        SagaCommand::Start {
+            saga_id: Uuid::now_v7(),
+            order,
+        },
+    )
+    .await;
+    resume_saga(store, order_id, outcome).await
+}
+
+/// Runs a started saga on until it is over or waits for an operator.
+pub async fn resume_saga(
+    store: &EventStore,
+    order_id: Uuid,
+    outcome: impl Fn(&Step, u32) -> StepOutcome,
+) -> u64 {
+    let repository = Repository::<FulfilmentSaga>::new(store.clone());
+    let situation = Situation {
+        now_ms: 1_000_000,
+        cancellation_requested: false,
+        max_attempts: MAX_ATTEMPTS,
+    };
+    loop {
+        let loaded = repository
+            .load(&order_id.to_string())
+            .await
+            .expect("load saga");
+        let command = match next_action(&loaded.state, &situation) {
+            Action::Attempt { step, attempt } => {
+                saga_exec(
+                    store,
+                    order_id,
+                    SagaCommand::StartStep {
+                        step: step.clone(),
+                        attempt,
+                        deadline_ms: situation.now_ms + 60_000,
+                    },
+                )
+                .await;
+                match outcome(&step, attempt) {
+                    StepOutcome::Succeed => SagaCommand::SucceedStep {
+                        tracking_number: (step == Step::Ship).then(|| format!("TRK-{order_id}")),
+                        step,
+                    },
+                    StepOutcome::Fail => SagaCommand::FailStep {
+                        step,
+                        attempt,
+                        error: "carrier timed out".to_owned(),
+                        retry_at_ms: 0,
+                    },
+                    StepOutcome::Refuse(code) => SagaCommand::RefuseStep {
+                        step,
+                        code: code.to_owned(),
+                        error: "refused".to_owned(),
+                    },
+                }
+            }
+            Action::BeginCompensation(reason) => SagaCommand::BeginCompensation { reason },
+            Action::Complete => SagaCommand::Complete,
+            Action::FinishCompensation => SagaCommand::FinishCompensation,
+            Action::NeedsAttention { step, error } => SagaCommand::NeedAttention { step, error },
+            Action::Idle | Action::Done => return loaded.version,
+            other => panic!("the simulated saga never waits: {other:?}"),
+        };
+        saga_exec(store, order_id, command).await;
+    }
+}
