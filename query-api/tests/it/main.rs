@@ -1,9 +1,11 @@
 //! Integration tests of the Query API: handler tests over a real database
-//! (read models built by the real projectors), and an end-to-end test through
-//! the relay, the broker at `KAFKA_BROKERS` and the projection workers.
+//! (read models built by the real projectors), end-to-end tests through the
+//! relay, the broker at `KAFKA_BROKERS` and the projection workers, and the
+//! operator's loop with the saga orchestrator and the Command API too.
 
 mod e2e;
 mod handlers;
+mod operator;
 mod saga_sim;
 mod sagas;
 mod support;

@@ -1,0 +1,274 @@
+//! The operator's loop, with every real component: an order placed over the
+//! Command API, the relay, the saga orchestrator with a carrier that hangs,
+//! the projection workers and the Query API. The saga shows up in
+//! `/sagas?state=needs_attention`; once the carrier works, a retry over
+//! `POST /sagas/{order_id}/retry` reaches the orchestrator through Kafka and
+//! the order ships, as `/sagas/{order_id}` and `/metrics` then say.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use projections::WorkerConfig;
+use query_api::{Application, QueryApiConfig};
+use saga::{SagaConfig, SagaMetrics, SimulatedCarrier};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::e2e::{kafka_config, Client};
+use crate::support::Harness;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn post(http: &reqwest::Client, url: String, body: Value, key: Option<&str>) -> (u16, Value) {
+    let mut request = http.post(url).json(&body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// GETs `path` until `done` holds for its body.
+async fn wait_for(client: &Client, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let response = client
+            .http
+            .get(format!("{}{path}", client.base))
+            .send()
+            .await
+            .expect("request sent");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never got there: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
+    let h = Harness::new().await;
+    let kafka = kafka_config();
+    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
+        .await
+        .expect("topics");
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let mut api_config = command_api::Config::local("postgres://unused");
+    api_config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    let commands = command_api::Application::build_with_pool(&api_config, h.db.pool.clone())
+        .await
+        .expect("command API binds");
+    let command_base = format!("http://{}", commands.address());
+    tasks.push(tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            commands
+                .run_until(async move { shutdown.cancelled().await })
+                .await
+                .expect("command API");
+        }
+    }));
+    let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
+    tasks.push(tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { relay.run(shutdown).await.expect("relay") }
+    }));
+    let carrier = SimulatedCarrier::default();
+    let controls = carrier.controls();
+    controls.set_hang(true);
+    let saga_config = SagaConfig {
+        step_timeout_ms: 300,
+        max_attempts: 2,
+        backoff_ms: 20,
+        backoff_max_ms: 200,
+        lease_ms: 2_000,
+        poll_ms: 50,
+        ..SagaConfig::default()
+    };
+    tasks.push(tokio::spawn({
+        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
+        async move {
+            saga::run(
+                store,
+                &kafka,
+                saga_config,
+                Arc::new(carrier),
+                Arc::new(SagaMetrics::new()),
+                shutdown,
+            )
+            .await
+            .expect("saga")
+        }
+    }));
+    tasks.push(tokio::spawn({
+        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
+        async move {
+            let config = WorkerConfig {
+                poll_wait: Duration::from_millis(200),
+                ..WorkerConfig::default()
+            };
+            projections::run_workers(&[], store, &kafka, config, shutdown)
+                .await
+                .expect("projection workers")
+        }
+    }));
+    let queries = Application::build(
+        &QueryApiConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..QueryApiConfig::default()
+        },
+        h.db.pool.clone(),
+    )
+    .await
+    .expect("query API binds");
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{}", queries.port()),
+    };
+    tasks.push(tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            queries
+                .run_until_stopped(shutdown)
+                .await
+                .expect("query API")
+        }
+    }));
+
+    // A customer with money, a SKU in stock, an order.
+    let http = &client.http;
+    let customer = Uuid::now_v7();
+    let (status, body) = post(
+        http,
+        format!("{command_base}/accounts"),
+        json!({"customer_id": customer, "currency": "EUR"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let account = body["account_id"].as_str().unwrap().to_owned();
+    let (status, _) = post(
+        http,
+        format!("{command_base}/accounts/{account}/deposits"),
+        json!({"amount": 10_000}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        http,
+        format!("{command_base}/inventory"),
+        json!({"sku": "A", "name": "Item A", "quantity": 5}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = post(
+        http,
+        format!("{command_base}/orders"),
+        json!({
+            "customer_id": customer, "account_id": account, "currency": "EUR",
+            "lines": [{"sku": "A", "quantity": 1, "unit_price": 1_000}],
+            "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
+                                 "postal_code": "28013", "country": "ES"}
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let order = body["order_id"].as_str().unwrap().to_owned();
+
+    // The carrier hangs: the saga runs out of attempts and needs attention.
+    let stuck = wait_for(&client, "/sagas?state=needs_attention", |page| {
+        page["items"][0]["order_id"] == order.as_str()
+    })
+    .await;
+    let saga = &stuck["items"][0];
+    let ship = saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ship")
+        .expect("a ship step");
+    assert_eq!(ship["status"], "failed", "{saga}");
+    assert_eq!(ship["attempts"], 2, "{saga}");
+    assert!(ship["finished_at"].is_null());
+    assert!(
+        saga["error"].as_str().unwrap().contains("deadline"),
+        "{saga}"
+    );
+    let metrics = client.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "purser_sagas{state=\"needs_attention\"} 1"),
+        "{metrics}"
+    );
+
+    // The carrier works again; the operator retries, twice with one key.
+    controls.set_hang(false);
+    let retry = format!("{command_base}/sagas/{order}/retry");
+    let (status, first) = post(http, retry.clone(), json!({}), Some("op-1")).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["state"], "running");
+    let (status, again) = post(http, retry.clone(), json!({}), Some("op-1")).await;
+    assert_eq!((status, &again), (202, &first));
+    let version = first["version"].as_u64().unwrap();
+    let saga = client
+        .get(&format!(
+            "/sagas/{order}?min_version={version}&wait_ms=10000"
+        ))
+        .await;
+    assert_ne!(saga["state"], "needs_attention", "{saga}");
+
+    let done = wait_for(&client, &format!("/sagas/{order}"), |saga| {
+        saga["state"] == "completed"
+    })
+    .await;
+    let ship = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ship")
+        .unwrap();
+    assert_eq!(ship["status"], "succeeded", "{done}");
+    assert_eq!(ship["attempts"], 3, "{done}");
+    assert!(done["tracking_number"].is_string(), "{done}");
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_store.events WHERE stream_id = $1 AND event_type = 'SagaRetried'",
+    )
+    .bind(format!("saga-{order}"))
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(retried, 1);
+    let order_view = wait_for(&client, &format!("/orders/{order}"), |o| {
+        o["status"] == "shipped"
+    })
+    .await;
+    assert_eq!(order_view["tracking_number"], done["tracking_number"]);
+    let (status, refused) = post(http, retry, json!({}), None).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (422, &json!("saga_not_retryable"))
+    );
+
+    shutdown.cancel();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    h.drop().await;
+}
