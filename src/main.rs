@@ -122,6 +122,13 @@ pub struct ServeArgs {
     query_api: query_api::QueryApiConfig,
     #[command(flatten)]
     saga: saga::SagaConfig,
+    /// Where the saga orchestrator serves its `/metrics`.
+    #[arg(
+        long = "saga-metrics-addr",
+        env = "PURSER_SAGA_METRICS_ADDR",
+        default_value = "127.0.0.1:8082"
+    )]
+    saga_metrics_addr: std::net::SocketAddr,
 }
 
 /// `purser serve`: every component in one process. Each stops on SIGTERM or
@@ -139,6 +146,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         action: None,
         kafka: args.kafka.clone(),
         saga: args.saga,
+        metrics_addr: args.saga_metrics_addr,
     };
     let relay = relay::RelayArgs {
         kafka: args.kafka,

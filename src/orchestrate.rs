@@ -1,9 +1,11 @@
 //! `purser saga`: the order-fulfilment saga orchestrator, and
 //! `purser saga retry ORDER_ID` for sagas that need attention.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::{db, GlobalArgs};
@@ -18,6 +20,14 @@ pub struct SagaArgs {
     pub kafka: kafka::KafkaConfig,
     #[command(flatten)]
     pub saga: saga::SagaConfig,
+    /// Where the orchestrator serves `GET /metrics` (Prometheus text) and
+    /// `GET /health/live` (port 0 picks a free one).
+    #[arg(
+        long = "saga-metrics-addr",
+        env = "PURSER_SAGA_METRICS_ADDR",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -49,17 +59,48 @@ pub async fn run(global: &GlobalArgs, args: SagaArgs) -> Result<()> {
     if !ready {
         return Ok(());
     }
+    let metrics = Arc::new(saga::SagaMetrics::new());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the saga metrics to {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "saga metrics listening");
+    let server = axum::serve(listener, metrics_router(Arc::clone(&metrics)))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let carrier = Arc::new(saga::SimulatedCarrier::new(&args.saga.carrier));
-    saga::run(
-        store,
-        &args.kafka,
-        args.saga,
-        carrier,
-        Arc::new(saga::SagaMetrics::new()),
-        shutdown,
-    )
-    .await
-    .context("running the saga orchestrator")
+    let (driven, served) = tokio::join!(
+        saga::run(
+            store,
+            &args.kafka,
+            args.saga,
+            carrier,
+            metrics,
+            shutdown.clone()
+        ),
+        server
+    );
+    driven.context("running the saga orchestrator")?;
+    served.context("serving the saga metrics")
+}
+
+/// `GET /metrics` and `GET /health/live` of the orchestrator.
+fn metrics_router(metrics: Arc<saga::SagaMetrics>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/health/live", get(|| async { "ok" }))
 }
 
 /// `purser saga retry ORDER_ID`.

@@ -139,6 +139,10 @@ async fn setup(country: &str) -> Setup {
 
 /// `purser saga` on the test's database and topics; stderr piped.
 fn orchestrator(setup: &Setup, pause_after: Option<&str>) -> Child {
+    orchestrator_with_metrics(setup, pause_after, "127.0.0.1:0")
+}
+
+fn orchestrator_with_metrics(setup: &Setup, pause_after: Option<&str>, metrics: &str) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
     command
         .args(["saga", "--database-url", &setup.db.url])
@@ -147,6 +151,7 @@ fn orchestrator(setup: &Setup, pause_after: Option<&str>) -> Child {
         .args(["--kafka-session-timeout-ms", "2000"])
         .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "2000"])
         .args(["--saga-poll-ms", "50", "--saga-backoff-ms", "50"])
+        .args(["--saga-metrics-addr", metrics])
         .env("RUST_LOG", "warn")
         .env_remove(saga::PAUSE_AFTER_ENV)
         .stdin(Stdio::null())
@@ -309,4 +314,43 @@ crash_tests! {
     killed_after_refund_payment: "refund_payment" to "XX";
     killed_after_release_stock: "release_stock" to "XX";
     killed_after_cancel_order: "cancel_order" to "XX";
+}
+
+#[tokio::test]
+async fn the_orchestrator_serves_its_metrics() {
+    let setup = setup("ES").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = orchestrator_with_metrics(&setup, None, &address);
+    let saga = wait_until_over(&setup).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let answer = client.get(format!("http://{address}/metrics")).send().await;
+        if let Ok(response) = answer {
+            let text = response.text().await.expect("body");
+            if text.contains("purser_sagas_completed_total 1") {
+                break text;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no metrics at {address}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(text.contains("purser_sagas_started_total 1"), "{text}");
+    assert!(
+        text.contains("purser_saga_step_duration_seconds_count{step=\"charge_payment\",outcome=\"succeeded\"} 1"),
+        "{text}"
+    );
+    child.kill().await.expect("stopped");
+    setup.relay.cancel();
+    setup.db.drop().await;
 }
