@@ -68,12 +68,31 @@ pub async fn append(store: &EventStore, stream: &StreamId, count: usize) -> Vec<
     store.read_stream(stream, from).await.expect("read back")
 }
 
-/// Every event in the store, in global order.
+/// Every committed event in the store, in global order. `read_all` only
+/// returns events of transactions older than every one in flight on the
+/// whole server (other tests' included), so this waits until all of them
+/// are readable.
 pub async fn all_events(store: &EventStore) -> Vec<RecordedEvent> {
-    store
-        .read_all(event_store::Checkpoint::START, 1_000_000)
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
+        .fetch_one(store.pool())
         .await
-        .expect("read all")
+        .expect("count events");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let events = store
+            .read_all(event_store::Checkpoint::START, 1_000_000)
+            .await
+            .expect("read all");
+        if events.len() as i64 >= total {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read_all returned {} of {total} events",
+            events.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// A hand-made recorded event (for tests that need no database).
