@@ -354,3 +354,68 @@ async fn the_orchestrator_serves_its_metrics() {
     setup.relay.cancel();
     setup.db.drop().await;
 }
+
+#[tokio::test]
+async fn a_step_deadline_survives_a_restart() {
+    let setup = setup("ES").await;
+    // The carrier never answers: the first orchestrator is killed while
+    // its shipment hangs, well before the attempt's deadline (4 s).
+    let mut hanging = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
+        command
+            .args(["saga", "--database-url", &setup.db.url])
+            .args(["--kafka-brokers", &setup.kafka.brokers])
+            .args(["--kafka-topic-prefix", &setup.kafka.topic_prefix])
+            .args(["--kafka-session-timeout-ms", "2000"])
+            .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "4000"])
+            .args(["--saga-metrics-addr", "127.0.0.1:0", "--carrier-hang"])
+            .env("RUST_LOG", "warn")
+            .env_remove(saga::PAUSE_AFTER_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        command.spawn().expect("purser saga starts")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let saga = saga_of(&setup).await;
+        let shipping = saga
+            .record(&domain::Step::Ship)
+            .is_some_and(|r| r.status == StepStatus::Running);
+        if shipping {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never shipped: {saga:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hanging.kill().await.expect("SIGKILL");
+
+    // The restarted one takes the saga over once the dead one's lease ran
+    // out, finds the attempt past its persisted deadline, records the
+    // timeout and ships again (the carrier works now).
+    let mut second = orchestrator(&setup, None);
+    let saga = wait_until_over(&setup).await;
+    second.kill().await.expect("stopped");
+    setup.relay.cancel();
+    assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+    let ship = saga.record(&domain::Step::Ship).expect("ship");
+    assert_eq!(
+        ship.attempts, 2,
+        "the hung attempt timed out, a second one shipped"
+    );
+    let failures: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'error' FROM event_store.events \
+         WHERE stream_id = $1 AND event_type = 'StepFailed'",
+    )
+    .bind(format!("saga-{}", setup.order))
+    .fetch_all(&setup.db.pool)
+    .await
+    .expect("failures");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("deadline"), "{failures:?}");
+    setup.db.drop().await;
+}

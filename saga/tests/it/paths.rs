@@ -365,3 +365,41 @@ async fn a_carrier_that_always_times_out_needs_attention_then_an_operator_retry_
     let _ = Arc::clone(&controls);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_to_an_account_closed_meanwhile_needs_attention() {
+    let mut world = World::new(fast_config()).await;
+    let (hook, release, reached) = hold_before("ship");
+    world.start_saga(Some(hook));
+    let account = world.account(1_000).await;
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the saga reached the step");
+    // Charged 1000 of 1000: the account is empty, and its owner closes it.
+    assert_eq!(world.balance_of(account.0).await, 0);
+    let (status, body) = world
+        .post(
+            &format!("/accounts/{}/close", account.0),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = world.cancel(order).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    release.send(()).expect("saga waiting");
+
+    let saga = world
+        .wait_saga(order, |s| s.status == SagaStatus::NeedsAttention)
+        .await;
+    let (step, error) = saga.attention.expect("why");
+    assert_eq!(step, Step::RefundPayment);
+    assert!(error.contains("account_closed"), "{error}");
+    // The money is not lost: the charge stands, recorded, for an operator.
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(count(&account_events, "ChargeRefunded"), 0);
+    assert_ne!(world.order(order).await.status, OrderStatus::Shipped);
+    world.stop().await;
+}
