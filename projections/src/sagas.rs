@@ -11,9 +11,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{Aggregate, FulfilmentSaga, SagaEvent, SagaStatus, Step, StepStatus};
+use domain::{
+    Aggregate, CancellationReason, FulfilmentSaga, SagaEvent, SagaStatus, Step, StepStatus,
+};
 use event_store::RecordedEvent;
 use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -37,7 +40,7 @@ pub struct SagaStep {
     /// The SKU of a per-line step (reserve, commit, release).
     pub sku: Option<String>,
     /// `running`, `succeeded`, `failed` or `refused`.
-    pub status: String,
+    pub status: StepStatus,
     /// Attempts started, in all.
     pub attempts: u32,
     /// When the first attempt started.
@@ -60,7 +63,7 @@ struct Row {
     order_id: Uuid,
     saga_id: Uuid,
     state: SagaStatus,
-    compensation_reason: Option<&'static str>,
+    compensation_reason: Option<CancellationReason>,
     tracking_number: Option<String>,
     last_error: Option<String>,
     attention_step: Option<Step>,
@@ -124,24 +127,66 @@ async fn apply_streams(
     save(tx, &rows).await
 }
 
+/// A row as read back.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    order_id: Uuid,
+    saga_id: Uuid,
+    state: String,
+    compensation_reason: Option<String>,
+    tracking_number: Option<String>,
+    last_error: Option<String>,
+    attention_step: Option<Json<Step>>,
+    steps: Json<Vec<SagaStep>>,
+    version: i64,
+    started_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<Stored> for Row {
+    type Error = ApplyError;
+
+    fn try_from(stored: Stored) -> Result<Row, ApplyError> {
+        let invalid = |what: &str| {
+            ApplyError::Invalid(format!(
+                "saga {}: stored {what} is not valid",
+                stored.order_id
+            ))
+        };
+        let state = SagaStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == stored.state)
+            .ok_or_else(|| invalid("state"))?;
+        let compensation_reason = match &stored.compensation_reason {
+            Some(reason) => Some(
+                CancellationReason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == reason)
+                    .ok_or_else(|| invalid("compensation reason"))?,
+            ),
+            None => None,
+        };
+        Ok(Row {
+            order_id: stored.order_id,
+            saga_id: stored.saga_id,
+            state,
+            compensation_reason,
+            tracking_number: stored.tracking_number,
+            last_error: stored.last_error,
+            attention_step: stored.attention_step.map(|step| step.0),
+            steps: stored.steps.0,
+            version: stored.version,
+            started_at: stored.started_at,
+            updated_at: stored.updated_at,
+        })
+    }
+}
+
 /// The stored rows of these sagas.
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Row>, ApplyError> {
-    type Stored = (
-        Uuid,
-        Uuid,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<sqlx::types::Json<Step>>,
-        sqlx::types::Json<Vec<SagaStep>>,
-        i64,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    );
     let stored: Vec<Stored> = sqlx::query_as(
         "SELECT order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
                 attention_step, steps, version, started_at, updated_at \
@@ -152,64 +197,9 @@ async fn load(
     .await?;
     stored
         .into_iter()
-        .map(
-            |(
-                order_id,
-                saga_id,
-                state,
-                reason,
-                tracking,
-                error,
-                attention,
-                steps,
-                version,
-                started_at,
-                updated_at,
-            )| {
-                let invalid = |what: &str| {
-                    ApplyError::Invalid(format!("saga {order_id}: stored {what} is not valid"))
-                };
-                let state = SagaStatus::ALL
-                    .into_iter()
-                    .find(|s| s.as_str() == state)
-                    .ok_or_else(|| invalid("state"))?;
-                let compensation_reason = match reason {
-                    Some(reason) => Some(
-                        REASONS
-                            .into_iter()
-                            .find(|r| *r == reason)
-                            .ok_or_else(|| invalid("compensation reason"))?,
-                    ),
-                    None => None,
-                };
-                Ok((
-                    order_id,
-                    Row {
-                        order_id,
-                        saga_id,
-                        state,
-                        compensation_reason,
-                        tracking_number: tracking,
-                        last_error: error,
-                        attention_step: attention.map(|a| a.0),
-                        steps: steps.0,
-                        version,
-                        started_at,
-                        updated_at,
-                    },
-                ))
-            },
-        )
+        .map(|stored| Ok((stored.order_id, Row::try_from(stored)?)))
         .collect()
 }
-
-/// The cancellation reasons a compensation can carry (API.md).
-const REASONS: [&str; 4] = [
-    "out_of_stock",
-    "payment_declined",
-    "shipping_failed",
-    "customer_request",
-];
 
 /// Writes `rows` (new and updated) in one statement.
 async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), ApplyError> {
@@ -235,7 +225,7 @@ async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), Ap
     .bind(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
     .bind(
         rows.iter()
-            .map(|r| r.compensation_reason)
+            .map(|r| r.compensation_reason.map(CancellationReason::as_str))
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -324,14 +314,14 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
         SagaEvent::SagaStarted { .. } => {}
         SagaEvent::StepStarted { step, attempt, .. } => match row.step_mut(&step) {
             Some(record) => {
-                record.status = StepStatus::Running.as_str().to_owned();
+                record.status = StepStatus::Running;
                 record.attempts = record.attempts.max(attempt);
                 record.finished_at = None;
             }
             None => row.steps.push(SagaStep {
                 name: step.name().to_owned(),
                 sku: step.sku().map(|s| s.as_str().to_owned()),
-                status: StepStatus::Running.as_str().to_owned(),
+                status: StepStatus::Running,
                 attempts: attempt,
                 started_at: at,
                 finished_at: None,
@@ -343,7 +333,7 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
             tracking_number,
         } => {
             if let Some(record) = row.step_mut(&step) {
-                record.status = StepStatus::Succeeded.as_str().to_owned();
+                record.status = StepStatus::Succeeded;
                 record.finished_at = Some(at);
             }
             if tracking_number.is_some() {
@@ -352,7 +342,7 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
         }
         SagaEvent::StepFailed { step, error, .. } => {
             if let Some(record) = row.step_mut(&step) {
-                record.status = StepStatus::Failed.as_str().to_owned();
+                record.status = StepStatus::Failed;
                 record.finished_at = None;
                 record.error = Some(error.clone());
             }
@@ -361,7 +351,7 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
         SagaEvent::StepRefused { step, code, error } => {
             let error = format!("{code}: {error}");
             if let Some(record) = row.step_mut(&step) {
-                record.status = StepStatus::Refused.as_str().to_owned();
+                record.status = StepStatus::Refused;
                 record.finished_at = Some(at);
                 record.error = Some(error.clone());
             }
@@ -369,7 +359,7 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
         }
         SagaEvent::CompensationStarted { reason } => {
             row.state = SagaStatus::Compensating;
-            row.compensation_reason = Some(reason.as_str());
+            row.compensation_reason = Some(reason);
         }
         SagaEvent::SagaCompleted => row.state = SagaStatus::Completed,
         SagaEvent::SagaCompensated => row.state = SagaStatus::Compensated,
@@ -386,9 +376,9 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
             };
             if let Some(step) = row.attention_step.take() {
                 if let Some(record) = row.step_mut(&step) {
-                    if record.status == StepStatus::Refused.as_str() {
+                    if record.status == StepStatus::Refused {
                         // Tried again: no longer a final refusal.
-                        record.status = StepStatus::Failed.as_str().to_owned();
+                        record.status = StepStatus::Failed;
                         record.finished_at = None;
                     }
                 }

@@ -1,6 +1,9 @@
 //! Drives an order-fulfilment saga with the domain's own planner
 //! (`next_action`), appending its events through the real repository as the
 //! orchestrator would, with each step's outcome chosen by the test.
+//!
+//! The query-api and command-api tests include this file too (`#[path]`):
+//! it may use only what all three test crates depend on.
 
 use domain::{
     next_action, Action, CountryCode, Currency, CustomerId, FulfilmentSaga, Money, OrderId,

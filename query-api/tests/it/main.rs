@@ -6,6 +6,8 @@
 mod e2e;
 mod handlers;
 mod operator;
+// The saga simulation of the projections' tests, shared rather than copied.
+#[path = "../../../projections/tests/it/saga_sim.rs"]
 mod saga_sim;
 mod sagas;
 mod support;
