@@ -3,4 +3,5 @@
 //! Kafka, and the orchestrator (trigger and driver) in this process.
 
 mod paths;
+mod simulation;
 mod support;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use command_api::{Application, Config};
 use domain::{
-    AccountState, Aggregate, BankAccount, FulfilmentSaga, Inventory, InventoryState, Order,
-    OrderState, SagaState,
+    AccountState, Aggregate, BankAccount, DomainEvent, FulfilmentSaga, Inventory, InventoryState,
+    Order, OrderState, SagaState,
 };
 use event_store::{EventStore, Repository};
 use kafka::KafkaConfig;
@@ -297,12 +297,65 @@ impl World {
         .expect("events")
     }
 
+    /// Every event in the store, stream by stream, each stream in version
+    /// order.
+    pub async fn all_events(&self) -> Vec<StoredEvent> {
+        let rows: Vec<(String, String, String, i32, Value)> = sqlx::query_as(
+            "SELECT stream_type, stream_id, event_type, schema_version, payload \
+             FROM event_store.events ORDER BY stream_id, version",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("events");
+        rows.into_iter()
+            .map(
+                |(stream_type, stream_id, event_type, schema_version, payload)| StoredEvent {
+                    stream_type,
+                    stream_id,
+                    event_type,
+                    schema_version,
+                    payload,
+                },
+            )
+            .collect()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.db.drop().await;
+    }
+}
+
+/// One row of `event_store.events`, as [`World::all_events`] reads it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub stream_type: String,
+    pub stream_id: String,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+}
+
+impl StoredEvent {
+    /// The stream's id without its type: `order-{id}` -> `{id}`.
+    pub fn id(&self) -> &str {
+        self.stream_id
+            .strip_prefix(&self.stream_type)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .expect("stream id is {type}-{id}")
+    }
+
+    pub fn decode<E: DomainEvent>(&self) -> E {
+        let version = u32::try_from(self.schema_version).expect("schema version");
+        E::from_stored(&self.event_type, version, self.payload.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{} in {} does not decode: {e}",
+                self.event_type, self.stream_id
+            )
+        })
     }
 }
 
