@@ -538,8 +538,12 @@ impl Aggregate for FulfilmentSaga {
                     deadline_ms,
                 },
             ) => {
-                if state.succeeded(step) {
-                    return Err(invalid("start a succeeded step"));
+                match state.record(step).map(|r| r.status) {
+                    Some(StepStatus::Succeeded) => return Err(invalid("start a succeeded step")),
+                    // An attempt in progress is settled (resumed or timed
+                    // out) first: two never overlap.
+                    Some(StepStatus::Running) => return Err(invalid("start a running step")),
+                    _ => {}
                 }
                 Ok(vec![SagaEvent::StepStarted {
                     step: step.clone(),

@@ -37,6 +37,10 @@ pub const PAUSE_AFTER_ENV: &str = "PURSER_SAGA_PAUSE_AFTER";
 /// and demos that need a saga to stand still at a given step.
 pub type BeforeStep = Arc<dyn Fn(&Step) -> BoxFuture<'static, bool> + Send + Sync>;
 
+/// Re-decisions after a version conflict for the saga's commands to accounts
+/// and items, which many sagas write to at once.
+const COMMAND_RETRIES: u32 = 20;
+
 /// How driving one saga ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drive {
@@ -110,8 +114,8 @@ impl Orchestrator {
             inner: Arc::new(Inner {
                 sagas: Repository::new(store.clone()),
                 orders: Repository::new(store.clone()),
-                accounts: Repository::new(store.clone()),
-                inventory: Repository::new(store.clone()),
+                accounts: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
+                inventory: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
                 queue: Queue::new(store.pool().clone()),
                 store,
                 carrier,

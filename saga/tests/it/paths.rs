@@ -403,3 +403,36 @@ async fn a_refund_to_an_account_closed_meanwhile_needs_attention() {
     assert_ne!(world.order(order).await.status, OrderStatus::Shipped);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn two_orchestrators_share_the_sagas_and_each_step_happens_once() {
+    let mut world = World::new(fast_config()).await;
+    world.start_saga(None);
+    world.start_saga(None);
+    let account = world.account(1_000_000).await;
+    world.item("A", 1_000).await;
+    let orders =
+        futures::future::join_all((0..30).map(|_| world.place(account, &[("A", 1, 100)], "ES")))
+            .await;
+    for order in &orders {
+        let saga = world.finished(*order).await;
+        assert_eq!(saga.status, SagaStatus::Completed);
+        let saga_events = world.event_types(&format!("saga-{order}")).await;
+        assert_eq!(count(&saga_events, "SagaStarted"), 1);
+        assert_eq!(count(&saga_events, "SagaCompleted"), 1);
+        // Every attempt but the first of a step follows a recorded failure
+        // (here: conflicts on the one hot SKU): a saga was never driven by
+        // both at once.
+        assert_eq!(
+            count(&saga_events, "StepStarted"),
+            7 + count(&saga_events, "StepFailed"),
+            "{saga_events:?}"
+        );
+    }
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 30);
+    assert_eq!(world.balance_of(account.0).await, 1_000_000 - 30 * 100);
+    let a = world.stock("A").await;
+    assert_eq!((a.on_hand, a.reserved), (970, 0));
+    world.stop().await;
+}

@@ -443,3 +443,20 @@ fn every_event_round_trips_through_its_stored_form() {
     assert_eq!(payload["step"]["sku"], "A");
     let _ = saga_id();
 }
+
+#[test]
+fn an_attempt_in_progress_is_never_overlapped_by_another() {
+    let mut events = vec![started(two_lines())];
+    events.push(E::StepStarted {
+        step: sku_step("reserve", "A"),
+        attempt: 1,
+        deadline_ms: 1_000,
+    });
+    given::<FulfilmentSaga>(events)
+        .when(C::StartStep {
+            step: sku_step("reserve", "A"),
+            attempt: 2,
+            deadline_ms: 2_000,
+        })
+        .then_error("invalid_transition");
+}
