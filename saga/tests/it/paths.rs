@@ -436,3 +436,44 @@ async fn two_orchestrators_share_the_sagas_and_each_step_happens_once() {
     assert_eq!((a.on_hand, a.reserved), (970, 0));
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_database_refusing_writes_is_retried_and_never_compensated() {
+    let world = World::running(SagaConfig {
+        max_attempts: 1_000,
+        ..fast_config()
+    })
+    .await;
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    // The accounts' events cannot be written for a while: every charge
+    // fails (as if that part of the database were down).
+    sqlx::query(
+        "ALTER TABLE event_store.events ADD CONSTRAINT outage \
+         CHECK (stream_type <> 'account') NOT VALID",
+    )
+    .execute(&world.db.pool)
+    .await
+    .expect("outage");
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+    let saga = world
+        .wait_saga(order, |s| {
+            s.record(&Step::ChargePayment)
+                .is_some_and(|r| r.attempts >= 3)
+        })
+        .await;
+    assert_eq!(saga.status, SagaStatus::Running, "{saga:#?}");
+    assert_eq!(world.order(order).await.status, OrderStatus::Reserved);
+
+    sqlx::query("ALTER TABLE event_store.events DROP CONSTRAINT outage")
+        .execute(&world.db.pool)
+        .await
+        .expect("recovery");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(world.order(order).await.status, OrderStatus::Shipped);
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(world.balance_of(account.0).await, 99_000);
+    world.stop().await;
+}
