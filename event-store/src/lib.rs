@@ -28,6 +28,6 @@ pub use store::EventStore;
 pub use subscription::Subscription;
 pub(crate) use types::check_fingerprint;
 pub use types::{
-    Appended, Checkpoint, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, RecordedEvent,
-    StoredResponse, StreamId,
+    Appended, Checkpoint, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, RawRecordedEvent,
+    RecordedEvent, StoredResponse, StreamId,
 };

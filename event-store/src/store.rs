@@ -1,16 +1,19 @@
 use std::sync::Arc;
 
+use futures::TryStreamExt;
+use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use crate::notify::Notifier;
 use crate::{
     check_fingerprint, Appended, Checkpoint, Error, ExpectedVersion, IdempotencyKey, Metadata,
-    NewEvent, RecordedEvent, Result, StoredResponse, StreamId, Subscription,
+    NewEvent, RawRecordedEvent, RecordedEvent, Result, StoredResponse, StreamId, Subscription,
 };
 
-/// Columns of `event_store.events` in the order [`decode_row`] reads them.
+/// Columns of `event_store.events` in the order `decode_event!` reads them.
 /// `xid8` has no direct binary mapping in sqlx; it travels as text.
 const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transaction_id, \
      stream_type, stream_id, version, event_id, event_type, schema_version, payload, \
@@ -172,19 +175,46 @@ impl EventStore {
     /// sort of the whole log on every read).
     #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
     pub async fn read_all(&self, after: Checkpoint, limit: i64) -> Result<Vec<RecordedEvent>> {
-        let rows = sqlx::query(&format!(
+        self.read_all_as(after, limit, decode_row).await
+    }
+
+    /// [`EventStore::read_all`] with each payload left as its stored JSON
+    /// text: the same events in the same order, without parsing the
+    /// payloads (the relay forwards them as they are).
+    #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
+    pub async fn read_all_raw(
+        &self,
+        after: Checkpoint,
+        limit: i64,
+    ) -> Result<Vec<RawRecordedEvent>> {
+        self.read_all_as(after, limit, decode_raw_row).await
+    }
+
+    /// The events of [`EventStore::read_all`], each row decoded by `decode`
+    /// as it arrives (no page of rows is held).
+    async fn read_all_as<E>(
+        &self,
+        after: Checkpoint,
+        limit: i64,
+        decode: fn(&PgRow) -> Result<E>,
+    ) -> Result<Vec<E>> {
+        let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM event_store.events \
              WHERE (transaction_id, position) > ($1::text::xid8, $2) \
                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY events.transaction_id, events.position \
              LIMIT $3"
-        ))
-        .bind(after.transaction_id.to_string())
-        .bind(after.position)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.position)
+            .bind(limit.max(0))
+            .fetch(&self.pool);
+        let mut events = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            events.push(decode(&row)?);
+        }
+        Ok(events)
     }
 
     /// Whether any committed event sorts after `after`, visible to
@@ -463,26 +493,39 @@ pub(crate) async fn find_response_on<'e>(
     .transpose()
 }
 
+/// Builds a `$event` (a [`RecordedEvent`] or [`RawRecordedEvent`]) from a row
+/// of [`EVENT_COLUMNS`], by column index (a name is a hash lookup per column
+/// and row), with `$payload` (the caller decodes column 8 its own way).
+macro_rules! decode_event {
+    ($event:ident, $row:expr, $payload:expr) => {{
+        let row = $row;
+        // Straight into the struct, without a `serde_json::Value` between.
+        let metadata: Json<Metadata> = row.try_get(9)?;
+        let schema_version: i32 = row.try_get(7)?;
+        Ok($event {
+            position: row.try_get(0)?,
+            transaction_id: to_u64(row.try_get(1)?),
+            stream_type: row.try_get(2)?,
+            stream_id: row.try_get(3)?,
+            version: to_u64(row.try_get(4)?),
+            event_id: row.try_get(5)?,
+            event_type: row.try_get(6)?,
+            schema_version: u32::try_from(schema_version).unwrap_or_default(),
+            payload: $payload,
+            metadata: metadata.0,
+            recorded_at: row.try_get(10)?,
+        })
+    }};
+}
+
 pub(crate) fn decode_row(row: &PgRow) -> Result<RecordedEvent> {
-    let metadata: serde_json::Value = row.try_get("metadata")?;
-    let metadata: Metadata = serde_json::from_value(metadata).map_err(|source| Error::Json {
-        what: "metadata",
-        source,
-    })?;
-    let schema_version: i32 = row.try_get("schema_version")?;
-    Ok(RecordedEvent {
-        position: row.try_get("position")?,
-        transaction_id: to_u64(row.try_get("transaction_id")?),
-        stream_type: row.try_get("stream_type")?,
-        stream_id: row.try_get("stream_id")?,
-        version: to_u64(row.try_get("version")?),
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: u32::try_from(schema_version).unwrap_or_default(),
-        payload: row.try_get("payload")?,
-        metadata,
-        recorded_at: row.try_get("recorded_at")?,
-    })
+    let payload: serde_json::Value = row.try_get(8)?;
+    decode_event!(RecordedEvent, row, payload)
+}
+
+fn decode_raw_row(row: &PgRow) -> Result<RawRecordedEvent> {
+    let payload: Json<Box<RawValue>> = row.try_get(8)?;
+    decode_event!(RawRecordedEvent, row, payload.0)
 }
 
 /// Versions, positions and transaction ids are non-negative by the schema's

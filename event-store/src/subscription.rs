@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use crate::{notify, Checkpoint, EventStore, RecordedEvent, Result};
+use crate::{notify, Checkpoint, EventStore, RawRecordedEvent, RecordedEvent, Result};
 
 /// A tail of [`EventStore::read_all`]: each [`Subscription::next_batch`]
 /// returns the next events after the subscription's checkpoint, waiting
@@ -56,13 +56,24 @@ impl Subscription {
     /// future loses no event (the checkpoint only moves when it returns).
     #[tracing::instrument(skip_all, fields(transaction_id = self.checkpoint.transaction_id, position = self.checkpoint.position), err)]
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>> {
+        self.next_page(max).await
+    }
+
+    /// [`Subscription::next_batch`] with the payloads left as their stored
+    /// JSON text ([`EventStore::read_all_raw`]).
+    #[tracing::instrument(skip_all, fields(transaction_id = self.checkpoint.transaction_id, position = self.checkpoint.position), err)]
+    pub async fn next_raw_batch(&mut self, max: usize) -> Result<Vec<RawRecordedEvent>> {
+        self.next_page(max).await
+    }
+
+    async fn next_page<E: Page>(&mut self, max: usize) -> Result<Vec<E>> {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         let mut retry = RETRY_PENDING_FROM;
         loop {
             // Listen before reading, so nothing committed after the read
             // goes unnoticed.
             self.ensure_listening().await;
-            let events = self.store.read_all(self.checkpoint, limit).await?;
+            let events = E::read(&self.store, self.checkpoint, limit).await?;
             if let Some(last) = events.last() {
                 self.checkpoint = last.checkpoint();
                 return Ok(events);
@@ -123,5 +134,31 @@ impl fmt::Debug for Subscription {
             .field("listening", &self.listener.is_some())
             .field("poll_interval", &self.poll_interval)
             .finish()
+    }
+}
+
+/// What a subscription can read a page of.
+trait Page: Sized {
+    async fn read(store: &EventStore, after: Checkpoint, limit: i64) -> Result<Vec<Self>>;
+    fn checkpoint(&self) -> Checkpoint;
+}
+
+impl Page for RecordedEvent {
+    async fn read(store: &EventStore, after: Checkpoint, limit: i64) -> Result<Vec<Self>> {
+        store.read_all(after, limit).await
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        RecordedEvent::checkpoint(self)
+    }
+}
+
+impl Page for RawRecordedEvent {
+    async fn read(store: &EventStore, after: Checkpoint, limit: i64) -> Result<Vec<Self>> {
+        store.read_all_raw(after, limit).await
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        RawRecordedEvent::checkpoint(self)
     }
 }

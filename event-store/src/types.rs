@@ -2,6 +2,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{Error, Result};
@@ -165,6 +166,37 @@ impl RecordedEvent {
             self.schema_version,
             self.payload.clone(),
         )?)
+    }
+}
+
+/// An event as stored, with the payload left as the stored JSON text
+/// instead of parsed: what the relay forwards (see
+/// [`crate::EventStore::read_all_raw`]). It serialises to the JSON of the
+/// [`RecordedEvent`] it is, which deserialises from it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawRecordedEvent {
+    pub position: i64,
+    pub transaction_id: u64,
+    pub stream_type: String,
+    /// The full `"{stream_type}-{id}"`.
+    pub stream_id: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// The payload's JSON text, as PostgreSQL renders the stored `jsonb`.
+    pub payload: Box<RawValue>,
+    pub metadata: Metadata,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RawRecordedEvent {
+    /// Where a reader that has handled this event stands.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            transaction_id: self.transaction_id,
+            position: self.position,
+        }
     }
 }
 
