@@ -2,11 +2,14 @@
 //! recorded event as JSON, and headers that let a consumer route, trace and
 //! deduplicate without parsing the value.
 
+use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
-use event_store::RecordedEvent;
+use event_store::{RawRecordedEvent, RecordedEvent};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::Message;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{Error, KafkaConfig, Result};
@@ -42,34 +45,115 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// Messages ready to be produced, in order. Their values lie one after the
+/// other in one buffer (the producer copies each), not in one allocation each.
+pub(crate) struct Messages {
+    pub(crate) values: Vec<u8>,
+    pub(crate) messages: Vec<Outgoing>,
+}
+
+impl Messages {
+    pub(crate) fn with_capacity(messages: usize) -> Self {
+        Messages {
+            values: Vec::with_capacity(messages * VALUE_CAPACITY),
+            messages: Vec::with_capacity(messages),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.messages.len()
+    }
+}
+
 /// A message ready to be produced, with what the traces of its delivery need.
 pub(crate) struct Outgoing {
     pub(crate) topic: Arc<str>,
     /// The stream id.
     pub(crate) key: String,
-    pub(crate) payload: Vec<u8>,
+    /// Where its value is in [`Messages::values`].
+    pub(crate) value: Range<usize>,
     pub(crate) headers: OwnedHeaders,
     pub(crate) event_id: Uuid,
     pub(crate) position: i64,
     pub(crate) correlation_id: Option<String>,
 }
 
-/// Topic names by stream type, built once each.
+/// Turns events into [`Outgoing`] messages. Keeps the topic names by stream
+/// type (built once each) and a scratch buffer for the numeric headers.
 #[derive(Debug, Clone)]
-pub(crate) struct Topics {
+pub(crate) struct Encoder {
     config: KafkaConfig,
     names: Vec<(String, Arc<str>)>,
+    numbers: String,
 }
 
-impl Topics {
+/// Room for a typical encoded event, so the buffer of a batch's values is
+/// rarely grown while writing.
+const VALUE_CAPACITY: usize = 512;
+
+/// An event to encode: a [`RecordedEvent`] (its payload parsed) or a
+/// [`RawRecordedEvent`] (the payload's stored JSON text, forwarded as is).
+/// Both serialise to the same JSON object.
+pub(crate) trait Encodable: Serialize {
+    /// The fields the key and the headers are made of.
+    fn into_parts(self) -> Parts;
+}
+
+/// What the key and the headers of an event's message are made of.
+pub(crate) struct Parts {
+    event_id: Uuid,
+    event_type: String,
+    schema_version: u32,
+    version: u64,
+    position: i64,
+    stream_type: String,
+    stream_id: String,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+}
+
+impl Encodable for RawRecordedEvent {
+    fn into_parts(self) -> Parts {
+        Parts {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            version: self.version,
+            position: self.position,
+            stream_type: self.stream_type,
+            stream_id: self.stream_id,
+            correlation_id: self.metadata.correlation_id,
+            causation_id: self.metadata.causation_id,
+        }
+    }
+}
+
+impl Encodable for &RecordedEvent {
+    fn into_parts(self) -> Parts {
+        Parts {
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            version: self.version,
+            position: self.position,
+            stream_type: self.stream_type.clone(),
+            stream_id: self.stream_id.clone(),
+            correlation_id: self.metadata.correlation_id.clone(),
+            causation_id: self.metadata.causation_id.clone(),
+        }
+    }
+}
+
+impl Encoder {
     pub(crate) fn new(config: &KafkaConfig) -> Self {
-        Topics {
+        Encoder {
             config: config.clone(),
             names: Vec::new(),
+            numbers: String::new(),
         }
     }
 
-    fn get(&mut self, stream_type: &str) -> Arc<str> {
+    fn topic(&mut self, stream_type: &str) -> Arc<str> {
         if let Some((_, name)) = self.names.iter().find(|(t, _)| t == stream_type) {
             return name.clone();
         }
@@ -77,45 +161,62 @@ impl Topics {
         self.names.push((stream_type.to_owned(), name.clone()));
         name
     }
-}
 
-/// A typical encoded event fits, so the buffer is not grown while writing.
-const PAYLOAD_CAPACITY: usize = 1024;
-
-/// Builds the message for `event`: key = stream id, value = the event as
-/// JSON, and the [`headers`].
-pub(crate) fn encode(topics: &mut Topics, event: &RecordedEvent) -> Result<Outgoing> {
-    let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-    serde_json::to_writer(&mut payload, event).map_err(|source| Error::Encode {
-        event_id: event.event_id,
-        source,
-    })?;
-    let mut uuid = Uuid::encode_buffer();
-    let event_id = event.event_id.hyphenated().encode_lower(&mut uuid);
-    let schema_version = event.schema_version.to_string();
-    let stream_version = event.version.to_string();
-    let position = event.position.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(7)
-        .insert(header(headers::EVENT_ID, event_id))
-        .insert(header(headers::EVENT_TYPE, &event.event_type))
-        .insert(header(headers::SCHEMA_VERSION, &schema_version))
-        .insert(header(headers::STREAM_VERSION, &stream_version))
-        .insert(header(headers::POSITION, &position));
-    if let Some(id) = &event.metadata.correlation_id {
-        headers = headers.insert(header(headers::CORRELATION_ID, id));
+    /// Adds the message for `event` to `out`: key = stream id, value = the
+    /// event as JSON, and the [`headers`].
+    pub(crate) fn encode(&mut self, event: impl Encodable, out: &mut Messages) -> Result<()> {
+        let start = out.values.len();
+        if let Err(source) = serde_json::to_writer(&mut out.values, &event) {
+            out.values.truncate(start);
+            return Err(Error::Encode {
+                event_id: event.into_parts().event_id,
+                source,
+            });
+        }
+        let value = start..out.values.len();
+        let event = event.into_parts();
+        let mut uuid = Uuid::encode_buffer();
+        let event_id = event.event_id.hyphenated().encode_lower(&mut uuid);
+        // The three numbers, one after the other in one reused buffer
+        // (the headers copy their values).
+        let numbers = &mut self.numbers;
+        numbers.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(numbers, "{}", event.schema_version);
+        let schema_version_end = numbers.len();
+        let _ = write!(numbers, "{}", event.version);
+        let version_end = numbers.len();
+        let _ = write!(numbers, "{}", event.position);
+        let mut headers = OwnedHeaders::new_with_capacity(7)
+            .insert(header(headers::EVENT_ID, event_id))
+            .insert(header(headers::EVENT_TYPE, &event.event_type))
+            .insert(header(
+                headers::SCHEMA_VERSION,
+                &numbers[..schema_version_end],
+            ))
+            .insert(header(
+                headers::STREAM_VERSION,
+                &numbers[schema_version_end..version_end],
+            ))
+            .insert(header(headers::POSITION, &numbers[version_end..]));
+        if let Some(id) = &event.correlation_id {
+            headers = headers.insert(header(headers::CORRELATION_ID, id));
+        }
+        if let Some(id) = &event.causation_id {
+            headers = headers.insert(header(headers::CAUSATION_ID, id));
+        }
+        let topic = self.topic(&event.stream_type);
+        out.messages.push(Outgoing {
+            topic,
+            key: event.stream_id,
+            value,
+            headers,
+            event_id: event.event_id,
+            position: event.position,
+            correlation_id: event.correlation_id,
+        });
+        Ok(())
     }
-    if let Some(id) = &event.metadata.causation_id {
-        headers = headers.insert(header(headers::CAUSATION_ID, id));
-    }
-    Ok(Outgoing {
-        topic: topics.get(&event.stream_type),
-        key: event.stream_id.clone(),
-        payload,
-        headers,
-        event_id: event.event_id,
-        position: event.position,
-        correlation_id: event.metadata.correlation_id.clone(),
-    })
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

@@ -8,7 +8,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use uuid::Uuid;
 
-use crate::message::{encode, Outgoing, Topics};
+use crate::message::{Encoder, Messages, Outgoing};
 use crate::{Error, KafkaConfig, Result};
 
 /// Where the broker stored a published event.
@@ -73,27 +73,28 @@ impl EventPublisher {
         err
     )]
     pub async fn publish(&self, events: &[RecordedEvent]) -> Result<Vec<Acked>> {
-        let mut topics = Topics::new(&self.config);
-        let messages = events
-            .iter()
-            .map(|event| encode(&mut topics, event))
-            .collect::<Result<Vec<_>>>()?;
+        let mut encoder = Encoder::new(&self.config);
+        let mut messages = Messages::with_capacity(events.len());
+        for event in events {
+            encoder.encode(event, &mut messages)?;
+        }
         self.send(messages).await?.wait().await
     }
 
     /// Hands `messages` to the producer, in order, without waiting for their
     /// acknowledgements (except to make room in a full queue); the result
     /// waits for them. Batches sent one after the other keep their order.
-    pub(crate) async fn send(&self, messages: Vec<Outgoing>) -> Result<Pending> {
+    pub(crate) async fn send(&self, messages: Messages) -> Result<Pending> {
         let mut pending = Pending {
             deliveries: VecDeque::with_capacity(messages.len()),
             acked: Vec::with_capacity(messages.len()),
         };
+        let Messages { values, messages } = messages;
         for message in messages {
             let Outgoing {
                 topic,
                 key,
-                payload,
+                value,
                 headers,
                 event_id,
                 position,
@@ -101,7 +102,7 @@ impl EventPublisher {
             } = message;
             let mut record = FutureRecord::to(&topic)
                 .key(key.as_str())
-                .payload(&payload)
+                .payload(&values[value])
                 .headers(headers);
             let delivery = loop {
                 match self.producer.send_result(record) {

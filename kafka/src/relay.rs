@@ -4,12 +4,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use event_store::{Checkpoint, EventStore, RecordedEvent, Subscription};
+use event_store::{Checkpoint, EventStore, RawRecordedEvent, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::message::{encode, Outgoing, Topics};
+use crate::message::{Encoder, Messages};
 use crate::publisher::Pending;
 use crate::{Error, EventPublisher, KafkaConfig, Result};
 
@@ -136,24 +136,21 @@ struct InFlight {
 
 /// A batch read and encoded, ready for the producer.
 struct Batch {
-    messages: Vec<Outgoing>,
+    messages: Messages,
     /// The checkpoint after its last event.
     to: Checkpoint,
 }
 
 impl Batch {
-    fn encode(topics: &mut Topics, events: &[RecordedEvent]) -> Result<Option<Batch>> {
-        let Some(last) = events.last() else {
+    fn encode(encoder: &mut Encoder, events: Vec<RawRecordedEvent>) -> Result<Option<Batch>> {
+        let Some(to) = events.last().map(RawRecordedEvent::checkpoint) else {
             return Ok(None);
         };
-        let messages = events
-            .iter()
-            .map(|event| encode(topics, event))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(Batch {
-            messages,
-            to: last.checkpoint(),
-        }))
+        let mut messages = Messages::with_capacity(events.len());
+        for event in events {
+            encoder.encode(event, &mut messages)?;
+        }
+        Ok(Some(Batch { messages, to }))
     }
 }
 
@@ -176,13 +173,13 @@ impl Reader {
         let poll = options.idle_wait().min(Subscription::DEFAULT_POLL_INTERVAL);
         // Each stage holds one batch and has one more waiting: enough to
         // keep ahead of the broker, and little memory.
-        let (read_sender, mut read) = mpsc::channel::<Result<Vec<RecordedEvent>>>(1);
+        let (read_sender, mut read) = mpsc::channel::<Result<Vec<RawRecordedEvent>>>(1);
         let (sender, batches) = mpsc::channel(1);
         let mut subscription = store.subscribe(from).with_poll_interval(poll);
         let reading = tokio::spawn(
             async move {
                 loop {
-                    let events = subscription.next_batch(max).await.map_err(Error::from);
+                    let events = subscription.next_raw_batch(max).await.map_err(Error::from);
                     let failed = events.is_err();
                     if read_sender.send(events).await.is_err() || failed {
                         break;
@@ -191,11 +188,11 @@ impl Reader {
             }
             .instrument(tracing::debug_span!("relay_reader")),
         );
-        let mut topics = Topics::new(config);
+        let mut encoder = Encoder::new(config);
         let encoding = tokio::spawn(
             async move {
                 while let Some(events) = read.recv().await {
-                    let batch = match events.and_then(|events| Batch::encode(&mut topics, &events))
+                    let batch = match events.and_then(|events| Batch::encode(&mut encoder, events))
                     {
                         Ok(None) => continue,
                         Ok(Some(batch)) => Ok(batch),
