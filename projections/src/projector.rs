@@ -1,7 +1,7 @@
 //! Applying batches of events to a projection's read model, exactly once per
 //! stream version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use event_store::{EventStore, RecordedEvent, StreamId};
@@ -95,12 +95,19 @@ impl Projector {
     /// Applies a batch of events (any order, any streams, duplicates allowed)
     /// and commits. Events of stream types the projection does not follow are
     /// ignored. On `Err` nothing was committed and the batch can be retried.
-    #[tracing::instrument(skip_all, fields(projection = self.name()), err)]
+    ///
+    /// The batch's span (`apply_batch`) carries the number of `events` and
+    /// the `correlation_ids` of the requests that caused them (distinct,
+    /// sorted, comma-separated): the set-based path applies them all at once,
+    /// so that is where a request meets the projection's logs. Events applied
+    /// one by one also get an `apply` span each.
+    #[tracing::instrument(skip_all, fields(projection = self.name(), events, correlation_ids), err)]
     pub async fn apply_batch<'a>(
         &self,
         events: impl IntoIterator<Item = &'a RecordedEvent>,
     ) -> Result<BatchReport> {
         let streams = self.group_by_stream(events);
+        record_batch(&tracing::Span::current(), &streams);
         if streams.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -408,6 +415,23 @@ fn apply_error(event: &RecordedEvent, source: ApplyError) -> Error {
         event_id: event.event_id,
         source,
     }
+}
+
+/// Records the batch's size and correlation ids on its span.
+fn record_batch(span: &tracing::Span, streams: &BTreeMap<&str, Vec<&RecordedEvent>>) {
+    if span.is_disabled() {
+        return;
+    }
+    let events = streams.values().flatten();
+    let ids: BTreeSet<&str> = events
+        .clone()
+        .filter_map(|e| e.metadata.correlation_id.as_deref())
+        .collect();
+    span.record("events", events.count());
+    span.record(
+        "correlation_ids",
+        ids.into_iter().collect::<Vec<_>>().join(","),
+    );
 }
 
 fn event_span(projection: &str, event: &RecordedEvent) -> tracing::Span {

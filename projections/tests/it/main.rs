@@ -1,6 +1,7 @@
 //! Integration tests of the projections: projector tests need only Postgres;
 //! worker tests also need the Kafka broker at `KAFKA_BROKERS`.
 
+mod correlation;
 mod outage;
 mod projector;
 mod randomised;
