@@ -131,6 +131,7 @@ async fn health_metrics_and_openapi() {
         "/inventory/{sku}/restock",
         "/orders",
         "/orders/{id}/cancel",
+        "/sagas/{order_id}/retry",
         "/health/live",
         "/health/ready",
         "/metrics",
