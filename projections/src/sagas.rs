@@ -263,7 +263,7 @@ fn evolve(row: Option<Row>, order_id: Uuid, event: &RecordedEvent) -> Result<Row
     let at = event.recorded_at;
     let version = version_i64(event)?;
     let decoded = event.decode::<SagaEvent>()?;
-    let mut row = match (row, decoded) {
+    match (row, decoded) {
         (None, SagaEvent::SagaStarted { saga_id, order }) => {
             if order.order_id.as_uuid() != order_id {
                 return Err(ApplyError::Invalid(format!(
@@ -271,7 +271,7 @@ fn evolve(row: Option<Row>, order_id: Uuid, event: &RecordedEvent) -> Result<Row
                     order.order_id, event.stream_id
                 )));
             }
-            return Ok(Row {
+            Ok(Row {
                 order_id,
                 saga_id,
                 state: SagaStatus::Running,
@@ -283,34 +283,30 @@ fn evolve(row: Option<Row>, order_id: Uuid, event: &RecordedEvent) -> Result<Row
                 version,
                 started_at: at,
                 updated_at: at,
-            });
+            })
         }
-        (Some(_), SagaEvent::SagaStarted { .. }) => {
-            return Err(ApplyError::Invalid(format!(
-                "SagaStarted {version} of {}: the saga has started already",
-                event.stream_id
-            )))
-        }
-        (None, _) => {
-            return Err(ApplyError::Invalid(format!(
-                "{} {version} of {}: the saga has not started",
-                event.event_type, event.stream_id
-            )))
-        }
+        (Some(_), SagaEvent::SagaStarted { .. }) => Err(ApplyError::Invalid(format!(
+            "SagaStarted {version} of {}: the saga has started already",
+            event.stream_id
+        ))),
+        (None, _) => Err(ApplyError::Invalid(format!(
+            "{} {version} of {}: the saga has not started",
+            event.event_type, event.stream_id
+        ))),
         (Some(mut row), event) => {
             apply_event(&mut row, event, at);
-            row
+            row.version = version;
+            row.updated_at = at;
+            Ok(row)
         }
-    };
-    row.version = version;
-    row.updated_at = at;
-    Ok(row)
+    }
 }
 
 /// What an event after `SagaStarted` changes; mirrors the saga's own
 /// `evolve`, with the times from `recorded_at`.
 fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
     match event {
+        // Handled by `evolve`: only the first event of a stream starts it.
         SagaEvent::SagaStarted { .. } => {}
         SagaEvent::StepStarted { step, attempt, .. } => match row.step_mut(&step) {
             Some(record) => {
