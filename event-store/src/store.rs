@@ -217,6 +217,34 @@ impl EventStore {
         Ok(events)
     }
 
+    /// [`EventStore::read_all`] restricted to events of `stream_types`: up to
+    /// `limit` of them after `after`, in the same gap-safe global order (the
+    /// filter runs on the same index scan). A projection rebuild reads with
+    /// it.
+    #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
+    pub async fn read_all_of_types(
+        &self,
+        after: Checkpoint,
+        stream_types: &[&str],
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM event_store.events \
+             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND stream_type = ANY($3) \
+             ORDER BY events.transaction_id, events.position \
+             LIMIT $4"
+        ))
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(stream_types)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     /// Whether any committed event sorts after `after`, visible to
     /// [`EventStore::read_all`] or not yet (behind an older transaction
     /// still in flight).

@@ -297,3 +297,45 @@ async fn read_all_raw_returns_the_same_events_with_the_stored_payload_text() {
     assert_eq!(subscription.checkpoint(), parsed[5].checkpoint());
     db.drop().await;
 }
+
+/// `read_all_of_types` returns only the events of the types asked for, in
+/// the same global order as `read_all`, and pages with their checkpoints.
+#[tokio::test]
+async fn read_all_of_types_filters_and_keeps_the_global_order() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    for i in 0..6 {
+        let stream_type = if i % 2 == 0 { "apple" } else { "pear" };
+        let stream = StreamId::new(stream_type, Uuid::now_v7());
+        let mut tx = db.pool.begin().await.expect("begin");
+        insert_in(&mut tx, &stream, i).await;
+        tx.commit().await.expect("commit");
+    }
+    let all = read_until(&store, Checkpoint::START, 6).await;
+    let apples: Vec<i64> = all
+        .iter()
+        .filter(|e| e.stream_type == "apple")
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(apples.len(), 3);
+
+    let mut seen = Vec::new();
+    let mut after = Checkpoint::START;
+    loop {
+        let page = store
+            .read_all_of_types(after, &["apple"], 2)
+            .await
+            .expect("read_all_of_types");
+        let Some(last) = page.last() else { break };
+        after = last.checkpoint();
+        assert!(page.iter().all(|e| e.stream_type == "apple"));
+        seen.extend(page.iter().map(|e| e.position));
+    }
+    assert_eq!(seen, apples);
+    let none = store
+        .read_all_of_types(Checkpoint::START, &["plum"], 10)
+        .await
+        .expect("read_all_of_types");
+    assert!(none.is_empty());
+    db.drop().await;
+}
