@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::projection::{expect_one_row, expect_rows, stream_uuid, version_i64};
-use crate::{ApplyError, Projection};
+use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.accounts` and `read_models.account_transactions`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +26,19 @@ impl Projection for Accounts {
 
     fn stream_types(&self) -> &'static [&'static str] {
         &[BankAccount::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        &[
+            Table {
+                name: "accounts",
+                stream_key: "account_id",
+            },
+            Table {
+                name: "account_transactions",
+                stream_key: "account_id",
+            },
+        ]
     }
 
     async fn apply(
@@ -56,7 +69,7 @@ impl Projection for Accounts {
                     )));
                 }
                 let result = sqlx::query(
-                    "INSERT INTO read_models.accounts \
+                    "INSERT INTO accounts \
                         (account_id, customer_id, currency, balance, status, version, updated_at) \
                      VALUES ($1, $2, $3, 0, 'open', $4, $5) \
                      ON CONFLICT (account_id) DO NOTHING",
@@ -117,7 +130,7 @@ impl Projection for Accounts {
             }
             AccountEvent::AccountClosed => {
                 let result = sqlx::query(
-                    "UPDATE read_models.accounts \
+                    "UPDATE accounts \
                      SET status = 'closed', version = $2, updated_at = $3 \
                      WHERE account_id = $1",
                 )
@@ -229,7 +242,7 @@ impl Projection for Accounts {
 
         if !opened.ids.is_empty() {
             let result = sqlx::query(
-                "INSERT INTO read_models.accounts \
+                "INSERT INTO accounts \
                     (account_id, customer_id, currency, balance, status, version, updated_at) \
                  SELECT a, c, cur, 0, 'open', v, t \
                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[]) \
@@ -248,7 +261,7 @@ impl Projection for Accounts {
         if !ledger.ids.is_empty() {
             // The foreign key refuses an entry for an account never opened.
             sqlx::query(
-                "INSERT INTO read_models.account_transactions \
+                "INSERT INTO account_transactions \
                     (account_id, seq, kind, amount, balance_after, order_id, at) \
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], \
                                       $5::bigint[], $6::uuid[], $7::timestamptz[])",
@@ -265,7 +278,7 @@ impl Projection for Accounts {
         }
         if !last.ids.is_empty() {
             let result = sqlx::query(
-                "UPDATE read_models.accounts AS a \
+                "UPDATE accounts AS a \
                  SET balance = coalesce(l.balance, a.balance), status = coalesce(l.status, a.status), \
                      version = l.version, updated_at = l.at \
                  FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[]) \
@@ -358,12 +371,12 @@ impl LedgerEntry {
     ) -> Result<(), ApplyError> {
         let result = sqlx::query(
             "WITH account AS ( \
-                 UPDATE read_models.accounts \
+                 UPDATE accounts \
                  SET balance = $2, version = $3, updated_at = $4 \
                  WHERE account_id = $1 \
                  RETURNING account_id \
              ) \
-             INSERT INTO read_models.account_transactions \
+             INSERT INTO account_transactions \
                  (account_id, seq, kind, amount, balance_after, order_id, at) \
              SELECT account_id, $3, $5, $6, $2, $7, $4 FROM account",
         )

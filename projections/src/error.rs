@@ -17,8 +17,25 @@ pub enum Error {
         #[source]
         source: ApplyError,
     },
-    #[error("unknown projection {0:?}")]
+    #[error("unknown projection {0:?} (known: {known})", known = crate::names().join(", "))]
     UnknownProjection(String),
+    /// Another rebuild of this projection holds its rebuild lock.
+    #[error("a rebuild of projection {0} is already running")]
+    RebuildRunning(String),
+    /// The rebuild was asked to stop; what it committed is kept and a new
+    /// run resumes from there.
+    #[error("rebuild of {projection} interrupted after {events_done} events; run it again to resume (or with --restart to start over)")]
+    Interrupted {
+        projection: String,
+        events_done: u64,
+    },
+    /// A projection wrote to `read_models` by name while rebuilding into its
+    /// shadow schema (its SQL must name its tables unqualified).
+    #[error("projection {projection} wrote to read_models.{table} during a rebuild: it must name its tables unqualified")]
+    WritesLiveTables { projection: String, table: String },
+    /// The read model's tables cannot be copied into a shadow schema.
+    #[error("cannot rebuild {projection}: {reason}")]
+    Unsupported { projection: String, reason: String },
     #[error("stream id {0:?} is not of a stream type this projection follows")]
     InvalidStreamId(String),
     /// The event store does not hold the versions a gap needs (never expected:

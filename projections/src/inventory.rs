@@ -6,7 +6,7 @@ use event_store::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 
 use crate::projection::{expect_one_row, expect_rows, stream_key, version_i64};
-use crate::{ApplyError, Projection};
+use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.inventory`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +24,13 @@ impl Projection for Inventory {
 
     fn stream_types(&self) -> &'static [&'static str] {
         &[InventoryAggregate::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        &[Table {
+            name: "inventory",
+            stream_key: "sku",
+        }]
     }
 
     async fn apply(
@@ -47,7 +54,7 @@ impl Projection for Inventory {
                     )));
                 }
                 let result = sqlx::query(
-                    "INSERT INTO read_models.inventory \
+                    "INSERT INTO inventory \
                         (sku, name, on_hand, reserved, version, updated_at) \
                      VALUES ($1, $2, $3, 0, $4, $5) \
                      ON CONFLICT (sku) DO NOTHING",
@@ -64,7 +71,7 @@ impl Projection for Inventory {
             other => deltas(&other),
         };
         let result = sqlx::query(
-            "UPDATE read_models.inventory \
+            "UPDATE inventory \
              SET on_hand = on_hand + $2, reserved = reserved + $3, version = $4, updated_at = $5 \
              WHERE sku = $1",
         )
@@ -129,7 +136,7 @@ impl Projection for Inventory {
         }
         if !c_skus.is_empty() {
             let result = sqlx::query(
-                "INSERT INTO read_models.inventory (sku, name, on_hand, reserved, version, updated_at) \
+                "INSERT INTO inventory (sku, name, on_hand, reserved, version, updated_at) \
                  SELECT s, n, q, 0, v, t \
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::timestamptz[]) \
                     AS c (s, n, q, v, t) \
@@ -146,7 +153,7 @@ impl Projection for Inventory {
         }
         if !skus.is_empty() {
             let result = sqlx::query(
-                "UPDATE read_models.inventory AS i \
+                "UPDATE inventory AS i \
                  SET on_hand = i.on_hand + d.on_hand, reserved = i.reserved + d.reserved, \
                      version = d.version, updated_at = d.at \
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[]) \

@@ -13,13 +13,18 @@
 //! - [`Projector`]: applies batches of events to a projection (no Kafka).
 //! - [`Worker`]: a consumer group member feeding a projector, step by step
 //!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
+//! - [`rebuild`]: replays the event store into shadow tables and swaps them
+//!   in while the live workers and the Query API go on (DESIGN.md point 6);
+//!   [`operations`]: status, reset, unpark, rebuild of one stream.
 
 mod accounts;
 mod error;
 mod inventory;
+pub mod operations;
 mod orders;
 mod projection;
 mod projector;
+pub mod rebuild;
 mod sagas;
 mod worker;
 
@@ -29,7 +34,7 @@ pub use accounts::Accounts;
 pub use error::{ApplyError, Error, Result};
 pub use inventory::Inventory;
 pub use orders::Orders;
-pub use projection::Projection;
+pub use projection::{Projection, Table};
 pub use projector::{applied_version, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS};
 pub use sagas::{SagaStep, Sagas};
 pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig};
@@ -42,6 +47,16 @@ use tokio_util::sync::CancellationToken;
 /// projection's name as payload.
 pub const NOTIFY_CHANNEL: &str = "purser_projection";
 
+/// Advisory lock class of a projection's apply lock (second key: the
+/// projection's name, both through `hashtext`): every live batch holds it
+/// shared for its transaction, a rebuild's swap (and `reset`, and the
+/// rebuild of one stream) exclusively.
+pub(crate) const APPLY_LOCK: &str = "purser.projection.apply";
+
+/// Advisory lock class of a projection's rebuild lock: held, at session
+/// level, by the one process rebuilding or resetting that projection.
+pub(crate) const REBUILD_LOCK: &str = "purser.projection.rebuild";
+
 /// Every projection, in a stable order.
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
@@ -50,6 +65,11 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(Orders),
         Arc::new(Sagas),
     ]
+}
+
+/// The names of every projection, in the order of [`all`].
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|p| p.name()).collect()
 }
 
 /// The projection called `name`.

@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::projection::{expect_one_row, expect_rows, stream_uuid, version_i64};
-use crate::{ApplyError, Projection};
+use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.orders` and `read_models.order_lines`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +26,19 @@ impl Projection for Orders {
 
     fn stream_types(&self) -> &'static [&'static str] {
         &[Order::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        &[
+            Table {
+                name: "orders",
+                stream_key: "order_id",
+            },
+            Table {
+                name: "order_lines",
+                stream_key: "order_id",
+            },
+        ]
     }
 
     async fn apply(
@@ -52,7 +65,7 @@ impl Projection for Orders {
                     )));
                 }
                 let result = sqlx::query(
-                    "INSERT INTO read_models.orders \
+                    "INSERT INTO orders \
                         (order_id, customer_id, account_id, currency, status, total, version, \
                          placed_at, updated_at) \
                      VALUES ($1, $2, $3, $4, 'placed', $5, $6, $7, $7) \
@@ -80,7 +93,7 @@ impl Projection for Orders {
                     prices.push(i64::from(line.unit_price));
                 }
                 sqlx::query(
-                    "INSERT INTO read_models.order_lines \
+                    "INSERT INTO order_lines \
                         (order_id, line_no, sku, quantity, unit_price) \
                      SELECT $1, * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::bigint[])",
                 )
@@ -96,7 +109,7 @@ impl Projection for Orders {
             other => change_of(other),
         };
         let result = sqlx::query(
-            "UPDATE read_models.orders \
+            "UPDATE orders \
              SET status = coalesce($2, status), \
                  tracking_number = coalesce($3, tracking_number), \
                  cancellation_reason = coalesce($4, cancellation_reason), \
@@ -182,7 +195,7 @@ impl Projection for Orders {
         }
         if !placed.ids.is_empty() {
             let result = sqlx::query(
-                "INSERT INTO read_models.orders \
+                "INSERT INTO orders \
                     (order_id, customer_id, account_id, currency, status, total, version, \
                      placed_at, updated_at) \
                  SELECT o, c, a, cur, 'placed', t, v, at, at \
@@ -203,7 +216,7 @@ impl Projection for Orders {
         }
         if !lines.orders.is_empty() {
             sqlx::query(
-                "INSERT INTO read_models.order_lines (order_id, line_no, sku, quantity, unit_price) \
+                "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price) \
                  SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::bigint[])",
             )
             .bind(&lines.orders)
@@ -216,7 +229,7 @@ impl Projection for Orders {
         }
         if !last.ids.is_empty() {
             let result = sqlx::query(
-                "UPDATE read_models.orders AS o \
+                "UPDATE orders AS o \
                  SET status = coalesce(l.status, o.status), \
                      tracking_number = coalesce(l.tracking_number, o.tracking_number), \
                      cancellation_reason = coalesce(l.reason, o.cancellation_reason), \

@@ -13,6 +13,16 @@ use crate::ApplyError;
 /// event is the next one of its stream (duplicates are skipped, gaps filled
 /// from the event store) and records the applied version in the same
 /// transaction. An implementation only writes its own rows.
+///
+/// An implementation names its tables *unqualified* (`accounts`, never
+/// `read_models.accounts`) and lists them in [`Projection::tables`]: the
+/// caller sets the transaction's `search_path` to the schema being built,
+/// `read_models` for the live workers, a shadow schema while
+/// `purser projections rebuild` replays the event store (DESIGN.md point 6).
+/// A rebuild refuses a projection that writes to `read_models` by name.
+///
+/// A new projection plugs in by implementing this trait, adding its tables
+/// to a migration, and being listed in [`crate::all`].
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the consumer group is `{prefix}.projection.{name}`, and
@@ -21,6 +31,12 @@ pub trait Projection: Send + Sync + 'static {
 
     /// The stream types (Kafka topics) it follows.
     fn stream_types(&self) -> &'static [&'static str];
+
+    /// The tables it writes, all in schema `read_models`, a table before any
+    /// whose foreign keys point to it. A rebuild copies their definitions
+    /// into a shadow schema and swaps them in; `rebuild --stream` deletes a
+    /// stream's rows by their [`Table::stream_key`].
+    fn tables(&self) -> &'static [Table];
 
     /// Applies one event to the read model.
     async fn apply(
@@ -47,6 +63,16 @@ pub trait Projection: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// A read-model table of a projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// Its name in schema `read_models`, unqualified.
+    pub name: &'static str,
+    /// The column holding the id of the stream each row derives from (the
+    /// stream id without its type prefix: `account_id` for `account-...`).
+    pub stream_key: &'static str,
 }
 
 /// The aggregate id part of a stream id (`account-0191...` -> `0191...`).

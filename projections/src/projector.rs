@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use event_store::{EventStore, RecordedEvent, StreamId};
-use sqlx::{Connection, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tracing::Instrument;
 
-use crate::{ApplyError, Error, Projection, Result, NOTIFY_CHANNEL};
+use crate::{ApplyError, Error, Projection, Result, APPLY_LOCK, NOTIFY_CHANNEL};
 
 /// Default number of attempts before an event's stream is parked.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -43,11 +43,27 @@ pub struct BatchReport {
 /// - an event that fails `max_attempts` times parks its stream
 ///   (`read_models.parked`): the stream's later events wait, other streams
 ///   flow on.
+///
+/// Every batch transaction first sets its `search_path` to the schema it
+/// builds (`read_models`, or a rebuild's shadow schema) and, for the live
+/// read models, takes the projection's apply lock in shared mode: a
+/// rebuild's swap takes it exclusively, so no batch straddles the swap.
 #[derive(Clone)]
 pub struct Projector {
     projection: Arc<dyn Projection>,
     store: EventStore,
     max_attempts: u32,
+    target: Target,
+}
+
+/// The schema a projector writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// `read_models`, served by the Query API.
+    Live,
+    /// A rebuild's shadow schema (with its own `applied`, `parked` and
+    /// `projection_status`), private to the rebuild that holds its lock.
+    Shadow(String),
 }
 
 /// How a batch transaction is run: `Fast` applies events straight into the
@@ -71,6 +87,15 @@ impl Projector {
             projection,
             store,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            target: Target::Live,
+        }
+    }
+
+    /// A projector that writes the shadow schema `schema` of a rebuild.
+    pub(crate) fn shadow(projection: Arc<dyn Projection>, store: EventStore, schema: &str) -> Self {
+        Projector {
+            target: Target::Shadow(schema.to_owned()),
+            ..Projector::new(projection, store)
         }
     }
 
@@ -106,21 +131,70 @@ impl Projector {
         &self,
         events: impl IntoIterator<Item = &'a RecordedEvent>,
     ) -> Result<BatchReport> {
+        let mut conn = self.store.pool().acquire().await?;
+        self.apply_batch_in(&mut conn, events).await
+    }
+
+    /// [`Projector::apply_batch`] on `conn`: in a transaction of its own, or
+    /// in savepoints when `conn` is already in a transaction (which the
+    /// caller then commits, e.g. a rebuild's swap).
+    pub(crate) async fn apply_batch_in<'a>(
+        &self,
+        conn: &mut PgConnection,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> Result<BatchReport> {
         let streams = self.group_by_stream(events);
         record_batch(&tracing::Span::current(), &streams);
         if streams.is_empty() {
             return Ok(BatchReport::default());
         }
-        match self.try_apply(&streams, Mode::Fast).await? {
-            Attempt::Done(report) => Ok(report),
-            Attempt::RetryCarefully => match self.try_apply(&streams, Mode::Careful).await? {
-                Attempt::Done(report) => Ok(BatchReport {
-                    one_by_one: true,
-                    ..report
-                }),
-                Attempt::RetryCarefully => unreachable!("careful mode parks instead of retrying"),
-            },
+        let mut tx = conn.begin().await?;
+        match self.try_apply(&mut tx, &streams, Mode::Fast).await? {
+            Attempt::Done(report) => {
+                tx.commit().await?;
+                Ok(report)
+            }
+            Attempt::RetryCarefully => {
+                tx.rollback().await?;
+                let mut tx = conn.begin().await?;
+                match self.try_apply(&mut tx, &streams, Mode::Careful).await? {
+                    Attempt::Done(report) => {
+                        tx.commit().await?;
+                        Ok(BatchReport {
+                            one_by_one: true,
+                            ..report
+                        })
+                    }
+                    Attempt::RetryCarefully => {
+                        unreachable!("careful mode parks instead of retrying")
+                    }
+                }
+            }
         }
+    }
+
+    /// Sets the transaction's `search_path` to the schema this projector
+    /// builds and, for the live read models, takes the apply lock shared.
+    pub(crate) async fn enter(&self, tx: &mut PgConnection) -> Result<()> {
+        match &self.target {
+            Target::Live => {
+                sqlx::query(
+                    "SELECT set_config('search_path', 'read_models', true), \
+                            pg_advisory_xact_lock_shared(hashtext($1), hashtext($2))",
+                )
+                .bind(APPLY_LOCK)
+                .bind(self.name())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Target::Shadow(schema) => {
+                sqlx::query("SELECT set_config('search_path', $1, true)")
+                    .bind(quote_ident(schema))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Un-parks a stream and applies its waiting events from the event store.
@@ -169,33 +243,34 @@ impl Projector {
 
     async fn try_apply(
         &self,
+        tx: &mut Transaction<'_, Postgres>,
         streams: &BTreeMap<&str, Vec<&RecordedEvent>>,
         mode: Mode,
     ) -> Result<Attempt> {
         let name = self.name();
-        let mut tx = self.store.pool().begin().await?;
+        self.enter(tx).await?;
         let stream_ids: Vec<&str> = streams.keys().copied().collect();
 
         // Lock every stream's applied row (in stream id order) and read its
         // version: a second worker of this projection handling the same
         // stream waits here instead of applying it twice.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "INSERT INTO read_models.applied (projection, stream_id, version) \
+            "INSERT INTO applied (projection, stream_id, version) \
              SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s \
              ON CONFLICT (projection, stream_id) DO UPDATE SET version = applied.version \
              RETURNING stream_id, version",
         )
         .bind(name)
         .bind(&stream_ids)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let applied: BTreeMap<String, i64> = rows.into_iter().collect();
         let parked: Vec<String> = sqlx::query_scalar(
-            "SELECT stream_id FROM read_models.parked WHERE projection = $1 AND stream_id = ANY($2)",
+            "SELECT stream_id FROM parked WHERE projection = $1 AND stream_id = ANY($2)",
         )
         .bind(name)
         .bind(&stream_ids)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
 
         // Plan: per stream, the events to apply, in version order.
@@ -268,7 +343,7 @@ impl Projector {
                     "applying"
                 );
             }
-            match self.projection.apply_many(&mut tx, &todos).await {
+            match self.projection.apply_many(tx, &todos).await {
                 Ok(()) => {
                     for (stream_id, _, todo) in &plans {
                         for event in todo {
@@ -299,7 +374,7 @@ impl Projector {
                 for (i, event) in todo.iter().enumerate() {
                     let span = event_span(name, event);
                     let outcome = self
-                        .apply_with_retries(&mut tx, event)
+                        .apply_with_retries(tx, event)
                         .instrument(span.clone())
                         .await?;
                     match outcome {
@@ -315,7 +390,7 @@ impl Projector {
                             span.in_scope(|| {
                                 tracing::error!(error = %error, attempts, "poison event: parking its stream")
                             });
-                            park(&mut tx, name, event, &error, attempts).await?;
+                            park(tx, name, event, &error, attempts).await?;
                             report.parked.push((*stream_id).to_owned());
                             report.waiting += (todo.len() - i) as u64;
                             break;
@@ -331,19 +406,19 @@ impl Projector {
         if !changed.is_empty() {
             let (ids, versions): (Vec<String>, Vec<i64>) = changed.into_iter().unzip();
             sqlx::query(
-                "UPDATE read_models.applied AS a SET version = c.version \
+                "UPDATE applied AS a SET version = c.version \
                  FROM unnest($2::text[], $3::bigint[]) AS c (stream_id, version) \
                  WHERE a.projection = $1 AND a.stream_id = c.stream_id",
             )
             .bind(name)
             .bind(ids)
             .bind(versions)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         if report.applied > 0 || !report.parked.is_empty() {
             sqlx::query(
-                "INSERT INTO read_models.projection_status AS s \
+                "INSERT INTO projection_status AS s \
                     (projection, last_position, last_transaction_id, events_applied, updated_at) \
                  VALUES ($1, $2, $3, $4, now()) \
                  ON CONFLICT (projection) DO UPDATE SET \
@@ -356,25 +431,26 @@ impl Projector {
             .bind(last.1)
             .bind(last.0)
             .bind(report.applied as i64)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-            // Delivered on commit: wakes the Query API's `min_version` waits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            if self.target == Target::Live {
+                // Delivered on commit: wakes the Query API's `min_version` waits.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(name)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
-        tx.commit().await?;
         Ok(Attempt::Done(report))
     }
 
     /// Applies one event in its own savepoint, up to `max_attempts` times.
     /// `Ok(Err((error, attempts)))` is a failure of the event (transient, or
     /// out of attempts); `Err` a failure of the surrounding transaction.
-    async fn apply_with_retries(
+    pub(crate) async fn apply_with_retries(
         &self,
-        tx: &mut Transaction<'static, Postgres>,
+        tx: &mut Transaction<'_, Postgres>,
         event: &RecordedEvent,
     ) -> Result<Result<(), (ApplyError, u32)>> {
         let mut attempt = 1;
@@ -448,15 +524,15 @@ fn event_span(projection: &str, event: &RecordedEvent) -> tracing::Span {
     )
 }
 
-async fn park(
-    tx: &mut Transaction<'static, Postgres>,
+pub(crate) async fn park(
+    tx: &mut Transaction<'_, Postgres>,
     projection: &str,
     event: &RecordedEvent,
     error: &ApplyError,
     attempts: u32,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO read_models.parked \
+        "INSERT INTO parked \
             (projection, stream_id, version, event_id, error, attempts, parked_at) \
          VALUES ($1, $2, $3, $4, $5, $6, now()) \
          ON CONFLICT (projection, stream_id) DO UPDATE SET \
@@ -490,9 +566,14 @@ pub async fn applied_version(
     Ok(version.unwrap_or(0))
 }
 
+/// `name` as an SQL identifier, double-quoted.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// `account-0191...` -> `StreamId::new("account", "0191...")`, for a stream
 /// type the projection follows.
-fn parse_stream_id(stream_id: &str, types: &[&str]) -> Option<StreamId> {
+pub(crate) fn parse_stream_id(stream_id: &str, types: &[&str]) -> Option<StreamId> {
     types.iter().find_map(|t| {
         stream_id
             .strip_prefix(t)

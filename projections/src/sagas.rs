@@ -21,7 +21,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::projection::{expect_rows, stream_uuid, version_i64};
-use crate::{ApplyError, Projection};
+use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.sagas`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +81,13 @@ impl Projection for Sagas {
 
     fn stream_types(&self) -> &'static [&'static str] {
         &[FulfilmentSaga::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        &[Table {
+            name: "sagas",
+            stream_key: "order_id",
+        }]
     }
 
     async fn apply(
@@ -190,7 +197,7 @@ async fn load(
     let stored: Vec<Stored> = sqlx::query_as(
         "SELECT order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
                 attention_step, steps, version, started_at, updated_at \
-         FROM read_models.sagas WHERE order_id = ANY($1)",
+         FROM sagas WHERE order_id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(&mut **tx)
@@ -207,7 +214,7 @@ async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), Ap
         return Ok(());
     }
     let result = sqlx::query(
-        "INSERT INTO read_models.sagas AS s \
+        "INSERT INTO sagas AS s \
             (order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
              attention_step, steps, version, started_at, updated_at) \
          SELECT o, sg, st, r, t, e, a::jsonb, steps::jsonb, v, sa, ua \

@@ -7,5 +7,6 @@ mod projector;
 mod randomised;
 mod saga_sim;
 mod sagas;
+mod rebuild;
 mod support;
 mod worker;

@@ -189,7 +189,7 @@ async fn inventory_projection_tracks_on_hand_and_reserved() {
     h.drop().await;
 }
 
-fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand {
+pub(crate) fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand {
     OrderCommand::Place {
         order_id: order_id(order),
         customer_id: CustomerId::new(customer),
@@ -579,6 +579,11 @@ async fn set_based_and_event_by_event_application_leave_the_same_rows() {
     .await
     .unwrap();
     let mut tx = h.db.pool.begin().await.unwrap();
+    // Projections name their tables unqualified; the caller picks the schema.
+    sqlx::query("SET LOCAL search_path = read_models")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     for event in &events {
         for projection in &projections {
             if projection

@@ -25,14 +25,14 @@ const TASKS: u64 = 6;
 const COMMANDS_PER_TASK: usize = 40;
 
 /// The workload's accounts `(account, customer)` and SKUs.
-struct Workload {
-    accounts: Arc<Vec<(Uuid, Uuid)>>,
-    skus: Arc<Vec<String>>,
+pub(crate) struct Workload {
+    pub(crate) accounts: Arc<Vec<(Uuid, Uuid)>>,
+    pub(crate) skus: Arc<Vec<String>>,
 }
 
 /// Opens the accounts, creates the SKUs, then runs random commands from
 /// concurrent tasks (refusals included).
-async fn run_workload(h: &Arc<Harness>, seed: u64) -> Workload {
+pub(crate) async fn run_workload(h: &Arc<Harness>, seed: u64) -> Workload {
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
         accounts.push(h.open_account("EUR").await);
@@ -249,7 +249,7 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
 
 /// Every account's balance and version equal its folded stream; every
 /// ledger sums to its balance; every inventory row equals its folded stream.
-async fn check_against_streams(h: &Harness, workload: &Workload, seed: u64) {
+pub(crate) async fn check_against_streams(h: &Harness, workload: &Workload, seed: u64) {
     let Workload { accounts, skus } = workload;
     // Every account's balance and version equal its folded stream; every
     // ledger sums to its balance and ends at it.

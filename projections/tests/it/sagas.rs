@@ -230,6 +230,11 @@ async fn sagas_set_based_event_by_event_and_redelivered_leave_the_same_rows() {
         .unwrap();
     for event in events.iter().filter(|e| e.stream_type == "saga") {
         let mut tx = h.db.pool.begin().await.unwrap();
+        // Projections name their tables unqualified; the caller picks the schema.
+        sqlx::query("SET LOCAL search_path = read_models")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         Sagas.apply(&mut tx, event).await.unwrap();
         tx.commit().await.unwrap();
     }

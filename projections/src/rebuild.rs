@@ -1,0 +1,992 @@
+//! Rebuilding a projection from the event store, never from Kafka
+//! (DESIGN.md point 6), without taking the Query API down.
+//!
+//! A rebuild of projection `p`:
+//!
+//! 1. takes `p`'s rebuild lock (a session advisory lock on a connection of
+//!    its own: a second rebuild fails fast, and the server releases the lock
+//!    when the process dies);
+//! 2. creates the shadow schema `rebuild_p`: copies of `p`'s tables
+//!    (`CREATE TABLE .. (LIKE read_models.t)` with their primary keys, so the
+//!    migrations stay the only definition) and of the bookkeeping tables
+//!    `applied`, `parked`, `projection_status`, plus a row in
+//!    `read_models.rebuilds`;
+//! 3. **replays** the events of `p`'s stream types in the gap-safe global
+//!    order `(transaction_id, position)`, a batch per transaction through
+//!    [`Projection::apply_many`], with the transaction's `search_path` set to
+//!    the shadow schema. In that order every event is the next one of its
+//!    stream, so no per-stream versions are kept yet; the checkpoint in
+//!    `read_models.rebuilds` commits with each batch, so an interrupted
+//!    rebuild resumes after the last batch it committed. An event that keeps
+//!    failing parks its stream in the shadow `parked`, as a live worker would;
+//! 4. enters **catch-up**: records every stream's applied version (its last
+//!    event up to the checkpoint, or the one before its parked event), builds
+//!    the secondary indexes and foreign keys, analyzes; from now on events
+//!    go through a [`Projector`] on the shadow schema, which skips what it
+//!    has applied, per stream version;
+//! 5. **swaps**, in one transaction: takes `p`'s apply lock exclusively (the
+//!    live workers of `p` pause at the start of their next batch; other
+//!    projections and the Query API go on), replays the last events of the
+//!    log, then applies to the shadow every stream the live workers got
+//!    further in than the shadow (an event they applied that the gap-safe
+//!    read does not show yet, or an unpark), so the shadow holds everything
+//!    the live tables hold; replaces `p`'s rows of `read_models.applied`,
+//!    `parked` and `projection_status` with the shadow's; drops the live
+//!    tables, moves the shadow tables into `read_models`, drops the shadow
+//!    schema and `p`'s `rebuilds` row; notifies; commits. The Query API reads
+//!    the old tables until that commit and the new ones right after (its
+//!    statements name the tables, and the server re-resolves names of cached
+//!    statements after DDL).
+//!
+//! Once the live workers resume, they find the new applied versions: an event
+//! the rebuild already applied is a duplicate, one it did not is applied (or
+//! its stream's gap is filled from the store), so nothing is lost or doubled.
+//!
+//! Grants on the read-model tables are not copied to the shadow tables.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_store::{Checkpoint, EventStore, RecordedEvent};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::projector::{park, parse_stream_id, quote_ident};
+use crate::{
+    ApplyError, Error, Projection, Projector, Result, APPLY_LOCK, DEFAULT_MAX_ATTEMPTS,
+    NOTIFY_CHANNEL, REBUILD_LOCK,
+};
+
+/// The bookkeeping tables a shadow schema has copies of.
+const BOOKKEEPING: [&str; 3] = ["applied", "parked", "projection_status"];
+
+/// How many times the swap is tried when it cannot get its locks within
+/// [`SWAP_LOCK_TIMEOUT`] (a long query holding a read-model table).
+const SWAP_ATTEMPTS: u32 = 5;
+const SWAP_LOCK_TIMEOUT: &str = "5s";
+
+/// Tuning of a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Events read and applied per transaction.
+    pub batch_size: usize,
+    /// Discard an interrupted rebuild and start over.
+    pub restart: bool,
+    /// Throttle: at most this many events per second (`None`: as fast as it
+    /// goes), so a rebuild can leave the database room for the live traffic.
+    pub max_events_per_second: Option<u64>,
+    /// Attempts before an event that fails to apply parks its stream.
+    pub max_attempts: u32,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        RebuildOptions {
+            batch_size: 2_000,
+            restart: false,
+            max_events_per_second: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// Where a rebuild stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Bulk replay of the log into the shadow tables.
+    Replay,
+    /// Replaying what arrived meanwhile, with per-stream versions.
+    CatchUp,
+    /// Swapping the shadow tables in.
+    Swap,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Replay => "replay",
+            Phase::CatchUp => "catch_up",
+            Phase::Swap => "swap",
+        }
+    }
+}
+
+/// Reported after every batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub projection: &'static str,
+    pub phase: Phase,
+    /// Events replayed so far, by this run and the interrupted ones before.
+    pub events_done: u64,
+    /// Events of the projection's stream types in the store (counted when
+    /// the run started; raised when more were replayed).
+    pub events_total: u64,
+    /// Of `events_done`, those an earlier run had replayed.
+    pub resumed_from: u64,
+    /// Since this run started.
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// Events per second replayed by this run.
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.events_done.saturating_sub(self.resumed_from) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Time left at the current rate, when there is a rate.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| {
+            Duration::from_secs_f64(
+                self.events_total.saturating_sub(self.events_done) as f64 / rate,
+            )
+        })
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    pub projection: &'static str,
+    /// Events replayed into the new read model (all runs).
+    pub events: u64,
+    /// Of `events`, those an earlier, interrupted run had replayed.
+    pub resumed_from: u64,
+    /// Streams parked in the new read model.
+    pub parked: u64,
+    /// This run's duration.
+    pub elapsed: Duration,
+}
+
+/// The shadow schema of a projection's rebuild.
+pub fn shadow_schema(projection: &str) -> String {
+    format!("rebuild_{projection}")
+}
+
+/// Rebuilds `projection` into shadow tables and swaps them in (see the
+/// module's documentation). `on_progress` is called after every batch.
+/// When `shutdown` is cancelled, the batch in hand is committed and
+/// [`Error::Interrupted`] returned: the next run resumes there.
+#[tracing::instrument(skip_all, fields(projection = projection.name()), err)]
+pub async fn rebuild(
+    projection: Arc<dyn Projection>,
+    store: &EventStore,
+    options: &RebuildOptions,
+    shutdown: &CancellationToken,
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RebuildReport> {
+    let lock = RebuildLock::acquire(store.pool(), projection.name()).await?;
+    let rebuild = Rebuild::new(projection, store.clone(), options.clone());
+    let result = rebuild.run(shutdown, on_progress).await;
+    lock.release().await;
+    result
+}
+
+/// A projection's rebuild lock, held on a connection of its own (closing it,
+/// or the process dying, releases the lock).
+pub(crate) struct RebuildLock {
+    conn: PgConnection,
+}
+
+impl RebuildLock {
+    /// Takes the lock, or fails with [`Error::RebuildRunning`].
+    pub(crate) async fn acquire(pool: &PgPool, projection: &str) -> Result<RebuildLock> {
+        let mut conn = pool.acquire().await?.detach();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
+                .bind(REBUILD_LOCK)
+                .bind(projection)
+                .fetch_one(&mut conn)
+                .await?;
+        if !locked {
+            let _ = conn.close().await;
+            return Err(Error::RebuildRunning(projection.to_owned()));
+        }
+        Ok(RebuildLock { conn })
+    }
+
+    pub(crate) async fn release(self) {
+        // Closing the session releases its advisory locks.
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Whether some process holds `projection`'s rebuild lock now.
+pub async fn is_running(pool: &PgPool, projection: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid)",
+    )
+    .bind(REBUILD_LOCK)
+    .bind(projection)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// A rebuild's persisted progress (`read_models.rebuilds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    phase: Phase,
+    checkpoint: Checkpoint,
+    events_done: u64,
+    last_position: i64,
+}
+
+struct Rebuild {
+    projection: Arc<dyn Projection>,
+    store: EventStore,
+    options: RebuildOptions,
+    schema: String,
+    /// `schema`, double-quoted for SQL.
+    shadow: String,
+    types: &'static [&'static str],
+}
+
+impl Rebuild {
+    fn new(projection: Arc<dyn Projection>, store: EventStore, options: RebuildOptions) -> Self {
+        let schema = shadow_schema(projection.name());
+        Rebuild {
+            shadow: quote_ident(&schema),
+            schema,
+            types: projection.stream_types(),
+            projection,
+            store,
+            options: RebuildOptions {
+                batch_size: options.batch_size.max(1),
+                ..options
+            },
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    fn projector(&self) -> Projector {
+        Projector::shadow(self.projection.clone(), self.store.clone(), &self.schema)
+            .with_max_attempts(self.options.max_attempts)
+    }
+
+    async fn run(
+        &self,
+        shutdown: &CancellationToken,
+        on_progress: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<RebuildReport> {
+        let started = Instant::now();
+        let mut state = self.prepare().await?;
+        let resumed_from = state.events_done;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM event_store.events WHERE stream_type = ANY($1)",
+        )
+        .bind(self.types)
+        .fetch_one(self.pool())
+        .await?;
+        let total = u64::try_from(total).unwrap_or_default();
+        let mut report = |phase: Phase, state: &State| {
+            on_progress(&Progress {
+                projection: self.name(),
+                phase,
+                events_done: state.events_done,
+                events_total: total.max(state.events_done),
+                resumed_from,
+                elapsed: started.elapsed(),
+            });
+        };
+        report(state.phase, &state);
+        if state.phase == Phase::Replay {
+            self.replay(&mut state, started, resumed_from, shutdown, &mut report)
+                .await?;
+            self.enter_catch_up(&mut state).await?;
+        }
+        self.catch_up(&mut state, shutdown, &mut report).await?;
+        report(Phase::Swap, &state);
+        self.swap(&mut state).await?;
+        let parked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM read_models.parked WHERE projection = $1")
+                .bind(self.name())
+                .fetch_one(self.pool())
+                .await?;
+        tracing::debug!(
+            projection = self.name(),
+            events = state.events_done,
+            parked,
+            "rebuild swapped in"
+        );
+        Ok(RebuildReport {
+            projection: self.name(),
+            events: state.events_done,
+            resumed_from,
+            parked: u64::try_from(parked).unwrap_or_default(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Resumes the rebuild in progress, or creates the shadow schema.
+    async fn prepare(&self) -> Result<State> {
+        let row: Option<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT phase, transaction_id::text::bigint, position, events_done, last_position \
+             FROM read_models.rebuilds WHERE projection = $1",
+        )
+        .bind(self.name())
+        .fetch_optional(self.pool())
+        .await?;
+        let schema_exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&self.schema)
+                .fetch_one(self.pool())
+                .await?;
+        if let (Some((phase, transaction_id, position, done, last_position)), true, false) =
+            (row, schema_exists, self.options.restart)
+        {
+            let state = State {
+                phase: if phase == "catch_up" {
+                    Phase::CatchUp
+                } else {
+                    Phase::Replay
+                },
+                checkpoint: Checkpoint {
+                    transaction_id: u64::try_from(transaction_id).unwrap_or_default(),
+                    position,
+                },
+                events_done: u64::try_from(done).unwrap_or_default(),
+                last_position,
+            };
+            tracing::info!(
+                projection = self.name(),
+                events_done = state.events_done,
+                phase = state.phase.as_str(),
+                "resuming an interrupted rebuild"
+            );
+            return Ok(state);
+        }
+
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.shadow))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM read_models.rebuilds WHERE projection = $1")
+            .bind(self.name())
+            .execute(&mut *tx)
+            .await?;
+        self.create_shadow(&mut tx).await?;
+        sqlx::query("INSERT INTO read_models.rebuilds (projection, shadow_schema) VALUES ($1, $2)")
+            .bind(self.name())
+            .bind(&self.schema)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(
+            projection = self.name(),
+            schema = %self.schema,
+            "rebuild started"
+        );
+        Ok(State {
+            phase: Phase::Replay,
+            checkpoint: Checkpoint::START,
+            events_done: 0,
+            last_position: 0,
+        })
+    }
+
+    /// The shadow schema: the bookkeeping tables, and the projection's tables
+    /// with their columns, defaults, checks and primary or unique keys.
+    /// Secondary indexes and foreign keys come after the bulk replay.
+    async fn create_shadow(&self, tx: &mut Transaction<'_, Postgres>) -> Result<()> {
+        let s = &self.shadow;
+        sqlx::query(&format!("CREATE SCHEMA {s}"))
+            .execute(&mut **tx)
+            .await?;
+        for table in BOOKKEEPING {
+            sqlx::query(&format!(
+                "CREATE TABLE {s}.{table} (LIKE read_models.{table} INCLUDING ALL)"
+            ))
+            .execute(&mut **tx)
+            .await?;
+        }
+        for table in self.projection.tables() {
+            let t = quote_ident(table.name);
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(format!("read_models.{t}"))
+                .fetch_one(&mut **tx)
+                .await?;
+            if !exists {
+                return Err(
+                    self.unsupported(format!("table read_models.{} does not exist", table.name))
+                );
+            }
+            sqlx::query(&format!(
+                "CREATE TABLE {s}.{t} (LIKE read_models.{t} INCLUDING ALL EXCLUDING INDEXES)"
+            ))
+            .execute(&mut **tx)
+            .await?;
+            let keys: Vec<(String, String)> = sqlx::query_as(
+                "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+                 WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x') ORDER BY conname",
+            )
+            .bind(format!("read_models.{t}"))
+            .fetch_all(&mut **tx)
+            .await?;
+            for (name, definition) in keys {
+                sqlx::query(&format!(
+                    "ALTER TABLE {s}.{t} ADD CONSTRAINT {} {definition}",
+                    quote_ident(&name)
+                ))
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shadow tables' secondary indexes and foreign keys, named as in
+    /// `read_models`.
+    async fn finish_shadow(&self, tx: &mut Transaction<'_, Postgres>) -> Result<()> {
+        let s = &self.shadow;
+        let own: HashSet<&str> = self.projection.tables().iter().map(|t| t.name).collect();
+        // With `read_models` as search_path, definitions name its tables
+        // unqualified; they are executed with the shadow schema's.
+        sqlx::query("SELECT set_config('search_path', 'read_models', true)")
+            .execute(&mut **tx)
+            .await?;
+        let mut statements = Vec::new();
+        for table in self.projection.tables() {
+            let t = quote_ident(table.name);
+            let regclass = format!("read_models.{t}");
+            let indexes: Vec<(String, bool, String)> = sqlx::query_as(
+                "SELECT i.relname::text, x.indisunique, pg_get_indexdef(x.indexrelid) \
+                 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                 WHERE x.indrelid = $1::regclass \
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c \
+                                   WHERE c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
+                                     AND c.contype IN ('p', 'u', 'x')) \
+                 ORDER BY 1",
+            )
+            .bind(&regclass)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (name, unique, definition) in indexes {
+                let Some((_, method)) = definition.split_once(" USING ") else {
+                    return Err(self.unsupported(format!("index {name}: {definition}")));
+                };
+                statements.push(format!(
+                    "CREATE {}INDEX {} ON {s}.{t} USING {method}",
+                    if unique { "UNIQUE " } else { "" },
+                    quote_ident(&name)
+                ));
+            }
+            let foreign: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT conname::text, pg_get_constraintdef(oid), \
+                        (SELECT relname::text FROM pg_class WHERE oid = confrelid) \
+                 FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f' ORDER BY 1",
+            )
+            .bind(&regclass)
+            .fetch_all(&mut **tx)
+            .await?;
+            for (name, definition, target) in foreign {
+                if !own.contains(target.as_str()) {
+                    return Err(self.unsupported(format!(
+                        "foreign key {name} of {} points to {target}, a table of another projection",
+                        table.name
+                    )));
+                }
+                statements.push(format!(
+                    "ALTER TABLE {s}.{t} ADD CONSTRAINT {} {definition}",
+                    quote_ident(&name)
+                ));
+            }
+        }
+        sqlx::query("SELECT set_config('search_path', $1, true)")
+            .bind(s)
+            .execute(&mut **tx)
+            .await?;
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    fn unsupported(&self, reason: String) -> Error {
+        Error::Unsupported {
+            projection: self.name().to_owned(),
+            reason,
+        }
+    }
+
+    /// Phase 3: the bulk replay, a batch per transaction, reading the next
+    /// batch while the current one is applied.
+    async fn replay(
+        &self,
+        state: &mut State,
+        started: Instant,
+        resumed_from: u64,
+        shutdown: &CancellationToken,
+        report: &mut (dyn FnMut(Phase, &State) + Send),
+    ) -> Result<()> {
+        let mut parked: HashSet<String> = sqlx::query_scalar(&format!(
+            "SELECT stream_id FROM {}.parked WHERE projection = $1",
+            self.shadow
+        ))
+        .bind(self.name())
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .collect();
+        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        let (sender, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>>>(1);
+        let reader = {
+            let store = self.store.clone();
+            let types = self.types;
+            let mut after = state.checkpoint;
+            tokio::spawn(async move {
+                loop {
+                    let read = store.read_all_of_types(after, types, batch).await;
+                    let last = match &read {
+                        Ok(events) => events.last().map(RecordedEvent::checkpoint),
+                        Err(_) => None,
+                    };
+                    if sender.send(read.map_err(Error::from)).await.is_err() {
+                        return;
+                    }
+                    match last {
+                        Some(checkpoint) => after = checkpoint,
+                        None => return,
+                    }
+                }
+            })
+        };
+        let _abort_reader = AbortOnDrop(reader);
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(self.interrupted(state));
+            }
+            let events = match batches.recv().await {
+                Some(events) => events?,
+                None => break,
+            };
+            if events.is_empty() {
+                break;
+            }
+            self.replay_batch(&events, &mut parked, state).await?;
+            report(Phase::Replay, state);
+            if (events.len() as i64) < batch {
+                break;
+            }
+            self.throttle(started, state.events_done - resumed_from, shutdown)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Sleeps as long as the throttle asks (or until `shutdown`).
+    async fn throttle(&self, started: Instant, done: u64, shutdown: &CancellationToken) {
+        let Some(rate) = self.options.max_events_per_second.filter(|r| *r > 0) else {
+            return;
+        };
+        let due = Duration::from_secs_f64(done as f64 / rate as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(ahead) => {}
+            }
+        }
+    }
+
+    fn interrupted(&self, state: &State) -> Error {
+        Error::Interrupted {
+            projection: self.name().to_owned(),
+            events_done: state.events_done,
+        }
+    }
+
+    /// One replay batch and its checkpoint, in one transaction.
+    async fn replay_batch(
+        &self,
+        events: &[RecordedEvent],
+        parked: &mut HashSet<String>,
+        state: &mut State,
+    ) -> Result<()> {
+        let projector = self.projector();
+        let mut conn = self.pool().acquire().await?;
+        // In the log's order, each stream's events are its next versions.
+        let mut streams: BTreeMap<&str, Vec<&RecordedEvent>> = BTreeMap::new();
+        for event in events.iter().filter(|e| !parked.contains(&e.stream_id)) {
+            streams.entry(&event.stream_id).or_default().push(event);
+        }
+        let slices: Vec<&[&RecordedEvent]> = streams.values().map(Vec::as_slice).collect();
+
+        let mut tx = conn.begin().await?;
+        projector.enter(&mut tx).await?;
+        let mut before = Writes::take(&mut tx).await?;
+        match self.projection.apply_many(&mut tx, &slices).await {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error_of(events, error)),
+            Err(error) => {
+                tracing::warn!(projection = self.name(), error = %error, "replay batch failed; applying it event by event");
+                tx.rollback().await?;
+                tx = conn.begin().await?;
+                projector.enter(&mut tx).await?;
+                before = Writes::take(&mut tx).await?;
+                for (stream_id, events) in &streams {
+                    for event in events {
+                        match projector.apply_with_retries(&mut tx, event).await? {
+                            Ok(()) => {}
+                            Err((error, _)) if error.is_transient() => {
+                                return Err(error_of(std::slice::from_ref(*event), error))
+                            }
+                            Err((error, attempts)) => {
+                                tracing::error!(projection = self.name(), stream_id, event_id = %event.event_id, error = %error, attempts, "poison event: parking its stream in the rebuild");
+                                park(&mut tx, self.name(), event, &error, attempts).await?;
+                                parked.insert((*stream_id).to_owned());
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.check_live_untouched(&mut tx, &before).await?;
+        let next = self.advance(&mut tx, state, events).await?;
+        tx.commit().await?;
+        *state = next;
+        Ok(())
+    }
+
+    /// Moves the checkpoint past `events` (in `tx`); returns the new state,
+    /// to adopt once `tx` commits.
+    async fn advance(
+        &self,
+        tx: &mut PgConnection,
+        state: &State,
+        events: &[RecordedEvent],
+    ) -> Result<State> {
+        let Some(last) = events.last() else {
+            return Ok(*state);
+        };
+        let next = State {
+            checkpoint: last.checkpoint(),
+            events_done: state.events_done + events.len() as u64,
+            last_position: events
+                .iter()
+                .map(|e| e.position)
+                .fold(state.last_position, i64::max),
+            ..*state
+        };
+        sqlx::query(
+            "UPDATE read_models.rebuilds SET transaction_id = $2::text::xid8, position = $3, \
+                events_done = $4, last_position = $5, updated_at = now() \
+             WHERE projection = $1",
+        )
+        .bind(self.name())
+        .bind(next.checkpoint.transaction_id.to_string())
+        .bind(next.checkpoint.position)
+        .bind(i64::try_from(next.events_done).unwrap_or(i64::MAX))
+        .bind(next.last_position)
+        .execute(&mut *tx)
+        .await?;
+        Ok(next)
+    }
+
+    /// Fails if the transaction wrote to a table of `read_models` since
+    /// `before` was taken: the projection names a table qualified, bypassing
+    /// the shadow schema.
+    async fn check_live_untouched(&self, tx: &mut PgConnection, before: &Writes) -> Result<()> {
+        let after = Writes::take(tx).await?;
+        match after.0.iter().find(|(table, n)| before.of(table) < *n) {
+            Some((table, _)) => Err(Error::WritesLiveTables {
+                projection: self.name().to_owned(),
+                table: table.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Phase 4: per-stream versions, indexes and foreign keys, statistics.
+    async fn enter_catch_up(&self, state: &mut State) -> Result<()> {
+        let s = &self.shadow;
+        let mut tx = self.pool().begin().await?;
+        self.finish_shadow(&mut tx).await?;
+        // In the global order a stream's events up to the checkpoint are its
+        // versions 1..=n; a parked stream stopped before its parked event.
+        sqlx::query(&format!(
+            "INSERT INTO {s}.applied (projection, stream_id, version) \
+             SELECT $1, stream_id, max(version) FROM event_store.events \
+             WHERE stream_type = ANY($2) AND (transaction_id, position) <= ($3::text::xid8, $4) \
+             GROUP BY stream_id"
+        ))
+        .bind(self.name())
+        .bind(self.types)
+        .bind(state.checkpoint.transaction_id.to_string())
+        .bind(state.checkpoint.position)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE {s}.applied AS a SET version = p.version - 1 FROM {s}.parked AS p \
+             WHERE p.projection = a.projection AND p.stream_id = a.stream_id"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.projection_status \
+                (projection, last_position, last_transaction_id, events_applied, updated_at) \
+             VALUES ($1, $2, $3, $4, now())"
+        ))
+        .bind(self.name())
+        .bind(state.last_position)
+        .bind(i64::try_from(state.checkpoint.transaction_id).unwrap_or(i64::MAX))
+        .bind(i64::try_from(state.events_done).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        let tables: Vec<String> = self
+            .projection
+            .tables()
+            .iter()
+            .map(|t| format!("{s}.{}", quote_ident(t.name)))
+            .chain(std::iter::once(format!("{s}.applied")))
+            .collect();
+        sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE read_models.rebuilds SET phase = 'catch_up', updated_at = now() \
+             WHERE projection = $1",
+        )
+        .bind(self.name())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        state.phase = Phase::CatchUp;
+        Ok(())
+    }
+
+    /// Phase 4, continued: what the log got meanwhile, until a read comes
+    /// back short (the rebuild has reached the head).
+    async fn catch_up(
+        &self,
+        state: &mut State,
+        shutdown: &CancellationToken,
+        report: &mut (dyn FnMut(Phase, &State) + Send),
+    ) -> Result<()> {
+        let projector = self.projector();
+        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(self.interrupted(state));
+            }
+            let events = self
+                .store
+                .read_all_of_types(state.checkpoint, self.types, batch)
+                .await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.pool().begin().await?;
+            let before = Writes::take(&mut tx).await?;
+            projector.apply_batch_in(&mut tx, &events).await?;
+            self.check_live_untouched(&mut tx, &before).await?;
+            let next = self.advance(&mut tx, state, &events).await?;
+            tx.commit().await?;
+            *state = next;
+            report(Phase::CatchUp, state);
+            if (events.len() as i64) < batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Phase 5, retried when its locks are not granted in time.
+    async fn swap(&self, state: &mut State) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.try_swap(state).await {
+                Err(Error::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("55P03") && attempt < SWAP_ATTEMPTS =>
+                {
+                    tracing::warn!(projection = self.name(), attempt, error = %e, "swap could not take its locks; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_swap(&self, state: &mut State) -> Result<()> {
+        let s = &self.shadow;
+        let name = self.name();
+        let projector = self.projector();
+        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+            .execute(&mut *tx)
+            .await?;
+        // The live workers of this projection wait from here on.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+            .bind(APPLY_LOCK)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let before = Writes::take(&mut tx).await?;
+
+        // The last events of the log.
+        let mut next = *state;
+        loop {
+            let events = self
+                .store
+                .read_all_of_types(next.checkpoint, self.types, batch)
+                .await?;
+            if events.is_empty() {
+                break;
+            }
+            projector.apply_batch_in(&mut tx, &events).await?;
+            next = self.advance(&mut tx, &next, &events).await?;
+            if (events.len() as i64) < batch {
+                break;
+            }
+        }
+        // Streams the live workers got further in than the shadow.
+        let behind: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT l.stream_id, coalesce(s.version, 0) FROM read_models.applied AS l \
+             LEFT JOIN {s}.applied AS s ON s.projection = l.projection AND s.stream_id = l.stream_id \
+             WHERE l.projection = $1 AND l.version > coalesce(s.version, 0)"
+        ))
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !behind.is_empty() {
+            let mut events = Vec::new();
+            for (stream_id, version) in &behind {
+                let Some(stream) = parse_stream_id(stream_id, self.types) else {
+                    continue;
+                };
+                let from = u64::try_from(*version).unwrap_or_default() + 1;
+                events.extend(self.store.read_stream(&stream, from).await?);
+            }
+            tracing::info!(
+                projection = name,
+                streams = behind.len(),
+                events = events.len(),
+                "applying to the shadow what the live workers applied beyond it"
+            );
+            projector.apply_batch_in(&mut tx, &events).await?;
+        }
+        self.check_live_untouched(&mut tx, &before).await?;
+
+        // The shadow's bookkeeping replaces the live one.
+        for (table, columns) in [
+            ("applied", "projection, stream_id, version"),
+            (
+                "parked",
+                "projection, stream_id, version, event_id, error, attempts, parked_at",
+            ),
+            (
+                "projection_status",
+                "projection, last_position, last_transaction_id, events_applied, updated_at",
+            ),
+        ] {
+            sqlx::query(&format!(
+                "DELETE FROM read_models.{table} WHERE projection = $1"
+            ))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "INSERT INTO read_models.{table} ({columns}) SELECT {columns} FROM {s}.{table} \
+                 WHERE projection = $1"
+            ))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // The tables: from here to the commit the Query API's reads of them wait.
+        for table in self.projection.tables().iter().rev() {
+            sqlx::query(&format!(
+                "DROP TABLE read_models.{}",
+                quote_ident(table.name)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for table in self.projection.tables() {
+            sqlx::query(&format!(
+                "ALTER TABLE {s}.{} SET SCHEMA read_models",
+                quote_ident(table.name)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(&format!("DROP SCHEMA {s} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM read_models.rebuilds WHERE projection = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        *state = next;
+        Ok(())
+    }
+}
+
+/// Rows written to each table of `read_models` (but the rebuild's own
+/// `rebuilds`) by this backend and not yet reported to the cumulative
+/// statistics: they only grow within a transaction, so two readings bracket
+/// what it wrote.
+struct Writes(Vec<(String, i64)>);
+
+impl Writes {
+    async fn take(tx: &mut PgConnection) -> Result<Writes> {
+        Ok(Writes(
+            sqlx::query_as(
+                "SELECT relname::text, n_tup_ins + n_tup_upd + n_tup_del \
+                 FROM pg_stat_xact_user_tables \
+                 WHERE schemaname = 'read_models' AND relname <> 'rebuilds'",
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        ))
+    }
+
+    fn of(&self, table: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(t, _)| t == table)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Aborts the reader task when the replay returns, however it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn error_of(events: &[RecordedEvent], source: ApplyError) -> Error {
+    match events.first() {
+        Some(event) => Error::Apply {
+            stream_id: event.stream_id.clone(),
+            event_id: event.event_id,
+            source,
+        },
+        None => Error::Database(sqlx::Error::Protocol(source.to_string())),
+    }
+}
