@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod db;
 mod migrate;
 mod orchestrate;
+mod projection_ops;
 mod read_side;
 mod relay;
 mod telemetry;
@@ -60,6 +61,8 @@ enum Command {
     Relay(relay::RelayArgs),
     /// Run the projection workers that build the read models.
     Project(read_side::ProjectArgs),
+    /// Operate the projections: list, status, rebuild, reset, unpark.
+    Projections(projection_ops::ProjectionsArgs),
     /// Serve the Query API (default 127.0.0.1:8081).
     #[command(name = "query-api")]
     QueryApi(query_api::QueryApiConfig),
@@ -78,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&cli.global, args).await,
         Command::Relay(args) => relay::run(&cli.global, args).await,
         Command::Project(args) => read_side::run_project(&cli.global, args).await,
+        Command::Projections(args) => projection_ops::run(&cli.global, args).await,
         Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
         Command::WriteApi(config) => run_command_api(&cli.global, config).await,
         Command::Saga(args) => orchestrate::run(&cli.global, *args).await,
