@@ -23,7 +23,11 @@
 //!    event up to the checkpoint, or the one before its parked event), builds
 //!    the secondary indexes and foreign keys, analyzes; from now on events
 //!    go through a [`Projector`] on the shadow schema, which skips what it
-//!    has applied, per stream version;
+//!    has applied, per stream version. Catch-up ends when a read comes back
+//!    short after every transaction older than the rebuild has finished: a
+//!    transaction left open anywhere on the server holds the gap-safe read
+//!    back, and the rebuild waits for it rather than swap in a read model
+//!    that misses events committed before it started;
 //! 5. **swaps**, in one transaction: takes `p`'s apply lock exclusively (the
 //!    live workers of `p` pause at the start of their next batch; other
 //!    projections and the Query API go on), replays the last events of the
@@ -65,6 +69,10 @@ const BOOKKEEPING: [&str; 3] = ["applied", "parked", "projection_status"];
 /// [`SWAP_LOCK_TIMEOUT`] (a long query holding a read-model table).
 const SWAP_ATTEMPTS: u32 = 5;
 const SWAP_LOCK_TIMEOUT: &str = "5s";
+
+/// How often a rebuild that has read everything visible checks whether the
+/// transactions older than it have finished.
+const HORIZON_POLL: Duration = Duration::from_millis(100);
 
 /// Tuning of a rebuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +293,12 @@ impl Rebuild {
         on_progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RebuildReport> {
         let started = Instant::now();
+        // Every transaction that committed before now has a lower id.
+        let start: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                .fetch_one(self.pool())
+                .await?;
+        let start = u64::try_from(start).unwrap_or_default();
         let mut state = self.prepare().await?;
         let resumed_from = state.events_done;
         let total: i64 = sqlx::query_scalar(
@@ -306,11 +320,19 @@ impl Rebuild {
         };
         report(state.phase, &state);
         if state.phase == Phase::Replay {
-            self.replay(&mut state, started, resumed_from, shutdown, &mut report)
-                .await?;
+            self.replay(
+                &mut state,
+                start,
+                started,
+                resumed_from,
+                shutdown,
+                &mut report,
+            )
+            .await?;
             self.enter_catch_up(&mut state).await?;
         }
-        self.catch_up(&mut state, shutdown, &mut report).await?;
+        self.catch_up(&mut state, start, shutdown, &mut report)
+            .await?;
         report(Phase::Swap, &state);
         self.swap(&mut state).await?;
         let parked: i64 =
@@ -529,6 +551,7 @@ impl Rebuild {
     async fn replay(
         &self,
         state: &mut State,
+        start: u64,
         started: Instant,
         resumed_from: u64,
         shutdown: &CancellationToken,
@@ -544,6 +567,8 @@ impl Rebuild {
         .into_iter()
         .collect();
         let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        // The reader ends after a short read taken once every transaction
+        // older than the rebuild had finished (see `catch_up`).
         let (sender, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>>>(1);
         let reader = {
             let store = self.store.clone();
@@ -551,40 +576,52 @@ impl Rebuild {
             let mut after = state.checkpoint;
             tokio::spawn(async move {
                 loop {
-                    let read = store.read_all_of_types(after, types, batch).await;
-                    let last = match &read {
-                        Ok(events) => events.last().map(RecordedEvent::checkpoint),
-                        Err(_) => None,
-                    };
-                    if sender.send(read.map_err(Error::from)).await.is_err() {
-                        return;
+                    let read = async {
+                        let passed = horizon(store.pool()).await? >= start;
+                        let events = store.read_all_of_types(after, types, batch).await?;
+                        Ok::<_, Error>((events, passed))
                     }
-                    match last {
-                        Some(checkpoint) => after = checkpoint,
-                        None => return,
+                    .await;
+                    let (events, passed) = match read {
+                        Ok(read) => read,
+                        Err(error) => {
+                            let _ = sender.send(Err(error)).await;
+                            return;
+                        }
+                    };
+                    if events.is_empty() && !passed {
+                        tokio::time::sleep(HORIZON_POLL).await;
+                        continue;
+                    }
+                    let last = (events.len() as i64) < batch && passed;
+                    if let Some(event) = events.last() {
+                        after = event.checkpoint();
+                    }
+                    if sender.send(Ok(events)).await.is_err() || last {
+                        return;
                     }
                 }
             })
         };
         let _abort_reader = AbortOnDrop(reader);
         loop {
-            if shutdown.is_cancelled() {
-                return Err(self.interrupted(state));
-            }
-            let events = match batches.recv().await {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Err(self.interrupted(state)),
+                next = batches.recv() => next,
+            };
+            let events = match next {
                 Some(events) => events?,
                 None => break,
             };
-            if events.is_empty() {
-                break;
-            }
-            self.replay_batch(&events, &mut parked, state).await?;
-            report(Phase::Replay, state);
-            if (events.len() as i64) < batch {
-                break;
+            if !events.is_empty() {
+                self.replay_batch(&events, &mut parked, state).await?;
+                report(Phase::Replay, state);
             }
             self.throttle(started, state.events_done - resumed_from, shutdown)
                 .await;
+            if shutdown.is_cancelled() {
+                return Err(self.interrupted(state));
+            }
         }
         Ok(())
     }
@@ -703,10 +740,10 @@ impl Rebuild {
     /// the shadow schema.
     async fn check_live_untouched(&self, tx: &mut PgConnection, before: &Writes) -> Result<()> {
         let after = Writes::take(tx).await?;
-        match after.0.iter().find(|(table, n)| before.of(table) < *n) {
-            Some((table, _)) => Err(Error::WritesLiveTables {
+        match after.live_written_since(before) {
+            Some(table) => Err(Error::WritesLiveTables {
                 projection: self.name().to_owned(),
-                table: table.clone(),
+                table: table.to_owned(),
             }),
             None => Ok(()),
         }
@@ -771,36 +808,58 @@ impl Rebuild {
     }
 
     /// Phase 4, continued: what the log got meanwhile, until a read comes
-    /// back short (the rebuild has reached the head).
+    /// back short (the rebuild has reached the head) and every transaction
+    /// older than the rebuild has finished (so the gap-safe read has passed
+    /// every event committed before the rebuild started).
     async fn catch_up(
         &self,
         state: &mut State,
+        start: u64,
         shutdown: &CancellationToken,
         report: &mut (dyn FnMut(Phase, &State) + Send),
     ) -> Result<()> {
         let projector = self.projector();
         let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        let mut waiting = false;
         loop {
             if shutdown.is_cancelled() {
                 return Err(self.interrupted(state));
             }
+            // Taken before the read: if every transaction that had started
+            // when the rebuild did has finished, a short read means the
+            // rebuild holds every event committed before it started.
+            let passed = horizon(self.pool()).await? >= start;
             let events = self
                 .store
                 .read_all_of_types(state.checkpoint, self.types, batch)
                 .await?;
-            if events.is_empty() {
-                return Ok(());
+            if !events.is_empty() {
+                let mut tx = self.pool().begin().await?;
+                let before = Writes::take(&mut tx).await?;
+                projector.apply_batch_in(&mut tx, &events).await?;
+                self.check_live_untouched(&mut tx, &before).await?;
+                let next = self.advance(&mut tx, state, &events).await?;
+                tx.commit().await?;
+                *state = next;
+                report(Phase::CatchUp, state);
             }
-            let mut tx = self.pool().begin().await?;
-            let before = Writes::take(&mut tx).await?;
-            projector.apply_batch_in(&mut tx, &events).await?;
-            self.check_live_untouched(&mut tx, &before).await?;
-            let next = self.advance(&mut tx, state, &events).await?;
-            tx.commit().await?;
-            *state = next;
-            report(Phase::CatchUp, state);
             if (events.len() as i64) < batch {
-                return Ok(());
+                if passed {
+                    return Ok(());
+                }
+                // A transaction older than the rebuild is still open
+                // (anywhere on the server): the gap-safe read cannot pass it.
+                if !waiting {
+                    tracing::info!(
+                        projection = self.name(),
+                        "waiting for transactions older than the rebuild to finish"
+                    );
+                    waiting = true;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(HORIZON_POLL) => {}
+                }
             }
         }
     }
@@ -944,31 +1003,51 @@ impl Rebuild {
     }
 }
 
-/// Rows written to each table of `read_models` (but the rebuild's own
-/// `rebuilds`) by this backend and not yet reported to the cumulative
-/// statistics: they only grow within a transaction, so two readings bracket
-/// what it wrote.
-struct Writes(Vec<(String, i64)>);
+/// Rows written to each table by this backend and not yet reported to the
+/// cumulative statistics, by table oid, with the table's name when it is in
+/// `read_models` (but the rebuild's own `rebuilds`). The counts only grow
+/// within a transaction, so two readings bracket what it wrote. By oid,
+/// because a shadow table written earlier on this connection may have been
+/// swapped into `read_models` (by another rebuild) in between.
+struct Writes(Vec<(i64, Option<String>, i64)>);
 
 impl Writes {
     async fn take(tx: &mut PgConnection) -> Result<Writes> {
         Ok(Writes(
             sqlx::query_as(
-                "SELECT relname::text, n_tup_ins + n_tup_upd + n_tup_del \
-                 FROM pg_stat_xact_user_tables \
-                 WHERE schemaname = 'read_models' AND relname <> 'rebuilds'",
+                "SELECT relid::int8, \
+                        CASE WHEN schemaname = 'read_models' AND relname <> 'rebuilds' \
+                             THEN relname::text END, \
+                        n_tup_ins + n_tup_upd + n_tup_del \
+                 FROM pg_stat_xact_user_tables",
             )
             .fetch_all(&mut *tx)
             .await?,
         ))
     }
 
-    fn of(&self, table: &str) -> i64 {
-        self.0
-            .iter()
-            .find(|(t, _)| t == table)
-            .map_or(0, |(_, n)| *n)
+    /// A table of `read_models` written since `before`.
+    fn live_written_since(&self, before: &Writes) -> Option<&str> {
+        self.0.iter().find_map(|(oid, name, n)| {
+            let name = name.as_deref()?;
+            let earlier = before
+                .0
+                .iter()
+                .find(|(o, _, _)| o == oid)
+                .map_or(0, |(_, _, n)| *n);
+            (earlier < *n).then_some(name)
+        })
     }
+}
+
+/// The oldest transaction id still in flight on the server: the gap-safe
+/// read returns only events of older transactions.
+async fn horizon(pool: &PgPool) -> Result<u64> {
+    let xmin: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await?;
+    Ok(u64::try_from(xmin).unwrap_or_default())
 }
 
 /// Aborts the reader task when the replay returns, however it returns.
