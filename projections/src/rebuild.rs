@@ -200,6 +200,7 @@ pub async fn rebuild(
 /// or the process dying, releases the lock).
 pub(crate) struct RebuildLock {
     conn: PgConnection,
+    projection: String,
 }
 
 impl RebuildLock {
@@ -216,11 +217,24 @@ impl RebuildLock {
             let _ = conn.close().await;
             return Err(Error::RebuildRunning(projection.to_owned()));
         }
-        Ok(RebuildLock { conn })
+        Ok(RebuildLock {
+            conn,
+            projection: projection.to_owned(),
+        })
     }
 
-    pub(crate) async fn release(self) {
-        // Closing the session releases its advisory locks.
+    /// Releases the lock (before this returns: another process may take it
+    /// right away) and closes the connection.
+    pub(crate) async fn release(mut self) {
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
+            .bind(REBUILD_LOCK)
+            .bind(&self.projection)
+            .execute(&mut self.conn)
+            .await;
+        if let Err(error) = unlocked {
+            // Closing the session releases it too, a moment later.
+            tracing::warn!(projection = %self.projection, error = %error, "cannot release the rebuild lock");
+        }
         let _ = self.conn.close().await;
     }
 }

@@ -67,17 +67,18 @@ async fn a_killed_rebuild_resumes_and_ends_identical_to_an_uninterrupted_one() {
     );
 
     child.kill().await.expect("kill -9");
-    let killed_at = rebuild_done(&db.pool).await;
-    assert!(
-        (1_000..EVENTS).contains(&killed_at),
-        "killed at {killed_at} of {EVENTS}"
-    );
-    // The server drops the dead process's session, and its lock with it.
+    // The server drops the dead process's session, and its lock with it
+    // (after finishing what the process had sent, a COMMIT included).
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while rebuild_running(&db).await {
         assert!(tokio::time::Instant::now() < deadline, "lock still held");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let killed_at = rebuild_done(&db.pool).await;
+    assert!(
+        (1_000..EVENTS).contains(&killed_at),
+        "killed at {killed_at} of {EVENTS}"
+    );
     // Nothing was swapped in: the live read model is still empty.
     assert!(accounts_snapshot(&db.pool).await.is_empty());
     let list = purser(&db, &["projections", "list"]).await;
