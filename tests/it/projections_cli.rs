@@ -134,7 +134,7 @@ async fn errors_are_clear_and_non_zero() {
     assert!(!unknown.status.success());
     assert!(
         stderr(&unknown)
-            .contains("unknown projection \"acounts\" (known: accounts, inventory, orders)"),
+            .contains("unknown projection \"acounts\" (known: accounts, inventory, orders, sagas)"),
         "{}",
         stderr(&unknown)
     );
@@ -208,7 +208,7 @@ async fn list_status_unpark_and_reset_tell_and_do_what_they_say() {
     assert_eq!(columns[4], "1", "{out}");
     assert_eq!(columns[5], "degraded", "{out}");
     assert_eq!(columns[6], "-", "{out}");
-    for name in ["inventory ", "orders "] {
+    for name in ["inventory ", "orders ", "sagas "] {
         assert!(out.lines().any(|l| l.starts_with(name)), "{out}");
     }
 
@@ -246,6 +246,7 @@ async fn list_status_unpark_and_reset_tell_and_do_what_they_say() {
     assert!(out.contains("accounts: rebuilt from 12 events"), "{out}");
     assert!(out.contains("inventory: rebuilt from 0 events"), "{out}");
     assert!(out.contains("orders: rebuilt from 0 events"), "{out}");
+    assert!(out.contains("sagas: rebuilt from 0 events"), "{out}");
     // Not a terminal: progress went to the log, no bar.
     assert!(
         stderr(&all).contains("rebuild progress"),

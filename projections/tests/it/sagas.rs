@@ -13,7 +13,7 @@ use crate::support::Harness;
 /// Three sagas: one shipped after a transient carrier failure, one
 /// compensated after the second of three lines was out of stock, one that
 /// needs attention because the carrier keeps timing out.
-async fn three_sagas(h: &Harness) -> (Uuid, Uuid, Uuid) {
+pub(crate) async fn three_sagas(h: &Harness) -> (Uuid, Uuid, Uuid) {
     let shipped = Uuid::now_v7();
     run_saga(
         &h.store,
