@@ -218,9 +218,11 @@ impl EventStore {
     }
 
     /// [`EventStore::read_all`] restricted to events of `stream_types`: up to
-    /// `limit` of them after `after`, in the same gap-safe global order (the
-    /// filter runs on the same index scan). A projection rebuild reads with
-    /// it.
+    /// `limit` of them after `after`, in the same gap-safe global order. For
+    /// one stream type the index on `(stream_type, transaction_id,
+    /// position)` serves it, skipping the other types' events; for several,
+    /// the filter runs on the scan of the global order. A projection rebuild
+    /// reads with it.
     #[tracing::instrument(skip_all, fields(transaction_id = after.transaction_id, position = after.position, limit), err)]
     pub async fn read_all_of_types(
         &self,
@@ -228,12 +230,26 @@ impl EventStore {
         stream_types: &[&str],
         limit: i64,
     ) -> Result<Vec<RecordedEvent>> {
+        let (after_filter, order) = match stream_types {
+            // Equality, then the row comparison on the next index columns:
+            // the index scan starts at the checkpoint (a row comparison
+            // over all three columns would start at the type's first entry,
+            // a whole-type scan per batch).
+            [_] => (
+                "stream_type = $3[1] AND (transaction_id, position) > ($1::text::xid8, $2)",
+                "events.stream_type, events.transaction_id, events.position",
+            ),
+            _ => (
+                "stream_type = ANY($3) AND (transaction_id, position) > ($1::text::xid8, $2)",
+                "events.transaction_id, events.position",
+            ),
+        };
+        // The horizon as an InitPlan: computed once, whatever the plan.
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM event_store.events \
-             WHERE (transaction_id, position) > ($1::text::xid8, $2) \
-               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-               AND stream_type = ANY($3) \
-             ORDER BY events.transaction_id, events.position \
+             WHERE {after_filter} \
+               AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
+             ORDER BY {order} \
              LIMIT $4"
         ))
         .bind(after.transaction_id.to_string())

@@ -332,6 +332,15 @@ async fn read_all_of_types_filters_and_keeps_the_global_order() {
         seen.extend(page.iter().map(|e| e.position));
     }
     assert_eq!(seen, apples);
+    let both: Vec<i64> = store
+        .read_all_of_types(Checkpoint::START, &["pear", "apple"], 10)
+        .await
+        .expect("read_all_of_types")
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    let every: Vec<i64> = all.iter().map(|e| e.position).collect();
+    assert_eq!(both, every);
     let none = store
         .read_all_of_types(Checkpoint::START, &["plum"], 10)
         .await
