@@ -479,3 +479,55 @@ async fn a_database_refusing_writes_is_retried_and_never_compensated() {
     assert_eq!(world.balance_of(account.0).await, 99_000);
     world.stop().await;
 }
+
+#[tokio::test]
+async fn a_compensation_that_fails_transiently_is_retried_until_it_succeeds() {
+    let mut world = World::new(SagaConfig {
+        max_attempts: 1_000,
+        ..fast_config()
+    })
+    .await;
+    let (hook, release, reached) = hold_before("refund_payment");
+    world.start_saga(Some(hook));
+    let account = world.account(100_000).await;
+    world.item("A", 5).await;
+    // Shipping to XX is refused: the charge must be refunded.
+    let order = world.place(account, &[("A", 1, 1_000)], "XX").await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the saga reached the refund");
+    // Now the accounts' events cannot be written: every refund fails.
+    sqlx::query(
+        "ALTER TABLE event_store.events ADD CONSTRAINT outage \
+         CHECK (stream_type <> 'account') NOT VALID",
+    )
+    .execute(&world.db.pool)
+    .await
+    .expect("outage");
+    release.send(()).expect("saga waiting");
+    let saga = world
+        .wait_saga(order, |s| {
+            s.record(&Step::RefundPayment)
+                .is_some_and(|r| r.attempts >= 3)
+        })
+        .await;
+    assert_eq!(saga.status, SagaStatus::Compensating, "{saga:#?}");
+    assert_eq!(world.balance_of(account.0).await, 99_000);
+
+    sqlx::query("ALTER TABLE event_store.events DROP CONSTRAINT outage")
+        .execute(&world.db.pool)
+        .await
+        .expect("recovery");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(
+        world.order(order).await.cancellation_reason,
+        Some(CancellationReason::ShippingFailed)
+    );
+    let account_events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&account_events, "AccountCharged"), 1);
+    assert_eq!(count(&account_events, "ChargeRefunded"), 1);
+    assert_eq!(world.balance_of(account.0).await, 100_000);
+    assert_eq!(world.stock("A").await.reserved, 0);
+    world.stop().await;
+}
