@@ -73,8 +73,12 @@ pub struct RebuildArgs {
     /// Discard an interrupted rebuild and start over.
     #[arg(long)]
     pub restart: bool,
-    /// Events replayed per transaction.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Events replayed per transaction: the window folded in memory, so a
+    /// row several of its events change is written once. Up to two windows
+    /// are held in memory (about 0.5 GB for saga events at the default);
+    /// lower it on a small machine.
+    #[arg(long, default_value_t = projections::rebuild::DEFAULT_BATCH_SIZE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
     /// Replay at most this many events per second (default: no limit).
     #[arg(long, value_name = "EVENTS_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]

@@ -9,10 +9,11 @@
 //! `COPY` (streams interleaved round by round, as concurrent commands leave
 //! them); `projections::rebuild::rebuild` then replays them into the shadow
 //! schema and swaps it in, exactly as `purser projections rebuild` does, in
-//! batches of `BENCH_BATCH` (default 2000, the CLI's default). The baseline
-//! reads back the rows the rebuild produced and inserts them into copies of
-//! the tables (same columns, checks and indexes), `BENCH_BATCH` rows per
-//! multi-row `INSERT ... SELECT FROM unnest(...)`, one transaction per batch.
+//! windows of `BENCH_BATCH` events (default 100 000, the CLI's default). The
+//! baseline reads back the rows the rebuild produced and inserts them into
+//! copies of the tables (same columns, checks and indexes), `BENCH_BATCH`
+//! rows per multi-row `INSERT ... SELECT FROM unnest(...)`, one transaction
+//! per batch.
 //!
 //! `read s` is the time the same events take to read alone (the rebuild's
 //! reader, no apply), the floor of a rebuild. The ratio is raw time /
@@ -44,7 +45,7 @@ fn env(name: &str, default: usize) -> usize {
 #[tokio::main]
 async fn main() {
     let events = env("BENCH_EVENTS", 1_000_000);
-    let batch = env("BENCH_BATCH", 2_000).max(1);
+    let batch = env("BENCH_BATCH", projections::rebuild::DEFAULT_BATCH_SIZE).max(1);
     let selected: Vec<String> = std::env::var("BENCH_PROJECTIONS")
         .map(|v| v.split(',').map(str::to_owned).collect())
         .unwrap_or_default();

@@ -85,41 +85,47 @@ impl Projection for Inventory {
         expect_one_row(result, event, "inventory")
     }
 
-    /// Set-based: one INSERT for the SKUs created and one UPDATE with the
-    /// summed changes of every SKU touched, whatever the number of events.
+    /// Set-based: one INSERT of the SKUs created in the batch, with their
+    /// stock after all of the batch's events, and one UPDATE with the summed
+    /// changes of the other SKUs touched, whatever the number of events.
+    /// Each row is written once.
     async fn apply_many(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         streams: &[&[&RecordedEvent]],
     ) -> Result<(), ApplyError> {
-        let (mut c_skus, mut c_names, mut c_on_hand, mut c_versions, mut c_at) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        let (mut skus, mut on_hands, mut reserveds, mut versions, mut at) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let mut created = Columns::default();
+        let mut changed = Columns::default();
         for events in streams {
             let Some(newest) = events.last() else {
                 continue;
             };
             let sku = stream_key(newest)?;
             let (mut on_hand, mut reserved) = (0i64, 0i64);
-            for event in events.iter() {
+            let mut name = None;
+            for (n, event) in events.iter().enumerate() {
                 match event.decode::<InventoryEvent>()? {
+                    // Only a stream's first event creates its SKU (a second
+                    // creation fails to insert, as with `apply`).
                     InventoryEvent::ItemCreated {
                         sku: created,
-                        name,
+                        name: created_name,
                         quantity,
-                    } => {
+                    } if n == 0 => {
                         if created.as_str() != sku {
                             return Err(ApplyError::Invalid(format!(
                                 "ItemCreated for {created} in stream {}",
                                 event.stream_id
                             )));
                         }
-                        c_skus.push(sku.to_owned());
-                        c_names.push(name);
-                        c_on_hand.push(i64::from(quantity));
-                        c_versions.push(version_i64(event)?);
-                        c_at.push(event.recorded_at);
+                        name = Some(created_name);
+                        on_hand = i64::from(quantity);
+                    }
+                    InventoryEvent::ItemCreated { .. } => {
+                        return Err(ApplyError::Invalid(format!(
+                            "ItemCreated {} of {}: the SKU exists already",
+                            event.version, event.stream_id
+                        )))
                     }
                     other => {
                         let (dh, dr) = deltas(&other);
@@ -128,30 +134,40 @@ impl Projection for Inventory {
                     }
                 }
             }
-            skus.push(sku.to_owned());
-            on_hands.push(on_hand);
-            reserveds.push(reserved);
-            versions.push(version_i64(newest)?);
-            at.push(newest.recorded_at);
+            let columns = if name.is_some() {
+                &mut created
+            } else {
+                &mut changed
+            };
+            columns.skus.push(sku.to_owned());
+            columns.names.extend(name);
+            columns.on_hands.push(on_hand);
+            columns.reserveds.push(reserved);
+            columns.versions.push(version_i64(newest)?);
+            columns.at.push(newest.recorded_at);
         }
-        if !c_skus.is_empty() {
+        if !created.skus.is_empty() {
             let result = sqlx::query(
                 "INSERT INTO inventory (sku, name, on_hand, reserved, version, updated_at) \
-                 SELECT s, n, q, 0, v, t \
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::timestamptz[]) \
-                    AS c (s, n, q, v, t) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+                                      $5::bigint[], $6::timestamptz[]) \
                  ON CONFLICT (sku) DO NOTHING",
             )
-            .bind(&c_skus)
-            .bind(&c_names)
-            .bind(&c_on_hand)
-            .bind(&c_versions)
-            .bind(&c_at)
+            .bind(&created.skus)
+            .bind(&created.names)
+            .bind(&created.on_hands)
+            .bind(&created.reserveds)
+            .bind(&created.versions)
+            .bind(&created.at)
             .execute(&mut **tx)
             .await?;
-            expect_rows(result.rows_affected(), c_skus.len(), "created inventory")?;
+            expect_rows(
+                result.rows_affected(),
+                created.skus.len(),
+                "created inventory",
+            )?;
         }
-        if !skus.is_empty() {
+        if !changed.skus.is_empty() {
             let result = sqlx::query(
                 "UPDATE inventory AS i \
                  SET on_hand = i.on_hand + d.on_hand, reserved = i.reserved + d.reserved, \
@@ -160,17 +176,30 @@ impl Projection for Inventory {
                     AS d (sku, on_hand, reserved, version, at) \
                  WHERE i.sku = d.sku",
             )
-            .bind(&skus)
-            .bind(&on_hands)
-            .bind(&reserveds)
-            .bind(&versions)
-            .bind(&at)
+            .bind(&changed.skus)
+            .bind(&changed.on_hands)
+            .bind(&changed.reserveds)
+            .bind(&changed.versions)
+            .bind(&changed.at)
             .execute(&mut **tx)
             .await?;
-            expect_rows(result.rows_affected(), skus.len(), "inventory")?;
+            expect_rows(result.rows_affected(), changed.skus.len(), "inventory")?;
         }
         Ok(())
     }
+}
+
+/// The rows of one statement of [`Inventory::apply_many`], column by column:
+/// the SKUs' stock and reservations (created SKUs) or their changes (the
+/// others); `names` only for created SKUs.
+#[derive(Default)]
+struct Columns {
+    skus: Vec<String>,
+    names: Vec<String>,
+    on_hands: Vec<i64>,
+    reserveds: Vec<i64>,
+    versions: Vec<i64>,
+    at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// (on_hand, reserved) change of every event but the creation.

@@ -35,7 +35,9 @@ pub use error::{ApplyError, Error, Result};
 pub use inventory::Inventory;
 pub use orders::Orders;
 pub use projection::{Projection, Table};
-pub use projector::{applied_version, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS};
+pub use projector::{
+    applied_version, applied_versions, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS,
+};
 pub use sagas::{SagaStep, Sagas};
 pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig};
 

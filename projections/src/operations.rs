@@ -159,15 +159,27 @@ pub async fn rebuild_stream(
             .execute(&mut *tx)
             .await?;
         }
-        for table in ["applied", "parked"] {
-            sqlx::query(&format!(
-                "DELETE FROM read_models.{table} WHERE projection = $1 AND stream_id = $2"
-            ))
+        sqlx::query("DELETE FROM read_models.parked WHERE projection = $1 AND stream_id = $2")
             .bind(name)
             .bind(stream_id)
             .execute(&mut *tx)
             .await?;
-        }
+        // Version 0, in a row: without one, the stream would count as applied
+        // as far as a rebuild's replayed checkpoint covers it (migration 0007).
+        sqlx::query(
+            "INSERT INTO read_models.applied (projection, stream_id, version, base) \
+             SELECT $1, $2, 0, \
+                    coalesce((SELECT max(e.version) FROM read_models.projection_status AS s \
+                              JOIN event_store.events AS e ON e.stream_id = $2 \
+                               AND (e.transaction_id, e.position) \
+                                   <= (s.replayed_transaction_id, s.replayed_position) \
+                              WHERE s.projection = $1), 0) \
+             ON CONFLICT (projection, stream_id) DO UPDATE SET version = 0",
+        )
+        .bind(name)
+        .bind(stream_id)
+        .execute(&mut *tx)
+        .await?;
         let projector =
             Projector::new(projection.clone(), store.clone()).with_max_attempts(max_attempts);
         let report = projector.apply_batch_in(&mut tx, &events).await?;

@@ -254,17 +254,33 @@ impl Projector {
         // Lock every stream's applied row (in stream id order) and read its
         // version: a second worker of this projection handling the same
         // stream waits here instead of applying it twice.
-        let rows: Vec<(String, i64)> = sqlx::query_as(
+        // A row created here starts at what a rebuild's replayed checkpoint
+        // covers of the stream (migration 0007).
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
             "INSERT INTO applied (projection, stream_id, version) \
              SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s \
              ON CONFLICT (projection, stream_id) DO UPDATE SET version = applied.version \
-             RETURNING stream_id, version",
+             RETURNING stream_id, version, xmax = 0",
         )
         .bind(name)
         .bind(&stream_ids)
         .fetch_all(&mut **tx)
         .await?;
-        let applied: BTreeMap<String, i64> = rows.into_iter().collect();
+        let created: Vec<&str> = rows
+            .iter()
+            .filter(|(_, _, created)| *created)
+            .map(|(stream_id, _, _)| stream_id.as_str())
+            .collect();
+        let replayed = if created.is_empty() {
+            Vec::new()
+        } else {
+            start_from_replayed(tx, name, &created).await?
+        };
+        let applied: BTreeMap<String, i64> = rows
+            .into_iter()
+            .map(|(stream_id, version, _)| (stream_id, version))
+            .chain(replayed)
+            .collect();
         let parked: Vec<String> = sqlx::query_scalar(
             "SELECT stream_id FROM parked WHERE projection = $1 AND stream_id = ANY($2)",
         )
@@ -550,20 +566,81 @@ pub(crate) async fn park(
     Ok(())
 }
 
-/// The stream version `projection` has applied for `stream_id` (0 if none).
+/// Sets the rows just created for `stream_ids` (at version 0) to what the
+/// projection's replayed checkpoint covers of each stream, if it has one:
+/// the stream's last version at or before it. Returns the rows changed.
+async fn start_from_replayed(
+    tx: &mut PgConnection,
+    projection: &str,
+    stream_ids: &[&str],
+) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "UPDATE applied AS a SET version = r.version, base = r.version \
+         FROM (SELECT e.stream_id, max(e.version) AS version \
+               FROM projection_status AS s JOIN event_store.events AS e \
+                 ON e.stream_id = ANY($2) \
+                AND (e.transaction_id, e.position) \
+                    <= (s.replayed_transaction_id, s.replayed_position) \
+               WHERE s.projection = $1 AND s.replayed_transaction_id IS NOT NULL \
+               GROUP BY e.stream_id) AS r \
+         WHERE a.projection = $1 AND a.stream_id = r.stream_id \
+         RETURNING a.stream_id, a.version",
+    )
+    .bind(projection)
+    .bind(stream_ids)
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// The stream version `projection` has applied for `stream_id`: its row in
+/// `read_models.applied`, or else what the projection's replayed checkpoint
+/// covers of the stream (0 if neither).
 pub async fn applied_version(
     executor: impl sqlx::PgExecutor<'_>,
     projection: &str,
     stream_id: &str,
 ) -> Result<i64> {
     let version: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM read_models.applied WHERE projection = $1 AND stream_id = $2",
+        "SELECT coalesce( \
+            (SELECT version FROM read_models.applied WHERE projection = $1 AND stream_id = $2), \
+            (SELECT max(e.version) FROM read_models.projection_status AS s \
+             JOIN event_store.events AS e ON e.stream_id = $2 \
+              AND (e.transaction_id, e.position) <= (s.replayed_transaction_id, s.replayed_position) \
+             WHERE s.projection = $1))",
     )
     .bind(projection)
     .bind(stream_id)
-    .fetch_optional(executor)
+    .fetch_one(executor)
     .await?;
     Ok(version.unwrap_or(0))
+}
+
+/// Every stream `projection` has applied something of, with its version, as
+/// [`applied_version`] reads it: the rows of `read_models.applied` and the
+/// streams the replayed checkpoint covers (`stream_types`: the projection's).
+/// For operators and tests; it reads the whole log of those types.
+pub async fn applied_versions(
+    executor: impl sqlx::PgExecutor<'_>,
+    projection: &str,
+    stream_types: &[&str],
+) -> Result<BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream_id, version FROM read_models.applied WHERE projection = $1 AND version > 0 \
+         UNION ALL \
+         SELECT e.stream_id, max(e.version) \
+         FROM read_models.projection_status AS s JOIN event_store.events AS e \
+           ON e.stream_type = ANY($2) \
+          AND (e.transaction_id, e.position) <= (s.replayed_transaction_id, s.replayed_position) \
+         WHERE s.projection = $1 \
+           AND NOT EXISTS (SELECT 1 FROM read_models.applied AS a \
+                           WHERE a.projection = $1 AND a.stream_id = e.stream_id) \
+         GROUP BY e.stream_id",
+    )
+    .bind(projection)
+    .bind(stream_types)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// `name` as an SQL identifier, double-quoted.

@@ -12,16 +12,21 @@
 //!    `applied`, `parked`, `projection_status`, plus a row in
 //!    `read_models.rebuilds`;
 //! 3. **replays** the events of `p`'s stream types in the gap-safe global
-//!    order `(transaction_id, position)`, a batch per transaction through
-//!    [`Projection::apply_many`], with the transaction's `search_path` set to
-//!    the shadow schema. In that order every event is the next one of its
-//!    stream, so no per-stream versions are kept yet; the checkpoint in
-//!    `read_models.rebuilds` commits with each batch, so an interrupted
-//!    rebuild resumes after the last batch it committed. An event that keeps
-//!    failing parks its stream in the shadow `parked`, as a live worker would;
-//! 4. enters **catch-up**: records every stream's applied version (its last
-//!    event up to the checkpoint, or the one before its parked event), builds
-//!    the secondary indexes and foreign keys, analyzes; from now on events
+//!    order `(transaction_id, position)`, a window of `batch_size` events
+//!    per transaction through [`Projection::apply_many`] (which folds each
+//!    stream's events of the window and writes its rows once), with the
+//!    transaction's `search_path` set to the shadow schema. A reader task
+//!    reads the next window meanwhile. In that order every event is the
+//!    next one of its stream, so no per-stream versions are kept; the
+//!    checkpoint in `read_models.rebuilds` commits with each window, so an
+//!    interrupted rebuild resumes after the last window it committed. An
+//!    event that keeps failing parks its stream in the shadow `parked`, as a
+//!    live worker would;
+//! 4. enters **catch-up**: records the checkpoint as the shadow's replayed
+//!    checkpoint (every event up to it is applied: one row, not one per
+//!    stream, migration 0007) and an `applied` row for each parked stream
+//!    (the version before its parked event), builds the secondary indexes
+//!    and foreign keys, analyzes; from now on events
 //!    go through a [`Projector`] on the shadow schema, which skips what it
 //!    has applied, per stream version. Catch-up ends when a read comes back
 //!    short after every transaction older than the rebuild has finished: a
@@ -35,16 +40,20 @@
 //!    further in than the shadow (an event they applied that the gap-safe
 //!    read does not show yet, or an unpark), so the shadow holds everything
 //!    the live tables hold; replaces `p`'s rows of `read_models.applied`,
-//!    `parked` and `projection_status` with the shadow's; drops the live
+//!    `parked` and `projection_status` (with the replayed checkpoint) with
+//!    the shadow's; drops the live
 //!    tables, moves the shadow tables into `read_models`, drops the shadow
 //!    schema and `p`'s `rebuilds` row; notifies; commits. The Query API reads
 //!    the old tables until that commit and the new ones right after (its
 //!    statements name the tables, and the server re-resolves names of cached
 //!    statements after DDL).
 //!
-//! Once the live workers resume, they find the new applied versions: an event
-//! the rebuild already applied is a duplicate, one it did not is applied (or
-//! its stream's gap is filled from the store), so nothing is lost or doubled.
+//! Once the live workers resume, they find the new applied versions (a
+//! stream's row, or else what the replayed checkpoint covers of it, which the
+//! [`Projector`] reads from the event store the first time it meets the
+//! stream): an event the rebuild already applied is a duplicate, one it did
+//! not is applied (or its stream's gap is filled from the store), so nothing
+//! is lost or doubled.
 //!
 //! Grants on the read-model tables are not copied to the shadow tables.
 
@@ -70,6 +79,12 @@ const BOOKKEEPING: [&str; 3] = ["applied", "parked", "projection_status"];
 const SWAP_ATTEMPTS: u32 = 5;
 const SWAP_LOCK_TIMEOUT: &str = "5s";
 
+/// Events per transaction unless told otherwise (`--batch-size`).
+pub const DEFAULT_BATCH_SIZE: usize = 100_000;
+
+/// Events the replay reads per query, ahead of the window it applies.
+const READ_CHUNK: usize = 10_000;
+
 /// How often a rebuild that has read everything visible checks whether the
 /// transactions older than it have finished.
 const HORIZON_POLL: Duration = Duration::from_millis(100);
@@ -77,7 +92,11 @@ const HORIZON_POLL: Duration = Duration::from_millis(100);
 /// Tuning of a rebuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildOptions {
-    /// Events read and applied per transaction.
+    /// Events applied per transaction. In the bulk replay this is the
+    /// window folded in memory: a row that several of the window's events
+    /// change is written once, so bigger windows rebuild fold-heavy read
+    /// models (a SKU's stock, a saga's steps) faster. Up to two windows are
+    /// in memory (the one written, the next one read meanwhile).
     pub batch_size: usize,
     /// Discard an interrupted rebuild and start over.
     pub restart: bool,
@@ -91,7 +110,7 @@ pub struct RebuildOptions {
 impl Default for RebuildOptions {
     fn default() -> Self {
         RebuildOptions {
-            batch_size: 2_000,
+            batch_size: DEFAULT_BATCH_SIZE,
             restart: false,
             max_events_per_second: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -179,8 +198,9 @@ pub fn shadow_schema(projection: &str) -> String {
 
 /// Rebuilds `projection` into shadow tables and swaps them in (see the
 /// module's documentation). `on_progress` is called after every batch.
-/// When `shutdown` is cancelled, the batch in hand is committed and
-/// [`Error::Interrupted`] returned: the next run resumes there.
+/// When `shutdown` is cancelled, the batch being written is committed and
+/// [`Error::Interrupted`] returned: the next run resumes there (and reads
+/// again what had been read ahead).
 #[tracing::instrument(skip_all, fields(projection = projection.name()), err)]
 pub async fn rebuild(
     projection: Arc<dyn Projection>,
@@ -560,8 +580,8 @@ impl Rebuild {
         }
     }
 
-    /// Phase 3: the bulk replay, a batch per transaction, reading the next
-    /// batch while the current one is applied.
+    /// Phase 3: the bulk replay, a window per transaction, reading the next
+    /// window while the current one is applied.
     async fn replay(
         &self,
         state: &mut State,
@@ -580,10 +600,25 @@ impl Rebuild {
         .await?
         .into_iter()
         .collect();
-        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-        // The reader ends after a short read taken once every transaction
-        // older than the rebuild had finished (see `catch_up`).
-        let (sender, mut batches) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>>>(1);
+        // A throttled rebuild writes about a second's worth per transaction,
+        // not a burst of a whole window and then a long pause.
+        let window = match self.options.max_events_per_second {
+            Some(rate) => self
+                .options
+                .batch_size
+                .min(usize::try_from(rate).unwrap_or(usize::MAX).max(1)),
+            None => self.options.batch_size,
+        };
+        let chunk = i64::try_from(window.min(READ_CHUNK)).unwrap_or(i64::MAX);
+        // The reader reads the log in chunks, ahead of the apply; it ends
+        // after a short read taken once every transaction older than the
+        // rebuild had finished (see `catch_up`). Each chunk says whether it
+        // was a short read: the log's head, where a window is applied
+        // without waiting for more.
+        // Room for a whole window: the next one is read while this one applies.
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Result<(Vec<RecordedEvent>, bool)>>(
+            window.div_ceil(READ_CHUNK.min(window)) + 1,
+        );
         let reader = {
             let store = self.store.clone();
             let types = self.types;
@@ -592,7 +627,7 @@ impl Rebuild {
                 loop {
                     let read = async {
                         let passed = horizon(store.pool()).await? >= start;
-                        let events = store.read_all_of_types(after, types, batch).await?;
+                        let events = store.read_all_of_types(after, types, chunk).await?;
                         Ok::<_, Error>((events, passed))
                     }
                     .await;
@@ -603,32 +638,52 @@ impl Rebuild {
                             return;
                         }
                     };
+                    let short = (events.len() as i64) < chunk;
                     if events.is_empty() && !passed {
                         tokio::time::sleep(HORIZON_POLL).await;
                         continue;
                     }
-                    let last = (events.len() as i64) < batch && passed;
                     if let Some(event) = events.last() {
                         after = event.checkpoint();
                     }
-                    if sender.send(Ok(events)).await.is_err() || last {
+                    if sender.send(Ok((events, short))).await.is_err() || (short && passed) {
                         return;
                     }
                 }
             })
         };
         let _abort_reader = AbortOnDrop(reader);
-        loop {
+        // A window of up to `batch_size` events, folded and written in one
+        // transaction: a row that several of its events change is written
+        // once per window, not once per chunk read.
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut ended = false;
+        while !ended {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return Err(self.interrupted(state)),
-                next = batches.recv() => next,
+                next = chunks.recv() => next,
             };
-            let events = match next {
-                Some(events) => events?,
-                None => break,
+            let at_head = match next {
+                Some(chunk) => {
+                    let (chunk, short) = chunk?;
+                    if events.is_empty() {
+                        events = chunk;
+                    } else {
+                        events.extend(chunk);
+                    }
+                    short
+                }
+                None => {
+                    ended = true;
+                    true
+                }
             };
+            if events.len() < window && !at_head {
+                continue;
+            }
             if !events.is_empty() {
                 self.replay_batch(&events, &mut parked, state).await?;
+                events.clear();
                 report(Phase::Replay, state);
             }
             self.throttle(started, state.events_done - resumed_from, shutdown)
@@ -763,40 +818,39 @@ impl Rebuild {
         }
     }
 
-    /// Phase 4: per-stream versions, indexes and foreign keys, statistics.
+    /// Phase 4: the replayed checkpoint, indexes and foreign keys, statistics.
     async fn enter_catch_up(&self, state: &mut State) -> Result<()> {
         let s = &self.shadow;
         let mut tx = self.pool().begin().await?;
         self.finish_shadow(&mut tx).await?;
-        // In the global order a stream's events up to the checkpoint are its
-        // versions 1..=n; a parked stream stopped before its parked event.
-        sqlx::query(&format!(
-            "INSERT INTO {s}.applied (projection, stream_id, version) \
-             SELECT $1, stream_id, max(version) FROM event_store.events \
-             WHERE stream_type = ANY($2) AND (transaction_id, position) <= ($3::text::xid8, $4) \
-             GROUP BY stream_id"
-        ))
-        .bind(self.name())
-        .bind(self.types)
-        .bind(state.checkpoint.transaction_id.to_string())
-        .bind(state.checkpoint.position)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "UPDATE {s}.applied AS a SET version = p.version - 1 FROM {s}.parked AS p \
-             WHERE p.projection = a.projection AND p.stream_id = a.stream_id"
-        ))
-        .execute(&mut *tx)
-        .await?;
+        // Every event up to the checkpoint is applied, recorded as the
+        // replayed checkpoint rather than a row per stream (migration 0007),
+        // but for the parked streams: they stopped before their parked event.
         sqlx::query(&format!(
             "INSERT INTO {s}.projection_status \
-                (projection, last_position, last_transaction_id, events_applied, updated_at) \
-             VALUES ($1, $2, $3, $4, now())"
+                (projection, last_position, last_transaction_id, events_applied, updated_at, \
+                 replayed_transaction_id, replayed_position, replayed_events) \
+             VALUES ($1, $2, $3, $4, now(), $5::text::xid8, $6, $4)"
         ))
         .bind(self.name())
         .bind(state.last_position)
         .bind(i64::try_from(state.checkpoint.transaction_id).unwrap_or(i64::MAX))
         .bind(i64::try_from(state.events_done).unwrap_or(i64::MAX))
+        .bind(state.checkpoint.transaction_id.to_string())
+        .bind(state.checkpoint.position)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.applied (projection, stream_id, version, base) \
+             SELECT p.projection, p.stream_id, p.version - 1, \
+                    (SELECT coalesce(max(e.version), 0) FROM event_store.events AS e \
+                     WHERE e.stream_id = p.stream_id \
+                       AND (e.transaction_id, e.position) <= ($2::text::xid8, $3)) \
+             FROM {s}.parked AS p WHERE p.projection = $1"
+        ))
+        .bind(self.name())
+        .bind(state.checkpoint.transaction_id.to_string())
+        .bind(state.checkpoint.position)
         .execute(&mut *tx)
         .await?;
         let tables: Vec<String> = self
@@ -928,13 +982,34 @@ impl Rebuild {
                 break;
             }
         }
-        // Streams the live workers got further in than the shadow.
+        // Streams the live workers got further in than the shadow: one with
+        // a row in the shadow (parked there, unparked live, or met in
+        // catch-up) the live row passes, or one the live workers applied an
+        // event of that the gap-safe read does not show yet (beyond the
+        // shadow's checkpoint); everything else up to that checkpoint the
+        // shadow holds. With the version the shadow has of each.
         let behind: Vec<(String, i64)> = sqlx::query_as(&format!(
-            "SELECT l.stream_id, coalesce(s.version, 0) FROM read_models.applied AS l \
-             LEFT JOIN {s}.applied AS s ON s.projection = l.projection AND s.stream_id = l.stream_id \
-             WHERE l.projection = $1 AND l.version > coalesce(s.version, 0)"
+            "SELECT l.stream_id, s.version FROM {s}.applied AS s \
+             JOIN read_models.applied AS l ON l.projection = s.projection AND l.stream_id = s.stream_id \
+             WHERE s.projection = $1 AND l.version > s.version \
+             UNION \
+             SELECT l.stream_id, \
+                    (SELECT coalesce(max(f.version), 0) FROM event_store.events AS f \
+                     JOIN {s}.projection_status AS st ON st.projection = $1 \
+                      AND (f.transaction_id, f.position) \
+                          <= (st.replayed_transaction_id, st.replayed_position) \
+                     WHERE f.stream_id = l.stream_id) \
+             FROM event_store.events AS e \
+             JOIN read_models.applied AS l \
+               ON l.projection = $1 AND l.stream_id = e.stream_id AND l.version >= e.version \
+             WHERE e.stream_type = ANY($2) AND (e.transaction_id, e.position) > ($3::text::xid8, $4) \
+               AND NOT EXISTS (SELECT 1 FROM {s}.applied AS s \
+                               WHERE s.projection = $1 AND s.stream_id = e.stream_id)"
         ))
         .bind(name)
+        .bind(self.types)
+        .bind(next.checkpoint.transaction_id.to_string())
+        .bind(next.checkpoint.position)
         .fetch_all(&mut *tx)
         .await?;
         if !behind.is_empty() {
@@ -955,17 +1030,17 @@ impl Rebuild {
             projector.apply_batch_in(&mut tx, &events).await?;
         }
         self.check_live_untouched(&mut tx, &before).await?;
-
         // The shadow's bookkeeping replaces the live one.
         for (table, columns) in [
-            ("applied", "projection, stream_id, version"),
+            ("applied", "projection, stream_id, version, base"),
             (
                 "parked",
                 "projection, stream_id, version, event_id, error, attempts, parked_at",
             ),
             (
                 "projection_status",
-                "projection, last_position, last_transaction_id, events_applied, updated_at",
+                "projection, last_position, last_transaction_id, events_applied, updated_at, \
+                 replayed_transaction_id, replayed_position, replayed_events",
             ),
         ] {
             sqlx::query(&format!(

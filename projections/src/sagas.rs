@@ -114,15 +114,24 @@ async fn apply_streams(
     streams: &[&[&RecordedEvent]],
 ) -> Result<(), ApplyError> {
     let mut ids = Vec::with_capacity(streams.len());
+    // A stream whose slice starts at version 1 has no row yet.
+    let mut started = Vec::new();
     for events in streams {
         if let Some(first) = events.first() {
             ids.push(stream_uuid(first)?);
+            if first.version > 1 {
+                started.extend(ids.last().copied());
+            }
         }
     }
     if ids.is_empty() {
         return Ok(());
     }
-    let mut stored = load(tx, &ids).await?;
+    let mut stored = if started.is_empty() {
+        HashMap::new()
+    } else {
+        load(tx, &started).await?
+    };
     let mut rows = Vec::with_capacity(ids.len());
     for (events, order_id) in streams.iter().filter(|e| !e.is_empty()).zip(&ids) {
         let mut row = stored.remove(order_id);
@@ -208,7 +217,9 @@ async fn load(
         .collect()
 }
 
-/// Writes `rows` (new and updated) in one statement.
+/// Writes `rows` (new and updated) in one statement. A row stored at the
+/// same or a later version is left alone, and the count of rows written
+/// then falls short: an error.
 async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), ApplyError> {
     if rows.is_empty() {
         return Ok(());
@@ -225,7 +236,8 @@ async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), Ap
             state = excluded.state, compensation_reason = excluded.compensation_reason, \
             tracking_number = excluded.tracking_number, last_error = excluded.last_error, \
             attention_step = excluded.attention_step, steps = excluded.steps, \
-            version = excluded.version, updated_at = excluded.updated_at",
+            version = excluded.version, updated_at = excluded.updated_at \
+         WHERE s.version < excluded.version",
     )
     .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.saga_id).collect::<Vec<_>>())

@@ -73,7 +73,6 @@ pub async fn accounts_snapshot(pool: &PgPool) -> Vec<String> {
     for (table, order) in [
         ("read_models.accounts", "account_id"),
         ("read_models.account_transactions", "account_id, seq"),
-        ("read_models.applied", "projection, stream_id"),
         ("read_models.parked", "projection, stream_id"),
     ] {
         let text: Vec<String> = sqlx::query_scalar(&format!(
@@ -84,6 +83,15 @@ pub async fn accounts_snapshot(pool: &PgPool) -> Vec<String> {
         .expect("snapshot");
         rows.extend(text.into_iter().map(|t| format!("{table} {t}")));
     }
+    // However they are recorded: rows, or a rebuild's replayed checkpoint.
+    let applied = projections::applied_versions(pool, "accounts", &["account"])
+        .await
+        .expect("applied versions");
+    rows.extend(
+        applied
+            .into_iter()
+            .map(|(stream, version)| format!("applied accounts {stream} {version}")),
+    );
     rows
 }
 

@@ -110,7 +110,7 @@ async fn a_killed_rebuild_resumes_and_ends_identical_to_an_uninterrupted_one() {
     );
     let uninterrupted = accounts_snapshot(&db.pool).await;
     assert_eq!(after_resume, uninterrupted);
-    // One account row and one applied row per stream, a ledger entry per deposit.
+    // One account row and one applied version per stream, a ledger entry per deposit.
     let count = |prefix: &str| {
         uninterrupted
             .iter()
@@ -118,7 +118,7 @@ async fn a_killed_rebuild_resumes_and_ends_identical_to_an_uninterrupted_one() {
             .count() as i64
     };
     assert_eq!(count("read_models.accounts "), ACCOUNTS);
-    assert_eq!(count("read_models.applied "), ACCOUNTS);
+    assert_eq!(count("applied accounts "), ACCOUNTS);
     assert_eq!(
         count("read_models.account_transactions "),
         ACCOUNTS * (PER_ACCOUNT - 1)

@@ -563,9 +563,7 @@ async fn set_based_and_event_by_event_application_leave_the_same_rows() {
     }
     let read_models = |rows: Vec<String>| -> Vec<String> {
         rows.into_iter()
-            .filter(|r| {
-                !r.starts_with("read_models.applied") && !r.starts_with("read_models.parked")
-            })
+            .filter(|r| !r.starts_with("applied ") && !r.starts_with("read_models.parked"))
             .collect()
     };
     let set_based = read_models(h.snapshot().await);

@@ -55,7 +55,9 @@ pub async fn projection_views(pool: &PgPool) -> Result<Vec<ProjectionView>> {
 /// A projection's checkpoint, head, lag, parked streams and events applied
 /// (`$1` the projection, `$2` its stream types). Stream versions are
 /// contiguous from 1, so the events not yet applied are the events of these
-/// types minus the versions applied: no per-stream grouping of the log. The
+/// types minus the versions applied (those a rebuild's replayed checkpoint
+/// covers, and beyond them the rows of `applied`, migration 0007): no
+/// per-stream grouping of the log. The
 /// count and the head come from one index-only scan of the types' entries in
 /// `events_stream_type_transaction_position_idx` (migration 0005), not from
 /// the table. Public for the test of its plan.
@@ -64,7 +66,10 @@ SELECT
     coalesce((SELECT last_position FROM read_models.projection_status WHERE projection = $1), 0),
     log.head,
     greatest(log.events
-             - coalesce((SELECT sum(version) FROM read_models.applied WHERE projection = $1), 0),
+             - coalesce((SELECT replayed_events FROM read_models.projection_status
+                         WHERE projection = $1), 0)
+             - coalesce((SELECT sum(version - base) FROM read_models.applied
+                         WHERE projection = $1), 0),
              0)::bigint,
     (SELECT count(*) FROM read_models.parked WHERE projection = $1),
     coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0)
