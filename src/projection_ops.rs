@@ -74,7 +74,7 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub restart: bool,
     /// Events replayed per transaction: the window folded in memory, so a
-    /// row several of its events change is written once. Up to two windows
+    /// row several of its events change is written once. About two windows
     /// are held in memory (about 0.5 GB for saga events at the default);
     /// lower it on a small machine.
     #[arg(long, default_value_t = projections::rebuild::DEFAULT_BATCH_SIZE as u32,

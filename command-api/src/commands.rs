@@ -86,7 +86,7 @@ impl<A: Aggregate> Commands<A> {
             let metadata = Metadata {
                 correlation_id: Some(meta.request_id.clone()),
                 causation_id: meta.idempotency.as_ref().map(|k| k.key.clone()),
-                actor: None,
+                actor: meta.actor.clone(),
             };
             let mut stripe = self.locks.lock(stream.as_str()).await;
 

@@ -40,6 +40,9 @@ pub struct CommandMeta {
     pub if_match: Option<u64>,
     /// `Idempotency-Key` with the request's fingerprint.
     pub idempotency: Option<event_store::IdempotencyKey>,
+    /// Who acts, recorded in the events' metadata: set by the handlers of
+    /// operators' commands (`operator`), none for clients' commands.
+    pub actor: Option<String>,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
@@ -66,6 +69,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
                 request_id,
                 if_match,
                 idempotency,
+                actor: None,
             },
             body,
         })

@@ -618,7 +618,8 @@ pub async fn applied_version(
 /// Every stream `projection` has applied something of, with its version, as
 /// [`applied_version`] reads it: the rows of `read_models.applied` and the
 /// streams the replayed checkpoint covers (`stream_types`: the projection's).
-/// For operators and tests; it reads the whole log of those types.
+/// Streams at version 0 (nothing applied) are left out. For operators and
+/// tests; it reads the whole log of those types.
 pub async fn applied_versions(
     executor: impl sqlx::PgExecutor<'_>,
     projection: &str,

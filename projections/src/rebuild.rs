@@ -55,7 +55,9 @@
 //! not is applied (or its stream's gap is filled from the store), so nothing
 //! is lost or doubled.
 //!
-//! Grants on the read-model tables are not copied to the shadow tables.
+//! Table grants on the read-model tables are granted on the shadow tables in
+//! the swap, so they carry over; column grants and the owner do not (the new
+//! tables belong to the role that ran the rebuild).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -82,6 +84,12 @@ const SWAP_LOCK_TIMEOUT: &str = "5s";
 /// Events per transaction unless told otherwise (`--batch-size`).
 pub const DEFAULT_BATCH_SIZE: usize = 100_000;
 
+/// Events per transaction, at most, once the bulk replay is over: catch-up
+/// applies through the [`Projector`] (a poison event makes it retry the
+/// batch event by event), and the swap holds the live workers back while it
+/// applies the last events.
+pub const CATCH_UP_BATCH: usize = 5_000;
+
 /// Events the replay reads per query, ahead of the window it applies.
 const READ_CHUNK: usize = 10_000;
 
@@ -92,11 +100,12 @@ const HORIZON_POLL: Duration = Duration::from_millis(100);
 /// Tuning of a rebuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildOptions {
-    /// Events applied per transaction. In the bulk replay this is the
-    /// window folded in memory: a row that several of the window's events
-    /// change is written once, so bigger windows rebuild fold-heavy read
-    /// models (a SKU's stock, a saga's steps) faster. Up to two windows are
-    /// in memory (the one written, the next one read meanwhile).
+    /// Events applied per transaction in the bulk replay: the window folded
+    /// in memory, so a row that several of the window's events change is
+    /// written once, and bigger windows rebuild fold-heavy read models (a
+    /// SKU's stock, a saga's steps) faster. About two windows are in memory
+    /// (the one written, the next one read meanwhile). Catch-up and the swap
+    /// apply at most [`CATCH_UP_BATCH`] events per transaction.
     pub batch_size: usize,
     /// Discard an interrupted rebuild and start over.
     pub restart: bool,
@@ -406,6 +415,14 @@ impl Rebuild {
         if let (Some((phase, transaction_id, position, done, last_position)), true, false) =
             (row, schema_exists, self.options.restart)
         {
+            let stale = self.stale_shadow_tables().await?;
+            if !stale.is_empty() {
+                return Err(self.unsupported(format!(
+                    "the interrupted rebuild's shadow tables ({}) predate a migration that \
+                     changed them; start over with --restart",
+                    stale.join(", ")
+                )));
+            }
             let state = State {
                 phase: if phase == "catch_up" {
                     Phase::CatchUp
@@ -454,6 +471,33 @@ impl Rebuild {
             events_done: 0,
             last_position: 0,
         })
+    }
+
+    /// The tables of the shadow schema whose columns differ from those of
+    /// their `read_models` counterparts: a migration changed them since the
+    /// rebuild started, so what it wrote cannot be swapped in.
+    async fn stale_shadow_tables(&self) -> Result<Vec<String>> {
+        let tables: Vec<&str> = BOOKKEEPING
+            .iter()
+            .copied()
+            .chain(self.projection.tables().iter().map(|t| t.name))
+            .collect();
+        Ok(sqlx::query_scalar(
+            "WITH columns AS ( \
+                SELECT t, s, (SELECT array_agg(attname::text || ' ' || format_type(atttypid, atttypmod) \
+                                               ORDER BY attnum) \
+                              FROM pg_attribute \
+                              WHERE attrelid = to_regclass(quote_ident(s) || '.' || quote_ident(t)) \
+                                AND attnum > 0 AND NOT attisdropped) AS c \
+                FROM unnest($1::text[]) AS t, unnest(ARRAY['read_models', $2]) AS s) \
+             SELECT live.t FROM columns AS live JOIN columns AS shadow ON shadow.t = live.t \
+             WHERE live.s = 'read_models' AND shadow.s = $2 AND live.c IS DISTINCT FROM shadow.c \
+             ORDER BY 1",
+        )
+        .bind(&tables)
+        .bind(&self.schema)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// The shadow schema: the bookkeeping tables, and the projection's tables
@@ -678,18 +722,17 @@ impl Rebuild {
                     true
                 }
             };
-            if events.len() < window && !at_head {
-                continue;
-            }
-            if !events.is_empty() {
+            // Whole windows; at the head (or the end), what there is.
+            while !events.is_empty() && (events.len() >= window || at_head) {
+                let rest = events.split_off(window.min(events.len()));
                 self.replay_batch(&events, &mut parked, state).await?;
-                events.clear();
+                events = rest;
                 report(Phase::Replay, state);
-            }
-            self.throttle(started, state.events_done - resumed_from, shutdown)
-                .await;
-            if shutdown.is_cancelled() {
-                return Err(self.interrupted(state));
+                self.throttle(started, state.events_done - resumed_from, shutdown)
+                    .await;
+                if shutdown.is_cancelled() {
+                    return Err(self.interrupted(state));
+                }
             }
         }
         Ok(())
@@ -887,7 +930,7 @@ impl Rebuild {
         report: &mut (dyn FnMut(Phase, &State) + Send),
     ) -> Result<()> {
         let projector = self.projector();
-        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        let batch = i64::try_from(self.options.batch_size.min(CATCH_UP_BATCH)).unwrap_or(i64::MAX);
         let mut waiting = false;
         loop {
             if shutdown.is_cancelled() {
@@ -953,7 +996,7 @@ impl Rebuild {
         let s = &self.shadow;
         let name = self.name();
         let projector = self.projector();
-        let batch = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+        let batch = i64::try_from(self.options.batch_size.min(CATCH_UP_BATCH)).unwrap_or(i64::MAX);
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
             .execute(&mut *tx)
@@ -1056,6 +1099,27 @@ impl Rebuild {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        }
+        // Grants on the live tables carry over to the new ones (a Query API
+        // running as a role that may only read them goes on reading).
+        for table in self.projection.tables() {
+            let shadow_table = format!("{s}.{}", quote_ident(table.name));
+            let grants: Vec<String> = sqlx::query_scalar(
+                "SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, $2::text, \
+                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
+                        CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+                 FROM pg_class AS c CROSS JOIN LATERAL aclexplode(c.relacl) AS a \
+                 LEFT JOIN pg_roles AS r ON r.oid = a.grantee \
+                 WHERE c.oid = $1::regclass AND a.grantee <> c.relowner \
+                 ORDER BY 1",
+            )
+            .bind(format!("read_models.{}", quote_ident(table.name)))
+            .bind(&shadow_table)
+            .fetch_all(&mut *tx)
+            .await?;
+            for grant in grants {
+                sqlx::query(&grant).execute(&mut *tx).await?;
+            }
         }
         // The tables: from here to the commit the Query API's reads of them wait.
         for table in self.projection.tables().iter().rev() {

@@ -372,7 +372,7 @@ impl Orchestrator {
                         deadline_ms,
                     };
                     if self.record(order_id, command, &metadata).await? {
-                        self.run_step(&state, step, attempt, deadline_ms, &metadata)
+                        self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
                             .await?
                     } else {
                         false
@@ -384,7 +384,7 @@ impl Orchestrator {
                     deadline_ms,
                 } => {
                     tracing::info!(%step, attempt, "resuming a step cut short");
-                    self.run_step(&state, step, attempt, deadline_ms, &metadata)
+                    self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
                         .await?
                 }
             };
@@ -408,13 +408,13 @@ impl Orchestrator {
     /// One attempt of `step`, within its deadline, and its outcome recorded.
     async fn run_step(
         &self,
+        order_id: OrderId,
         state: &SagaState,
         step: Step,
         attempt: u32,
         deadline_ms: i64,
         metadata: &Metadata,
     ) -> Result<bool> {
-        let order_id = order_of(state)?.order_id;
         let started = Instant::now();
         let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
         let result = match tokio::time::timeout(
@@ -466,7 +466,7 @@ impl Orchestrator {
 
     /// Carries out `step`: one command, under the step's idempotency key.
     async fn execute(&self, state: &SagaState, step: &Step, metadata: &Metadata) -> StepResult {
-        let Ok(order) = order_of(state) else {
+        let Some(order) = state.order.as_ref() else {
             return StepResult::Transient("saga without an order".to_owned());
         };
         let Some(saga_id) = state.saga_id else {
@@ -816,13 +816,6 @@ async fn send<A: Aggregate>(
         },
         Err(error) => StepResult::Transient(error.to_string()),
     }
-}
-
-fn order_of(state: &SagaState) -> Result<&SagaOrder> {
-    state.order.as_ref().ok_or_else(|| Error::Saga {
-        order_id: OrderId::new(Uuid::nil()),
-        message: "saga without an order".to_owned(),
-    })
 }
 
 fn shipment(state: &SagaState, order: &SagaOrder) -> Shipment {

@@ -9,7 +9,7 @@ use kafka::{Delivered, EventConsumer, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::orchestrator::saga_order;
-use crate::{Error, Orchestrator, Result};
+use crate::{Orchestrator, Result};
 
 /// The saga's consumer group: `{prefix}.saga`.
 pub fn group_id(kafka: &KafkaConfig) -> String {
@@ -147,7 +147,7 @@ impl Trigger {
             }
         }
         tracing::info!("saga trigger stopped");
-        Ok::<(), Error>(())
+        Ok(())
     }
 }
 

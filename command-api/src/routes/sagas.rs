@@ -9,7 +9,7 @@ use domain::{OrderId, SagaCommand};
 
 use crate::dto::{path_uuid, RetrySagaRequest, SagaRetriedResponse};
 use crate::error::{ApiError, Problem};
-use crate::extract::{Command, PathParam};
+use crate::extract::{Command, CommandMeta, PathParam};
 use crate::state::AppState;
 
 /// Retries a saga in `needs_attention`: the step that stopped it gets a
@@ -34,13 +34,18 @@ pub async fn retry(
     request: Command<RetrySagaRequest>,
 ) -> Result<Response, ApiError> {
     let order_id = OrderId::new(path_uuid("order id", &id)?);
+    // Recorded as `purser saga retry` records it.
+    let meta = CommandMeta {
+        actor: Some("operator".to_owned()),
+        ..request.meta
+    };
     state
         .sagas()
         .execute(
             state.metrics(),
             &order_id.to_string(),
             &SagaCommand::Retry,
-            request.meta,
+            meta,
             move |outcome| {
                 let body = SagaRetriedResponse {
                     order_id: order_id.as_uuid(),

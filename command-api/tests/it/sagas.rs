@@ -58,6 +58,21 @@ async fn retry_resumes_a_saga_that_needs_attention_once_per_key() {
     assert_eq!(again.headers().get(REPLAYED).unwrap(), "true");
     assert_eq!(assert_json(again, StatusCode::ACCEPTED).await, body);
     assert_eq!(app.count_of(&stream, "SagaRetried").await, 1);
+    // Recorded as an operator's, like `purser saga retry`.
+    let retried = app
+        .store()
+        .read_stream(&event_store::StreamId::new("saga", order.to_string()), 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.event_type == "SagaRetried")
+        .expect("SagaRetried");
+    assert_eq!(retried.metadata.actor.as_deref(), Some("operator"));
+    assert_eq!(
+        retried.metadata.causation_id.as_deref(),
+        Some("retry-1"),
+        "the idempotency key is still the cause"
+    );
     let loaded = event_store::Repository::<FulfilmentSaga>::new(app.store())
         .load(&order.to_string())
         .await

@@ -495,9 +495,12 @@ async fn an_interrupted_rebuild_refuses_a_second_one_and_resumes_where_it_stoppe
     let first = tokio::spawn({
         let (h, token) = (h.clone(), token.clone());
         async move {
+            // Slow enough to be still running when cancelled, however long
+            // the steps in between take on a loaded machine (the throttle's
+            // sleep ends at the cancellation).
             let options = RebuildOptions {
                 batch_size: 5,
-                max_events_per_second: Some(100),
+                max_events_per_second: Some(10),
                 ..RebuildOptions::default()
             };
             rebuild::rebuild(
@@ -803,5 +806,110 @@ async fn after_a_rebuild_replayed_events_are_duplicates_and_later_ones_apply_onc
     assert_eq!(report.applied, 5);
     assert_eq!(h.snapshot().await, after);
     assert_eq!(accounts_lag(&h).await, 0);
+    h.drop().await;
+}
+
+#[tokio::test]
+async fn an_interrupted_rebuild_from_before_a_migration_asks_for_a_restart() {
+    let h = Harness::new().await;
+    let (account, _) = h.open_account("EUR").await;
+    h.deposit(account, 500).await;
+    let accounts: Arc<dyn Projection> = Arc::new(projections::Accounts);
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let interrupted = rebuild::rebuild(
+        accounts.clone(),
+        &h.store,
+        &RebuildOptions::default(),
+        &cancelled,
+        &mut |_| {},
+    )
+    .await;
+    assert!(
+        matches!(interrupted, Err(Error::Interrupted { .. })),
+        "{interrupted:?}"
+    );
+    // As if the shadow had been made before migration 0007 added the column.
+    sqlx::query("ALTER TABLE rebuild_accounts.applied DROP COLUMN base")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let resumed = rebuild_quietly(&h, accounts.clone(), &RebuildOptions::default()).await;
+    match resumed {
+        Err(error @ Error::Unsupported { .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("(applied)") && message.contains("--restart"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let restarted = rebuild_quietly(
+        &h,
+        accounts,
+        &RebuildOptions {
+            restart: true,
+            ..RebuildOptions::default()
+        },
+    )
+    .await
+    .expect("rebuild with --restart");
+    assert_eq!(restarted.events, 2);
+    h.drop().await;
+}
+
+#[tokio::test]
+async fn grants_on_the_read_model_tables_survive_a_rebuild() {
+    let h = Harness::new().await;
+    let (account, _) = h.open_account("EUR").await;
+    h.deposit(account, 500).await;
+    project_live(&h).await;
+    // Roles are the server's, not the test database's: a name of its own.
+    let role = format!("purser_reader_{}", Uuid::now_v7().simple());
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role}; \
+         GRANT USAGE ON SCHEMA read_models TO {role}; \
+         GRANT SELECT ON read_models.accounts, read_models.account_transactions TO {role}; \
+         GRANT UPDATE ON read_models.accounts TO {role} WITH GRANT OPTION"
+    ))
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let privileges = || async {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT table_name::text, privilege_type::text, is_grantable = 'YES' \
+             FROM information_schema.role_table_grants \
+             WHERE grantee = $1 ORDER BY 1, 2",
+        )
+        .bind(&role)
+        .fetch_all(&h.db.pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let before = privileges().await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    let oids = table_oids(&h).await;
+
+    rebuild_quietly(
+        &h,
+        Arc::new(projections::Accounts),
+        &RebuildOptions::default(),
+    )
+    .await
+    .expect("rebuild");
+    assert_ne!(table_oids(&h).await, oids, "the tables were swapped");
+    assert_eq!(privileges().await, before);
+
+    // Its privileges are all in this database: once revoked, it can go.
+    sqlx::raw_sql(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA read_models FROM {role}; \
+         REVOKE ALL ON SCHEMA read_models FROM {role}; \
+         DROP ROLE {role}"
+    ))
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
     h.drop().await;
 }
