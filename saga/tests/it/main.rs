@@ -2,6 +2,7 @@
 //! Kafka-protocol broker: orders placed over HTTP, the relay publishing to
 //! Kafka, and the orchestrator (trigger and driver) in this process.
 
+mod outage;
 mod paths;
 mod simulation;
 mod support;

@@ -43,8 +43,12 @@ pub fn fast_config() -> SagaConfig {
 }
 
 pub fn kafka_config() -> KafkaConfig {
+    kafka_config_on(std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()))
+}
+
+pub fn kafka_config_on(brokers: String) -> KafkaConfig {
     KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+        brokers,
         topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
         partitions: 3,
         session_timeout_ms: 2000,
@@ -69,8 +73,12 @@ impl World {
     /// Database, topics, Command API and relay; the saga is started by
     /// [`World::start_saga`].
     pub async fn new(config: SagaConfig) -> World {
+        World::on(config, kafka_config()).await
+    }
+
+    /// [`World::new`] on the broker(s) of `kafka`.
+    pub async fn on(config: SagaConfig, kafka: KafkaConfig) -> World {
         init_tracing();
-        let kafka = kafka_config();
         kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
             .await
             .expect("create topics");
