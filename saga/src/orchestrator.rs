@@ -473,7 +473,12 @@ impl Orchestrator {
             return StepResult::Transient("saga without an id".to_owned());
         };
         let order_id = order.order_id;
-        let key = format!("saga:{saga_id}:{}:{step}", state.retries);
+        // With spaces, which a client's `Idempotency-Key` (visible ASCII)
+        // cannot have: no request can take a step's key before the step.
+        // (Earlier versions used `saga:{saga_id}:{retries}:{step}`; a step
+        // one of them carried out is not repeated after an upgrade, as the
+        // aggregates record each order's charge, reservations and marks.)
+        let key = format!("saga {saga_id} {} {step}", state.retries);
         let inner = &self.inner;
         let metadata = Metadata {
             causation_id: Some(format!("saga-{order_id}:{step}")),
@@ -809,12 +814,20 @@ async fn send<A: Aggregate>(
             code: refusal.code().to_owned(),
             error: refusal.to_string(),
         },
-        Ok(Executed::Replayed(stored)) if stored.status < 300 => StepResult::DONE,
-        Ok(Executed::Replayed(stored)) => StepResult::Refused {
+        Ok(Executed::Replayed(stored)) => replayed(&stored),
+        Err(error) => StepResult::Transient(error.to_string()),
+    }
+}
+
+/// The outcome of a step carried out before, from its stored answer.
+fn replayed(stored: &StoredResponse) -> StepResult {
+    if stored.status < 300 {
+        StepResult::DONE
+    } else {
+        StepResult::Refused {
             code: stored.body["code"].as_str().unwrap_or("refused").to_owned(),
             error: stored.body["error"].as_str().unwrap_or_default().to_owned(),
-        },
-        Err(error) => StepResult::Transient(error.to_string()),
+        }
     }
 }
 

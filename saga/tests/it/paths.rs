@@ -4,9 +4,14 @@
 
 use std::sync::Arc;
 
-use domain::{CancellationReason, OrderStatus, SagaStatus, Step, StepStatus};
+use domain::{
+    AccountCommand, Amount, BankAccount, CancellationReason, OrderStatus, SagaStatus, Step,
+    StepStatus,
+};
+use event_store::{ExecuteOptions, IdempotencyKey, Repository, StoredResponse};
 use reqwest::StatusCode;
 use saga::SagaConfig;
+use serde_json::json;
 
 use crate::support::{fast_config, hold_before, World};
 
@@ -529,5 +534,97 @@ async fn a_compensation_that_fails_transiently_is_retried_until_it_succeeds() {
     assert_eq!(count(&account_events, "ChargeRefunded"), 1);
     assert_eq!(world.balance_of(account.0).await, 100_000);
     assert_eq!(world.stock("A").await.reserved, 0);
+    world.stop().await;
+}
+
+/// A world whose saga waits before charging; the order and its saga id.
+async fn held_before_the_charge(
+    world: &mut World,
+    account: (uuid::Uuid, uuid::Uuid),
+) -> (uuid::Uuid, uuid::Uuid, tokio::sync::oneshot::Sender<()>) {
+    let (hook, release, reached) = hold_before("charge_payment");
+    world.start_saga(Some(hook));
+    world.item("A", 5).await;
+    let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the saga reached the charge");
+    let saga_id = world.saga(order).await.saga_id.expect("saga id");
+    (order, saga_id, release)
+}
+
+#[tokio::test]
+async fn no_client_request_can_take_a_saga_steps_idempotency_key() {
+    let mut world = World::new(fast_config()).await;
+    let account = world.account(100_000).await;
+    let (order, saga_id, release) = held_before_the_charge(&mut world, account).await;
+    let deposits = format!("/accounts/{}/deposits", account.0);
+
+    // The step's key has spaces, which an Idempotency-Key cannot have.
+    let key = format!("saga {saga_id} 0 {}", Step::ChargePayment);
+    let (status, body) = world
+        .post_with_key(&deposits, json!({"amount": 1}), &key)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The key of earlier versions is a client's key like any other now:
+    // taken first, it neither blocks the charge nor stands in for it.
+    let legacy = format!("saga:{saga_id}:0:{}", Step::ChargePayment);
+    let (status, body) = world
+        .post_with_key(&deposits, json!({"amount": 1}), &legacy)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    release.send(()).expect("saga waiting");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+    let events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&events, "AccountCharged"), 1, "{events:?}");
+    assert_eq!(world.balance_of(account.0).await, 100_000 + 1 - 2_000);
+    world.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_done_under_an_earlier_versions_key_is_not_done_again() {
+    let mut world = World::new(fast_config()).await;
+    let account = world.account(100_000).await;
+    let (order, saga_id, release) = held_before_the_charge(&mut world, account).await;
+    let placed = world.order(order).await;
+
+    // What an orchestrator of an earlier version did just before it was
+    // stopped for the upgrade: the charge, under that version's key. The new
+    // key differs; the account's record of the order's charge keeps the
+    // step from charging twice.
+    let legacy = format!("saga:{saga_id}:0:{}", Step::ChargePayment);
+    let options = ExecuteOptions {
+        idempotency: Some(IdempotencyKey {
+            key: legacy.clone(),
+            fingerprint: legacy,
+        }),
+        ..ExecuteOptions::default()
+    };
+    Repository::<BankAccount>::new(world.store.clone())
+        .execute(
+            &account.0.to_string(),
+            &AccountCommand::Charge {
+                order_id: domain::OrderId::new(order),
+                customer_id: domain::CustomerId::new(account.1),
+                currency: placed.currency.expect("currency"),
+                amount: Amount::new(2_000).expect("amount"),
+            },
+            options,
+            |_| StoredResponse {
+                status: 200,
+                body: json!({ "outcome": "done" }),
+            },
+        )
+        .await
+        .expect("charged");
+
+    release.send(()).expect("saga waiting");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+    let events = world.event_types(&format!("account-{}", account.0)).await;
+    assert_eq!(count(&events, "AccountCharged"), 1, "{events:?}");
+    assert_eq!(world.balance_of(account.0).await, 100_000 - 2_000);
     world.stop().await;
 }

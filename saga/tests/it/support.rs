@@ -169,6 +169,21 @@ impl World {
         (status, body)
     }
 
+    /// [`World::post`] with an `Idempotency-Key`.
+    pub async fn post_with_key(&self, path: &str, body: Value, key: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.address))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// Opens an account in EUR with `balance` deposited; `(account, customer)`.
     pub async fn account(&self, balance: i64) -> (Uuid, Uuid) {
         let customer = Uuid::now_v7();
