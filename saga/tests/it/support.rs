@@ -157,28 +157,23 @@ impl World {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("http://{}{path}", self.address))
-            .json(&body)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
+        self.send(path, body, None).await
     }
 
     /// [`World::post`] with an `Idempotency-Key`.
     pub async fn post_with_key(&self, path: &str, body: Value, key: &str) -> (StatusCode, Value) {
-        let response = self
+        self.send(path, body, Some(key)).await
+    }
+
+    async fn send(&self, path: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
             .client
             .post(format!("http://{}{path}", self.address))
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .expect("request sent");
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("request sent");
         let status = response.status();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
