@@ -16,7 +16,7 @@ use domain::{
 };
 use event_store::{EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
 use kafka::KafkaConfig;
-use migrations::testing::TestDatabase;
+use migrations::testing::{eventually, TestDatabase};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -203,18 +203,20 @@ async fn count(setup: &Setup, stream: &str, event_type: &str) -> i64 {
 }
 
 async fn wait_until_over(setup: &Setup) -> SagaState {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = saga_of(setup).await;
-        if state.status.is_terminal() || state.status == SagaStatus::NeedsAttention {
-            return state;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the restarted orchestrator did not finish the saga: {state:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the restarted orchestrator to finish the saga",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        move || async move {
+            let state = saga_of(setup).await;
+            if state.status.is_terminal() || state.status == SagaStatus::NeedsAttention {
+                Ok(state)
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await
 }
 
 /// Places an order (to `country`), kills the orchestrator paused after
@@ -377,21 +379,24 @@ async fn a_step_deadline_survives_a_restart() {
             .kill_on_drop(true);
         command.spawn().expect("purser saga starts")
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let saga = saga_of(&setup).await;
-        let shipping = saga
-            .record(&domain::Step::Ship)
-            .is_some_and(|r| r.status == StepStatus::Running);
-        if shipping {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never shipped: {saga:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let setup_ref = &setup;
+    eventually(
+        "the shipment to start",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        move || async move {
+            let saga = saga_of(setup_ref).await;
+            let shipping = saga
+                .record(&domain::Step::Ship)
+                .is_some_and(|r| r.status == StepStatus::Running);
+            if shipping {
+                Ok(())
+            } else {
+                Err(saga)
+            }
+        },
+    )
+    .await;
     hanging.kill().await.expect("SIGKILL");
 
     // The restarted one takes the saga over once the dead one's lease ran

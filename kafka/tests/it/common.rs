@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use kafka::{ensure_topics, Delivered, EventConsumer, KafkaConfig, STREAM_TYPES};
-use migrations::testing::TestDatabase;
+use migrations::testing::{eventually, TestDatabase};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -77,22 +77,23 @@ pub async fn all_events(store: &EventStore) -> Vec<RecordedEvent> {
         .fetch_one(store.pool())
         .await
         .expect("count events");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let events = store
-            .read_all(event_store::Checkpoint::START, 1_000_000)
-            .await
-            .expect("read all");
-        if events.len() as i64 >= total {
-            return events;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "read_all returned {} of {total} events",
-            events.len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "read_all to return every event",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        move || async move {
+            let events = store
+                .read_all(event_store::Checkpoint::START, 1_000_000)
+                .await
+                .expect("read all");
+            if events.len() as i64 >= total {
+                Ok(events)
+            } else {
+                Err(format!("{} of {total}", events.len()))
+            }
+        },
+    )
+    .await
 }
 
 /// A hand-made recorded event (for tests that need no database).
@@ -122,11 +123,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(what, DEADLINE, Duration::from_millis(50), || {
+        let holds = condition();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads from `consumer` until every id of `wanted` was seen (duplicates are

@@ -219,24 +219,12 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
     let workload = run_workload(&h, seed).await;
 
     // Wait until every event of both projections' streams is applied.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM event_store.events WHERE stream_type IN ('account', 'inventory')) \
-                  - (SELECT coalesce(sum(version), 0) FROM read_models.applied)::bigint",
-        )
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
-        if lag == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{lag} events still not applied (seed {seed})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.caught_up(
+        &[Accounts::NAME, Inventory::NAME],
+        &format!("every event applied (seed {seed})"),
+        Duration::from_secs(90),
+    )
+    .await;
     shutdown.cancel();
     for task in tasks {
         task.await.expect("task").expect("component");

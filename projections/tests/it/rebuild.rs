@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{AccountCommand, BankAccount, InventoryCommand, OrderCommand};
 use event_store::RecordedEvent;
+use migrations::testing::eventually;
 use projections::rebuild::{self, RebuildOptions, RebuildReport};
 use projections::{ApplyError, Error, Projection, Projector, Table, WorkerConfig};
 use query_api::{Application, QueryApiConfig};
@@ -332,35 +333,31 @@ async fn a_rebuild_while_commands_flow_ends_equal_to_a_fresh_rebuild() {
     rebuild_all(&h, &options).await;
     let during = sent.load(Ordering::SeqCst) - before;
     let after_rebuild = sent.load(Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while sent.load(Ordering::SeqCst) < after_rebuild + MIN_AFTER {
-        assert!(tokio::time::Instant::now() < deadline, "commands stalled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sent_ref = &sent;
+    eventually(
+        "commands after the rebuilds",
+        DEADLINE,
+        Duration::from_millis(20),
+        move || async move {
+            match sent_ref.load(Ordering::SeqCst) {
+                n if n >= after_rebuild + MIN_AFTER => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     flow.await.expect("command flow");
     println!("{during} commands during the rebuilds");
 
     // The live workers apply what came after, on the new tables.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM event_store.events) \
-                  - (SELECT coalesce(sum(replayed_events), 0) FROM read_models.projection_status)::bigint \
-                  - (SELECT coalesce(sum(version - base), 0) FROM read_models.applied)::bigint",
-        )
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
-        if lag == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{lag} events not applied after the rebuild (seed {seed})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every: Vec<&str> = projections::all().iter().map(|p| p.name()).collect();
+    h.caught_up(
+        &every,
+        &format!("every event applied after the rebuild (seed {seed})"),
+        DEADLINE,
+    )
+    .await;
     shutdown.cancel();
     relay_task.await.expect("relay task").expect("relay");
     workers.await.expect("workers task").expect("workers");
@@ -513,21 +510,24 @@ async fn an_interrupted_rebuild_refuses_a_second_one_and_resumes_where_it_stoppe
             .await
         }
     });
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let done = projections::operations::rebuild_state(&h.db.pool, "accounts")
-            .await
-            .unwrap()
-            .map_or(0, |s| s.events_done);
-        if done >= 10 && rebuild::is_running(&h.db.pool, "accounts").await.unwrap() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rebuild not started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let pool = &h.db.pool;
+    eventually(
+        "the throttled rebuild to be under way",
+        DEADLINE,
+        Duration::from_millis(10),
+        move || async move {
+            let done = projections::operations::rebuild_state(pool, "accounts")
+                .await
+                .unwrap()
+                .map_or(0, |s| s.events_done);
+            if done >= 10 && rebuild::is_running(pool, "accounts").await.unwrap() {
+                Ok(())
+            } else {
+                Err(done)
+            }
+        },
+    )
+    .await;
     let second = rebuild_quietly(
         &h,
         Arc::new(projections::Accounts),

@@ -142,6 +142,34 @@ impl Harness {
         events
     }
 
+    /// Waits until the projections named have applied every event of their
+    /// stream types: the lag the Query API reports is 0 for each. `what`
+    /// names the wait in the failure (with a seed, say).
+    pub async fn caught_up(&self, names: &[&str], what: &str, within: std::time::Duration) {
+        let pool = &self.db.pool;
+        migrations::testing::eventually(
+            what,
+            within,
+            std::time::Duration::from_millis(100),
+            move || async move {
+                let lagging: Vec<(String, i64)> =
+                    query_api::routes::projections::projection_views(pool)
+                        .await
+                        .expect("projection views")
+                        .into_iter()
+                        .filter(|v| names.contains(&v.name.as_str()) && v.lag_events > 0)
+                        .map(|v| (v.name, v.lag_events))
+                        .collect();
+                if lagging.is_empty() {
+                    Ok(())
+                } else {
+                    Err(lagging)
+                }
+            },
+        )
+        .await;
+    }
+
     /// Every row of the read models (and the applied versions, however they
     /// are recorded) as text, in a
     /// stable order: two projections that converged give equal snapshots.

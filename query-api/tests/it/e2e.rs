@@ -9,6 +9,7 @@ use domain::{
     Quantity,
 };
 use kafka::{KafkaConfig, Relay};
+use migrations::testing::eventually;
 use projections::WorkerConfig;
 use query_api::{Application, QueryApiConfig};
 use serde_json::Value;
@@ -176,23 +177,26 @@ async fn commands_become_visible_through_every_read_endpoint() {
     assert_eq!(mine["items"][0]["order_id"], order.to_string());
 
     // Progress, metrics, health, the document.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = client.get("/projections").await;
-        let caught_up = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["lag_events"] == 0 && p["status"] == "up_to_date");
-        if caught_up {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projections did not catch up: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let client_ref = &client;
+    eventually(
+        "the projections to catch up",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        move || async move {
+            let list = client_ref.get("/projections").await;
+            let caught_up = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["lag_events"] == 0 && p["status"] == "up_to_date");
+            if caught_up {
+                Ok(())
+            } else {
+                Err(list)
+            }
+        },
+    )
+    .await;
     let metrics = client.get("/metrics").await;
     assert!(metrics
         .as_str()

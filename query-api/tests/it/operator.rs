@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use migrations::testing::eventually;
 use projections::WorkerConfig;
 use query_api::{Application, QueryApiConfig};
 use saga::{SagaConfig, SagaMetrics, SimulatedCarrier};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,24 +34,27 @@ async fn post(http: &reqwest::Client, url: String, body: Value, key: Option<&str
 
 /// GETs `path` until `done` holds for its body.
 async fn wait_for(client: &Client, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let response = client
-            .http
-            .get(format!("{}{path}", client.base))
-            .send()
-            .await
-            .expect("request sent");
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} never got there: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let done = &done;
+    eventually(
+        &format!("GET {path} to get there"),
+        DEADLINE,
+        Duration::from_millis(50),
+        move || async move {
+            let response = client
+                .http
+                .get(format!("{}{path}", client.base))
+                .send()
+                .await
+                .expect("request sent");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if done(&body) {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

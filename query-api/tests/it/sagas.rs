@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use domain::Step;
 use kafka::Relay;
+use migrations::testing::eventually;
 use projections::{Outcome, Sagas, Worker, WorkerConfig};
 use query_api::{Application, QueryApiConfig};
 use serde_json::Value;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -382,15 +382,19 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
             .expect("relay")
             .run(shutdown.clone()),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counts.duplicates.load(Ordering::SeqCst) < saga_events {
-        assert!(
-            Instant::now() < deadline,
-            "the republished events did not arrive: {} of {saga_events}",
-            counts.duplicates.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let duplicates = &counts.duplicates;
+    eventually(
+        "the republished events to arrive",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        move || async move {
+            match duplicates.load(Ordering::SeqCst) {
+                n if n >= saga_events => Ok(()),
+                n => Err(format!("{n} of {saga_events}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(counts.applied.load(Ordering::SeqCst), saga_events);
     assert_eq!(client.get("/sagas?limit=500").await, before);
 

@@ -284,20 +284,9 @@ async fn the_same_order_placed_delivered_many_times_starts_one_saga() {
 
     // The trigger has seen the republished events once the queue is empty
     // again: the saga was woken, found over, and let go.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let consumer_lag = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM saga.due")
-            .fetch_one(&world.db.pool)
-            .await
-            .expect("due")
-    };
-    while consumer_lag().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue never emptied"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    world
+        .queue_drained(std::time::Duration::from_secs(20))
+        .await;
     let saga_events = world.event_types(&format!("saga-{order}")).await;
     assert_eq!(count(&saga_events, "SagaStarted"), 1);
     assert_eq!(count(&saga_events, "SagaCompleted"), 1);

@@ -297,35 +297,38 @@ async fn run_op(world: &World, accounts: &[(Uuid, Uuid)], orders: &[PlannedOrder
 
 /// Waits until every saga is over; fails at once if one needs attention.
 async fn wait_for_every_saga(world: &World, orders: usize, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let (finished, attention): (i64, i64) = sqlx::query_as(
+    let pool = &world.db.pool;
+    migrations::testing::eventually(
+        "every saga to finish",
+        within,
+        Duration::from_millis(100),
+        move || async move {
+            let (finished, attention): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE event_type IN ('SagaCompleted', 'SagaCompensated')), \
                     count(*) FILTER (WHERE event_type = 'SagaNeedsAttention') \
              FROM event_store.events WHERE stream_type = 'saga'",
         )
-        .fetch_one(&world.db.pool)
+        .fetch_one(pool)
         .await
         .expect("saga progress");
-        if attention > 0 {
-            let stuck: Vec<(String, serde_json::Value)> = sqlx::query_as(
-                "SELECT stream_id, payload FROM event_store.events \
+            if attention > 0 {
+                let stuck: Vec<(String, serde_json::Value)> = sqlx::query_as(
+                    "SELECT stream_id, payload FROM event_store.events \
                  WHERE event_type = 'SagaNeedsAttention'",
-            )
-            .fetch_all(&world.db.pool)
-            .await
-            .expect("stuck sagas");
-            panic!("{attention} saga(s) need attention: {stuck:#?}");
-        }
-        if finished as usize >= orders {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {finished} of {orders} sagas finished within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                )
+                .fetch_all(pool)
+                .await
+                .expect("stuck sagas");
+                panic!("{attention} saga(s) need attention: {stuck:#?}");
+            }
+            if finished as usize >= orders {
+                Ok(())
+            } else {
+                Err(format!("{finished} of {orders} finished"))
+            }
+        },
+    )
+    .await;
 }
 
 /// What the event store says, stream by stream.
@@ -702,20 +705,6 @@ async fn hundreds_of_competing_orders_end_shipped_or_cancelled_with_money_and_st
     }
 
     // Nothing is left in the work queue once the last wake-ups are handled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let due: i64 = sqlx::query_scalar("SELECT count(*) FROM saga.due")
-            .fetch_one(&world.db.pool)
-            .await
-            .expect("due");
-        if due == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{due} sagas still due"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.queue_drained(Duration::from_secs(20)).await;
     world.stop().await;
 }

@@ -13,7 +13,7 @@ use domain::{
 };
 use event_store::{EventStore, Repository};
 use kafka::KafkaConfig;
-use migrations::testing::TestDatabase;
+use migrations::testing::{eventually, TestDatabase};
 use reqwest::{Client, StatusCode};
 use saga::{BeforeStep, Orchestrator, SagaConfig, SagaMetrics, SimulatedCarrier, Trigger};
 use serde_json::{json, Value};
@@ -285,18 +285,43 @@ impl World {
 
     /// Waits (at most 30 s) until the saga of `order` satisfies `done`.
     pub async fn wait_saga(&self, order: Uuid, done: impl Fn(&SagaState) -> bool) -> SagaState {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let state = self.saga(order).await;
-            if done(&state) {
-                return state;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "saga of {order} did not get there: {state:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let done = &done;
+        eventually(
+            &format!("the saga of {order} to get there"),
+            Duration::from_secs(30),
+            Duration::from_millis(25),
+            move || async move {
+                let state = self.saga(order).await;
+                if done(&state) {
+                    Ok(state)
+                } else {
+                    Err(state)
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until the work queue `saga.due` is empty: every wake-up handled.
+    pub async fn queue_drained(&self, within: Duration) {
+        let pool = &self.db.pool;
+        eventually(
+            "the work queue to empty",
+            within,
+            Duration::from_millis(50),
+            move || async move {
+                let due: i64 = sqlx::query_scalar("SELECT count(*) FROM saga.due")
+                    .fetch_one(pool)
+                    .await
+                    .expect("due");
+                if due == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{due} sagas due"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until the saga of `order` is over (completed or compensated).
