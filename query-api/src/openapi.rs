@@ -7,7 +7,7 @@ use crate::routes::accounts::{AccountView, TransactionPage, TransactionView};
 use crate::routes::health::Health;
 use crate::routes::inventory::{InventoryPage, InventoryView};
 use crate::routes::orders::{OrderLineView, OrderPage, OrderView};
-use crate::routes::projections::ProjectionView;
+use crate::routes::projections::{ProjectionView, RebuildView};
 use crate::routes::sagas::{SagaPage, SagaStepView, SagaView};
 use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 
@@ -34,7 +34,7 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
     ),
     components(schemas(
         AccountView, TransactionView, TransactionPage, InventoryView, InventoryPage,
-        OrderView, OrderLineView, OrderPage, SagaView, SagaStepView, SagaPage, ProjectionView, Health, Problem
+        OrderView, OrderLineView, OrderPage, SagaView, SagaStepView, SagaPage, ProjectionView, RebuildView, Health, Problem
     )),
     tags(
         (name = "accounts", description = "Bank accounts and their ledgers"),

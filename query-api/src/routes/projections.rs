@@ -33,6 +33,24 @@ pub struct ProjectionView {
     pub parked_streams: i64,
     /// Events applied since the read models were created.
     pub events_applied: i64,
+    /// Its rebuild (`purser projections rebuild`) not swapped in yet:
+    /// running now, or interrupted; null when there is none.
+    pub rebuild: Option<RebuildView>,
+}
+
+/// A projection's rebuild in progress, or interrupted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RebuildView {
+    /// A process is rebuilding it now (it holds the rebuild's lock); false:
+    /// interrupted, run `purser projections rebuild` again to resume.
+    pub running: bool,
+    /// `replay` (bulk replay of the log) or `catch_up` (what came meanwhile).
+    pub phase: String,
+    /// Events replayed so far, by every run of this rebuild.
+    pub events_done: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When it last committed progress.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[utoipa::path(
@@ -88,6 +106,21 @@ async fn projection_view(
             .bind(&types)
             .fetch_one(pool)
             .await?;
+    let rebuild = match projections::operations::rebuild_state(pool, name)
+        .await
+        .map_err(database)?
+    {
+        Some(state) => Some(RebuildView {
+            running: projections::rebuild::is_running(pool, name)
+                .await
+                .map_err(database)?,
+            phase: state.phase,
+            events_done: state.events_done,
+            started_at: state.started_at,
+            updated_at: state.updated_at,
+        }),
+        None => None,
+    };
     let status = if parked_streams > 0 {
         "degraded"
     } else if lag_events > 0 {
@@ -103,7 +136,16 @@ async fn projection_view(
         status: status.to_owned(),
         parked_streams,
         events_applied,
+        rebuild,
     })
+}
+
+/// The projections crate's errors here are the database's.
+fn database(error: projections::Error) -> crate::error::ApiError {
+    match error {
+        projections::Error::Database(e) => e.into(),
+        other => sqlx::Error::Protocol(other.to_string()).into(),
+    }
 }
 
 #[utoipa::path(
@@ -169,6 +211,24 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
         "gauge",
         "Events applied per second since the previous scrape.",
         &|i| format!("{:.3}", rates[i]),
+    );
+    family(
+        "purser_projection_rebuild_running",
+        "gauge",
+        "1 while a rebuild of the projection runs.",
+        &|i| u8::from(views[i].rebuild.as_ref().is_some_and(|r| r.running)).to_string(),
+    );
+    family(
+        "purser_projection_rebuild_events_done",
+        "gauge",
+        "Events replayed by the projection's rebuild not swapped in yet (0 without one).",
+        &|i| {
+            views[i]
+                .rebuild
+                .as_ref()
+                .map_or(0, |r| r.events_done)
+                .to_string()
+        },
     );
     family(
         "purser_projection_parked_streams",

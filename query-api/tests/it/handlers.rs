@@ -386,7 +386,7 @@ async fn projections_report_checkpoint_head_lag_and_parked_streams() {
     assert_eq!(list[1]["checkpoint"], list[1]["head"]);
     assert_eq!(
         list[2],
-        serde_json::json!({"name": "orders", "checkpoint": 0, "head": 0, "lag_events": 0, "status": "up_to_date", "parked_streams": 0, "events_applied": 0})
+        serde_json::json!({"name": "orders", "checkpoint": 0, "head": 0, "lag_events": 0, "status": "up_to_date", "parked_streams": 0, "events_applied": 0, "rebuild": null})
     );
 
     // A poison event parks its stream: degraded.
@@ -406,6 +406,71 @@ async fn projections_report_checkpoint_head_lag_and_parked_streams() {
     assert_eq!(accounts["parked_streams"], 1);
     // Versions 3 and 4 were applied; the poison (5) waits.
     assert_eq!(accounts["lag_events"], 1);
+    h.drop().await;
+}
+
+#[tokio::test]
+async fn projections_show_a_rebuild_running_or_interrupted() {
+    let h = Harness::new().await;
+    let a = h.open_account(Uuid::now_v7()).await;
+    h.deposit(a, 10).await;
+    h.project_all().await;
+    // A rebuild interrupted at once: its shadow and its row are there.
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let interrupted = projections::rebuild::rebuild(
+        std::sync::Arc::new(projections::Accounts),
+        &h.store,
+        &projections::rebuild::RebuildOptions::default(),
+        &cancelled,
+        &mut |_| {},
+    )
+    .await;
+    assert!(
+        matches!(interrupted, Err(projections::Error::Interrupted { .. })),
+        "{interrupted:?}"
+    );
+    let list = h.get("/projections").await.json;
+    let rebuild = &list[0]["rebuild"];
+    assert_eq!(
+        (
+            &rebuild["running"],
+            &rebuild["phase"],
+            &rebuild["events_done"]
+        ),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!("replay"),
+            &serde_json::json!(0)
+        ),
+        "{list}"
+    );
+    assert!(rebuild["started_at"].is_string(), "{rebuild}");
+    assert_eq!(list[1]["rebuild"], serde_json::Value::Null);
+
+    // Running: some process holds the projection's rebuild lock.
+    let mut holder = h.db.pool.acquire().await.unwrap().detach();
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtext('purser.projection.rebuild'), hashtext('accounts'))",
+    )
+    .fetch_one(&mut holder)
+    .await
+    .unwrap();
+    assert!(locked);
+    assert_eq!(
+        h.get("/projections").await.json[0]["rebuild"]["running"],
+        true
+    );
+    let metrics = h.get("/metrics").await.text;
+    assert!(
+        metrics.contains("purser_projection_rebuild_running{projection=\"accounts\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("purser_projection_rebuild_running{projection=\"inventory\"} 0"),
+        "{metrics}"
+    );
+    sqlx::Connection::close(holder).await.unwrap();
     h.drop().await;
 }
 
