@@ -255,12 +255,15 @@ impl Projector {
         // version: a second worker of this projection handling the same
         // stream waits here instead of applying it twice.
         // A row created here starts at what a rebuild's replayed checkpoint
-        // covers of the stream (migration 0007).
-        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+        // covers of the stream (migration 0007), when there is one (the
+        // last column, computed once).
+        let rows: Vec<(String, i64, bool, bool)> = sqlx::query_as(
             "INSERT INTO applied (projection, stream_id, version) \
              SELECT $1, s, 0 FROM unnest($2::text[]) AS s ORDER BY s \
              ON CONFLICT (projection, stream_id) DO UPDATE SET version = applied.version \
-             RETURNING stream_id, version, xmax = 0",
+             RETURNING stream_id, version, xmax = 0, \
+                coalesce((SELECT replayed_transaction_id IS NOT NULL FROM projection_status \
+                          WHERE projection = $1), false)",
         )
         .bind(name)
         .bind(&stream_ids)
@@ -268,8 +271,8 @@ impl Projector {
         .await?;
         let created: Vec<&str> = rows
             .iter()
-            .filter(|(_, _, created)| *created)
-            .map(|(stream_id, _, _)| stream_id.as_str())
+            .filter(|(_, _, created, replayed)| *created && *replayed)
+            .map(|(stream_id, _, _, _)| stream_id.as_str())
             .collect();
         let replayed = if created.is_empty() {
             Vec::new()
@@ -278,7 +281,7 @@ impl Projector {
         };
         let applied: BTreeMap<String, i64> = rows
             .into_iter()
-            .map(|(stream_id, version, _)| (stream_id, version))
+            .map(|(stream_id, version, _, _)| (stream_id, version))
             .chain(replayed)
             .collect();
         let parked: Vec<String> = sqlx::query_scalar(
