@@ -56,8 +56,8 @@
 //! is lost or doubled.
 //!
 //! Table grants on the read-model tables are granted on the shadow tables in
-//! the swap, so they carry over; column grants and the owner do not (the new
-//! tables belong to the role that ran the rebuild).
+//! the swap, and the new tables are given to the live tables' owner, so both
+//! carry over; column grants do not.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -1101,8 +1101,18 @@ impl Rebuild {
             .await?;
         }
         // Grants on the live tables carry over to the new ones (a Query API
-        // running as a role that may only read them goes on reading).
+        // running as a role that may only read them goes on reading), and so
+        // does their owner, when it is not the role rebuilding.
+        let mut owners = Vec::new();
         for table in self.projection.tables() {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class \
+                 WHERE oid = $1::regclass AND pg_get_userbyid(relowner) <> current_user",
+            )
+            .bind(format!("read_models.{}", quote_ident(table.name)))
+            .fetch_optional(&mut *tx)
+            .await?;
+            owners.push((table.name, owner));
             let shadow_table = format!("{s}.{}", quote_ident(table.name));
             let grants: Vec<String> = sqlx::query_scalar(
                 "SELECT format('GRANT %s ON %s TO %s%s', a.privilege_type, $2::text, \
@@ -1137,6 +1147,16 @@ impl Rebuild {
             ))
             .execute(&mut *tx)
             .await?;
+        }
+        for (table, owner) in owners {
+            if let Some(owner) = owner {
+                sqlx::query(&format!(
+                    "ALTER TABLE read_models.{} OWNER TO {owner}",
+                    quote_ident(table)
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         sqlx::query(&format!("DROP SCHEMA {s} CASCADE"))
             .execute(&mut *tx)

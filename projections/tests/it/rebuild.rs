@@ -860,15 +860,18 @@ async fn an_interrupted_rebuild_from_before_a_migration_asks_for_a_restart() {
 }
 
 #[tokio::test]
-async fn grants_on_the_read_model_tables_survive_a_rebuild() {
+async fn grants_and_owners_of_the_read_model_tables_survive_a_rebuild() {
     let h = Harness::new().await;
     let (account, _) = h.open_account("EUR").await;
     h.deposit(account, 500).await;
     project_live(&h).await;
-    // Roles are the server's, not the test database's: a name of its own.
+    // Roles are the server's, not the test database's: names of their own.
     let role = format!("purser_reader_{}", Uuid::now_v7().simple());
+    let owner = format!("purser_owner_{}", Uuid::now_v7().simple());
     sqlx::raw_sql(&format!(
-        "CREATE ROLE {role}; \
+        "CREATE ROLE {owner}; \
+         ALTER TABLE read_models.account_transactions OWNER TO {owner}; \
+         CREATE ROLE {role}; \
          GRANT USAGE ON SCHEMA read_models TO {role}; \
          GRANT SELECT ON read_models.accounts, read_models.account_transactions TO {role}; \
          GRANT UPDATE ON read_models.accounts TO {role} WITH GRANT OPTION"
@@ -901,12 +904,34 @@ async fn grants_on_the_read_model_tables_survive_a_rebuild() {
     .expect("rebuild");
     assert_ne!(table_oids(&h).await, oids, "the tables were swapped");
     assert_eq!(privileges().await, before);
+    let owners: Vec<(String, String)> = sqlx::query_as(
+        "SELECT relname::text, pg_get_userbyid(relowner)::text FROM pg_class \
+         WHERE oid IN ('read_models.accounts'::regclass, 'read_models.account_transactions'::regclass) \
+         ORDER BY 1",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        owners,
+        [
+            ("account_transactions".to_owned(), owner.clone()),
+            ("accounts".to_owned(), me)
+        ]
+    );
 
-    // Its privileges are all in this database: once revoked, it can go.
+    // Their privileges and tables are all in this database: then they go.
     sqlx::raw_sql(&format!(
         "REVOKE ALL ON ALL TABLES IN SCHEMA read_models FROM {role}; \
          REVOKE ALL ON SCHEMA read_models FROM {role}; \
-         DROP ROLE {role}"
+         DROP ROLE {role}; \
+         REASSIGN OWNED BY {owner} TO CURRENT_USER; \
+         DROP OWNED BY {owner}; \
+         DROP ROLE {owner}"
     ))
     .execute(&h.db.pool)
     .await

@@ -285,10 +285,21 @@ impl World {
 
     /// Waits (at most 30 s) until the saga of `order` satisfies `done`.
     pub async fn wait_saga(&self, order: Uuid, done: impl Fn(&SagaState) -> bool) -> SagaState {
+        self.wait_saga_within(order, Duration::from_secs(30), done)
+            .await
+    }
+
+    /// [`World::wait_saga`], at most `within`.
+    pub async fn wait_saga_within(
+        &self,
+        order: Uuid,
+        within: Duration,
+        done: impl Fn(&SagaState) -> bool,
+    ) -> SagaState {
         let done = &done;
         eventually(
             &format!("the saga of {order} to get there"),
-            Duration::from_secs(30),
+            within,
             Duration::from_millis(25),
             move || async move {
                 let state = self.saga(order).await;
@@ -322,6 +333,12 @@ impl World {
             },
         )
         .await;
+    }
+
+    /// [`World::finished`], at most `within`.
+    pub async fn finished_within(&self, order: Uuid, within: Duration) -> SagaState {
+        self.wait_saga_within(order, within, |s| s.status.is_terminal())
+            .await
     }
 
     /// Waits until the saga of `order` is over (completed or compensated).
