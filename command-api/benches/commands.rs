@@ -17,6 +17,7 @@
 //! per target (default 10), `BENCH_ROUNDS` (5), `BENCH_CLIENTS` (32),
 //! `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
 
+use migrations::testing::env_or;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +41,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connections per server's pool (the Command API's default).
 const POOL_SIZE: u32 = 16;
 const WARMUP: Duration = Duration::from_secs(2);
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,6 +8,7 @@
 //! `DELIVERY_BENCH_INTERVAL_MS` (default 50). Prints the publish
 //! acknowledgement and the publish-to-consume latency, p50/p90/max.
 
+use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,6 @@ use chrono::Utc;
 use event_store::{Metadata, RecordedEvent};
 use kafka::{ensure_topics, EventConsumer, EventPublisher, KafkaConfig};
 use uuid::Uuid;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn event(n: i64, sent_us: u128) -> RecordedEvent {
     RecordedEvent {
@@ -54,11 +48,7 @@ fn percentiles(mut values: Vec<f64>) -> String {
 async fn main() {
     let events: usize = env_or("DELIVERY_BENCH_EVENTS", 100);
     let interval = Duration::from_millis(env_or("DELIVERY_BENCH_INTERVAL_MS", 50));
-    let config = KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("delivery-bench-{}", Uuid::new_v4().simple()),
-        ..KafkaConfig::default()
-    };
+    let config = KafkaConfig::isolated("delivery-bench");
     ensure_topics(&config, &["account"]).await.expect("topics");
     let consumer = EventConsumer::new(
         &config,

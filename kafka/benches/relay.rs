@@ -8,6 +8,7 @@
 //! otherwise) tune it. Prints every round, the medians and their ratio, and
 //! the median of the per-round ratios.
 
+use migrations::testing::env_or;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -30,19 +31,8 @@ const STREAMS: usize = 1000;
 /// id before the clock starts (about a second on Tansu; not what is measured).
 const PRODUCER_WARM_UP: Duration = Duration::from_secs(2);
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn config() -> KafkaConfig {
-    KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("bench-{}", Uuid::new_v4().simple()),
-        ..KafkaConfig::default()
-    }
+    KafkaConfig::isolated("bench")
 }
 
 /// `count` events over [`STREAMS`] account streams, appended in chunks.

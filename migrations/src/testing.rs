@@ -145,6 +145,15 @@ where
     }
 }
 
+/// The value of environment variable `name` parsed, or `default` when it
+/// is unset or does not parse: how benchmarks take their knobs.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }

@@ -10,6 +10,7 @@
 //! batch, like a worker fed by Kafka. The baseline inserts the same account
 //! and ledger rows with one multi-row INSERT per table per batch.
 
+use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,19 +23,12 @@ use projections::{Accounts, Projector};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let accounts = env("BENCH_ACCOUNTS", 200);
-    let per_account = env("BENCH_EVENTS_PER_ACCOUNT", 25).max(2);
-    let batch = env("BENCH_BATCH", 500).max(1);
-    let rounds = env("BENCH_ROUNDS", 3).max(1);
+    let accounts = env_or("BENCH_ACCOUNTS", 200);
+    let per_account = env_or("BENCH_EVENTS_PER_ACCOUNT", 25).max(2);
+    let batch = env_or("BENCH_BATCH", 500).max(1);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
 
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());

@@ -14,6 +14,7 @@
 //! satisfied (the server waits for the version; retried on 503) is the lag;
 //! the deposit's own latency is printed next to it as the reference.
 
+use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +33,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn pool(url: &str, size: u32) -> Result<PgPool, BoxError> {
     Ok(PgPoolOptions::new()
@@ -136,12 +130,7 @@ async fn main() -> Result<(), BoxError> {
         .collect();
 
     let db = TestDatabase::create().await;
-    let kafka = KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("lag-bench-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 6_000,
-    };
+    let kafka = KafkaConfig::isolated("lag-bench");
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = CancellationToken::new();

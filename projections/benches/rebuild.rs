@@ -21,6 +21,7 @@
 //! outright that the rebuild reaches, replaying the whole history to get
 //! there.
 
+use migrations::testing::env_or;
 use std::time::{Duration, Instant};
 
 use domain::{
@@ -35,17 +36,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let events = env("BENCH_EVENTS", 1_000_000);
-    let batch = env("BENCH_BATCH", projections::rebuild::DEFAULT_BATCH_SIZE).max(1);
+    let events = env_or("BENCH_EVENTS", 1_000_000);
+    let batch = env_or("BENCH_BATCH", projections::rebuild::DEFAULT_BATCH_SIZE).max(1);
     let selected: Vec<String> = std::env::var("BENCH_PROJECTIONS")
         .map(|v| v.split(',').map(str::to_owned).collect())
         .unwrap_or_default();

@@ -12,6 +12,7 @@
 //! transaction per batch. The baseline upserts, per batch, the final row of
 //! every saga the batch touches with one multi-row `INSERT ... ON CONFLICT`.
 
+use migrations::testing::env_or;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,18 +31,11 @@ use projections::{Projector, Sagas};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let sagas = env("BENCH_SAGAS", 300);
-    let batch = env("BENCH_BATCH", 500).max(1);
-    let rounds = env("BENCH_ROUNDS", 3).max(1);
+    let sagas = env_or("BENCH_SAGAS", 300);
+    let batch = env_or("BENCH_BATCH", 500).max(1);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
 
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());
@@ -216,17 +210,24 @@ async fn seed(store: &EventStore, sagas: usize) -> Vec<RecordedEvent> {
                 .expect("append");
         }
     }
-    let mut all = Vec::new();
-    let mut after = Checkpoint::START;
-    while all.len() < total {
-        let batch = store.read_all(after, 5_000).await.expect("read_all");
-        match batch.last() {
-            Some(last) => after = last.checkpoint(),
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-        all.extend(batch);
-    }
-    all
+    // The gap-safe read holds events back while older transactions run.
+    migrations::testing::eventually(
+        "read_all to return every event",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        move || async move {
+            let all = store
+                .read_all(Checkpoint::START, i64::MAX)
+                .await
+                .expect("read_all");
+            if all.len() >= total {
+                Ok(all)
+            } else {
+                Err(all.len())
+            }
+        },
+    )
+    .await
 }
 
 async fn reset(pool: &PgPool) {

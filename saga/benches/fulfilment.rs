@@ -41,6 +41,7 @@
 //! the server-wide xmin). `BENCH_RELAY_IDLE_WAIT_MS` sets the relay's idle
 //! wait (its polling fallback; default that of `RelayOptions`).
 
+use migrations::testing::env_or;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,13 +67,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 const WARMUP_ORDERS: usize = 32;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn pool(url: &str, size: u32) -> Result<PgPool, BoxError> {
     Ok(PgPoolOptions::new()
@@ -442,12 +436,7 @@ async fn main() -> Result<(), BoxError> {
     let sku_count: usize = env_or("BENCH_SKUS", 50).max(1);
 
     let db = TestDatabase::create().await;
-    let kafka = KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("saga-bench-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 6_000,
-    };
+    let kafka = KafkaConfig::isolated("saga-bench");
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
     let shutdown = CancellationToken::new();
 

@@ -50,12 +50,7 @@ async fn exec<A: Aggregate>(store: &EventStore, id: &str, command: A::Command) {
 }
 
 async fn setup(country: &str) -> Setup {
-    let kafka = KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2000,
-    };
+    let kafka = KafkaConfig::isolated("test").with_session_timeout_ms(2000);
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
         .await
         .expect("topics");

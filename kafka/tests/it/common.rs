@@ -18,12 +18,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A configuration for the test broker with a fresh topic prefix.
 pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2000,
-    }
+    KafkaConfig::isolated("test").with_session_timeout_ms(2000)
 }
 
 /// A broker address where nothing listens.

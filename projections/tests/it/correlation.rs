@@ -98,12 +98,7 @@ async fn correlation_ids_of_http_requests_reach_the_projection_batch_span() {
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
 
     let h = Harness::new().await;
-    let kafka = KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("projections-correlation-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    };
+    let kafka = KafkaConfig::isolated("projections-correlation").with_session_timeout_ms(2_000);
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
         .await
         .expect("create topics");

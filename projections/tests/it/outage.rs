@@ -10,7 +10,6 @@ use event_store::{Checkpoint, EventStore, Repository};
 use kafka::{KafkaConfig, Relay, RelayOptions, RelayOutcome};
 use projections::{Accounts, Outcome, Worker, WorkerConfig};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::support::Harness;
 
@@ -19,12 +18,7 @@ const ACCOUNTS: usize = 16;
 const ROUNDS: i64 = 8;
 
 fn kafka_config() -> KafkaConfig {
-    KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("projections-outage-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    }
+    KafkaConfig::isolated("projections-outage").with_session_timeout_ms(2_000)
 }
 
 /// A port nothing listens on.

@@ -182,12 +182,7 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
     let seed: u64 = rand::random();
     println!("seed {seed}");
     let h = Arc::new(Harness::new().await);
-    let kafka = kafka::KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("projections-random-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    };
+    let kafka = kafka::KafkaConfig::isolated("projections-random").with_session_timeout_ms(2_000);
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
         .await
         .expect("topics");

@@ -247,12 +247,7 @@ async fn a_rebuild_while_commands_flow_ends_equal_to_a_fresh_rebuild() {
     let seed: u64 = rand::random();
     println!("seed {seed}");
     let h = Arc::new(Harness::new().await);
-    let kafka = kafka::KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("projections-rebuild-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    };
+    let kafka = kafka::KafkaConfig::isolated("projections-rebuild").with_session_timeout_ms(2_000);
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
         .await
         .expect("topics");

@@ -8,19 +8,13 @@ use event_store::EventStore;
 use kafka::{KafkaConfig, Relay, RelayOutcome};
 use projections::{Accounts, Outcome, Projector, Worker, WorkerConfig};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn kafka_config() -> KafkaConfig {
-    KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("projections-test-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    }
+    KafkaConfig::isolated("projections-test").with_session_timeout_ms(2_000)
 }
 
 fn worker_config() -> WorkerConfig {

@@ -19,12 +19,7 @@ use uuid::Uuid;
 use crate::support::Harness;
 
 pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig {
-        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-        topic_prefix: format!("query-api-test-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2_000,
-    }
+    KafkaConfig::isolated("query-api-test").with_session_timeout_ms(2_000)
 }
 
 pub struct Client {

@@ -4,12 +4,13 @@
 //! that was only unreachable would.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use domain::{SagaStatus, StepStatus};
+
+use migrations::testing::eventually;
 
 use crate::support::{fast_config, kafka_config_on, World};
 
@@ -27,7 +28,7 @@ impl PrivateBroker {
     /// Starts the project's pinned Tansu, the one `scripts/test` installs
     /// into `.local/tansu` (installed here, under the scripts' setup lock,
     /// when a broker of another kind answered there).
-    fn start() -> PrivateBroker {
+    async fn start() -> PrivateBroker {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("the workspace root")
@@ -76,18 +77,21 @@ impl PrivateBroker {
             pid,
             address,
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.address).is_err() {
-            assert!(
-                broker.watchdog.try_wait().expect("watchdog").is_none(),
-                "Tansu exited at start-up (port {port} taken?)"
-            );
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Tansu does not answer"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let watchdog = &mut broker.watchdog;
+        let address = &broker.address;
+        eventually(
+            "Tansu to answer",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                assert!(
+                    watchdog.try_wait().expect("watchdog").is_none(),
+                    "Tansu exited at start-up (port {port} taken?)"
+                );
+                async move { tokio::net::TcpStream::connect(address).await }
+            },
+        )
+        .await;
         broker
     }
 
@@ -122,7 +126,7 @@ impl Drop for PrivateBroker {
 
 #[tokio::test]
 async fn a_frozen_broker_holds_new_orders_back_and_loses_no_money_or_stock() {
-    let broker = PrivateBroker::start();
+    let broker = PrivateBroker::start().await;
     let mut world = World::on(fast_config(), kafka_config_on(broker.address.clone())).await;
     world.start_saga(None);
     // A slow carrier: the first orders are still being shipped at the freeze.

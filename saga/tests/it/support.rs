@@ -43,15 +43,14 @@ pub fn fast_config() -> SagaConfig {
 }
 
 pub fn kafka_config() -> KafkaConfig {
-    kafka_config_on(std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()))
+    KafkaConfig::isolated("test").with_session_timeout_ms(2_000)
 }
 
+/// [`kafka_config`] on other brokers.
 pub fn kafka_config_on(brokers: String) -> KafkaConfig {
     KafkaConfig {
         brokers,
-        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
-        partitions: 3,
-        session_timeout_ms: 2000,
+        ..kafka_config()
     }
 }
 
