@@ -112,17 +112,25 @@ async fn seed(store: &EventStore, accounts: usize, per_account: usize) -> Vec<Re
                 .expect("append");
         }
     }
-    let mut all = Vec::new();
-    let mut after = Checkpoint::START;
-    while all.len() < accounts * per_account {
-        let batch = store.read_all(after, 5_000).await.expect("read_all");
-        match batch.last() {
-            Some(last) => after = last.checkpoint(),
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-        all.extend(batch);
-    }
-    all
+    // The gap-safe read holds events back while older transactions run.
+    let total = accounts * per_account;
+    migrations::testing::eventually(
+        "read_all to return every event",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        move || async move {
+            let all = store
+                .read_all(Checkpoint::START, i64::MAX)
+                .await
+                .expect("read_all");
+            if all.len() >= total {
+                Ok(all)
+            } else {
+                Err(all.len())
+            }
+        },
+    )
+    .await
 }
 
 async fn reset(pool: &PgPool) {

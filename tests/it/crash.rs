@@ -326,22 +326,27 @@ async fn the_orchestrator_serves_its_metrics() {
     let saga = wait_until_over(&setup).await;
     assert_eq!(saga.status, SagaStatus::Completed);
 
-    let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let answer = client.get(format!("http://{address}/metrics")).send().await;
-        if let Ok(response) = answer {
+    let client = &reqwest::Client::new();
+    let address = &address;
+    let text = eventually(
+        "the completed saga in the orchestrator's metrics",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        move || async move {
+            let response = client
+                .get(format!("http://{address}/metrics"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             let text = response.text().await.expect("body");
             if text.contains("purser_sagas_completed_total 1") {
-                break text;
+                Ok(text)
+            } else {
+                Err(text)
             }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no metrics at {address}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        },
+    )
+    .await;
     assert!(text.contains("purser_sagas_started_total 1"), "{text}");
     assert!(
         text.contains("purser_saga_step_duration_seconds_count{step=\"charge_payment\",outcome=\"succeeded\"} 1"),

@@ -124,22 +124,24 @@ impl Harness {
             .fetch_one(&self.db.pool)
             .await
             .expect("count events");
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut events = Vec::new();
-        let mut after = Checkpoint::START;
-        while (events.len() as i64) < total {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "read_all did not return every event"
-            );
-            let batch = self.store.read_all(after, 1000).await.expect("read_all");
-            match batch.last() {
-                Some(last) => after = last.checkpoint(),
-                None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-            events.extend(batch);
-        }
-        events
+        let store = &self.store;
+        migrations::testing::eventually(
+            "read_all to return every event",
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(20),
+            move || async move {
+                let events = store
+                    .read_all(Checkpoint::START, i64::MAX)
+                    .await
+                    .expect("read_all");
+                if events.len() as i64 >= total {
+                    Ok(events)
+                } else {
+                    Err(format!("{} of {total}", events.len()))
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until the projections named have applied exactly every event

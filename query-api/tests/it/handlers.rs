@@ -323,27 +323,29 @@ async fn min_version_waits_wake_on_the_projection_notification() {
         async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
     });
     // Apply only once the listener is LISTENing and the request waits.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let listening: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
-        if listening > 0 && state.progress.waiters("accounts") > 0 {
-            break;
-        }
-        assert!(
-            !request.is_finished(),
-            "answered before the event was applied"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the request never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (pool, progress, request_ref) = (&h.db.pool, &state.progress, &request);
+    migrations::testing::eventually(
+        "the request to wait",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        move || async move {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if listening > 0 && progress.waiters("accounts") > 0 {
+                return Ok(());
+            }
+            assert!(
+                !request_ref.is_finished(),
+                "answered before the event was applied"
+            );
+            Err(listening)
+        },
+    )
+    .await;
     h.projector("accounts")
         .apply_batch(
             &h.store

@@ -120,21 +120,21 @@ impl Harness {
             .fetch_one(&self.db.pool)
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut events = Vec::new();
-        let mut after = Checkpoint::START;
-        while (events.len() as i64) < total {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "read_all did not return every event"
-            );
-            let batch = self.store.read_all(after, 1000).await.unwrap();
-            match batch.last() {
-                Some(last) => after = last.checkpoint(),
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-            events.extend(batch);
-        }
+        let store = &self.store;
+        let events = migrations::testing::eventually(
+            "read_all to return every event",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            move || async move {
+                let events = store.read_all(Checkpoint::START, i64::MAX).await.unwrap();
+                if events.len() as i64 >= total {
+                    Ok(events)
+                } else {
+                    Err(format!("{} of {total}", events.len()))
+                }
+            },
+        )
+        .await;
         for projection in projections::all() {
             Projector::new(projection, self.store.clone())
                 .apply_batch(&events)
