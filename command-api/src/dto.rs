@@ -9,11 +9,9 @@
 
 use std::fmt;
 
-use domain::order::MAX_ORDER_LINES;
-use domain::values::validate_text;
 use domain::{
-    AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderLine, Quantity,
-    ShippingAddress, Sku,
+    validate_text, AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderLine,
+    Quantity, ShippingAddress, Sku, MAX_ORDER_LINES,
 };
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -357,7 +355,7 @@ impl TryFrom<PlaceOrderRequest> for PlaceOrder {
             .collect::<Result<Vec<_>, ApiError>>()?;
         // 1..=100 lines, distinct SKUs, total within i64: the domain's own
         // check, run here so a bad order never reaches the store.
-        domain::order::order_total(&lines)
+        domain::order_total(&lines)
             .map_err(|e| ApiError::validation("invalid_order", format!("invalid order: {e}")))?;
         debug_assert!(lines.len() <= MAX_ORDER_LINES);
         let a = r.shipping_address;

@@ -6,30 +6,32 @@
 //! from outside are carried in the command. That is what makes the property
 //! tests in `tests/` cheap and exhaustive.
 
+#![warn(unreachable_pub)]
+
 use std::fmt::Debug;
 
-pub mod account;
+mod account;
 mod codec;
-pub mod inventory;
-pub mod order;
-pub mod saga;
-pub mod values;
+mod inventory;
+mod order;
+mod saga;
+mod values;
 
 pub use account::{
     AccountCommand, AccountError, AccountEvent, AccountState, AccountStatus, BankAccount, Charge,
 };
 pub use inventory::{Inventory, InventoryCommand, InventoryError, InventoryEvent, InventoryState};
 pub use order::{
-    CancellationReason, InvalidOrder, Order, OrderCommand, OrderError, OrderEvent, OrderState,
-    OrderStatus,
+    order_total, CancellationReason, InvalidOrder, Order, OrderCommand, OrderError, OrderEvent,
+    OrderState, OrderStatus, MAX_ORDER_LINES,
 };
 pub use saga::{
     next_action, Action, FulfilmentSaga, SagaCommand, SagaError, SagaEvent, SagaOrder, SagaState,
     SagaStatus, Situation, Step, StepRecord, StepStatus,
 };
 pub use values::{
-    AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderId, OrderLine, Quantity,
-    ShippingAddress, Sku, ValueError,
+    validate_text, AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderId, OrderLine,
+    Quantity, ShippingAddress, Sku, ValueError, TEXT_MAX_CHARS,
 };
 
 use serde::{de::DeserializeOwned, Serialize};

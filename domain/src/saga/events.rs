@@ -1,0 +1,111 @@
+//! What a saga records, step by step.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{SagaOrder, Step};
+use crate::codec;
+use crate::order::CancellationReason;
+use crate::{DecodeError, DomainEvent};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type")]
+pub enum SagaEvent {
+    SagaStarted {
+        saga_id: Uuid,
+        order: SagaOrder,
+    },
+    /// An attempt of `step` begins; it counts as timed out at `deadline_ms`
+    /// (milliseconds since the Unix epoch), even across a restart.
+    StepStarted {
+        step: Step,
+        attempt: u32,
+        deadline_ms: i64,
+    },
+    StepSucceeded {
+        step: Step,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracking_number: Option<String>,
+    },
+    /// A transient failure: retried at `retry_at_ms`, never compensated for
+    /// by itself.
+    StepFailed {
+        step: Step,
+        attempt: u32,
+        error: String,
+        retry_at_ms: i64,
+    },
+    /// A business refusal, with the refusing aggregate's code.
+    StepRefused {
+        step: Step,
+        code: String,
+        error: String,
+    },
+    CompensationStarted {
+        reason: CancellationReason,
+    },
+    SagaCompleted,
+    SagaCompensated,
+    /// A step ran out of retries, or a compensation was refused: nothing
+    /// happens until an operator retries.
+    SagaNeedsAttention {
+        step: Step,
+        error: String,
+    },
+    /// An operator resumes a saga that needed attention; the step that
+    /// stopped it gets a fresh retry budget.
+    SagaRetried,
+}
+
+impl SagaEvent {
+    /// Every event type name, in declaration order.
+    pub const EVENT_TYPES: &'static [&'static str] = &[
+        "SagaStarted",
+        "StepStarted",
+        "StepSucceeded",
+        "StepFailed",
+        "StepRefused",
+        "CompensationStarted",
+        "SagaCompleted",
+        "SagaCompensated",
+        "SagaNeedsAttention",
+        "SagaRetried",
+    ];
+}
+
+impl DomainEvent for SagaEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            SagaEvent::SagaStarted { .. } => "SagaStarted",
+            SagaEvent::StepStarted { .. } => "StepStarted",
+            SagaEvent::StepSucceeded { .. } => "StepSucceeded",
+            SagaEvent::StepFailed { .. } => "StepFailed",
+            SagaEvent::StepRefused { .. } => "StepRefused",
+            SagaEvent::CompensationStarted { .. } => "CompensationStarted",
+            SagaEvent::SagaCompleted => "SagaCompleted",
+            SagaEvent::SagaCompensated => "SagaCompensated",
+            SagaEvent::SagaNeedsAttention { .. } => "SagaNeedsAttention",
+            SagaEvent::SagaRetried => "SagaRetried",
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn to_payload(&self) -> Value {
+        codec::to_payload(self)
+    }
+
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: Value,
+    ) -> Result<Self, DecodeError> {
+        if schema_version != 1 || !Self::EVENT_TYPES.contains(&event_type) {
+            return Err(codec::unknown(event_type, schema_version));
+        }
+        codec::from_payload(event_type, payload)
+    }
+}

@@ -1,0 +1,79 @@
+//! Value objects, parsed once at the edge: once you hold one, it is valid.
+//!
+//! Every type here has private fields and is built only through `new`/`parse`
+//! or `TryFrom`; serde goes through the same validation
+//! (`#[serde(try_from = ..., into = ...)]`), so a stored event or a request
+//! body can never smuggle in an invalid value.
+
+mod address;
+mod codes;
+mod ids;
+mod line;
+mod money;
+
+pub use address::ShippingAddress;
+pub use codes::{CountryCode, Currency, Sku};
+pub use ids::{AccountId, CustomerId, OrderId};
+pub use line::OrderLine;
+pub use money::{Amount, Money, Quantity};
+
+/// A value could not be parsed. The message names the field problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("money must not be negative, got {0}")]
+    NegativeMoney(i64),
+    #[error("amount must be greater than zero, got {0}")]
+    NonPositiveAmount(i64),
+    #[error("quantity must be between 1 and {max}, got {value}", max = Quantity::MAX)]
+    QuantityOutOfRange { value: i64 },
+    #[error("sku must match [A-Z0-9-]{{1,64}}, got {0:?}")]
+    InvalidSku(String),
+    #[error("currency must be an ISO 4217 code (3 uppercase letters), got {0:?}")]
+    InvalidCurrency(String),
+    #[error("country must be an ISO 3166-1 alpha-2 code (2 uppercase letters), got {0:?}")]
+    InvalidCountryCode(String),
+    #[error("{kind} must be a uuid, got {value:?}")]
+    InvalidId { kind: &'static str, value: String },
+    #[error("{field} must not be blank")]
+    BlankText { field: &'static str },
+    #[error("{field} must be at most {max} characters, got {len}", max = TEXT_MAX_CHARS)]
+    TextTooLong { field: &'static str, len: usize },
+}
+
+impl ValueError {
+    /// Stable machine-readable code (API.md).
+    pub fn code(&self) -> &'static str {
+        "invalid_value"
+    }
+}
+
+/// The longest free text field (names, address lines), in characters.
+pub const TEXT_MAX_CHARS: usize = 200;
+
+/// Checks a free text field: not blank, at most [`TEXT_MAX_CHARS`] characters.
+pub fn validate_text(field: &'static str, value: &str) -> Result<(), ValueError> {
+    if value.trim().is_empty() {
+        return Err(ValueError::BlankText { field });
+    }
+    let len = value.chars().count();
+    if len > TEXT_MAX_CHARS {
+        return Err(ValueError::TextTooLong { field, len });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<Money>("-1").is_err());
+        assert!(serde_json::from_str::<Amount>("0").is_err());
+        assert!(serde_json::from_str::<Quantity>("0").is_err());
+        assert!(serde_json::from_str::<Sku>("\"bad sku\"").is_err());
+        assert!(serde_json::from_str::<Currency>("\"eur\"").is_err());
+        assert_eq!(serde_json::to_string(&Currency::EUR).unwrap(), "\"EUR\"");
+        assert_eq!(serde_json::to_string(&Money::new(7).unwrap()).unwrap(), "7");
+    }
+}
