@@ -7,37 +7,10 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::{DomainError, ErrorKind};
-use serde::Serialize;
-use utoipa::ToSchema;
-
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// The `Retry-After` (seconds) sent with every 503.
-const RETRY_AFTER_SECONDS: u64 = 1;
-
-/// An RFC 9457 problem details object, as sent.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
-pub struct Problem {
-    /// A URI reference identifying the problem type: `urn:purser:problem:<code>`.
-    #[serde(rename = "type")]
-    pub problem_type: String,
-    /// A short summary of the problem type.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// Stable machine-readable code, e.g. `insufficient_funds`.
-    pub code: String,
-    /// For `GET /health/ready`: the state of each check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub checks: Option<serde_json::Map<String, serde_json::Value>>,
-}
+pub use service::{problem_response, Problem, PROBLEM_JSON};
 
 /// Everything the Command API can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -184,14 +157,7 @@ impl ApiError {
             ApiError::Unavailable { checks, .. } => checks.clone(),
             _ => None,
         };
-        Problem {
-            problem_type: format!("urn:purser:problem:{code}"),
-            title: title(code),
-            status: status.as_u16(),
-            detail,
-            code: code.to_owned(),
-            checks,
-        }
+        Problem::new(status, code, title(code), detail).with_checks(checks)
     }
 
     /// The problem as a JSON value (what an idempotency record stores).
@@ -221,28 +187,12 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The problem's body is rendered from its JSON value, as an idempotency
+    /// record stores it, so a replay is the same bytes as the first answer.
     fn into_response(self) -> Response {
         self.log();
-        let status = self.status();
-        let mut response = problem_response(status, &self.problem_json());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-        }
-        response
+        self.problem().respond(&self.problem_json())
     }
-}
-
-/// A response with a problem+json body.
-pub(crate) fn problem_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
-        bytes,
-    )
-        .into_response()
 }
 
 impl From<event_store::Error> for ApiError {
@@ -350,7 +300,10 @@ mod tests {
         let problem = error.problem();
         assert_eq!(problem.detail, "the database is unavailable");
         let response = error.into_response();
-        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
-        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+        assert_eq!(
+            response.headers()[axum::http::header::CONTENT_TYPE],
+            PROBLEM_JSON
+        );
     }
 }

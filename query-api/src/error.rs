@@ -5,33 +5,9 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// The `Retry-After` (seconds) sent with every 503.
-const RETRY_AFTER_SECONDS: u64 = 1;
-
-/// An RFC 9457 problem details object, as sent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// `urn:purser:problem:<code>`.
-    #[serde(rename = "type")]
-    pub problem_type: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// Stable machine-readable code, e.g. `not_found`.
-    pub code: String,
-    /// For `GET /health/ready`: the state of each check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub checks: Option<serde_json::Map<String, serde_json::Value>>,
-}
+pub use service::{Problem, PROBLEM_JSON};
 
 /// Everything the Query API can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +99,8 @@ impl ApiError {
             ApiError::Unavailable { checks, .. } => checks.clone(),
             _ => None,
         };
-        Problem {
-            problem_type: format!("urn:purser:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail,
-            code: code.to_owned(),
-            checks,
-        }
+        let title = status.canonical_reason().unwrap_or("Error");
+        Problem::new(status, code, title, detail).with_checks(checks)
     }
 
     fn log(&self) {
@@ -165,20 +135,7 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        let status = self.status();
-        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        let mut response = (
-            status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
-            body,
-        )
-            .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-        }
-        response
+        self.problem().into_response()
     }
 }
 

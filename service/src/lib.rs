@@ -1,0 +1,20 @@
+//! What Purser's processes share.
+//!
+//! - [`problem`]: RFC 9457 problem details (`application/problem+json`), the
+//!   body of every error either HTTP API answers with. Each API keeps its own
+//!   error enum and maps it to a [`Problem`].
+//! - [`component`]: the one shape every long-running part of `purser` has
+//!   (built with the process's pool, then run until the shutdown token is
+//!   cancelled), and [`Components`], which runs several as tasks of their
+//!   own and stops them all when one fails.
+//! - [`shutdown`]: the process's one signal handler (SIGTERM, ctrl-c), which
+//!   cancels the shutdown token.
+
+pub mod component;
+pub mod problem;
+pub mod shutdown;
+
+pub use component::{Component, Components, Stopped};
+pub use problem::{problem_response, Problem, PROBLEM_JSON};
+pub use shutdown::cancel_on_signal;
+pub use tokio_util::sync::CancellationToken;
