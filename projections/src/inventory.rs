@@ -5,7 +5,7 @@ use domain::{Aggregate, Inventory as InventoryAggregate, InventoryEvent};
 use event_store::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 
-use crate::projection::{expect_one_row, expect_rows, stream_key, version_i64};
+use crate::projection::{expect_rows, stream_key, version_i64};
 use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.inventory`.
@@ -33,58 +33,6 @@ impl Projection for Inventory {
         }]
     }
 
-    async fn apply(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        let sku = stream_key(event)?;
-        let version = version_i64(event)?;
-        // (on_hand delta, reserved delta) for every event but the creation.
-        let (on_hand, reserved) = match event.decode::<InventoryEvent>()? {
-            InventoryEvent::ItemCreated {
-                sku: created,
-                name,
-                quantity,
-            } => {
-                if created.as_str() != sku {
-                    return Err(ApplyError::Invalid(format!(
-                        "ItemCreated for {created} in stream {}",
-                        event.stream_id
-                    )));
-                }
-                let result = sqlx::query(
-                    "INSERT INTO inventory \
-                        (sku, name, on_hand, reserved, version, updated_at) \
-                     VALUES ($1, $2, $3, 0, $4, $5) \
-                     ON CONFLICT (sku) DO NOTHING",
-                )
-                .bind(sku)
-                .bind(name)
-                .bind(i64::from(quantity))
-                .bind(version)
-                .bind(event.recorded_at)
-                .execute(&mut **tx)
-                .await?;
-                return expect_one_row(result, event, "inventory");
-            }
-            other => deltas(&other),
-        };
-        let result = sqlx::query(
-            "UPDATE inventory \
-             SET on_hand = on_hand + $2, reserved = reserved + $3, version = $4, updated_at = $5 \
-             WHERE sku = $1",
-        )
-        .bind(sku)
-        .bind(on_hand)
-        .bind(reserved)
-        .bind(version)
-        .bind(event.recorded_at)
-        .execute(&mut **tx)
-        .await?;
-        expect_one_row(result, event, "inventory")
-    }
-
     /// Set-based: one INSERT of the SKUs created in the batch, with their
     /// stock after all of the batch's events, and one UPDATE with the summed
     /// changes of the other SKUs touched, whatever the number of events.
@@ -105,8 +53,8 @@ impl Projection for Inventory {
             let mut name = None;
             for (n, event) in events.iter().enumerate() {
                 match event.decode::<InventoryEvent>()? {
-                    // Only a stream's first event creates its SKU (a second
-                    // creation fails to insert, as with `apply`).
+                    // Only a slice's first event may create its SKU (one of
+                    // an existing SKU fails to insert).
                     InventoryEvent::ItemCreated {
                         sku: created,
                         name: created_name,
@@ -164,7 +112,8 @@ impl Projection for Inventory {
             expect_rows(
                 result.rows_affected(),
                 created.skus.len(),
-                "created inventory",
+                "inventory",
+                streams,
             )?;
         }
         if !changed.skus.is_empty() {
@@ -183,7 +132,12 @@ impl Projection for Inventory {
             .bind(&changed.at)
             .execute(&mut **tx)
             .await?;
-            expect_rows(result.rows_affected(), changed.skus.len(), "inventory")?;
+            expect_rows(
+                result.rows_affected(),
+                changed.skus.len(),
+                "inventory",
+                streams,
+            )?;
         }
         Ok(())
     }

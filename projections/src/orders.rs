@@ -7,7 +7,7 @@ use event_store::RecordedEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::projection::{expect_one_row, expect_rows, stream_uuid, version_i64};
+use crate::projection::{expect_rows, stream_uuid, version_i64};
 use crate::{ApplyError, Projection, Table};
 
 /// Builds `read_models.orders` and `read_models.order_lines`.
@@ -39,92 +39,6 @@ impl Projection for Orders {
                 stream_key: "order_id",
             },
         ]
-    }
-
-    async fn apply(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        let order_id = stream_uuid(event)?;
-        let version = version_i64(event)?;
-        let change = match event.decode::<OrderEvent>()? {
-            OrderEvent::OrderPlaced {
-                order_id: placed,
-                customer_id,
-                account_id,
-                currency,
-                lines,
-                total,
-                ..
-            } => {
-                if placed.as_uuid() != order_id {
-                    return Err(ApplyError::Invalid(format!(
-                        "OrderPlaced for {placed} in stream {}",
-                        event.stream_id
-                    )));
-                }
-                let result = sqlx::query(
-                    "INSERT INTO orders \
-                        (order_id, customer_id, account_id, currency, status, total, version, \
-                         placed_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, 'placed', $5, $6, $7, $7) \
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order_id)
-                .bind(customer_id.as_uuid())
-                .bind(account_id.as_uuid())
-                .bind(currency.as_str())
-                .bind(i64::from(total))
-                .bind(version)
-                .bind(event.recorded_at)
-                .execute(&mut **tx)
-                .await?;
-                expect_one_row(result, event, "order")?;
-
-                let mut line_no = Vec::with_capacity(lines.len());
-                let mut skus = Vec::with_capacity(lines.len());
-                let mut quantities = Vec::with_capacity(lines.len());
-                let mut prices = Vec::with_capacity(lines.len());
-                for (i, line) in (1i32..).zip(&lines) {
-                    line_no.push(i);
-                    skus.push(line.sku.as_str().to_owned());
-                    quantities.push(i64::from(line.quantity));
-                    prices.push(i64::from(line.unit_price));
-                }
-                sqlx::query(
-                    "INSERT INTO order_lines \
-                        (order_id, line_no, sku, quantity, unit_price) \
-                     SELECT $1, * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::bigint[])",
-                )
-                .bind(order_id)
-                .bind(line_no)
-                .bind(skus)
-                .bind(quantities)
-                .bind(prices)
-                .execute(&mut **tx)
-                .await?;
-                return Ok(());
-            }
-            other => change_of(other),
-        };
-        let result = sqlx::query(
-            "UPDATE orders \
-             SET status = coalesce($2, status), \
-                 tracking_number = coalesce($3, tracking_number), \
-                 cancellation_reason = coalesce($4, cancellation_reason), \
-                 version = $5, updated_at = $6 \
-             WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .bind(change.status)
-        .bind(change.tracking_number)
-        .bind(change.cancellation_reason)
-        .bind(version)
-        .bind(event.recorded_at)
-        .execute(&mut **tx)
-        .await?;
-        expect_one_row(result, event, "order")
     }
 
     /// Set-based: one INSERT for the orders placed, one for their lines and
@@ -179,7 +93,7 @@ impl Projection for Orders {
                     other => change_of(other),
                 };
                 // Later events override earlier ones, field by field, as
-                // `apply`'s coalesce does event after event.
+                // the UPDATE's coalesce would event after event.
                 change = Change {
                     status: next.status.or(change.status),
                     tracking_number: next.tracking_number.or(change.tracking_number),
@@ -212,7 +126,7 @@ impl Projection for Orders {
             .bind(&placed.at)
             .execute(&mut **tx)
             .await?;
-            expect_rows(result.rows_affected(), placed.ids.len(), "placed orders")?;
+            expect_rows(result.rows_affected(), placed.ids.len(), "order", streams)?;
         }
         if !lines.orders.is_empty() {
             sqlx::query(
@@ -246,7 +160,7 @@ impl Projection for Orders {
             .bind(&last.at)
             .execute(&mut **tx)
             .await?;
-            expect_rows(result.rows_affected(), last.ids.len(), "orders")?;
+            expect_rows(result.rows_affected(), last.ids.len(), "order", streams)?;
         }
         Ok(())
     }

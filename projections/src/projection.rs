@@ -8,11 +8,11 @@ use crate::ApplyError;
 
 /// A read model built from the events of some stream types.
 ///
-/// `apply` is called inside the worker's database transaction, in stream
-/// version order, once per event: the worker has already checked that the
-/// event is the next one of its stream (duplicates are skipped, gaps filled
-/// from the event store) and records the applied version in the same
-/// transaction. An implementation only writes its own rows.
+/// `apply_many` is called inside the worker's database transaction with
+/// each stream's next events, in version order: the worker has already
+/// checked that they follow the version applied (duplicates are skipped,
+/// gaps filled from the event store) and records the applied versions in
+/// the same transaction. An implementation only writes its own rows.
 ///
 /// An implementation names its tables *unqualified* (`accounts`, never
 /// `read_models.accounts`) and lists them in [`Projection::tables`]: the
@@ -38,30 +38,28 @@ pub trait Projection: Send + Sync + 'static {
     /// stream's rows by their [`Table::stream_key`].
     fn tables(&self) -> &'static [Table];
 
-    /// Applies one event to the read model.
-    async fn apply(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &RecordedEvent,
-    ) -> Result<(), ApplyError>;
-
     /// Applies the events of several streams: each slice holds consecutive
-    /// versions of one stream, in order, and no stream appears twice.
+    /// versions of one stream, in order, and no stream appears twice. The
+    /// read model's one implementation, best written set-based (a few
+    /// statements for the whole batch, each row written once).
     ///
-    /// The default calls [`Projection::apply`] on each event in turn. An
-    /// implementation may override it to write a whole batch in a few
-    /// set-based statements; it must leave the same rows as `apply` would.
     /// If it fails, the worker rolls the batch back and applies it again
-    /// event by event, to find (and park) the event at fault.
+    /// event by event ([`Projection::apply`]), to find (and park) the event
+    /// at fault.
     async fn apply_many(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         streams: &[&[&RecordedEvent]],
+    ) -> Result<(), ApplyError>;
+
+    /// Applies one event: [`Projection::apply_many`] of a batch of one, so
+    /// both leave the same rows.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
-        for event in streams.iter().flat_map(|events| events.iter()) {
-            self.apply(tx, event).await?;
-        }
-        Ok(())
+        self.apply_many(tx, &[&[event]]).await
     }
 }
 
@@ -102,29 +100,24 @@ pub(crate) fn version_i64(event: &RecordedEvent) -> Result<i64, ApplyError> {
         .map_err(|_| ApplyError::Invalid(format!("version {} out of range", event.version)))
 }
 
-/// Fails unless exactly one row was written: the event refers to a row this
-/// read model should already hold.
-pub(crate) fn expect_one_row(
-    result: sqlx::postgres::PgQueryResult,
-    event: &RecordedEvent,
+/// Fails unless a set-based statement wrote one row per item (`what`: the
+/// kind of row). Of a batch of one event, the error names the event (the
+/// one-by-one apply parks a stream with it).
+pub(crate) fn expect_rows(
+    written: u64,
+    expected: usize,
     what: &str,
+    streams: &[&[&RecordedEvent]],
 ) -> Result<(), ApplyError> {
-    match result.rows_affected() {
-        1 => Ok(()),
-        n => Err(ApplyError::Invalid(format!(
-            "{} {} of {}: expected one {what} row, wrote {n}",
-            event.event_type, event.version, event.stream_id
-        ))),
-    }
-}
-
-/// Fails unless a set-based statement wrote one row per item.
-pub(crate) fn expect_rows(written: u64, expected: usize, what: &str) -> Result<(), ApplyError> {
     if written == expected as u64 {
-        Ok(())
-    } else {
-        Err(ApplyError::Invalid(format!(
-            "expected {expected} {what} rows, wrote {written}"
-        )))
+        return Ok(());
     }
+    let mut events = streams.iter().flat_map(|events| events.iter());
+    Err(ApplyError::Invalid(match (events.next(), events.next()) {
+        (Some(event), None) => format!(
+            "{} {} of {}: expected one {what} row, wrote {written}",
+            event.event_type, event.version, event.stream_id
+        ),
+        _ => format!("expected {expected} {what} rows, wrote {written}"),
+    }))
 }

@@ -4,8 +4,7 @@
 //! what came before (which step needs attention, whether compensation
 //! began), so the projection folds events in Rust over the stored row: a
 //! batch reads every row it touches in one query, folds each stream's events
-//! and writes the results back in one upsert. [`Projection::apply`] is the
-//! same code with a batch of one event, so both leave the same rows.
+//! and writes the results back in one upsert.
 
 use std::collections::HashMap;
 
@@ -90,14 +89,6 @@ impl Projection for Sagas {
         }]
     }
 
-    async fn apply(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        apply_streams(tx, &[&[event]]).await
-    }
-
     /// Set-based: one SELECT of the rows touched, one upsert of their new
     /// state, whatever the number of events.
     async fn apply_many(
@@ -140,7 +131,7 @@ async fn apply_streams(
         }
         rows.extend(row);
     }
-    save(tx, &rows).await
+    save(tx, &rows, streams).await
 }
 
 /// A row as read back.
@@ -220,7 +211,11 @@ async fn load(
 /// Writes `rows` (new and updated) in one statement. A row stored at the
 /// same or a later version is left alone, and the count of rows written
 /// then falls short: an error.
-async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), ApplyError> {
+async fn save(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[Row],
+    streams: &[&[&RecordedEvent]],
+) -> Result<(), ApplyError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -268,7 +263,7 @@ async fn save(tx: &mut Transaction<'_, Postgres>, rows: &[Row]) -> Result<(), Ap
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    expect_rows(result.rows_affected(), rows.len(), "saga")
+    expect_rows(result.rows_affected(), rows.len(), "saga", streams)
 }
 
 /// What the projection stores as jsonb (a `Step`, the steps), as text.
