@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod db;
 mod migrate;
 mod orchestrate;
@@ -71,6 +72,10 @@ enum Command {
     /// Run every component in one process: Command API, relay, projection
     /// workers, saga orchestrator and Query API.
     Serve(Box<ServeArgs>),
+    /// Manage keys: `auth init --dir DIR` writes a development key pair.
+    Auth(auth::AuthArgs),
+    /// Print a bearer token signed with the key of `purser auth init`.
+    Token(auth::TokenArgs),
 }
 
 #[tokio::main]
@@ -86,6 +91,8 @@ async fn main() -> ExitCode {
         Command::WriteApi(config) => run_command_api(&cli.global, config).await,
         Command::Saga(args) => orchestrate::run(&cli.global, *args).await,
         Command::Serve(args) => serve(&cli.global, *args).await,
+        Command::Auth(args) => auth::run_auth(args),
+        Command::Token(args) => auth::run_token(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +215,18 @@ mod tests {
         assert_eq!(cli.global.database_url, "postgres://u@db.example:6543/app");
         assert_eq!(cli.global.log_format, telemetry::LogFormat::Json);
         assert!(matches!(cli.command, Command::Migrate(_)));
+    }
+
+    #[test]
+    fn a_token_names_exactly_one_subject() {
+        let base = ["purser", "token", "--signing-key", "k.pem"];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        assert!(parse(&["--operator", "alice"]).is_ok());
+        let customer = "0190b4d2-6f3e-7a4c-9d2e-5b1f0c3a8e71";
+        assert!(parse(&["--customer", customer]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--operator", "alice", "--customer", customer]).is_err());
+        assert!(parse(&["--customer", "alice"]).is_err());
     }
 
     #[test]

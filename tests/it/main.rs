@@ -1,7 +1,9 @@
 //! Tests of the `purser` binary itself, run as a child process against a
 //! database of its own: crash safety of the saga orchestrator under a real
-//! process kill; `purser projections ...` (a rebuild killed for real).
+//! process kill; `purser projections ...` (a rebuild killed for real);
+//! `purser auth init` and `purser token`.
 
+mod auth_cli;
 mod crash;
 mod projections_cli;
 
