@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use event_store::EventStore;
 use projections::rebuild::{Phase, Progress, RebuildOptions};
+use projections::status::{ParkedStream, ProjectionStatus, RebuildState};
 use projections::Projection;
 use tokio_util::sync::CancellationToken;
 
@@ -131,15 +132,15 @@ pub async fn run(global: &GlobalArgs, args: ProjectionsArgs) -> Result<()> {
 
 /// What `list` and `status` show of one projection.
 struct Row {
-    view: query_api::routes::projections::ProjectionView,
-    parked: Vec<projections::operations::ParkedStream>,
-    rebuild: Option<projections::operations::RebuildState>,
+    view: ProjectionStatus,
+    parked: Vec<ParkedStream>,
+    rebuild: Option<RebuildState>,
     running: bool,
 }
 
 async fn rows(store: &EventStore, only: Option<&str>) -> Result<Vec<Row>> {
     let pool = store.pool();
-    let views = query_api::routes::projections::projection_views(pool)
+    let views = projections::status::all(pool)
         .await
         .context("reading the projections' progress")?;
     let mut rows = Vec::new();
@@ -147,8 +148,8 @@ async fn rows(store: &EventStore, only: Option<&str>) -> Result<Vec<Row>> {
         if only.is_some_and(|name| name != view.name) {
             continue;
         }
-        let parked = projections::operations::parked_streams(pool, &view.name).await?;
-        let rebuild = projections::operations::rebuild_state(pool, &view.name).await?;
+        let parked = projections::status::parked_streams(pool, &view.name).await?;
+        let rebuild = projections::status::rebuild_state(pool, &view.name).await?;
         let running = projections::rebuild::is_running(pool, &view.name).await?;
         rows.push(Row {
             view,
@@ -186,7 +187,7 @@ async fn list(store: &EventStore) -> Result<()> {
             v.head,
             v.lag_events,
             row.parked.len(),
-            v.status,
+            v.health,
             row.rebuild_summary()
         );
     }
@@ -197,7 +198,7 @@ async fn status(store: &EventStore, only: Option<&str>) -> Result<()> {
     for row in rows(store, only).await? {
         let v = &row.view;
         println!("{}", v.name);
-        println!("  status          {}", v.status);
+        println!("  status          {}", v.health);
         println!(
             "  checkpoint      {} (highest event-store position applied)",
             v.checkpoint

@@ -15,7 +15,11 @@
 //!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
 //! - [`rebuild`]: replays the event store into shadow tables and swaps them
 //!   in while the live workers and the Query API go on (DESIGN.md point 6);
-//!   [`operations`]: status, reset, unpark, rebuild of one stream.
+//!   [`operations`]: reset, unpark, rebuild of one stream.
+//! - [`status`]: where each projection stands (checkpoint, head, lag,
+//!   parked streams, rebuild in progress), for the Query API and the CLI.
+
+#![warn(unreachable_pub)]
 
 mod accounts;
 mod error;
@@ -26,6 +30,7 @@ mod projection;
 mod projector;
 pub mod rebuild;
 mod sagas;
+pub mod status;
 mod worker;
 
 use std::sync::Arc;

@@ -1,61 +1,15 @@
-//! Operating projections (`purser projections ...`): what is parked, whether
-//! a rebuild is running or was interrupted, reset, unpark, and the rebuild
-//! of one stream's rows. The full rebuild is [`crate::rebuild`].
+//! Operating projections (`purser projections ...`): reset, unpark, and the
+//! rebuild of one stream's rows. The full rebuild is [`crate::rebuild`];
+//! where each projection stands, [`crate::status`].
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use event_store::EventStore;
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
 
 use crate::projector::{parse_stream_id, quote_ident};
 use crate::rebuild::{shadow_schema, RebuildLock};
 use crate::{BatchReport, Error, Projection, Projector, Result, APPLY_LOCK, NOTIFY_CHANNEL};
-
-/// A stream parked by a poison event.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ParkedStream {
-    pub stream_id: String,
-    /// The version of the event that failed.
-    pub version: i64,
-    pub event_id: uuid::Uuid,
-    pub error: String,
-    pub attempts: i32,
-    pub parked_at: DateTime<Utc>,
-}
-
-/// The persisted progress of a rebuild not yet swapped in.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct RebuildState {
-    /// `replay` or `catch_up`.
-    pub phase: String,
-    pub events_done: i64,
-    pub started_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// The streams `projection` has parked, by stream id.
-pub async fn parked_streams(pool: &PgPool, projection: &str) -> Result<Vec<ParkedStream>> {
-    Ok(sqlx::query_as(
-        "SELECT stream_id, version, event_id, error, attempts, parked_at \
-         FROM read_models.parked WHERE projection = $1 ORDER BY stream_id",
-    )
-    .bind(projection)
-    .fetch_all(pool)
-    .await?)
-}
-
-/// The rebuild of `projection` that is running or was interrupted, if any
-/// (whether it runs now: [`crate::rebuild::is_running`]).
-pub async fn rebuild_state(pool: &PgPool, projection: &str) -> Result<Option<RebuildState>> {
-    Ok(sqlx::query_as(
-        "SELECT phase, events_done, started_at, updated_at \
-         FROM read_models.rebuilds WHERE projection = $1",
-    )
-    .bind(projection)
-    .fetch_optional(pool)
-    .await?)
-}
 
 /// Empties `projection`'s read model: its tables, applied versions, parked
 /// streams and status, and any interrupted rebuild, in one transaction under
@@ -105,7 +59,7 @@ pub async fn reset(projection: &dyn Projection, store: &EventStore) -> Result<()
 /// Un-parks every parked stream of the projector's projection and applies
 /// their waiting events; returns each stream with what was applied.
 pub async fn unpark_all(projector: &Projector) -> Result<Vec<(String, BatchReport)>> {
-    let parked = parked_streams(projector.store().pool(), projector.name()).await?;
+    let parked = crate::status::parked_streams(projector.store().pool(), projector.name()).await?;
     let mut reports = Vec::with_capacity(parked.len());
     for stream in parked {
         let report = projector.unpark(&stream.stream_id).await?;

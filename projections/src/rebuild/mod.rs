@@ -91,7 +91,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 100_000;
 /// applies through the [`Projector`] (a poison event makes it retry the
 /// batch event by event), and the swap holds the live workers back while it
 /// applies the last events.
-pub const CATCH_UP_BATCH: usize = 5_000;
+const CATCH_UP_BATCH: usize = 5_000;
 
 /// Events the replay reads per query, ahead of the window it applies.
 const READ_CHUNK: usize = 10_000;
@@ -108,7 +108,7 @@ pub struct RebuildOptions {
     /// written once, and bigger windows rebuild fold-heavy read models (a
     /// SKU's stock, a saga's steps) faster. About two windows are in memory
     /// (the one written, the next one read meanwhile). Catch-up and the swap
-    /// apply at most [`CATCH_UP_BATCH`] events per transaction.
+    /// apply at most 5 000 events per transaction.
     pub batch_size: usize,
     /// Discard an interrupted rebuild and start over.
     pub restart: bool,
@@ -204,7 +204,7 @@ pub struct RebuildReport {
 }
 
 /// The shadow schema of a projection's rebuild.
-pub fn shadow_schema(projection: &str) -> String {
+pub(crate) fn shadow_schema(projection: &str) -> String {
     format!("rebuild_{projection}")
 }
 

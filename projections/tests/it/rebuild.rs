@@ -511,7 +511,7 @@ async fn an_interrupted_rebuild_refuses_a_second_one_and_resumes_where_it_stoppe
         DEADLINE,
         Duration::from_millis(10),
         move || async move {
-            let done = projections::operations::rebuild_state(pool, "accounts")
+            let done = projections::status::rebuild_state(pool, "accounts")
                 .await
                 .unwrap()
                 .map_or(0, |s| s.events_done);
@@ -706,7 +706,7 @@ async fn a_projection_writing_the_live_tables_by_name_is_refused() {
 
 /// The accounts projection's lag as the Query API reports it.
 async fn accounts_lag(h: &Harness) -> i64 {
-    query_api::routes::projections::projection_views(&h.db.pool)
+    projections::status::all(&h.db.pool)
         .await
         .expect("projection views")
         .into_iter()

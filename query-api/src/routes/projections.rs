@@ -1,6 +1,6 @@
-//! `GET /projections` and `GET /metrics`: each projection's progress, with
-//! head and lag computed from the event store (not from Kafka watermarks),
-//! and (`/metrics`) the sagas per state.
+//! `GET /projections` and `GET /metrics`: each projection's progress
+//! ([`projections::status`]: head and lag computed from the event store, not
+//! from Kafka watermarks), and (`/metrics`) the sagas per state.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use projections::status::ProjectionStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -16,7 +17,7 @@ use utoipa::ToSchema;
 use crate::error::Result;
 use crate::state::AppState;
 
-/// A projection's progress.
+/// A projection's progress, as `GET /projections` renders it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectionView {
     pub name: String,
@@ -58,86 +59,36 @@ pub struct RebuildView {
     responses((status = 200, description = "Every projection's progress", body = [ProjectionView]))
 )]
 pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Vec<ProjectionView>>> {
-    Ok(Json(projection_views(&state.pool).await?))
+    let statuses = statuses(&state.pool).await?;
+    Ok(Json(
+        statuses.into_iter().map(ProjectionView::from).collect(),
+    ))
 }
 
-/// Progress of every projection.
-pub async fn projection_views(pool: &PgPool) -> Result<Vec<ProjectionView>> {
-    let mut views = Vec::new();
-    for projection in projections::all() {
-        views.push(projection_view(pool, projection.name(), projection.stream_types()).await?);
+/// The progress of every projection ([`projections::status`]).
+async fn statuses(pool: &PgPool) -> Result<Vec<ProjectionStatus>> {
+    projections::status::all(pool).await.map_err(database)
+}
+
+impl From<ProjectionStatus> for ProjectionView {
+    fn from(status: ProjectionStatus) -> Self {
+        ProjectionView {
+            name: status.name,
+            checkpoint: status.checkpoint,
+            head: status.head,
+            lag_events: status.lag_events,
+            status: status.health.as_str().to_owned(),
+            parked_streams: status.parked_streams,
+            events_applied: status.events_applied,
+            rebuild: status.rebuild.map(|rebuild| RebuildView {
+                running: rebuild.running,
+                phase: rebuild.phase,
+                events_done: rebuild.events_done,
+                started_at: rebuild.started_at,
+                updated_at: rebuild.updated_at,
+            }),
+        }
     }
-    Ok(views)
-}
-
-/// A projection's checkpoint, head, lag, parked streams and events applied
-/// (`$1` the projection, `$2` its stream types). Stream versions are
-/// contiguous from 1, so the events not yet applied are the events of these
-/// types minus the versions applied (those a rebuild's replayed checkpoint
-/// covers, and beyond them the rows of `applied`, migration 0007): no
-/// per-stream grouping of the log. The
-/// count and the head come from one index-only scan of the types' entries in
-/// `events_stream_type_transaction_position_idx` (migration 0005), not from
-/// the table. Public for the test of its plan.
-pub const PROGRESS_SQL: &str = "\
-SELECT
-    coalesce((SELECT last_position FROM read_models.projection_status WHERE projection = $1), 0),
-    log.head,
-    greatest(log.events
-             - coalesce((SELECT replayed_events FROM read_models.projection_status
-                         WHERE projection = $1), 0)
-             - coalesce((SELECT sum(version - base) FROM read_models.applied
-                         WHERE projection = $1), 0),
-             0)::bigint,
-    (SELECT count(*) FROM read_models.parked WHERE projection = $1),
-    coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0)
-FROM (SELECT count(*) AS events, coalesce(max(position), 0) AS head
-      FROM event_store.events WHERE stream_type = ANY($2)) AS log";
-
-async fn projection_view(
-    pool: &PgPool,
-    name: &str,
-    stream_types: &[&str],
-) -> Result<ProjectionView> {
-    let types: Vec<String> = stream_types.iter().map(|t| (*t).to_owned()).collect();
-    let (checkpoint, head, lag_events, parked_streams, events_applied): (i64, i64, i64, i64, i64) =
-        sqlx::query_as(PROGRESS_SQL)
-            .bind(name)
-            .bind(&types)
-            .fetch_one(pool)
-            .await?;
-    let rebuild = match projections::operations::rebuild_state(pool, name)
-        .await
-        .map_err(database)?
-    {
-        Some(state) => Some(RebuildView {
-            running: projections::rebuild::is_running(pool, name)
-                .await
-                .map_err(database)?,
-            phase: state.phase,
-            events_done: state.events_done,
-            started_at: state.started_at,
-            updated_at: state.updated_at,
-        }),
-        None => None,
-    };
-    let status = if parked_streams > 0 {
-        "degraded"
-    } else if lag_events > 0 {
-        "catching_up"
-    } else {
-        "up_to_date"
-    };
-    Ok(ProjectionView {
-        name: name.to_owned(),
-        checkpoint,
-        head,
-        lag_events,
-        status: status.to_owned(),
-        parked_streams,
-        events_applied,
-        rebuild,
-    })
 }
 
 /// The projections crate's errors here are the database's.
@@ -153,7 +104,7 @@ fn database(error: projections::Error) -> crate::error::ApiError {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
-    let views = projection_views(&state.pool).await?;
+    let views = statuses(&state.pool).await?;
     let sagas = crate::routes::sagas::counts_by_state(&state.pool).await?;
     let now = Instant::now();
     let rates: Vec<f64> = {

@@ -2,7 +2,7 @@
 //! migration 0005: an index-only scan of its stream types' entries, never a
 //! scan of the whole log.
 
-use query_api::routes::projections::{projection_views, PROGRESS_SQL};
+use projections::status::PROGRESS_SQL;
 use serde_json::Value;
 
 use crate::support::Harness;
@@ -73,7 +73,7 @@ async fn projection_progress_scans_only_the_index_entries_of_its_stream_types() 
 
     // And the figures are right: nothing applied yet, so every event of the
     // projection's types is lag, and the head is the newest of them.
-    let views = projection_views(&h.db.pool).await.expect("views");
+    let views = projections::status::all(&h.db.pool).await.expect("views");
     let accounts = views
         .iter()
         .find(|v| v.name == "accounts")
