@@ -155,7 +155,6 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     };
     let saga = orchestrate::SagaArgs {
         action: None,
-        kafka: args.kafka.clone(),
         saga: args.saga,
         metrics_addr: args.saga_metrics_addr,
     };

@@ -17,8 +17,6 @@ pub struct SagaArgs {
     #[command(subcommand)]
     pub action: Option<SagaAction>,
     #[command(flatten)]
-    pub kafka: kafka::KafkaConfig,
-    #[command(flatten)]
     pub saga: saga::SagaConfig,
     /// Where the orchestrator serves `GET /metrics` (Prometheus text) and
     /// `GET /health/live` (port 0 picks a free one).
@@ -40,8 +38,9 @@ pub enum SagaAction {
     },
 }
 
-/// `purser saga`: consumes the order events that start and wake sagas and
-/// drives them until SIGTERM or ctrl-c.
+/// `purser saga`: tails the event store for the order events that start and
+/// wake sagas and drives them until SIGTERM or ctrl-c. PostgreSQL is all it
+/// needs: no broker.
 pub async fn run(global: &GlobalArgs, args: SagaArgs) -> Result<()> {
     let pool = db::connect(&global.database_url, 16).await?;
     migrations::run(&pool)
@@ -53,12 +52,6 @@ pub async fn run(global: &GlobalArgs, args: SagaArgs) -> Result<()> {
     }
     let shutdown = CancellationToken::new();
     query_api::cancel_on_signal(shutdown.clone());
-    let ready = kafka::ensure_topics_retrying(&args.kafka, kafka::STREAM_TYPES, &shutdown)
-        .await
-        .with_context(|| format!("creating the topics at {}", args.kafka.brokers))?;
-    if !ready {
-        return Ok(());
-    }
     let metrics = Arc::new(saga::SagaMetrics::new());
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -68,14 +61,7 @@ pub async fn run(global: &GlobalArgs, args: SagaArgs) -> Result<()> {
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let carrier = Arc::new(saga::SimulatedCarrier::new(&args.saga.carrier));
     let (driven, served) = tokio::join!(
-        saga::run(
-            store,
-            &args.kafka,
-            args.saga,
-            carrier,
-            metrics,
-            shutdown.clone()
-        ),
+        saga::run(store, args.saga, carrier, metrics, shutdown.clone()),
         server
     );
     driven.context("running the saga orchestrator")?;

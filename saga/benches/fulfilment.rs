@@ -461,16 +461,14 @@ async fn main() -> Result<(), BoxError> {
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     let saga_config = SagaConfig::default();
     let orchestrator = tokio::spawn({
-        let (store, kafka, config) = (
+        let (store, config) = (
             EventStore::new(pool(&db.url, 16).await?),
-            kafka.clone(),
             saga_config.clone(),
         );
         let shutdown = shutdown.clone();
         async move {
             saga::run(
                 store,
-                &kafka,
                 config,
                 Arc::new(SimulatedCarrier::default()),
                 Arc::new(SagaMetrics::new()),

@@ -10,8 +10,6 @@ pub enum Error {
     Store(#[from] event_store::Error),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("kafka: {0}")]
-    Kafka(#[from] kafka::Error),
     #[error("saga of order {order_id}: {message}")]
     Saga { order_id: OrderId, message: String },
     #[error("no order {0}")]

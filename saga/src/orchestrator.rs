@@ -148,10 +148,29 @@ impl Orchestrator {
         &self.inner.config
     }
 
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    /// Tells the driver loop that sagas were made due (by the trigger,
+    /// which wrote their `saga.due` rows itself): it claims at once instead
+    /// of at its next poll.
+    pub(crate) fn nudge(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// Starts the saga of a placed order (at most once per order) and makes
     /// it due. `true` when this call started it.
     #[tracing::instrument(skip_all, fields(order_id = %order.order_id), err)]
     pub async fn start(&self, order: SagaOrder, metadata: Metadata) -> Result<bool> {
+        let order_id = order.order_id;
+        let started = self.record_start(order, metadata).await?;
+        self.wake(order_id).await?;
+        Ok(started)
+    }
+
+    /// Records the saga's start (refused, `false`, when it has one).
+    async fn record_start(&self, order: SagaOrder, metadata: Metadata) -> Result<bool> {
         let order_id = order.order_id;
         let command = SagaCommand::Start {
             saga_id: Uuid::now_v7(),
@@ -162,7 +181,6 @@ impl Orchestrator {
             self.inner.metrics.started();
             tracing::info!(%order_id, "saga started");
         }
-        self.wake(order_id).await?;
         Ok(started)
     }
 
@@ -260,8 +278,8 @@ impl Orchestrator {
             }
             let (state, metadata) = self.load(order_id).await?;
             if state.status == SagaStatus::NotStarted {
-                // Woken before its start was recorded: start it from the
-                // order's own stream.
+                // Made due by the trigger (or woken before its start was
+                // recorded): start it from the order's own stream.
                 if !self.start_from_order(order_id).await? {
                     self.inner.queue.finish(claimed).await?;
                     return Ok(Drive::NoOrder);
@@ -684,8 +702,9 @@ impl Orchestrator {
         Ok((state, metadata))
     }
 
-    /// Starts the saga of `order_id` from its `OrderPlaced`. `false` when
-    /// there is no such order.
+    /// Starts the saga of `order_id` from its `OrderPlaced` in the store
+    /// (never from a message: DESIGN.md point 10), while driving it (the
+    /// caller holds its `saga.due` row). `false` when there is no such order.
     async fn start_from_order(&self, order_id: OrderId) -> Result<bool> {
         let stream = StreamId::of::<Order>(order_id);
         let recorded = self.inner.store.read_stream(&stream, 1).await?;
@@ -699,7 +718,7 @@ impl Orchestrator {
             causation_id: Some(first.event_id.to_string()),
             ..first.metadata.clone()
         };
-        self.start(order, metadata).await?;
+        self.record_start(order, metadata).await?;
         Ok(true)
     }
 

@@ -1,141 +1,288 @@
 //! What starts and wakes sagas: `OrderPlaced`, `CancellationRequested` and
-//! `SagaRetried`, consumed from Kafka in the saga's own consumer group.
+//! `SagaRetried`, read from the event store itself (DESIGN.md point 10). No
+//! broker sits between an order's append and its saga, and nothing a saga
+//! does comes from a message: the trigger only makes the order's saga due in
+//! `saga.due`; the orchestrator then starts it from the order's own stream
+//! (`Orchestrator::drive`), so its account, amount, lines and address are
+//! the ones the store holds.
+//!
+//! # One step, one transaction
+//!
+//! Each step of the trigger is one PostgreSQL transaction that
+//!
+//! 1. takes the trigger's lock, `pg_advisory_xact_lock`: the steps of every
+//!    orchestrator process are serialised, so two never act on the same
+//!    stretch of the log at once, and each one starts from the checkpoint the
+//!    previous one committed. A transaction-scoped advisory lock rather than
+//!    `SELECT ... FOR UPDATE` on the checkpoint row, because a row lock gives
+//!    the transaction an xid for its whole duration, and an xid in flight
+//!    holds back the gap-safe horizon of every reader of the log (the relay,
+//!    the projections' rebuilds, this trigger). A crashed holder's lock goes
+//!    with its connection;
+//! 2. reads the checkpoint (`saga.trigger`) and the trigger events after it
+//!    (an index range scan of `events_saga_trigger_idx`, which holds only
+//!    these events);
+//! 3. writes the `saga.due` rows they call for: an `OrderPlaced` whose saga
+//!    has no stream yet gets a row (if it has none), a cancellation or an
+//!    operator's retry makes the saga due now;
+//! 4. moves the checkpoint, and commits.
+//!
+//! A crash anywhere before the commit leaves nothing behind, and the next
+//! step reads the same events again. A re-read never starts a saga twice:
+//! waking is idempotent, and starting is guarded by the saga's stream
+//! (`saga-{order_id}` version 1 is unique), as it always was.
+//!
+//! # Ahead of the horizon
+//!
+//! The checkpoint only moves over events whose transaction is older than
+//! every transaction still in flight on the server (DESIGN.md point 3,
+//! `EventStore::read_all`), so it never skips one committed late. But the
+//! horizon is server-wide: any transaction elsewhere on the server holds it
+//! back. Since acting twice on an event is harmless, the trigger does not
+//! wait for it: it acts on every committed trigger event after the
+//! checkpoint, settled or not, and remembers (in memory) the ones it acted on
+//! beyond the horizon so that it does not wake them again when the
+//! checkpoint catches up. Another process, or this one after a restart,
+//! may wake them once more; that costs one more look at the saga.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use domain::{OrderEvent, OrderId};
-use event_store::{Metadata, RecordedEvent};
-use kafka::{Delivered, EventConsumer, KafkaConfig};
+use domain::OrderId;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::orchestrator::saga_order;
-use crate::{Orchestrator, Result};
+use crate::{Orchestrator, Result, PAUSE_AFTER_ENV};
 
-/// The saga's consumer group: `{prefix}.saga`.
-pub fn group_id(kafka: &KafkaConfig) -> String {
-    format!("{}.saga", kafka.topic_prefix)
-}
+/// Trigger events read in one step at most.
+const BATCH: i64 = 1_000;
+
+/// The value of [`PAUSE_AFTER_ENV`] that stops the trigger for ever after it
+/// wrote a step's `saga.due` rows and before it recorded its checkpoint
+/// (the step's transaction still open), for crash tests.
+pub const PAUSE_IN_TRIGGER: &str = "trigger";
+
+/// The trigger events after a checkpoint, with whether each is below the
+/// gap-safe horizon (`settled`). The first two conditions are the predicate
+/// of `events_saga_trigger_idx` (migration 0008), word for word; the ORDER
+/// BY names the table's columns so that the index serves it.
+const READ: &str = "\
+SELECT transaction_id::text::bigint, position, stream_id, event_type,
+       transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) AS settled
+FROM event_store.events
+WHERE stream_type IN ('order', 'saga')
+  AND event_type IN ('OrderPlaced', 'CancellationRequested', 'SagaRetried')
+  AND (transaction_id, position) > ($1::text::xid8, $2)
+ORDER BY events.transaction_id, events.position
+LIMIT $3";
+
+/// Orders placed: a row for each whose saga has no stream yet, unless it has
+/// one (already due, or being driven).
+const DUE_PLACED: &str = "\
+INSERT INTO saga.due (order_id)
+SELECT o FROM unnest($1::uuid[]) AS o
+WHERE NOT EXISTS (SELECT FROM event_store.events WHERE stream_id = 'saga-' || o AND version = 1)
+ON CONFLICT (order_id) DO NOTHING";
+
+/// Sagas woken by a cancellation or an operator's retry: due now, and
+/// `wakeups` bumped so that a driver holding the saga looks again
+/// (`Queue::wake`, for many orders at once).
+const DUE_WOKEN: &str = "\
+INSERT INTO saga.due (order_id, due_at)
+SELECT DISTINCT o, now() FROM unnest($1::uuid[]) AS o
+ON CONFLICT (order_id) DO UPDATE
+SET due_at = LEAST(saga.due.due_at, now()), wakeups = saga.due.wakeups + 1";
+
+const SAVE: &str = "\
+INSERT INTO saga.trigger (transaction_id, position) VALUES ($1::text::xid8, $2)
+ON CONFLICT (only_row) DO UPDATE
+SET transaction_id = excluded.transaction_id, position = excluded.position, updated_at = now()";
+
+/// `(transaction_id, position)`: where an event sorts in the log.
+type Key = (i64, i64);
 
 /// What one step of the trigger did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TriggerOutcome {
-    /// Nothing arrived in time.
+    /// Nothing new after the checkpoint.
     Idle,
-    /// This many messages were handled and their offsets committed.
+    /// This many events were read and acted on (or had been already).
     Handled(usize),
 }
 
-/// Consumes the order and saga topics and starts or wakes sagas. Offsets
-/// are committed once the batch's sagas are started and woken, so a crash
-/// redelivers the batch, and a redelivered `OrderPlaced` starts nothing
-/// new: the saga's stream exists.
+/// Tails the event store's trigger events and makes their sagas due.
 pub struct Trigger {
     orchestrator: Orchestrator,
-    consumer: EventConsumer,
-    pending: Option<Vec<Delivered>>,
+    pool: PgPool,
+    listener: Option<PgListener>,
+    poll: Duration,
+    /// Events after the checkpoint acted on already (beyond the horizon).
+    ahead: BTreeSet<Key>,
+    /// The last step read a full batch and got somewhere: step again now.
+    more: bool,
+    pause: bool,
 }
 
 impl std::fmt::Debug for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trigger")
-            .field("consumer", &self.consumer)
+            .field("listening", &self.listener.is_some())
+            .field("poll", &self.poll)
+            .field("ahead", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Trigger {
-    pub fn new(orchestrator: Orchestrator, kafka: &KafkaConfig) -> Result<Self> {
-        let consumer = EventConsumer::new(kafka, &group_id(kafka), &["order", "saga"])?;
-        Ok(Trigger {
+    /// A trigger for `orchestrator`'s database, polling every `poll_ms` of
+    /// its configuration when no `LISTEN` wake-up comes.
+    pub fn new(orchestrator: Orchestrator) -> Self {
+        let pool = orchestrator.store().pool().clone();
+        let poll = Duration::from_millis(orchestrator.config().poll_ms);
+        let pause = std::env::var(PAUSE_AFTER_ENV).is_ok_and(|step| step == PAUSE_IN_TRIGGER);
+        Trigger {
             orchestrator,
-            consumer,
-            pending: None,
-        })
+            pool,
+            listener: None,
+            poll,
+            ahead: BTreeSet::new(),
+            more: false,
+            pause,
+        }
     }
 
-    /// The partitions this trigger holds now.
-    pub fn assignment(&self) -> Result<Vec<(String, i32)>> {
-        Ok(self.consumer.assignment()?)
-    }
-
-    /// Fetches a batch (or retries the one that failed) and handles it.
-    pub async fn process_batch(&mut self) -> Result<TriggerOutcome> {
-        let batch = match self.pending.take() {
-            Some(batch) => batch,
-            None => {
-                self.consumer
-                    .next_batch(500, Duration::from_millis(500))
-                    .await?
-            }
-        };
-        if batch.is_empty() {
+    /// One step (see the module's documentation): reads up to a batch of
+    /// trigger events after the checkpoint, writes their `saga.due` rows and
+    /// the new checkpoint in one transaction, and nudges the orchestrator.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn step(&mut self) -> Result<TriggerOutcome> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('purser.saga'), hashtext('trigger'))")
+            .execute(&mut *tx)
+            .await?;
+        let checkpoint: Key =
+            sqlx::query_as("SELECT transaction_id::text::bigint, position FROM saga.trigger")
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or((0, 0));
+        let rows: Vec<(i64, i64, String, String, bool)> = sqlx::query_as(READ)
+            .bind(checkpoint.0.to_string())
+            .bind(checkpoint.1)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            self.more = false;
             return Ok(TriggerOutcome::Idle);
         }
-        for delivered in &batch {
-            if let Err(error) = self.handle(&delivered.event).await {
-                self.pending = Some(batch);
-                return Err(error);
+
+        let mut placed = Vec::new();
+        let mut woken = Vec::new();
+        let mut acted_ahead = Vec::new();
+        let mut settled_up_to = checkpoint;
+        for (transaction_id, position, stream_id, event_type, settled) in &rows {
+            let key = (*transaction_id, *position);
+            // Settled events come first (the order is by transaction id).
+            if *settled {
+                settled_up_to = key;
+            }
+            if self.ahead.contains(&key) {
+                continue;
+            }
+            if !*settled {
+                acted_ahead.push(key);
+            }
+            let Some(order_id) = order_id_of(stream_id) else {
+                tracing::error!(%stream_id, "skipping an event whose stream id names no order");
+                continue;
+            };
+            if event_type == "OrderPlaced" {
+                placed.push(order_id.as_uuid());
+            } else {
+                woken.push(order_id.as_uuid());
             }
         }
-        if let Err(error) = self.consumer.commit(&batch) {
-            // A redelivery starts nothing twice.
-            tracing::warn!(%error, "cannot commit offsets");
+
+        let mut due = 0;
+        if !placed.is_empty() {
+            due += sqlx::query(DUE_PLACED)
+                .bind(&placed)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
-        Ok(TriggerOutcome::Handled(batch.len()))
+        if !woken.is_empty() {
+            due += sqlx::query(DUE_WOKEN)
+                .bind(&woken)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if self.pause {
+            eprintln!(
+                "{PAUSE_AFTER_ENV}: paused after {PAUSE_IN_TRIGGER} read {} events, \
+                 before its checkpoint",
+                rows.len()
+            );
+            tracing::warn!("paused in the trigger ({PAUSE_AFTER_ENV})");
+            std::future::pending::<()>().await;
+        }
+        if settled_up_to != checkpoint {
+            sqlx::query(SAVE)
+                .bind(settled_up_to.0.to_string())
+                .bind(settled_up_to.1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+
+        // A full batch that got somewhere: there may be more at once. (A
+        // batch full of events acted on already waits like an empty one.)
+        self.more = rows.len() == BATCH as usize
+            && (settled_up_to != checkpoint || !acted_ahead.is_empty());
+        self.ahead.extend(acted_ahead);
+        self.ahead = self
+            .ahead
+            .split_off(&(settled_up_to.0, settled_up_to.1 + 1));
+        if due > 0 {
+            self.orchestrator.nudge();
+        }
+        tracing::debug!(
+            events = rows.len(),
+            placed = placed.len(),
+            woken = woken.len(),
+            due,
+            ahead = self.ahead.len(),
+            "trigger step"
+        );
+        Ok(TriggerOutcome::Handled(rows.len()))
     }
 
-    #[tracing::instrument(skip_all, fields(
-        stream_id = %event.stream_id,
-        event_id = %event.event_id,
-        position = event.position,
-        correlation_id = event.metadata.correlation_id.as_deref(),
-    ))]
-    async fn handle(&self, event: &RecordedEvent) -> Result<()> {
-        match (event.stream_type.as_str(), event.event_type.as_str()) {
-            ("order", "OrderPlaced") => {
-                let decoded: OrderEvent = match event.decode() {
-                    Ok(decoded) => decoded,
-                    Err(error) => {
-                        tracing::error!(%error, "skipping an OrderPlaced that does not decode");
-                        return Ok(());
-                    }
-                };
-                if let Some(order) = saga_order(&decoded) {
-                    let metadata = Metadata {
-                        causation_id: Some(event.event_id.to_string()),
-                        ..event.metadata.clone()
-                    };
-                    self.orchestrator.start(order, metadata).await?;
-                }
-                Ok(())
-            }
-            ("order", "CancellationRequested") | ("saga", "SagaRetried") => {
-                match order_id_of(&event.stream_id) {
-                    Some(order_id) => self.orchestrator.wake(order_id).await,
-                    None => {
-                        tracing::error!("skipping an event whose stream id names no order");
-                        Ok(())
-                    }
-                }
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs until `shutdown`; failures (database or broker down) are
-    /// retried with backoff.
+    /// Runs until `shutdown`: a step whenever the store says something was
+    /// appended (`LISTEN`), or every `poll_ms` without; failures (the
+    /// database down) are retried with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         const MIN_BACKOFF: Duration = Duration::from_millis(100);
         const MAX_BACKOFF: Duration = Duration::from_secs(5);
         let mut backoff = MIN_BACKOFF;
         tracing::info!("saga trigger started");
         while !shutdown.is_cancelled() {
+            // Listen before reading, so nothing committed after the read
+            // goes unnoticed.
+            self.ensure_listening().await;
             let step = tokio::select! {
                 () = shutdown.cancelled() => break,
-                step = self.process_batch() => step,
+                step = self.step() => step,
             };
             match step {
-                Ok(_) => backoff = MIN_BACKOFF,
+                Ok(_) => {
+                    backoff = MIN_BACKOFF;
+                    if self.more {
+                        continue;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, ?backoff, "saga trigger failed; retrying");
                     tokio::select! {
@@ -143,11 +290,51 @@ impl Trigger {
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wait_for_wake_up() => {}
             }
         }
         tracing::info!("saga trigger stopped");
         Ok(())
+    }
+
+    async fn ensure_listening(&mut self) {
+        if self.listener.is_some() {
+            return;
+        }
+        let listener = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(event_store::NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match listener {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => tracing::warn!(%error, "cannot LISTEN; polling only"),
+        }
+    }
+
+    /// Waits up to `poll` or until a notification comes.
+    async fn wait_for_wake_up(&mut self) {
+        let Some(listener) = &mut self.listener else {
+            tokio::time::sleep(self.poll).await;
+            return;
+        };
+        match tokio::time::timeout(self.poll, listener.recv()).await {
+            Ok(Ok(_)) => {
+                // Several notifications mean the same thing: drain them.
+                while listener.next_buffered().is_some() {}
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "listener failed; reconnecting on the next step");
+                self.listener = None;
+            }
+            Err(_elapsed) => {}
+        }
     }
 }
 

@@ -30,7 +30,6 @@ const PRICE: i64 = 1_000;
 struct Setup {
     db: TestDatabase,
     store: EventStore,
-    kafka: KafkaConfig,
     account: Uuid,
     order: Uuid,
     relay: CancellationToken,
@@ -125,14 +124,14 @@ async fn setup(country: &str) -> Setup {
     Setup {
         db,
         store,
-        kafka,
         account,
         order,
         relay,
     }
 }
 
-/// `purser saga` on the test's database and topics; stderr piped.
+/// `purser saga` on the test's database; stderr piped. No broker: the saga
+/// needs none (the relay publishes for the read models only).
 fn orchestrator(setup: &Setup, pause_after: Option<&str>) -> Child {
     orchestrator_with_metrics(setup, pause_after, "127.0.0.1:0")
 }
@@ -141,9 +140,6 @@ fn orchestrator_with_metrics(setup: &Setup, pause_after: Option<&str>, metrics: 
     let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
     command
         .args(["saga", "--database-url", &setup.db.url])
-        .args(["--kafka-brokers", &setup.kafka.brokers])
-        .args(["--kafka-topic-prefix", &setup.kafka.topic_prefix])
-        .args(["--kafka-session-timeout-ms", "2000"])
         .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "2000"])
         .args(["--saga-poll-ms", "50", "--saga-backoff-ms", "50"])
         .args(["--saga-metrics-addr", metrics])
@@ -313,6 +309,68 @@ crash_tests! {
     killed_after_cancel_order: "cancel_order" to "XX";
 }
 
+/// The trigger killed in the middle of its step: it has read the order's
+/// `OrderPlaced` and written the order's `saga.due` row, but not recorded
+/// its checkpoint (its transaction is open, holding the trigger's lock),
+/// while a second orchestrator waits for that lock. The second one reads
+/// the same events again and starts each saga once.
+#[tokio::test]
+async fn killed_in_the_trigger_before_its_checkpoint() {
+    let setup = setup("ES").await;
+    let mut first = orchestrator(&setup, Some(saga::PAUSE_IN_TRIGGER));
+    wait_for_pause(&mut first, saga::PAUSE_IN_TRIGGER).await;
+    let mut second = orchestrator(&setup, None);
+
+    // Nothing of the paused step is visible.
+    assert_eq!(saga_of(&setup).await.status, SagaStatus::NotStarted);
+    let due: i64 = sqlx::query_scalar("SELECT count(*) FROM saga.due")
+        .fetch_one(&setup.db.pool)
+        .await
+        .expect("due");
+    assert_eq!(due, 0);
+
+    first.kill().await.expect("SIGKILL");
+    let saga = wait_until_over(&setup).await;
+    assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+    assert_eq!(
+        count(&setup, &format!("saga-{}", setup.order), "SagaStarted").await,
+        1
+    );
+    let account_stream = format!("account-{}", setup.account);
+    assert_eq!(count(&setup, &account_stream, "AccountCharged").await, 1);
+    for sku in ["A", "B"] {
+        assert_eq!(
+            count(&setup, &format!("inventory-{sku}"), "StockReserved").await,
+            1,
+            "{sku} reserved once"
+        );
+    }
+    // The checkpoint moves past the order (once no transaction older than
+    // its own is in flight on the server): nothing of it is read again.
+    let setup_ref = &setup;
+    eventually(
+        "the trigger's checkpoint to pass the order",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        move || async move {
+            let (passed,): (bool,) = sqlx::query_as(
+                "SELECT (t.transaction_id, t.position) >= (e.transaction_id, e.position) \
+                 FROM saga.trigger AS t, event_store.events AS e \
+                 WHERE e.stream_id = $1 AND e.version = 1",
+            )
+            .bind(format!("order-{}", setup_ref.order))
+            .fetch_one(&setup_ref.db.pool)
+            .await
+            .expect("checkpoint");
+            passed.then_some(()).ok_or("not yet")
+        },
+    )
+    .await;
+    second.kill().await.expect("stopped");
+    setup.relay.cancel();
+    setup.db.drop().await;
+}
+
 #[tokio::test]
 async fn the_orchestrator_serves_its_metrics() {
     let setup = setup("ES").await;
@@ -366,9 +424,6 @@ async fn a_step_deadline_survives_a_restart() {
         let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
         command
             .args(["saga", "--database-url", &setup.db.url])
-            .args(["--kafka-brokers", &setup.kafka.brokers])
-            .args(["--kafka-topic-prefix", &setup.kafka.topic_prefix])
-            .args(["--kafka-session-timeout-ms", "2000"])
             .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "4000"])
             .args(["--saga-metrics-addr", "127.0.0.1:0", "--carrier-hang"])
             .env("RUST_LOG", "warn")

@@ -102,11 +102,10 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
         ..SagaConfig::default()
     };
     tasks.push(tokio::spawn({
-        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
+        let (store, shutdown) = (h.store.clone(), shutdown.clone());
         async move {
             saga::run(
                 store,
-                &kafka,
                 saga_config,
                 Arc::new(carrier),
                 Arc::new(SagaMetrics::new()),

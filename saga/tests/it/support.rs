@@ -143,7 +143,7 @@ impl World {
     pub fn start_saga(&mut self, hook: Option<BeforeStep>) {
         let shutdown = self.shutdown.child_token();
         let orchestrator = self.orchestrator(hook);
-        let trigger = Trigger::new(orchestrator.clone(), &self.kafka).expect("trigger");
+        let trigger = Trigger::new(orchestrator.clone());
         let trigger_shutdown = shutdown.clone();
         self.tasks.push(tokio::spawn(async move {
             let _ = trigger.run(trigger_shutdown).await;
@@ -332,12 +332,6 @@ impl World {
             },
         )
         .await;
-    }
-
-    /// [`World::finished`], at most `within`.
-    pub async fn finished_within(&self, order: Uuid, within: Duration) -> SagaState {
-        self.wait_saga_within(order, within, |s| s.status.is_terminal())
-            .await
     }
 
     /// Waits until the saga of `order` is over (completed or compensated).
