@@ -4,7 +4,8 @@
 //! - [`Relay`] tails the event store gap-safely and publishes every event
 //!   (key = stream id, value = the [`event_store::RecordedEvent`] as JSON,
 //!   [`headers`]) with the idempotent producer, saving its checkpoint only
-//!   after the broker acknowledged.
+//!   after the broker acknowledged; only the relay holding the relay lock
+//!   (a PostgreSQL advisory lock, [`Leadership`]) publishes, others stand by.
 //! - [`EventConsumer`] is what projection workers and the saga read with:
 //!   a consumer group member with manual commits.
 //!
@@ -13,6 +14,7 @@
 mod config;
 mod consumer;
 mod error;
+mod leadership;
 mod message;
 mod publisher;
 mod relay;
@@ -21,7 +23,8 @@ mod topics;
 pub use config::{KafkaConfig, STREAM_TYPES};
 pub use consumer::EventConsumer;
 pub use error::{Error, Result};
+pub use leadership::{Leadership, Lease, RELAY_LOCK_KEY};
 pub use message::{headers, Delivered};
 pub use publisher::{Acked, EventPublisher};
-pub use relay::{Relay, RelayOptions, RelayOutcome, CHECKPOINT_NAME};
+pub use relay::{Relay, RelayOptions, RelayOutcome, RelayRole, CHECKPOINT_NAME};
 pub use topics::{ensure_topics, ensure_topics_retrying};

@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, RawRecordedEvent, Subscription};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::leadership::{Leadership, Lease, RELAY_LOCK_KEY, STANDBY_RETRY};
 use crate::message::{Encoder, Messages};
 use crate::publisher::Pending;
 use crate::{Error, EventPublisher, KafkaConfig, Result};
@@ -83,6 +84,27 @@ impl RelayOptions {
     }
 }
 
+/// Whether a relay publishes: only the one holding the relay lock does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRole {
+    /// Not running: [`Relay::run`] has not tried to take the lock yet, or
+    /// has returned.
+    Stopped,
+    /// Waiting for the relay lock: another relay is active (or the
+    /// database cannot be reached).
+    Standby,
+    /// Holding the relay lock and publishing.
+    Active,
+}
+
+/// How a term as the active relay ended.
+enum TermEnd {
+    /// Shutdown was asked; the lease is still held.
+    Shutdown,
+    /// The lock connection failed: another relay may already be active.
+    Lost,
+}
+
 /// What one step of the relay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayOutcome {
@@ -123,6 +145,8 @@ pub struct Relay {
     in_flight: VecDeque<InFlight>,
     /// A step is under way (still set at the next step: it was dropped).
     interrupted: bool,
+    /// Whether [`Relay::run`] holds the relay lock.
+    role: watch::Sender<RelayRole>,
 }
 
 /// A batch handed to the producer.
@@ -253,7 +277,15 @@ impl Relay {
             reader: None,
             in_flight: VecDeque::new(),
             interrupted: false,
+            role: watch::Sender::new(RelayRole::Stopped),
         })
+    }
+
+    /// Whether this relay is active or standing by, as [`Relay::run`] goes
+    /// (a relay stepped by hand with [`Relay::process_batch`] takes no lock
+    /// and stays [`RelayRole::Stopped`] here).
+    pub fn role(&self) -> watch::Receiver<RelayRole> {
+        self.role.subscribe()
     }
 
     /// The checkpoint this relay last loaded or saved (`None` before the
@@ -392,37 +424,141 @@ impl Relay {
         result
     }
 
-    /// Runs steps until `shutdown` is cancelled: back to back while all is
-    /// well, and with exponential backoff while the broker or the
-    /// store fails (nothing is lost meanwhile: the events wait in the store).
-    /// A batch in progress at shutdown gets a few seconds to finish. Failures
-    /// are logged and retried, never returned.
+    /// Publishes while this relay is the active one, until `shutdown` is
+    /// cancelled (DESIGN.md point 12).
+    ///
+    /// A relay first takes the relay lock, a PostgreSQL advisory lock held on
+    /// a connection of its own; while another relay holds it, this one
+    /// stands by and tries again every second. The active relay runs steps
+    /// back to back while all is well, and with exponential backoff while the
+    /// broker or the store fails (nothing is lost meanwhile: the events wait
+    /// in the store). If its lock connection fails it stops publishing at
+    /// once: the step in progress is dropped, the producer with whatever it
+    /// still had queued is discarded, and the relay stands by again; a
+    /// standby that takes over reads from the saved checkpoint. A batch in
+    /// progress at shutdown gets a few seconds to finish, then the lock is
+    /// released. Failures are logged and retried, never returned.
     #[tracing::instrument(skip_all, fields(prefix = %self.config.topic_prefix))]
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!("relay started");
+        let mut leadership = Leadership::new(self.store.pool(), RELAY_LOCK_KEY);
+        loop {
+            let Some(lease) = self.take_lock(&mut leadership, &shutdown).await else {
+                break;
+            };
+            self.role.send_replace(RelayRole::Active);
+            tracing::info!(
+                active = true,
+                "relay active: holding the relay lock, publishing"
+            );
+            let end = self.publish_while_held(&lease, &shutdown).await;
+            match end {
+                TermEnd::Lost => {
+                    self.role.send_replace(RelayRole::Standby);
+                    tracing::warn!(active = false, "relay lock lost: stopped publishing");
+                    self.forget()?;
+                    // A standby gets the first chance to take over.
+                    tokio::select! {
+                        () = tokio::time::sleep(STANDBY_RETRY) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                TermEnd::Shutdown => {
+                    self.stop().await;
+                    lease.release().await;
+                    break;
+                }
+            }
+        }
+        self.role.send_replace(RelayRole::Stopped);
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    /// Tries every [`STANDBY_RETRY`] until the relay lock is taken (`Some`)
+    /// or `shutdown` is cancelled (`None`), standing by meanwhile.
+    async fn take_lock(
+        &self,
+        leadership: &mut Leadership,
+        shutdown: &CancellationToken,
+    ) -> Option<Lease> {
+        let mut failing = false;
+        loop {
+            let attempt = tokio::select! {
+                attempt = leadership.try_acquire() => attempt,
+                () = shutdown.cancelled() => return None,
+            };
+            match attempt {
+                Ok(Some(lease)) => return Some(lease),
+                Ok(None) => {
+                    failing = false;
+                    if self.role.send_replace(RelayRole::Standby) != RelayRole::Standby {
+                        tracing::info!(
+                            active = false,
+                            "relay standby: another relay holds the relay lock; trying again every second"
+                        );
+                    }
+                }
+                Err(error) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(%error, "cannot reach the database to take the relay lock; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STANDBY_RETRY) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// After the lock was lost: forgets the checkpoint and what is in flight
+    /// (the next term reads the saved checkpoint again), and replaces the
+    /// producer so that nothing it still had queued goes out.
+    fn forget(&mut self) -> Result<()> {
+        self.rewind();
+        self.checkpoint = None;
+        self.interrupted = false;
+        let fresh = EventPublisher::new(&self.config, self.options.delivery_timeout())?;
+        let old = std::mem::replace(&mut self.publisher, fresh);
+        // Dropping a producer purges its queue, then blocks briefly.
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+
+    /// Runs steps until shutdown or until `lease` is lost.
+    async fn publish_while_held(&mut self, lease: &Lease, shutdown: &CancellationToken) -> TermEnd {
         let max_backoff = Duration::from_millis(self.options.max_backoff_ms).max(MIN_BACKOFF);
         let mut backoff = MIN_BACKOFF;
         loop {
+            if lease.is_lost() {
+                return TermEnd::Lost;
+            }
             let outcome = {
                 let step = self.process_batch();
                 tokio::pin!(step);
                 tokio::select! {
-                    outcome = &mut step => Some(outcome),
+                    biased;
+                    () = lease.lost() => return TermEnd::Lost,
+                    outcome = &mut step => outcome,
                     () = shutdown.cancelled() => {
-                        if tokio::time::timeout(SHUTDOWN_GRACE, step).await.is_err() {
-                            tracing::warn!("step unfinished at shutdown; its batch will be published again");
+                        tokio::select! {
+                            biased;
+                            () = lease.lost() => return TermEnd::Lost,
+                            finished = tokio::time::timeout(SHUTDOWN_GRACE, step) => if finished.is_err() {
+                                tracing::warn!("step unfinished at shutdown; its batch will be published again");
+                            },
                         }
-                        None
+                        return TermEnd::Shutdown;
                     }
                 }
             };
             let pause = match outcome {
-                None => break,
-                Some(Ok(_)) => {
+                Ok(_) => {
                     backoff = MIN_BACKOFF;
                     continue;
                 }
-                Some(Err(error)) => {
+                Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay step failed");
                     let pause = backoff;
                     backoff = (backoff * 2).min(max_backoff);
@@ -431,9 +567,15 @@ impl Relay {
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => break,
+                () = lease.lost() => return TermEnd::Lost,
+                () = shutdown.cancelled() => return TermEnd::Shutdown,
             }
         }
+    }
+
+    /// At shutdown, still holding the lock: waits a little for the batches
+    /// in flight and saves the checkpoint after them.
+    async fn stop(&mut self) {
         match tokio::time::timeout(SHUTDOWN_GRACE, self.finish()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
@@ -448,7 +590,5 @@ impl Relay {
         if let Err(error) = self.publisher.flush(SHUTDOWN_GRACE) {
             tracing::warn!(%error, "messages left unsent at shutdown");
         }
-        tracing::info!("relay stopped");
-        Ok(())
     }
 }

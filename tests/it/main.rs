@@ -1,11 +1,13 @@
 //! Tests of the `purser` binary itself, run as a child process against a
 //! database of its own: crash safety of the saga orchestrator under a real
 //! process kill; `purser projections ...` (a rebuild killed for real);
-//! `purser auth init` and `purser token`.
+//! `purser auth init` and `purser token`; relay failover between two
+//! `purser relay` processes.
 
 mod auth_cli;
 mod crash;
 mod projections_cli;
+mod relay_failover;
 
 use std::process::Output;
 use std::time::Duration;

@@ -4,5 +4,6 @@
 
 mod common;
 mod consumer;
+mod leadership;
 mod relay;
 mod topics;
