@@ -23,32 +23,36 @@ struct Inner {
     inventory: Commands<Inventory>,
     orders: Commands<Order>,
     sagas: Commands<FulfilmentSaga>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     body_limit: usize,
     request_timeout: Duration,
 }
 
 impl AppState {
     pub fn new(store: EventStore, config: &Config) -> AppState {
+        let metrics = Arc::new(Metrics::new());
+        let retries = config.max_retries;
         AppState {
             inner: Arc::new(Inner {
                 accounts: Commands::new(
                     store.clone(),
-                    config.max_retries,
+                    retries,
                     DEFAULT_ENTRIES_PER_STRIPE,
+                    Arc::clone(&metrics),
                 ),
                 inventory: Commands::new(
                     store.clone(),
-                    config.max_retries,
+                    retries,
                     DEFAULT_ENTRIES_PER_STRIPE,
+                    Arc::clone(&metrics),
                 ),
                 // An order gets one command over HTTP after it is placed (a
                 // cancellation), and its state can be large: not remembered.
-                orders: Commands::new(store.clone(), config.max_retries, 0),
+                orders: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
                 // Operators retry a saga now and then: nothing to remember.
-                sagas: Commands::new(store.clone(), config.max_retries, 0),
+                sagas: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
                 store,
-                metrics: Metrics::new(),
+                metrics,
                 body_limit: config.body_limit,
                 request_timeout: config.request_timeout(),
             }),

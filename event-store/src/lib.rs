@@ -7,14 +7,17 @@
 //!   `(transaction_id, position)` order that never skips an event committed
 //!   late by a concurrent transaction (DESIGN.md point 3).
 //! - [`Repository`]: load (optionally from a snapshot), decide, append;
-//!   re-decide on conflict; idempotency records in the same transaction as
-//!   the events.
+//!   re-decide on conflict (the one place that retries); answers with a
+//!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the
+//!   caller's own idempotency record, any serialisable type, in the same
+//!   transaction as the events. It knows nothing of HTTP.
 //! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
 //!   polling as fallback, and persisted [`Checkpoint`]s.
 //!
 //! The tables are in the `event_store` schema (crate `migrations`).
 
 mod error;
+mod idempotency;
 mod notify;
 mod repository;
 mod store;
@@ -22,12 +25,12 @@ mod subscription;
 mod types;
 
 pub use error::{Error, Result};
+pub use idempotency::IdempotencyKey;
 pub use notify::CHANNEL as NOTIFY_CHANNEL;
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
 pub use store::EventStore;
 pub use subscription::Subscription;
-pub(crate) use types::check_fingerprint;
 pub use types::{
-    Appended, Checkpoint, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, RawRecordedEvent,
-    RecordedEvent, StoredResponse, StreamId,
+    Appended, Checkpoint, ExpectedVersion, Metadata, NewEvent, RawRecordedEvent, RecordedEvent,
+    StreamId,
 };

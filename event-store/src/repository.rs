@@ -1,21 +1,28 @@
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use domain::Aggregate;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::store::{append_on, find_response_on};
+use crate::store::append_on;
 use crate::{
-    Error, EventStore, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Result, StoredResponse,
+    idempotency, Error, EventStore, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Result,
     StreamId,
 };
 
+/// Called each time a lost race makes [`Repository::execute`] decide again.
+type RetryHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Loads an aggregate, asks it to decide, and appends what it decided;
 /// re-reads and re-decides on a version conflict (bounded) unless the caller
-/// pinned a version.
+/// pinned a version. The one place where conflicts are retried.
 pub struct Repository<A: Aggregate> {
     store: EventStore,
     max_retries: u32,
     snapshot_every: Option<u64>,
+    on_retry: Option<RetryHook>,
     aggregate: PhantomData<fn() -> A>,
 }
 
@@ -25,6 +32,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             store: self.store.clone(),
             max_retries: self.max_retries,
             snapshot_every: self.snapshot_every,
+            on_retry: self.on_retry.clone(),
             aggregate: PhantomData,
         }
     }
@@ -36,7 +44,7 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
             .field("stream_type", &A::STREAM_TYPE)
             .field("max_retries", &self.max_retries)
             .field("snapshot_every", &self.snapshot_every)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,8 +64,9 @@ pub struct ExecuteOptions {
     pub expected_version: Option<u64>,
     /// Stored with every appended event.
     pub metadata: Metadata,
-    /// When present, the command's response is stored under this key in the
-    /// same transaction as its events, and a repeat is answered from it.
+    /// When present, the command's record (see [`Repository::execute`]) is
+    /// stored under this key in the same transaction as its events, and a
+    /// repeat is answered with it.
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -74,15 +83,18 @@ pub struct Outcome<A: Aggregate> {
     pub events: Vec<A::Event>,
 }
 
-/// How [`Repository::execute`] ended, short of an error.
-pub enum Executed<A: Aggregate> {
+/// How [`Repository::execute`] ended, short of an error: what the domain
+/// decided, or the record `R` of an earlier execution under the same
+/// idempotency key.
+pub enum Executed<A: Aggregate, R = ()> {
+    /// Carried out: the events are appended (or there were none to append).
     Done(Outcome<A>),
-    /// A domain refusal: nothing appended. (Its response is stored under the
+    /// A domain refusal: nothing appended. (Its record is stored under the
     /// idempotency key too.)
     Refused(A::Error),
-    /// The key was seen before with the same fingerprint: the stored answer,
-    /// nothing executed.
-    Replayed(StoredResponse),
+    /// The key was seen before with the same fingerprint: the record stored
+    /// then; nothing executed.
+    Replayed(R),
 }
 
 /// Why [`Repository::execute`] could not carry out a command. `E` is the
@@ -90,13 +102,13 @@ pub enum Executed<A: Aggregate> {
 /// [`Executed::Refused`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError<E> {
-    /// The pinned version (`If-Match`) is not the stream's (412).
+    /// The pinned version (`If-Match`) is not the stream's.
     #[error("expected version {expected}, stream is at {actual}")]
     PreconditionFailed { expected: u64, actual: u64 },
-    /// Every attempt lost a race for the stream's next version (409).
+    /// Every attempt lost a race for the stream's next version.
     #[error("conflict persisted after {attempts} attempts")]
     ConflictRetriesExhausted { attempts: u32 },
-    /// `IdempotencyKeyReused` (422), `Database` (5xx), `Decode`...
+    /// `IdempotencyKeyReused`, `Database`, `Decode`...
     #[error(transparent)]
     Store(#[from] Error),
     /// Uninhabited: only ties `E` to the type.
@@ -114,6 +126,7 @@ impl<A: Aggregate> Repository<A> {
             store,
             max_retries: Self::DEFAULT_MAX_RETRIES,
             snapshot_every: None,
+            on_retry: None,
             aggregate: PhantomData,
         }
     }
@@ -128,6 +141,13 @@ impl<A: Aggregate> Repository<A> {
     /// Re-decisions after a version conflict before giving up (default 5).
     pub fn with_max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
+        self
+    }
+
+    /// Calls `hook` each time a lost race (a version conflict) makes
+    /// [`Repository::execute`] decide again: for a metric.
+    pub fn on_retry(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(Arc::new(hook));
         self
     }
 
@@ -160,30 +180,73 @@ impl<A: Aggregate> Repository<A> {
 
     /// Runs `command` against aggregate `id`: load, decide, append; on a
     /// version conflict, again from the load (at most `max_retries` more
-    /// times) unless `options.expected_version` pins the version.
+    /// times) unless `options.expected_version` pins the version, which
+    /// fails with [`ExecuteError::PreconditionFailed`] instead.
     ///
-    /// With an idempotency key, `respond` turns the result into the response
-    /// stored under the key in the same transaction as the events (for a
-    /// refusal or a no-op, the record alone); a key seen before is answered
-    /// with its stored response without executing anything. Of concurrent
-    /// requests with one key, exactly one executes.
-    #[tracing::instrument(skip_all, fields(stream_type = A::STREAM_TYPE, id), err(Debug))]
-    pub async fn execute(
+    /// With an idempotency key, `record` turns what the domain decided (the
+    /// outcome, or the refusal) into the caller's record of it, any
+    /// serialisable `R`, stored under the key in the same transaction as the
+    /// events (for a refusal or a no-op, alone). A key seen before is
+    /// answered with [`Executed::Replayed`] and its stored record, without
+    /// executing anything; of concurrent calls with one key, exactly one
+    /// executes and the others wait for it and replay its record. Without a
+    /// key, `record` is not called: pass `|_| ()`.
+    pub async fn execute<R>(
         &self,
         id: &str,
         command: &A::Command,
         options: ExecuteOptions,
-        respond: impl Fn(Result<&Outcome<A>, &A::Error>) -> StoredResponse + Send + Sync,
-    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        record: impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync,
+    ) -> Result<Executed<A, R>, ExecuteError<A::Error>>
+    where
+        R: Serialize + DeserializeOwned + Send,
+    {
+        self.execute_from(None, id, command, options, record).await
+    }
+
+    /// [`Repository::execute`], deciding first on `known`: a state of the
+    /// aggregate the caller saw before (the one a command of its own left
+    /// behind), which saves reading the stream. The append at `known`'s
+    /// version proves the state was current; when the stream moved on
+    /// meanwhile, the append conflicts and the command is decided again on
+    /// a fresh load (that attempt is not counted against the retries). A
+    /// refusal or a no-op proves nothing about freshness, so it is always
+    /// decided again on a fresh load, and so is a command whose pinned
+    /// version is not `known`'s.
+    #[tracing::instrument(skip_all, fields(stream_type = A::STREAM_TYPE, id), err(Debug))]
+    pub async fn execute_from<R>(
+        &self,
+        known: Option<Loaded<A>>,
+        id: &str,
+        command: &A::Command,
+        options: ExecuteOptions,
+        record: impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync,
+    ) -> Result<Executed<A, R>, ExecuteError<A::Error>>
+    where
+        R: Serialize + DeserializeOwned + Send,
+    {
         let stream = StreamId::of::<A>(id);
+        let key = options.idempotency.as_ref();
+        let mut known = known.filter(|known| {
+            options
+                .expected_version
+                .is_none_or(|expected| expected == known.version)
+        });
         let attempts = self.max_retries.saturating_add(1);
-        for _ in 0..attempts {
-            if let Some(key) = &options.idempotency {
-                if let Some(stored) = self.store.find_response(key).await? {
+        let mut attempt = 0;
+        while attempt < attempts {
+            if let Some(key) = key {
+                if let Some(stored) = self.store.find_record(key).await? {
                     return Ok(Executed::Replayed(stored));
                 }
             }
-            let loaded = self.load(id).await?;
+            let (loaded, fresh) = match known.take() {
+                Some(known) => (known, false),
+                None => {
+                    attempt += 1;
+                    (self.load(id).await?, true)
+                }
+            };
             if let Some(expected) = options.expected_version {
                 if loaded.version != expected {
                     return Err(ExecuteError::PreconditionFailed {
@@ -193,35 +256,37 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
             let events = match A::decide(&loaded.state, command) {
-                Ok(events) => events,
+                Ok(events) if !events.is_empty() => events,
+                // Decided on a remembered state: settle it on a fresh load.
+                _ if !fresh => continue,
+                Ok(events) => {
+                    let outcome = Outcome {
+                        state: loaded.state,
+                        version: loaded.version,
+                        position: loaded.position,
+                        events,
+                    };
+                    if let Some(key) = key {
+                        if let Some(stored) = self.store_alone(key, &record(Ok(&outcome))).await? {
+                            return Ok(Executed::Replayed(stored));
+                        }
+                    }
+                    return Ok(Executed::Done(outcome));
+                }
                 Err(refusal) => {
-                    if let Some(key) = &options.idempotency {
-                        if let Some(stored) = self.store_alone(key, respond(Err(&refusal))).await? {
+                    if let Some(key) = key {
+                        if let Some(stored) = self.store_alone(key, &record(Err(&refusal))).await? {
                             return Ok(Executed::Replayed(stored));
                         }
                     }
                     return Ok(Executed::Refused(refusal));
                 }
             };
-            if events.is_empty() {
-                let outcome = Outcome {
-                    state: loaded.state,
-                    version: loaded.version,
-                    position: loaded.position,
-                    events,
-                };
-                if let Some(key) = &options.idempotency {
-                    if let Some(stored) = self.store_alone(key, respond(Ok(&outcome))).await? {
-                        return Ok(Executed::Replayed(stored));
-                    }
-                }
-                return Ok(Executed::Done(outcome));
-            }
 
             let previous_version = loaded.version;
             let state = A::fold(loaded.state, &events);
             match self
-                .commit(&stream, previous_version, state, events, &options, &respond)
+                .commit(&stream, previous_version, state, events, &options, &record)
                 .await
             {
                 Ok(Committed::Done(outcome)) => {
@@ -232,22 +297,29 @@ impl<A: Aggregate> Repository<A> {
                 Ok(Committed::Replayed(stored)) => return Ok(Executed::Replayed(stored)),
                 Ok(Committed::Retry) => {}
                 Err(Error::Conflict { actual, .. }) => {
-                    if let Some(key) = &options.idempotency {
+                    if let Some(key) = key {
                         // The winner may have been this very request.
-                        if let Some(stored) = self.store.find_response(key).await? {
+                        if let Some(stored) = self.store.find_record(key).await? {
                             return Ok(Executed::Replayed(stored));
                         }
                     }
-                    if let Some(expected) = options.expected_version {
-                        return Err(ExecuteError::PreconditionFailed { expected, actual });
+                    if fresh {
+                        if let Some(expected) = options.expected_version {
+                            return Err(ExecuteError::PreconditionFailed { expected, actual });
+                        }
                     }
-                    tracing::debug!(actual, "version conflict, deciding again");
+                    if !fresh || attempt < attempts {
+                        tracing::debug!(actual, "version conflict, deciding again");
+                        if let Some(hook) = &self.on_retry {
+                            hook();
+                        }
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(key) = &options.idempotency {
-            if let Some(stored) = self.store.find_response(key).await? {
+        if let Some(key) = key {
+            if let Some(stored) = self.store.find_record(key).await? {
                 return Ok(Executed::Replayed(stored));
             }
         }
@@ -255,19 +327,22 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Appends the decided events at `previous_version`; with an
-    /// idempotency key, the events and then the response, in one
+    /// idempotency key, the events and then the record, in one
     /// transaction. The events go first: the transaction id is assigned at
     /// the first write, which must come after the stream's version was read
     /// (see `EventStore::read_all`).
-    async fn commit(
+    async fn commit<R>(
         &self,
         stream: &StreamId,
         previous_version: u64,
         state: A::State,
         events: Vec<A::Event>,
         options: &ExecuteOptions,
-        respond: &(impl Fn(Result<&Outcome<A>, &A::Error>) -> StoredResponse + Send + Sync),
-    ) -> Result<Committed<A>> {
+        record: &(impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync),
+    ) -> Result<Committed<A, R>>
+    where
+        R: Serialize + DeserializeOwned + Send,
+    {
         let new_events: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
         let expected = ExpectedVersion::Exact(previous_version);
         let Some(key) = &options.idempotency else {
@@ -302,36 +377,32 @@ impl<A: Aggregate> Repository<A> {
             position: Some(appended.position),
             events,
         };
-        let response = respond(Ok(&outcome));
-        if insert_response(&mut *tx, key, &response).await? {
+        let stored = idempotency::encode(&record(Ok(&outcome)))?;
+        if idempotency::insert(&mut *tx, key, &stored).await? {
             tx.commit().await?;
             self.store.notify_appended();
             return Ok(Committed::Done(outcome));
         }
         // A concurrent request with the same key committed first: undo the
-        // events and answer with its response.
+        // events and answer with its record.
         tx.rollback().await?;
-        Ok(match find_response_on(pool, key).await? {
+        Ok(match idempotency::find(pool, key).await? {
             Some(stored) => Committed::Replayed(stored),
             None => Committed::Retry,
         })
     }
 
-    /// Stores a response that comes without events. `Some` when the key was
-    /// taken meanwhile (its stored response), `None` when stored.
-    async fn store_alone(
-        &self,
-        key: &IdempotencyKey,
-        response: StoredResponse,
-    ) -> Result<Option<StoredResponse>> {
-        if insert_response(self.store.pool(), key, &response).await? {
+    /// Stores a record that comes without events. `Some` when the key was
+    /// taken meanwhile (its stored record), `None` when stored.
+    async fn store_alone<R>(&self, key: &IdempotencyKey, record: &R) -> Result<Option<R>>
+    where
+        R: Serialize + DeserializeOwned,
+    {
+        if idempotency::insert(self.store.pool(), key, &idempotency::encode(record)?).await? {
             return Ok(None);
         }
-        match self.store.find_response(key).await? {
-            Some(stored) => Ok(Some(stored)),
-            // Inserted and deleted meanwhile: nothing to replay.
-            None => Ok(None),
-        }
+        // `None` here: inserted and deleted meanwhile, nothing to replay.
+        self.store.find_record(key).await
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>> {
@@ -381,30 +452,13 @@ impl<A: Aggregate> Repository<A> {
     }
 }
 
-enum Committed<A: Aggregate> {
+/// How one attempt's commit ended.
+enum Committed<A: Aggregate, R> {
     Done(Outcome<A>),
-    Replayed(StoredResponse),
+    /// A concurrent call with the same key committed first: its record.
+    Replayed(R),
+    /// The key was taken and freed again meanwhile: decide again.
     Retry,
-}
-
-/// `true` when stored, `false` when the key exists (after waiting for a
-/// concurrent writer of the same key to finish).
-async fn insert_response<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    key: &IdempotencyKey,
-    response: &StoredResponse,
-) -> Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO event_store.idempotency (key, fingerprint, status, body) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(&key.key)
-    .bind(&key.fingerprint)
-    .bind(i32::from(response.status))
-    .bind(&response.body)
-    .execute(executor)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
 }
 
 async fn save_snapshot<S: serde::Serialize>(
@@ -478,7 +532,7 @@ impl<A: Aggregate> Clone for Outcome<A> {
     }
 }
 
-impl<A: Aggregate> fmt::Debug for Executed<A> {
+impl<A: Aggregate, R: fmt::Debug> fmt::Debug for Executed<A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Executed::Done(outcome) => f.debug_tuple("Done").field(outcome).finish(),

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -9,8 +10,8 @@ use uuid::Uuid;
 
 use crate::notify::Notifier;
 use crate::{
-    check_fingerprint, Appended, Checkpoint, Error, ExpectedVersion, IdempotencyKey, Metadata,
-    NewEvent, RawRecordedEvent, RecordedEvent, Result, StoredResponse, StreamId, Subscription,
+    idempotency, Appended, Checkpoint, Error, ExpectedVersion, IdempotencyKey, Metadata, NewEvent,
+    RawRecordedEvent, RecordedEvent, Result, StreamId, Subscription,
 };
 
 /// Columns of `event_store.events` in the order `decode_event!` reads them.
@@ -286,11 +287,16 @@ impl EventStore {
         )
     }
 
-    /// The response stored under `key`: `Ok(None)` for an unknown key,
-    /// [`Error::IdempotencyKeyReused`] when the fingerprint differs.
+    /// The idempotency record stored under `key` (see
+    /// [`crate::Repository::execute`]): `Ok(None)` for an unknown key,
+    /// [`Error::IdempotencyKeyReused`] when the fingerprint differs,
+    /// [`Error::Json`] when the record is not an `R`.
     #[tracing::instrument(skip_all, err)]
-    pub async fn find_response(&self, key: &IdempotencyKey) -> Result<Option<StoredResponse>> {
-        find_response_on(&self.pool, key).await
+    pub async fn find_record<R: DeserializeOwned>(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<R>> {
+        idempotency::find(&self.pool, key).await
     }
 
     /// A subscription to [`EventStore::read_all`] starting after `from`.
@@ -515,26 +521,6 @@ async fn existing_event_id<'e>(
     .bind(ids)
     .fetch_optional(executor)
     .await?)
-}
-
-pub(crate) async fn find_response_on<'e>(
-    executor: impl PgExecutor<'e>,
-    key: &IdempotencyKey,
-) -> Result<Option<StoredResponse>> {
-    let row: Option<(String, i32, serde_json::Value)> = sqlx::query_as(
-        "SELECT fingerprint, status, body FROM event_store.idempotency WHERE key = $1",
-    )
-    .bind(&key.key)
-    .fetch_optional(executor)
-    .await?;
-    row.map(|(fingerprint, status, body)| {
-        let response = StoredResponse {
-            status: u16::try_from(status).unwrap_or(500),
-            body,
-        };
-        check_fingerprint(key, &fingerprint, response)
-    })
-    .transpose()
 }
 
 /// Builds a `$event` (a [`RecordedEvent`] or [`RawRecordedEvent`]) from a row

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// What an append expects the stream's version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,35 +207,6 @@ pub struct Appended {
     pub version: u64,
     /// Global position of the last event written.
     pub position: i64,
-}
-
-/// What an idempotent command stored under its key (status + JSON body),
-/// replayed verbatim.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: serde_json::Value,
-}
-
-/// An idempotency key with the fingerprint of the request that carried it
-/// (a hash of method, path and body, computed by the caller).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey {
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// A stored response for a key, or the reason it cannot be replayed.
-pub(crate) fn check_fingerprint(
-    key: &IdempotencyKey,
-    stored_fingerprint: &str,
-    response: StoredResponse,
-) -> Result<StoredResponse> {
-    if stored_fingerprint == key.fingerprint {
-        Ok(response)
-    } else {
-        Err(Error::IdempotencyKeyReused)
-    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@ use domain::{
 };
 use event_store::{
     EventStore, ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome,
-    Repository, StoredResponse, StreamId,
+    Repository, StreamId,
 };
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,33 @@ impl StepResult {
     const DONE: StepResult = StepResult::Done {
         tracking_number: None,
     };
+}
+
+/// What a step's command came to, kept under the step's idempotency key:
+/// the step run again (after a crash) takes it instead of acting twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum StepRecord {
+    Done,
+    Refused { code: String, error: String },
+}
+
+impl StepRecord {
+    fn refused(refusal: &impl DomainError) -> StepRecord {
+        StepRecord::Refused {
+            code: refusal.code().to_owned(),
+            error: refusal.to_string(),
+        }
+    }
+}
+
+impl From<StepRecord> for StepResult {
+    fn from(record: StepRecord) -> StepResult {
+        match record {
+            StepRecord::Done => StepResult::DONE,
+            StepRecord::Refused { code, error } => StepResult::Refused { code, error },
+        }
+    }
 }
 
 /// The saga orchestrator. Cheap to clone: clones share everything.
@@ -661,15 +688,10 @@ impl Orchestrator {
             },
             ..ExecuteOptions::default()
         };
-        let respond =
-            |_: std::result::Result<&Outcome<FulfilmentSaga>, &domain::SagaError>| StoredResponse {
-                status: 200,
-                body: serde_json::Value::Null,
-            };
         match self
             .inner
             .sagas
-            .execute(&order_id.to_string(), &command, options, respond)
+            .execute(&order_id.to_string(), &command, options, |_| ())
             .await
         {
             Ok(Executed::Done(outcome)) => Ok(!outcome.events.is_empty()),
@@ -766,13 +788,8 @@ pub async fn retry(store: &EventStore, order_id: OrderId) -> Result<SagaStatus> 
         },
         ..ExecuteOptions::default()
     };
-    let respond =
-        |_: std::result::Result<&Outcome<FulfilmentSaga>, &domain::SagaError>| StoredResponse {
-            status: 200,
-            body: serde_json::Value::Null,
-        };
     let outcome = match sagas
-        .execute(&order_id.to_string(), &SagaCommand::Retry, options, respond)
+        .execute(&order_id.to_string(), &SagaCommand::Retry, options, |_| ())
         .await
     {
         Ok(Executed::Done(outcome)) => outcome,
@@ -812,41 +829,17 @@ async fn send<A: Aggregate>(
     let options = ExecuteOptions {
         expected_version: None,
         metadata: metadata.clone(),
-        idempotency: Some(IdempotencyKey {
-            fingerprint: key.clone(),
-            key,
-        }),
+        idempotency: Some(IdempotencyKey::new(key.clone(), key)),
     };
-    let respond = |result: std::result::Result<&Outcome<A>, &A::Error>| match result {
-        Ok(_) => StoredResponse {
-            status: 200,
-            body: json!({ "outcome": "done" }),
-        },
-        Err(refusal) => StoredResponse {
-            status: 422,
-            body: json!({ "code": refusal.code(), "error": refusal.to_string() }),
-        },
+    let record = |result: std::result::Result<&Outcome<A>, &A::Error>| match result {
+        Ok(_) => StepRecord::Done,
+        Err(refusal) => StepRecord::refused(refusal),
     };
-    match repository.execute(id, command, options, respond).await {
+    match repository.execute(id, command, options, record).await {
         Ok(Executed::Done(_)) => StepResult::DONE,
-        Ok(Executed::Refused(refusal)) => StepResult::Refused {
-            code: refusal.code().to_owned(),
-            error: refusal.to_string(),
-        },
-        Ok(Executed::Replayed(stored)) => replayed(&stored),
+        Ok(Executed::Refused(refusal)) => StepRecord::refused(&refusal).into(),
+        Ok(Executed::Replayed(record)) => record.into(),
         Err(error) => StepResult::Transient(error.to_string()),
-    }
-}
-
-/// The outcome of a step carried out before, from its stored answer.
-fn replayed(stored: &StoredResponse) -> StepResult {
-    if stored.status < 300 {
-        StepResult::DONE
-    } else {
-        StepResult::Refused {
-            code: stored.body["code"].as_str().unwrap_or("refused").to_owned(),
-            error: stored.body["error"].as_str().unwrap_or_default().to_owned(),
-        }
     }
 }
 
@@ -874,4 +867,46 @@ fn reached(status: OrderStatus, target: OrderStatus) -> bool {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The JSON of a step's record, which migration 9 also gave the step
+    /// records stored before it: a step done or refused before an upgrade
+    /// is replayed after it, not done again.
+    #[test]
+    fn a_step_record_is_kept_as_its_outcome() {
+        let cases = [
+            (StepRecord::Done, json!({"outcome": "done"})),
+            (
+                StepRecord::Refused {
+                    code: "insufficient_stock".to_owned(),
+                    error: "only 1 left".to_owned(),
+                },
+                json!({"outcome": "refused", "code": "insufficient_stock", "error": "only 1 left"}),
+            ),
+        ];
+        for (record, stored) in cases {
+            assert_eq!(serde_json::to_value(&record).expect("serialise"), stored);
+            assert_eq!(
+                serde_json::from_value::<StepRecord>(stored).expect("deserialise"),
+                record
+            );
+        }
+        assert_eq!(StepResult::from(StepRecord::Done), StepResult::DONE);
+        assert_eq!(
+            StepResult::from(StepRecord::Refused {
+                code: "c".to_owned(),
+                error: "e".to_owned()
+            }),
+            StepResult::Refused {
+                code: "c".to_owned(),
+                error: "e".to_owned()
+            }
+        );
+    }
 }

@@ -14,7 +14,7 @@ use domain::{
     FulfilmentSaga, Inventory, InventoryCommand, Money, Order, OrderCommand, OrderId, OrderLine,
     OrderStatus, Quantity, SagaState, SagaStatus, ShippingAddress, Sku, StepStatus,
 };
-use event_store::{EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
+use event_store::{EventStore, ExecuteOptions, Executed, Repository};
 use kafka::KafkaConfig;
 use migrations::testing::{eventually, TestDatabase};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -37,12 +37,7 @@ struct Setup {
 
 async fn exec<A: Aggregate>(store: &EventStore, id: &str, command: A::Command) {
     let executed = Repository::<A>::new(store.clone())
-        .execute(id, &command, ExecuteOptions::default(), |_| {
-            StoredResponse {
-                status: 200,
-                body: serde_json::Value::Null,
-            }
-        })
+        .execute(id, &command, ExecuteOptions::default(), |_| ())
         .await
         .expect("execute");
     assert!(matches!(executed, Executed::Done(_)), "{executed:?}");

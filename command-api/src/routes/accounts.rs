@@ -64,7 +64,6 @@ pub async fn open(
     state
         .accounts()
         .execute(
-            state.metrics(),
             &account_id.to_string(),
             &command,
             request.meta,
@@ -101,7 +100,6 @@ pub async fn deposit(
     state
         .accounts()
         .execute(
-            state.metrics(),
             &account_id.to_string(),
             &command,
             request.meta,
@@ -138,7 +136,6 @@ pub async fn withdraw(
     state
         .accounts()
         .execute(
-            state.metrics(),
             &account_id.to_string(),
             &command,
             request.meta,
@@ -171,7 +168,6 @@ pub async fn close(
     state
         .accounts()
         .execute(
-            state.metrics(),
             &account_id.to_string(),
             &AccountCommand::Close,
             request.meta,

@@ -55,7 +55,6 @@ pub async fn create(
     state
         .inventory()
         .execute(
-            state.metrics(),
             sku.as_str(),
             &command,
             request.meta,
@@ -92,7 +91,6 @@ pub async fn restock(
     state
         .inventory()
         .execute(
-            state.metrics(),
             sku.as_str(),
             &command,
             request.meta,

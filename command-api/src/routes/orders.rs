@@ -44,7 +44,6 @@ pub async fn place(
     state
         .orders()
         .execute(
-            state.metrics(),
             &order_id.to_string(),
             &command,
             request.meta,
@@ -91,7 +90,6 @@ pub async fn cancel(
     state
         .orders()
         .execute(
-            state.metrics(),
             &order_id.to_string(),
             &command,
             request.meta,

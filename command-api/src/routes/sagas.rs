@@ -42,7 +42,6 @@ pub async fn retry(
     state
         .sagas()
         .execute(
-            state.metrics(),
             &order_id.to_string(),
             &SagaCommand::Retry,
             meta,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use domain::{Inventory, InventoryCommand, InventoryError, OrderId, Quantity};
-use event_store::{ExecuteError, ExecuteOptions, Executed, Repository, StoredResponse};
+use event_store::{ExecuteError, ExecuteOptions, Executed, Repository};
 use futures::future::join_all;
 use reqwest::header::{ETAG, IF_MATCH};
 use reqwest::StatusCode;
@@ -129,12 +129,7 @@ async fn fifty_concurrent_reservations_never_oversell() {
                 quantity: Quantity::new(1).expect("1 is a quantity"),
             };
             repository
-                .execute("GPU", &command, ExecuteOptions::default(), |_| {
-                    StoredResponse {
-                        status: 200,
-                        body: json!({}),
-                    }
-                })
+                .execute("GPU", &command, ExecuteOptions::default(), |_| ())
                 .await
         })
     }))
@@ -272,10 +267,7 @@ async fn writes_from_elsewhere_are_never_missed() {
                 &account.to_string(),
                 &command,
                 ExecuteOptions::default(),
-                |_| StoredResponse {
-                    status: 200,
-                    body: json!({}),
-                },
+                |_| (),
             )
             .await
             .unwrap();
@@ -302,10 +294,7 @@ async fn writes_from_elsewhere_are_never_missed() {
                 amount: Amount::new(150).unwrap(),
             },
             ExecuteOptions::default(),
-            |_| StoredResponse {
-                status: 200,
-                body: json!({}),
-            },
+            |_| (),
         )
         .await
         .unwrap();
@@ -325,10 +314,7 @@ async fn writes_from_elsewhere_are_never_missed() {
                 order_id: other_order,
             },
             ExecuteOptions::default(),
-            |_| StoredResponse {
-                status: 200,
-                body: json!({}),
-            },
+            |_| (),
         )
         .await
         .unwrap();

@@ -2,21 +2,17 @@ use std::sync::Arc;
 
 use event_store::{
     Error, EventStore, ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Repository,
-    StoredResponse,
 };
 use migrations::testing::TestDatabase;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Barrier;
 
-use crate::support::{event_count, respond, Counter, CounterCommand, CounterError};
+use crate::support::{event_count, record, Counter, CounterCommand, CounterError, CounterRecord};
 
 fn key(key: &str, fingerprint: &str) -> ExecuteOptions {
     ExecuteOptions {
-        idempotency: Some(IdempotencyKey {
-            key: key.to_owned(),
-            fingerprint: fingerprint.to_owned(),
-        }),
+        idempotency: Some(IdempotencyKey::new(key, fingerprint)),
         ..ExecuteOptions::default()
     }
 }
@@ -28,7 +24,7 @@ async fn open_counter(repo: &Repository<Counter>) -> String {
             &id,
             &CounterCommand::Open,
             ExecuteOptions::default(),
-            respond,
+            record,
         )
         .await
         .expect("open");
@@ -44,19 +40,22 @@ async fn a_replayed_key_returns_the_stored_response_and_appends_nothing() {
     let id = open_counter(&repo).await;
 
     let first = repo
-        .execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), respond)
+        .execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), record)
         .await
         .expect("first");
     let Executed::Done(outcome) = first else {
         panic!("expected Done, got {first:?}")
     };
-    let stored = respond(Ok(&outcome));
-    assert_eq!(stored.body["total"], json!(5));
+    let stored = record(Ok(&outcome));
+    assert!(
+        matches!(stored, CounterRecord::Done { total: 5, .. }),
+        "{stored:?}"
+    );
     assert_eq!(event_count(&store).await, 2);
 
     for _ in 0..2 {
         let again = repo
-            .execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), respond)
+            .execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), record)
             .await
             .expect("replay");
         assert!(
@@ -67,10 +66,7 @@ async fn a_replayed_key_returns_the_stored_response_and_appends_nothing() {
     assert_eq!(event_count(&store).await, 2, "a replay appends nothing");
     assert_eq!(repo.load(&id).await.expect("load").state.total, 5);
     let found = store
-        .find_response(&IdempotencyKey {
-            key: "k-1".to_owned(),
-            fingerprint: "f-1".to_owned(),
-        })
+        .find_record::<CounterRecord>(&IdempotencyKey::new("k-1", "f-1"))
         .await
         .expect("find");
     assert_eq!(found, Some(stored));
@@ -83,12 +79,12 @@ async fn a_key_reused_with_another_fingerprint_is_refused() {
     let store = EventStore::new(db.pool.clone());
     let repo = Repository::<Counter>::new(store.clone());
     let id = open_counter(&repo).await;
-    repo.execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), respond)
+    repo.execute(&id, &CounterCommand::Add(5), key("k-1", "f-1"), record)
         .await
         .expect("first");
 
     let err = repo
-        .execute(&id, &CounterCommand::Add(6), key("k-1", "f-2"), respond)
+        .execute(&id, &CounterCommand::Add(6), key("k-1", "f-2"), record)
         .await
         .expect_err("reused key");
     assert!(
@@ -96,18 +92,12 @@ async fn a_key_reused_with_another_fingerprint_is_refused() {
         "{err:?}"
     );
     let err = store
-        .find_response(&IdempotencyKey {
-            key: "k-1".to_owned(),
-            fingerprint: "f-2".to_owned(),
-        })
+        .find_record::<CounterRecord>(&IdempotencyKey::new("k-1", "f-2"))
         .await
         .expect_err("reused key");
     assert!(matches!(err, Error::IdempotencyKeyReused), "{err:?}");
     assert!(store
-        .find_response(&IdempotencyKey {
-            key: "unknown".to_owned(),
-            fingerprint: "f-1".to_owned(),
-        })
+        .find_record::<CounterRecord>(&IdempotencyKey::new("unknown", "f-1"))
         .await
         .expect("unknown key")
         .is_none());
@@ -136,17 +126,17 @@ async fn twenty_concurrent_executes_with_one_key_execute_once() {
         let (repo, id, barrier) = (repo.clone(), id.clone(), barrier.clone());
         requests.push(tokio::spawn(async move {
             barrier.wait().await;
-            repo.execute(&id, &CounterCommand::Add(7), key("once", "f"), respond)
+            repo.execute(&id, &CounterCommand::Add(7), key("once", "f"), record)
                 .await
         }));
     }
-    let mut answers: Vec<StoredResponse> = Vec::new();
+    let mut answers: Vec<CounterRecord> = Vec::new();
     let mut executed = 0;
     for request in requests {
         match request.await.expect("task").expect("execute") {
             Executed::Done(outcome) => {
                 executed += 1;
-                answers.push(respond(Ok(&outcome)));
+                answers.push(record(Ok(&outcome)));
             }
             Executed::Replayed(stored) => answers.push(stored),
             Executed::Refused(refusal) => panic!("refused: {refusal}"),
@@ -158,7 +148,10 @@ async fn twenty_concurrent_executes_with_one_key_execute_once() {
         answers.iter().all(|a| *a == answers[0]),
         "identical answers: {answers:?}"
     );
-    assert_eq!(answers[0].body["total"], json!(7));
+    assert!(
+        matches!(answers[0], CounterRecord::Done { total: 7, .. }),
+        "{answers:?}"
+    );
     let loaded = repo.load(&id).await.expect("load");
     assert_eq!((loaded.state.total, loaded.version), (7, 2));
     assert_eq!(event_count(&store).await, 2);
@@ -174,7 +167,7 @@ async fn a_refusal_is_stored_and_replayed_even_after_the_state_changed() {
     let id = uuid::Uuid::now_v7().to_string();
 
     let refused = repo
-        .execute(&id, &CounterCommand::Add(1), key("r-1", "f"), respond)
+        .execute(&id, &CounterCommand::Add(1), key("r-1", "f"), record)
         .await
         .expect("execute");
     assert!(
@@ -188,17 +181,16 @@ async fn a_refusal_is_stored_and_replayed_even_after_the_state_changed() {
         &id,
         &CounterCommand::Open,
         ExecuteOptions::default(),
-        respond,
+        record,
     )
     .await
     .expect("open");
     let replayed = repo
-        .execute(&id, &CounterCommand::Add(1), key("r-1", "f"), respond)
+        .execute(&id, &CounterCommand::Add(1), key("r-1", "f"), record)
         .await
         .expect("replay");
-    let expected = StoredResponse {
-        status: 422,
-        body: json!({ "code": "counter_not_found" }),
+    let expected = CounterRecord::Refused {
+        code: "counter_not_found".to_owned(),
     };
     assert!(
         matches!(&replayed, Executed::Replayed(r) if *r == expected),
@@ -208,7 +200,7 @@ async fn a_refusal_is_stored_and_replayed_even_after_the_state_changed() {
 
     // A no-op (Add(0) appends nothing) is stored too.
     let noop = repo
-        .execute(&id, &CounterCommand::Add(0), key("n-1", "f"), respond)
+        .execute(&id, &CounterCommand::Add(0), key("n-1", "f"), record)
         .await
         .expect("noop");
     let Executed::Done(outcome) = noop else {
@@ -218,12 +210,101 @@ async fn a_refusal_is_stored_and_replayed_even_after_the_state_changed() {
     assert_eq!(outcome.version, 1);
     assert!(outcome.position.is_some());
     let replayed = repo
-        .execute(&id, &CounterCommand::Add(0), key("n-1", "f"), respond)
+        .execute(&id, &CounterCommand::Add(0), key("n-1", "f"), record)
         .await
         .expect("noop replay");
     assert!(
-        matches!(&replayed, Executed::Replayed(r) if *r == respond(Ok(&outcome))),
+        matches!(&replayed, Executed::Replayed(r) if *r == record(Ok(&outcome))),
         "{replayed:?}"
     );
+    db.drop().await;
+}
+
+/// The record is the caller's own type: stored as its JSON, handed back as
+/// the same value; read as another type it is a decoding error, and a
+/// different fingerprint is refused before the record is looked at.
+#[tokio::test]
+async fn a_typed_record_round_trips_through_its_json() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let repo = Repository::<Counter>::new(store.clone());
+    let id = open_counter(&repo).await;
+
+    let done = repo
+        .execute(&id, &CounterCommand::Add(3), key("t-1", "f"), record)
+        .await
+        .expect("execute");
+    let Executed::Done(outcome) = done else {
+        panic!("expected Done, got {done:?}")
+    };
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT record FROM event_store.idempotency WHERE key = 't-1'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("stored record");
+    assert_eq!(
+        stored,
+        json!({
+            "answer": "done",
+            "total": 3,
+            "version": 2,
+            "position": outcome.position,
+        })
+    );
+    let found = store
+        .find_record::<CounterRecord>(&IdempotencyKey::new("t-1", "f"))
+        .await
+        .expect("find");
+    assert_eq!(found, Some(record(Ok(&outcome))));
+
+    let err = store
+        .find_record::<u64>(&IdempotencyKey::new("t-1", "f"))
+        .await
+        .expect_err("not a u64");
+    assert!(matches!(err, Error::Json { .. }), "{err:?}");
+    let err = store
+        .find_record::<u64>(&IdempotencyKey::new("t-1", "other"))
+        .await
+        .expect_err("another request");
+    assert!(matches!(err, Error::IdempotencyKeyReused), "{err:?}");
+    db.drop().await;
+}
+
+/// Without a key nothing is stored, whatever `record` would say.
+#[tokio::test]
+async fn without_a_key_no_record_is_stored() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let repo = Repository::<Counter>::new(store.clone());
+    let id = open_counter(&repo).await;
+
+    let done = repo
+        .execute(
+            &id,
+            &CounterCommand::Add(2),
+            ExecuteOptions::default(),
+            |_| -> CounterRecord { panic!("no key: no record") },
+        )
+        .await
+        .expect("execute");
+    assert!(matches!(done, Executed::Done(_)), "{done:?}");
+    let refused = repo
+        .execute(
+            &id,
+            &CounterCommand::Add(-1),
+            ExecuteOptions::default(),
+            record,
+        )
+        .await
+        .expect("execute");
+    assert!(
+        matches!(refused, Executed::Refused(CounterError::Negative)),
+        "{refused:?}"
+    );
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.idempotency")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(records, 0);
     db.drop().await;
 }

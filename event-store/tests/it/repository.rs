@@ -1,16 +1,21 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
 use event_store::{EventStore, ExecuteError, ExecuteOptions, Executed, Repository, StreamId};
 use migrations::testing::TestDatabase;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{respond, wait_for_lock_waiter, Counter, CounterCommand, CounterEvent};
+use crate::support::{
+    record, wait_for_lock_waiter, Counter, CounterCommand, CounterEvent, CounterRecord,
+};
 
 async fn execute(
     repo: &Repository<Counter>,
     id: &str,
     command: CounterCommand,
-) -> Executed<Counter> {
-    repo.execute(id, &command, ExecuteOptions::default(), respond)
+) -> Executed<Counter, CounterRecord> {
+    repo.execute(id, &command, ExecuteOptions::default(), record)
         .await
         .expect("execute")
 }
@@ -47,7 +52,7 @@ async fn execute_against_a_racing_writer(
     repo: Repository<Counter>,
     id: &str,
     options: ExecuteOptions,
-) -> Result<Executed<Counter>, ExecuteError<crate::support::CounterError>> {
+) -> Result<Executed<Counter, CounterRecord>, ExecuteError<crate::support::CounterError>> {
     let mut writer = db.pool.begin().await.expect("begin");
     sqlx::query(
         "INSERT INTO event_store.events \
@@ -62,7 +67,7 @@ async fn execute_against_a_racing_writer(
     let task = {
         let (repo, id) = (repo.clone(), id.to_owned());
         tokio::spawn(async move {
-            repo.execute(&id, &CounterCommand::Add(1), options, respond)
+            repo.execute(&id, &CounterCommand::Add(1), options, record)
                 .await
         })
     };
@@ -120,7 +125,7 @@ async fn a_pinned_version_is_a_precondition_never_retried() {
     };
 
     let err = repo
-        .execute(&id, &CounterCommand::Add(1), pinned(5), respond)
+        .execute(&id, &CounterCommand::Add(1), pinned(5), record)
         .await
         .expect_err("stale pin");
     assert!(
@@ -150,7 +155,7 @@ async fn a_pinned_version_is_a_precondition_never_retried() {
     );
 
     let done = repo
-        .execute(&id, &CounterCommand::Add(1), pinned(2), respond)
+        .execute(&id, &CounterCommand::Add(1), pinned(2), record)
         .await
         .expect("right pin");
     assert!(
@@ -210,8 +215,133 @@ async fn execute_futures_are_send() {
         .expect("lazy pool");
     let repo = Repository::<Counter>::new(EventStore::new(pool));
     let command = CounterCommand::Add(1);
-    let future = repo.execute("id", &command, ExecuteOptions::default(), respond);
+    let future = repo.execute("id", &command, ExecuteOptions::default(), record);
     assert_send(&future);
     let load = repo.load("id");
     assert_send(&load);
+}
+
+/// Counts the retries `Repository::on_retry` reports.
+fn counting(repo: Repository<Counter>) -> (Repository<Counter>, Arc<AtomicU32>) {
+    let retries = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&retries);
+    let repo = repo.on_retry(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    (repo, retries)
+}
+
+#[tokio::test]
+async fn each_retry_is_reported_and_the_last_conflict_is_not() {
+    let db = TestDatabase::create().await;
+    let (repo, retries) = counting(Repository::<Counter>::new(EventStore::new(db.pool.clone())));
+    let id = Uuid::now_v7().to_string();
+    execute(&repo, &id, CounterCommand::Open).await;
+    execute_against_a_racing_writer(&db, repo.clone(), &id, ExecuteOptions::default())
+        .await
+        .expect("retried");
+    assert_eq!(retries.load(Ordering::SeqCst), 1);
+
+    let (repo, retries) = counting(repo.with_max_retries(0));
+    let id = Uuid::now_v7().to_string();
+    execute(&repo, &id, CounterCommand::Open).await;
+    execute_against_a_racing_writer(&db, repo, &id, ExecuteOptions::default())
+        .await
+        .expect_err("no retry left");
+    assert_eq!(retries.load(Ordering::SeqCst), 0, "exhausted, not retried");
+    db.drop().await;
+}
+
+/// A state the caller remembers is decided on as it is when the stream is
+/// still at its version: the append there proves it current.
+#[tokio::test]
+async fn a_remembered_state_at_the_streams_version_is_decided_on() {
+    let db = TestDatabase::create().await;
+    let (repo, retries) = counting(Repository::<Counter>::new(EventStore::new(db.pool.clone())));
+    let id = Uuid::now_v7().to_string();
+    execute(&repo, &id, CounterCommand::Open).await;
+    let mut known = repo.load(&id).await.expect("load");
+    // Doctored, so that a decision on it shows.
+    known.state.total = 1_000;
+
+    let done = repo
+        .execute_from(
+            Some(known),
+            &id,
+            &CounterCommand::Add(1),
+            ExecuteOptions::default(),
+            record,
+        )
+        .await
+        .expect("execute");
+    let Executed::Done(outcome) = done else {
+        panic!("expected Done, got {done:?}")
+    };
+    assert_eq!((outcome.state.total, outcome.version), (1_001, 2));
+    assert_eq!(retries.load(Ordering::SeqCst), 0);
+    db.drop().await;
+}
+
+/// A remembered state the stream has moved past: its append conflicts (a
+/// retry that does not count against the budget) and the command is
+/// decided again on a fresh load. A refusal or a no-op on it, or a pinned
+/// version it does not have, settle nothing: decided on a fresh load.
+#[tokio::test]
+async fn a_stale_remembered_state_is_decided_again_on_a_fresh_load() {
+    let db = TestDatabase::create().await;
+    let repo = Repository::<Counter>::new(EventStore::new(db.pool.clone()));
+    let id = Uuid::now_v7().to_string();
+    let never_opened = repo.load(&id).await.expect("load");
+    execute(&repo, &id, CounterCommand::Open).await;
+    let opened = repo.load(&id).await.expect("load");
+    execute(&repo, &id, CounterCommand::Add(100)).await;
+
+    let (repo, retries) = counting(repo.with_max_retries(0));
+    let done = repo
+        .execute_from(
+            Some(opened.clone()),
+            &id,
+            &CounterCommand::Add(1),
+            ExecuteOptions::default(),
+            record,
+        )
+        .await
+        .expect("execute");
+    let Executed::Done(outcome) = done else {
+        panic!("expected Done, got {done:?}")
+    };
+    assert_eq!((outcome.state.total, outcome.version), (101, 3));
+    assert_eq!(retries.load(Ordering::SeqCst), 1, "the stale append");
+
+    // Refused on the memory (never opened), done on the stream.
+    let done = repo
+        .execute_from(
+            Some(never_opened),
+            &id,
+            &CounterCommand::Add(1),
+            ExecuteOptions::default(),
+            record,
+        )
+        .await
+        .expect("execute");
+    assert!(
+        matches!(&done, Executed::Done(o) if o.version == 4 && o.state.total == 102),
+        "{done:?}"
+    );
+
+    // Pinned at the stream's version, which the memory is not at.
+    let pinned = ExecuteOptions {
+        expected_version: Some(4),
+        ..ExecuteOptions::default()
+    };
+    let done = repo
+        .execute_from(Some(opened), &id, &CounterCommand::Add(1), pinned, record)
+        .await
+        .expect("execute");
+    assert!(
+        matches!(&done, Executed::Done(o) if o.version == 5),
+        "{done:?}"
+    );
+    assert_eq!(retries.load(Ordering::SeqCst), 1);
+    db.drop().await;
 }

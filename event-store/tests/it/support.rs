@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use domain::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
-use event_store::{EventStore, Metadata, NewEvent, StoredResponse, StreamId};
+use event_store::{EventStore, Metadata, NewEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -178,21 +178,32 @@ pub fn metadata(correlation: &str) -> Metadata {
     }
 }
 
-/// The response a command API would store: status and a body naming the
-/// outcome.
-pub fn respond(result: Result<&event_store::Outcome<Counter>, &CounterError>) -> StoredResponse {
+/// What a caller keeps of a counter command under its idempotency key: a
+/// typed record, stored as JSON and handed back as the same value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum CounterRecord {
+    Done {
+        total: i64,
+        version: u64,
+        position: Option<i64>,
+    },
+    Refused {
+        code: String,
+    },
+}
+
+/// The record of a counter command: the outcome's total, version and
+/// position, or the refusal's code.
+pub fn record(result: Result<&event_store::Outcome<Counter>, &CounterError>) -> CounterRecord {
     match result {
-        Ok(outcome) => StoredResponse {
-            status: 200,
-            body: json!({
-                "total": outcome.state.total,
-                "version": outcome.version,
-                "position": outcome.position,
-            }),
+        Ok(outcome) => CounterRecord::Done {
+            total: outcome.state.total,
+            version: outcome.version,
+            position: outcome.position,
         },
-        Err(refusal) => StoredResponse {
-            status: 422,
-            body: json!({ "code": refusal.code() }),
+        Err(refusal) => CounterRecord::Refused {
+            code: refusal.code().to_owned(),
         },
     }
 }

@@ -105,7 +105,7 @@ async fn an_unknown_stored_event_is_a_decode_error() {
 #[tokio::test]
 async fn a_stored_v1_account_opened_loads_as_a_eur_account() {
     use domain::{AccountCommand, AccountStatus, Amount, BankAccount, Currency};
-    use event_store::{ExecuteOptions, Executed, StoredResponse};
+    use event_store::{ExecuteOptions, Executed};
 
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());
@@ -138,10 +138,7 @@ async fn a_stored_v1_account_opened_loads_as_a_eur_account() {
             &account_id.to_string(),
             &deposit,
             ExecuteOptions::default(),
-            |_| StoredResponse {
-                status: 200,
-                body: serde_json::Value::Null,
-            },
+            |_| (),
         )
         .await
         .expect("deposit");

@@ -1,6 +1,7 @@
 //! The migrations apply to a fresh database, and `TestDatabase` cleans up.
 
 use migrations::testing::TestDatabase;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_test_database_is_migrated_and_dropped() {
@@ -42,4 +43,85 @@ async fn a_test_database_is_migrated_and_dropped() {
         .expect("count");
     assert_eq!(left, 0);
     admin.close().await;
+}
+
+/// Migration 9 turns the stored HTTP answers into the callers' records: a
+/// saga step's (its key has spaces) into what the step did, any other into
+/// the answer's status and body, which the Command API replays.
+#[tokio::test]
+async fn idempotency_answers_become_the_callers_records() {
+    let db = TestDatabase::create().await;
+    // The table as it was before migration 9, with rows of that time.
+    sqlx::raw_sql(
+        "DROP TABLE event_store.idempotency; \
+         CREATE TABLE event_store.idempotency ( \
+             key text PRIMARY KEY, fingerprint text NOT NULL, \
+             status integer NOT NULL CHECK (status BETWEEN 100 AND 599), \
+             body jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO event_store.idempotency (key, fingerprint, status, body) VALUES \
+             ('deposit-1', 'f1', 200, '{\"balance\": 5, \"version\": 2}'), \
+             ('withdraw-1', 'f2', 422, '{\"code\": \"insufficient_funds\", \"status\": 422}'), \
+             ('saga 0193 0 charge_payment', 'saga 0193 0 charge_payment', 200, '{\"outcome\": \"done\"}'), \
+             ('saga 0193 1 reserve_stock:A', 'saga 0193 1 reserve_stock:A', 422, \
+              '{\"code\": \"insufficient_stock\", \"error\": \"only 1 left\"}'), \
+             ('saga:0193:0:charge_payment', 'saga:0193:0:charge_payment', 200, '{\"outcome\": \"done\"}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("the table before migration 9");
+    let migration = migrations::MIGRATOR
+        .iter()
+        .find(|m| m.version == 9)
+        .expect("migration 9");
+    sqlx::raw_sql(&migration.sql)
+        .execute(&db.pool)
+        .await
+        .expect("migration 9 applies");
+
+    let rows: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT key, fingerprint, record FROM event_store.idempotency ORDER BY key")
+            .fetch_all(&db.pool)
+            .await
+            .expect("records");
+    let expected = [
+        (
+            "deposit-1",
+            "f1",
+            json!({"status": 200, "body": {"balance": 5, "version": 2}}),
+        ),
+        (
+            "saga 0193 0 charge_payment",
+            "saga 0193 0 charge_payment",
+            json!({"outcome": "done"}),
+        ),
+        (
+            "saga 0193 1 reserve_stock:A",
+            "saga 0193 1 reserve_stock:A",
+            json!({"outcome": "refused", "code": "insufficient_stock", "error": "only 1 left"}),
+        ),
+        (
+            "saga:0193:0:charge_payment",
+            "saga:0193:0:charge_payment",
+            json!({"status": 200, "body": {"outcome": "done"}}),
+        ),
+        (
+            "withdraw-1",
+            "f2",
+            json!({"status": 422, "body": {"code": "insufficient_funds", "status": 422}}),
+        ),
+    ];
+    let rows: Vec<(&str, &str, serde_json::Value)> = rows
+        .iter()
+        .map(|(k, f, r)| (k.as_str(), f.as_str(), r.clone()))
+        .collect();
+    assert_eq!(rows, expected);
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = 'event_store' AND table_name = 'idempotency' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("columns");
+    assert_eq!(columns, ["created_at", "fingerprint", "key", "record"]);
+    db.drop().await;
 }

@@ -10,7 +10,7 @@ use domain::{
     OrderLine, Quantity, SagaCommand, SagaOrder, Situation, Sku, Step,
 };
 use domain::{AccountId, ShippingAddress};
-use event_store::{EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
+use event_store::{EventStore, ExecuteOptions, Executed, Repository};
 use uuid::Uuid;
 
 /// What an attempt of a step does.
@@ -64,10 +64,7 @@ pub async fn saga_exec(store: &EventStore, order_id: Uuid, command: SagaCommand)
             &order_id.to_string(),
             &command,
             ExecuteOptions::default(),
-            |_| StoredResponse {
-                status: 200,
-                body: serde_json::Value::Null,
-            },
+            |_| (),
         )
         .await
         .unwrap_or_else(|e| panic!("saga {order_id}: {e}"));

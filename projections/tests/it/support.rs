@@ -7,9 +7,7 @@ use domain::{
     AccountCommand, AccountId, Aggregate, Amount, BankAccount, Currency, CustomerId, Inventory,
     InventoryCommand, Order, OrderCommand, OrderId, Quantity, Sku,
 };
-use event_store::{
-    Checkpoint, EventStore, ExecuteOptions, Executed, RecordedEvent, Repository, StoredResponse,
-};
+use event_store::{Checkpoint, EventStore, ExecuteOptions, Executed, RecordedEvent, Repository};
 use migrations::testing::TestDatabase;
 use projections::{Projection, Projector};
 use uuid::Uuid;
@@ -46,12 +44,7 @@ impl Harness {
     ) -> Result<u64, String> {
         let repository = Repository::<A>::new(self.store.clone()).with_max_retries(50);
         let executed = repository
-            .execute(id, &command, ExecuteOptions::default(), |_| {
-                StoredResponse {
-                    status: 200,
-                    body: serde_json::Value::Null,
-                }
-            })
+            .execute(id, &command, ExecuteOptions::default(), |_| ())
             .await
             .unwrap_or_else(|e| panic!("execute on {id}: {e}"));
         match executed {

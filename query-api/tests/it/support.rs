@@ -10,7 +10,7 @@ use domain::{
     Inventory, InventoryCommand, Money, Order, OrderCommand, OrderId, OrderLine, Quantity,
     ShippingAddress, Sku,
 };
-use event_store::{Checkpoint, EventStore, ExecuteOptions, Executed, Repository, StoredResponse};
+use event_store::{Checkpoint, EventStore, ExecuteOptions, Executed, Repository};
 use migrations::testing::TestDatabase;
 use projections::Projector;
 use query_api::{router, AppState, Progress};
@@ -54,12 +54,7 @@ impl Harness {
     /// Runs a command that must be accepted; returns the stream version after it.
     pub async fn exec<A: Aggregate>(&self, id: &str, command: A::Command) -> u64 {
         let executed = Repository::<A>::new(self.store.clone())
-            .execute(id, &command, ExecuteOptions::default(), |_| {
-                StoredResponse {
-                    status: 200,
-                    body: serde_json::Value::Null,
-                }
-            })
+            .execute(id, &command, ExecuteOptions::default(), |_| ())
             .await
             .unwrap_or_else(|e| panic!("execute on {id}: {e}"));
         match executed {
