@@ -1,11 +1,14 @@
 //! Connecting to PostgreSQL, with errors that say where we tried to connect
-//! and never print the password of the URL.
+//! and never print the password of the URL. A `purser` process opens one
+//! pool ([`open`]), sized for what it runs, and lends it to its components.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::GlobalArgs;
 
 /// Local default; the project's scripts start a server there when none runs.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -62,6 +65,33 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .connect_with(options)
         .await
         .with_context(failed)
+}
+
+/// The process's pool: connects, then applies the pending migrations when
+/// `--migrate` was given, or else fails (naming them) if any is pending, so
+/// a service never runs on a schema it does not know and never needs DDL
+/// rights.
+pub async fn open(global: &GlobalArgs, max_connections: u32) -> Result<PgPool> {
+    let pool = connect(&global.database_url, max_connections).await?;
+    if global.migrate {
+        migrations::run(&pool)
+            .await
+            .context("applying the migrations")?;
+        tracing::info!("migrations applied");
+        return Ok(pool);
+    }
+    let pending = migrations::pending(&pool)
+        .await
+        .context("reading the applied migrations")?;
+    if let Some(first) = pending.first() {
+        let server = describe(&parse_url(&global.database_url)?);
+        anyhow::bail!(
+            "the database at {server} lacks {} of the migrations (from {first:04}): \
+             run `purser migrate` first, or pass --migrate",
+            pending.len()
+        );
+    }
+    Ok(pool)
 }
 
 #[cfg(test)]

@@ -1,18 +1,24 @@
-//! `purser`: the one binary of Purser. Each subcommand lives in its own
-//! module; `main` only parses the command line, sets up telemetry and
-//! dispatches.
+//! `purser`: the one binary of Purser. Each subcommand lives in the module
+//! of its name; `main` only parses the command line, sets up telemetry,
+//! owns the process's shutdown token (and, for the commands that run until
+//! stopped, the one signal handler that cancels it) and dispatches. Each
+//! command opens the process's one pool ([`db::open`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 mod auth;
+mod command_api;
 mod db;
 mod migrate;
-mod orchestrate;
+mod project;
 mod projection_ops;
-mod read_side;
+mod query_api;
 mod relay;
+mod saga;
+mod serve;
 mod telemetry;
 
 /// Event-sourced CQRS backend for orders, payments and inventory.
@@ -49,48 +55,81 @@ pub struct GlobalArgs {
         default_value_t = telemetry::LogFormat::Text
     )]
     pub log_format: telemetry::LogFormat,
+
+    /// Apply the pending database migrations first (as `purser migrate`
+    /// does). Without it, a command refuses to run on a database that
+    /// lacks a migration; no command migrates by itself.
+    #[arg(long, global = true)]
+    pub migrate: bool,
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "each variant is named after its subcommand, `command-api` included"
+)]
 enum Command {
     /// Apply the pending database migrations and list what was applied.
     Migrate(migrate::Args),
     /// Serve the Command API (default 127.0.0.1:8080).
-    #[command(name = "command-api")]
-    WriteApi(command_api::Config),
+    CommandApi(command_api::Args),
     /// Publish the event log to Kafka (the relay).
-    Relay(relay::RelayArgs),
+    Relay(relay::Args),
     /// Run the projection workers that build the read models.
-    Project(read_side::ProjectArgs),
+    Project(project::Args),
     /// Operate the projections: list, status, rebuild, reset, unpark.
     Projections(projection_ops::ProjectionsArgs),
     /// Serve the Query API (default 127.0.0.1:8081).
-    #[command(name = "query-api")]
-    QueryApi(query_api::QueryApiConfig),
+    QueryApi(query_api::Args),
     /// Run the order-fulfilment saga orchestrator, or `saga retry ORDER_ID`.
-    Saga(Box<orchestrate::SagaArgs>),
+    Saga(Box<saga::Args>),
     /// Run every component in one process: Command API, relay, projection
     /// workers, saga orchestrator and Query API.
-    Serve(Box<ServeArgs>),
+    Serve(Box<serve::Args>),
     /// Manage keys: `auth init --dir DIR` writes a development key pair.
     Auth(auth::AuthArgs),
     /// Print a bearer token signed with the key of `purser auth init`.
     Token(auth::TokenArgs),
 }
 
+impl Command {
+    /// Whether the command runs until stopped (and so listens for SIGTERM
+    /// and ctrl-c, finishing its work in flight when one comes); the others
+    /// keep the default: a signal ends them at once.
+    fn runs_until_stopped(&self) -> bool {
+        match self {
+            Command::Migrate(_) | Command::Auth(_) | Command::Token(_) => false,
+            Command::Projections(args) => {
+                matches!(args.command, projection_ops::ProjectionsCommand::Rebuild(_))
+            }
+            Command::Saga(args) => args.action.is_none(),
+            Command::CommandApi(_)
+            | Command::Relay(_)
+            | Command::Project(_)
+            | Command::QueryApi(_)
+            | Command::Serve(_) => true,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.global.log_format);
+    let shutdown = CancellationToken::new();
+    if cli.command.runs_until_stopped() {
+        service::cancel_on_signal(shutdown.clone());
+    }
+    let global = &cli.global;
     let outcome = match cli.command {
-        Command::Migrate(args) => migrate::run(&cli.global, args).await,
-        Command::Relay(args) => relay::run(&cli.global, args).await,
-        Command::Project(args) => read_side::run_project(&cli.global, args).await,
-        Command::Projections(args) => projection_ops::run(&cli.global, args).await,
-        Command::QueryApi(config) => read_side::run_query_api(&cli.global, config).await,
-        Command::WriteApi(config) => run_command_api(&cli.global, config).await,
-        Command::Saga(args) => orchestrate::run(&cli.global, *args).await,
-        Command::Serve(args) => serve(&cli.global, *args).await,
+        Command::Migrate(args) => migrate::run(global, args).await,
+        Command::CommandApi(args) => command_api::run(global, args, shutdown).await,
+        Command::Relay(args) => relay::run(global, args, shutdown).await,
+        Command::Project(args) => project::run(global, args, shutdown).await,
+        Command::Projections(args) => projection_ops::run(global, args, shutdown).await,
+        Command::QueryApi(args) => query_api::run(global, args, shutdown).await,
+        Command::Saga(args) => saga::run(global, *args, shutdown).await,
+        Command::Serve(args) => serve::run(global, *args, shutdown).await,
         Command::Auth(args) => auth::run_auth(args),
         Command::Token(args) => auth::run_token(args),
     };
@@ -101,75 +140,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `purser command-api`: serves until SIGTERM or ctrl-c, then finishes
-/// the requests in flight.
-async fn run_command_api(
-    global: &GlobalArgs,
-    mut config: command_api::Config,
-) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    config.database_url = global.database_url.clone();
-    let application = command_api::Application::build(config)
-        .await
-        .context("starting the command API")?;
-    application
-        .run_until_stopped()
-        .await
-        .context("serving the command API")
-}
-
-/// Options of `purser serve`: those of every component it runs.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    command_api: command_api::Config,
-    #[command(flatten)]
-    kafka: kafka::KafkaConfig,
-    #[command(flatten)]
-    relay: kafka::RelayOptions,
-    #[command(flatten)]
-    query_api: query_api::QueryApiConfig,
-    #[command(flatten)]
-    saga: saga::SagaConfig,
-    /// Where the saga orchestrator serves its `/metrics`.
-    #[arg(
-        long = "saga-metrics-addr",
-        env = "PURSER_SAGA_METRICS_ADDR",
-        default_value = "127.0.0.1:8082"
-    )]
-    saga_metrics_addr: std::net::SocketAddr,
-}
-
-/// `purser serve`: every component in one process. Each stops on SIGTERM or
-/// ctrl-c after finishing its work in flight; the first to fail stops the
-/// process with its error.
-async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
-    let project = read_side::ProjectArgs {
-        kafka: args.kafka.clone(),
-        projections: Vec::new(),
-        batch_size: 500,
-        max_attempts: projections::DEFAULT_MAX_ATTEMPTS,
-        unpark: None,
-    };
-    let saga = orchestrate::SagaArgs {
-        action: None,
-        saga: args.saga,
-        metrics_addr: args.saga_metrics_addr,
-    };
-    let relay = relay::RelayArgs {
-        kafka: args.kafka,
-        relay: args.relay,
-    };
-    tokio::try_join!(
-        run_command_api(global, args.command_api),
-        relay::run(global, relay),
-        read_side::run_project(global, project),
-        orchestrate::run(global, saga),
-        read_side::run_query_api(global, args.query_api),
-    )?;
-    Ok(())
 }
 
 /// Prints a failure and its causes, one per line (no backtrace: this is a

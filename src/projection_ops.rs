@@ -52,7 +52,7 @@ pub enum ProjectionsCommand {
         #[arg(long, value_name = "STREAM_ID")]
         stream: Option<String>,
         /// Attempts before an event that still fails parks its stream again.
-        #[arg(long = "projection-max-attempts", env = "PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
+        #[arg(long = "projection-max-attempts", env = "PURSER_PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_attempts: u32,
     },
@@ -85,12 +85,19 @@ pub struct RebuildArgs {
     #[arg(long, value_name = "EVENTS_PER_SECOND", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rate: Option<u64>,
     /// Attempts before an event that fails to apply parks its stream.
-    #[arg(long = "projection-max-attempts", env = "PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
+    #[arg(long = "projection-max-attempts", env = "PURSER_PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 }
 
-pub async fn run(global: &GlobalArgs, args: ProjectionsArgs) -> Result<()> {
+/// Connections the operations use.
+pub const POOL_SIZE: u32 = 4;
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: ProjectionsArgs,
+    shutdown: CancellationToken,
+) -> Result<()> {
     // Names are checked before connecting: a typo fails without a server.
     match &args.command {
         ProjectionsCommand::Status { name: Some(name) }
@@ -103,15 +110,11 @@ pub async fn run(global: &GlobalArgs, args: ProjectionsArgs) -> Result<()> {
         }
         _ => {}
     }
-    let pool = db::connect(&global.database_url, 4).await?;
-    migrations::run(&pool)
-        .await
-        .context("applying the migrations")?;
-    let store = EventStore::new(pool);
+    let store = EventStore::new(db::open(global, POOL_SIZE).await?);
     match args.command {
         ProjectionsCommand::List => list(&store).await,
         ProjectionsCommand::Status { name } => status(&store, name.as_deref()).await,
-        ProjectionsCommand::Rebuild(args) => rebuild(&store, &args).await,
+        ProjectionsCommand::Rebuild(args) => rebuild(&store, &args, &shutdown).await,
         ProjectionsCommand::Reset { name } => {
             let projection = projections::by_name(&name)?;
             projections::operations::reset(projection.as_ref(), &store)
@@ -242,7 +245,11 @@ async fn status(store: &EventStore, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn rebuild(store: &EventStore, args: &RebuildArgs) -> Result<()> {
+async fn rebuild(
+    store: &EventStore,
+    args: &RebuildArgs,
+    shutdown: &CancellationToken,
+) -> Result<()> {
     let selected: Vec<Arc<dyn Projection>> = match &args.name {
         Some(name) => vec![projections::by_name(name)?],
         None => projections::all(),
@@ -275,8 +282,6 @@ async fn rebuild(store: &EventStore, args: &RebuildArgs) -> Result<()> {
         max_events_per_second: args.max_rate,
         max_attempts: args.max_attempts,
     };
-    let shutdown = CancellationToken::new();
-    query_api::cancel_on_signal(shutdown.clone());
     for projection in selected {
         let name = projection.name();
         let mut line = ProgressLine::new();
@@ -284,7 +289,7 @@ async fn rebuild(store: &EventStore, args: &RebuildArgs) -> Result<()> {
             projection,
             store,
             &options,
-            &shutdown,
+            shutdown,
             &mut |p: &Progress| line.show(p),
         )
         .await;

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -245,15 +246,15 @@ async fn main() -> Result<(), BoxError> {
     };
 
     // The Command API, and 1,000 open accounts through it.
-    let mut config = Config::local(db.url.clone());
-    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
     config.db_max_connections = POOL_SIZE;
-    let application = Application::build_with_pool(&config, pool(POOL_SIZE).await?).await?;
+    let application = Application::build(&config, pool(POOL_SIZE).await?).await?;
     let command_api = application.address();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(application.run_until(async {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(application.run(stop.clone()));
     let setup = reqwest::Client::new();
     let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
     for chunk in accounts.chunks(64) {
@@ -338,7 +339,7 @@ async fn main() -> Result<(), BoxError> {
     .await?;
     println!("events appended by the command API: {deposited}");
 
-    let _ = stop.send(());
+    stop.cancel();
     server.await??;
     db.drop().await;
     Ok(())

@@ -26,7 +26,7 @@ pub mod state;
 
 pub use config::Config;
 pub use error::{ApiError, Problem};
-pub use startup::{router, shutdown_signal, Application};
+pub use startup::{router, Application};
 pub use state::AppState;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,10 +34,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Why the application could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database: {0}")]
-    Database(#[source] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("cannot bind {address}: {source}")]
     Bind {
         address: SocketAddr,

@@ -1,7 +1,7 @@
 //! The router (no I/O) and the application (binds, serves, shuts down
 //! gracefully).
 
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,9 +10,9 @@ use axum::middleware::{from_fn_with_state, map_response_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 use event_store::EventStore;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -78,31 +78,12 @@ pub struct Application {
     router: Router,
     /// How long shutdown waits for open connections.
     drain: Duration,
-    /// The pool `build` opened (closed on shutdown); `None` when the caller
-    /// lent one to `build_with_pool`.
-    owned_pool: Option<PgPool>,
 }
 
 impl Application {
-    /// Connects to the database (migrating it first when configured) and
-    /// binds `config.bind`.
-    pub async fn build(config: Config) -> Result<Application> {
-        let pool = PgPoolOptions::new()
-            .max_connections(config.db_max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(&config.database_url)
-            .map_err(Error::Database)?;
-        if config.migrate_on_start {
-            migrations::run(&pool).await.map_err(Error::Migrate)?;
-        }
-        let mut application = Application::build_with_pool(&config, pool.clone()).await?;
-        application.owned_pool = Some(pool);
-        Ok(application)
-    }
-
     /// Binds `config.bind` and serves with `pool`, which the caller has
     /// migrated and keeps owning (it is not closed on shutdown).
-    pub async fn build_with_pool(config: &Config, pool: PgPool) -> Result<Application> {
+    pub async fn build(config: &Config, pool: PgPool) -> Result<Application> {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -119,7 +100,6 @@ impl Application {
             address,
             router: router(state),
             drain: config.request_timeout() + DRAIN_MARGIN,
-            owned_pool: None,
         })
     }
 
@@ -132,35 +112,22 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until SIGTERM or ctrl-c, then finishes in-flight requests.
-    pub async fn run_until_stopped(self) -> Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting connections,
-    /// finishes in-flight requests (and closes the pool it opened). Requests
-    /// are bounded by the request timeout; a connection still open
-    /// `drain` after the signal (a client that never finishes sending its
-    /// request) is dropped.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
+    /// Serves until `shutdown` is cancelled, then stops accepting
+    /// connections and finishes in-flight requests. Requests are bounded by
+    /// the request timeout; a connection still open `drain` after the
+    /// signal (a client that never finishes sending its request) is dropped.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(address = %self.address, "command API listening");
-        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            let _ = signalled.send(());
-        };
+        let stopping = shutdown.clone();
         let serve = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                stopping.cancelled().await;
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            })
             .into_future();
         let drain_deadline = async {
-            match on_signal.await {
-                Ok(()) => tokio::time::sleep(self.drain).await,
-                Err(_) => std::future::pending().await,
-            }
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.drain).await;
         };
         let served = tokio::select! {
             served = serve => served,
@@ -170,37 +137,18 @@ impl Application {
             }
         };
         tracing::info!("command API stopped");
-        if let Some(pool) = self.owned_pool {
-            pool.close().await;
-        }
         served.map_err(Error::Serve)
     }
 }
 
-/// Completes on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+impl service::Component for Application {
+    type Error = Error;
+
+    fn name(&self) -> &'static str {
+        "command API"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        Application::run(self, shutdown).await
     }
 }

@@ -44,6 +44,20 @@ impl TestDatabase {
     /// When the server is unreachable or a migration fails: this is test
     /// support, and a test cannot proceed without its database.
     pub async fn create() -> TestDatabase {
+        let db = TestDatabase::create_unmigrated().await;
+        crate::MIGRATOR
+            .run(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e}", db.name));
+        db
+    }
+
+    /// Creates the database and opens a pool, without applying any
+    /// migration: an empty database, as a fresh server has it.
+    ///
+    /// # Panics
+    /// When the server is unreachable.
+    pub async fn create_unmigrated() -> TestDatabase {
         let server_url = server_url();
         let server: PgConnectOptions = server_url
             .parse()
@@ -68,10 +82,6 @@ impl TestDatabase {
             .connect_with(options)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to test database {name}: {e}"));
-        crate::MIGRATOR
-            .run(&pool)
-            .await
-            .unwrap_or_else(|e| panic!("cannot migrate test database {name}: {e}"));
 
         let url = database_url(&server_url, &name);
         TestDatabase { pool, url, name }

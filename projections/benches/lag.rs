@@ -135,13 +135,14 @@ async fn main() -> Result<(), BoxError> {
     let store = EventStore::new(db.pool.clone());
     let shutdown = CancellationToken::new();
 
-    let mut command_config = Config::local(db.url.clone());
-    command_config.bind = "127.0.0.1:0".parse()?;
+    let command_config = Config {
+        bind: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
     let command_app =
-        command_api::Application::build_with_pool(&command_config, pool(&db.url, 16).await?)
-            .await?;
+        command_api::Application::build(&command_config, pool(&db.url, 16).await?).await?;
     let command_base: Arc<str> = format!("http://127.0.0.1:{}", command_app.port()).into();
-    let command_server = tokio::spawn(command_app.run_until(shutdown.clone().cancelled_owned()));
+    let command_server = tokio::spawn(command_app.run(shutdown.clone()));
 
     let relay = Relay::new(store.clone(), kafka.clone())?;
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
@@ -165,7 +166,7 @@ async fn main() -> Result<(), BoxError> {
     };
     let query_app = query_api::Application::build(&query_config, pool(&db.url, 16).await?).await?;
     let query_base: Arc<str> = format!("http://127.0.0.1:{}", query_app.port()).into();
-    let query_server = tokio::spawn(query_app.run_until_stopped(shutdown.clone()));
+    let query_server = tokio::spawn(query_app.run(shutdown.clone()));
 
     let http = reqwest::Client::new();
     let mut accounts = Vec::with_capacity(accounts_n);

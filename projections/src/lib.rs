@@ -44,7 +44,7 @@ pub use projector::{
     applied_version, applied_versions, BatchReport, Projector, DEFAULT_MAX_ATTEMPTS,
 };
 pub use sagas::{SagaStep, Sagas};
-pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig};
+pub use worker::{group_id, AppliedBatch, Outcome, Worker, WorkerConfig, DEFAULT_BATCH_SIZE};
 
 use event_store::EventStore;
 use kafka::KafkaConfig;

@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{BatchReport, Projection, Projector, Result, DEFAULT_MAX_ATTEMPTS};
 
+/// Default most events per batch of a worker.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+
 /// Tuning of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
@@ -23,7 +26,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_size: 500,
+            batch_size: DEFAULT_BATCH_SIZE,
             poll_wait: Duration::from_millis(500),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }

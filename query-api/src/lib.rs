@@ -8,7 +8,8 @@
 //! `/metrics` compute head and lag from the event store.
 //!
 //! [`router`] builds the service without I/O (handlers are tested with
-//! `tower::ServiceExt::oneshot`); [`Application`] binds and serves it.
+//! `tower::ServiceExt::oneshot`); [`Application`] binds it and serves until
+//! the process's shutdown token is cancelled (a [`service::Component`]).
 
 pub mod config;
 pub mod error;
@@ -24,5 +25,5 @@ pub use config::QueryApiConfig;
 pub use error::{ApiError, Problem};
 pub use openapi::ApiDoc;
 pub use progress::Progress;
-pub use startup::{cancel_on_signal, router, Application};
+pub use startup::{router, Application};
 pub use state::AppState;

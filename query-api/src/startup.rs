@@ -101,66 +101,65 @@ async fn method_not_allowed() -> ApiError {
 /// The Query API, bound to its port.
 pub struct Application {
     listener: TcpListener,
+    address: SocketAddr,
     state: AppState,
 }
 
 impl Application {
-    /// Binds `config.addr` (port 0 picks a free port). Does not touch the
-    /// database.
+    /// Binds `config.addr` (port 0 picks a free port) and serves with
+    /// `pool`, which the caller has migrated and keeps owning. Does not
+    /// touch the database.
     pub async fn build(config: &QueryApiConfig, pool: PgPool) -> std::io::Result<Application> {
         let listener = TcpListener::bind(config.addr).await?;
+        let address = listener.local_addr()?;
         let state = AppState::new(pool, Progress::new(config.poll_interval()))
             .with_request_timeout(config.request_timeout());
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            address,
+            state,
+        })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The address actually bound (the port is known when 0 was asked for).
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     pub fn port(&self) -> u16 {
-        self.local_addr().map_or(0, |a| a.port())
+        self.address.port()
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Application { listener, state } = self;
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Application {
+            listener,
+            address,
+            state,
+        } = self;
+        let stop_listening = shutdown.child_token();
         let listener_task = state
             .progress
-            .spawn_listener(state.pool.clone(), shutdown.child_token());
-        tracing::info!(addr = ?listener.local_addr().ok(), "query API listening");
+            .spawn_listener(state.pool.clone(), stop_listening.clone());
+        tracing::info!(%address, "query API listening");
         let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
-        shutdown.cancel();
+        stop_listening.cancel();
         let _ = listener_task.await;
+        tracing::info!("query API stopped");
         served
     }
 }
 
-/// Cancels `token` on ctrl-c or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        token.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        token.cancel();
-    });
+impl service::Component for Application {
+    type Error = std::io::Error;
+
+    fn name(&self) -> &'static str {
+        "query API"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        Application::run(self, shutdown).await
+    }
 }

@@ -440,11 +440,13 @@ async fn main() -> Result<(), BoxError> {
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
     let shutdown = CancellationToken::new();
 
-    let mut config = Config::local(db.url.clone());
-    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    let application = Application::build_with_pool(&config, pool(&db.url, 16).await?).await?;
+    let config = Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
+    let application = Application::build(&config, pool(&db.url, 16).await?).await?;
     let base = format!("http://{}", application.address());
-    let api = tokio::spawn(application.run_until(shutdown.clone().cancelled_owned()));
+    let api = tokio::spawn(application.run(shutdown.clone()));
 
     let relay_options = RelayOptions {
         idle_wait_ms: env_or(

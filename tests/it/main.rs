@@ -2,12 +2,13 @@
 //! database of its own: crash safety of the saga orchestrator under a real
 //! process kill; `purser projections ...` (a rebuild killed for real);
 //! `purser auth init` and `purser token`; relay failover between two
-//! `purser relay` processes.
+//! `purser relay` processes; `purser serve` and its `--migrate`.
 
 mod auth_cli;
 mod crash;
 mod projections_cli;
 mod relay_failover;
+mod serve;
 
 use std::process::Output;
 use std::time::Duration;

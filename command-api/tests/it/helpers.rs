@@ -11,8 +11,8 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -29,28 +29,28 @@ pub fn init_tracing() {
 pub struct Server {
     pub address: SocketAddr,
     pub client: Client,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: CancellationToken,
     handle: JoinHandle<command_api::Result<()>>,
 }
 
 impl Server {
     /// Serves on 127.0.0.1:0 with `pool`.
     pub async fn start(pool: PgPool, configure: impl FnOnce(&mut Config)) -> Server {
-        let mut config = Config::local("postgres://unused");
-        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
         configure(&mut config);
-        let application = Application::build_with_pool(&config, pool)
+        let application = Application::build(&config, pool)
             .await
             .expect("application binds");
         let address = application.address();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(application.run_until(async {
-            let _ = rx.await;
-        }));
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(application.run(shutdown.clone()));
         Server {
             address,
             client: Client::new(),
-            shutdown: Some(tx),
+            shutdown,
             handle,
         }
     }
@@ -81,9 +81,7 @@ impl Server {
 
     /// Signals shutdown without waiting.
     pub fn signal_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.shutdown.cancel();
     }
 
     /// Shuts down gracefully and waits for the server to finish.

@@ -160,10 +160,7 @@ async fn a_database_that_is_down_is_503_naming_the_check() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
         .unwrap();
-    let app = router(AppState::new(
-        EventStore::new(pool),
-        &Config::local("unused"),
-    ));
+    let app = router(AppState::new(EventStore::new(pool), &Config::default()));
 
     let response = app
         .clone()
@@ -210,10 +207,7 @@ async fn validation_needs_no_database() {
     let pool = PgPoolOptions::new()
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
         .unwrap();
-    let app = router(AppState::new(
-        EventStore::new(pool),
-        &Config::local("unused"),
-    ));
+    let app = router(AppState::new(EventStore::new(pool), &Config::default()));
     let response = app
         .oneshot(
             Request::post("/accounts")

@@ -105,13 +105,15 @@ async fn correlation_ids_of_http_requests_reach_the_projection_batch_span() {
 
     // Two commands over HTTP, each with its own request id.
     let shutdown = CancellationToken::new();
-    let mut config = command_api::Config::local(h.db.url.clone());
-    config.bind = "127.0.0.1:0".parse().expect("address");
-    let app = command_api::Application::build_with_pool(&config, h.db.pool.clone())
+    let config = command_api::Config {
+        bind: "127.0.0.1:0".parse().expect("address"),
+        ..command_api::Config::default()
+    };
+    let app = command_api::Application::build(&config, h.db.pool.clone())
         .await
         .expect("command API");
     let base = format!("http://127.0.0.1:{}", app.port());
-    let server = tokio::spawn(app.run_until(shutdown.clone().cancelled_owned()));
+    let server = tokio::spawn(app.run(shutdown.clone()));
     let http = reqwest::Client::new();
     let (open_id, deposit_id) = (
         format!("open-{}", Uuid::new_v4()),

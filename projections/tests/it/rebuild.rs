@@ -442,7 +442,7 @@ async fn the_query_api_answers_throughout_a_rebuild() {
         .expect("bind");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let server = tokio::spawn(app.run(shutdown.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let (workload, orders) = (Arc::new(workload), Arc::new(orders));
     let reader = tokio::spawn(read_everything(

@@ -76,7 +76,7 @@ async fn commands_become_visible_through_every_read_endpoint() {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{}", app.port()),
     };
-    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let server = tokio::spawn(app.run(shutdown.clone()));
     // The first reads also wait for the consumer groups to form: allow it.
     let wait = "wait_ms=10000";
 

@@ -67,19 +67,18 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    let mut api_config = command_api::Config::local("postgres://unused");
-    api_config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    let commands = command_api::Application::build_with_pool(&api_config, h.db.pool.clone())
+    let api_config = command_api::Config {
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..command_api::Config::default()
+    };
+    let commands = command_api::Application::build(&api_config, h.db.pool.clone())
         .await
         .expect("command API binds");
     let command_base = format!("http://{}", commands.address());
     tasks.push(tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            commands
-                .run_until(async move { shutdown.cancelled().await })
-                .await
-                .expect("command API");
+            commands.run(shutdown).await.expect("command API");
         }
     }));
     let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
@@ -142,12 +141,7 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     };
     tasks.push(tokio::spawn({
         let shutdown = shutdown.clone();
-        async move {
-            queries
-                .run_until_stopped(shutdown)
-                .await
-                .expect("query API")
-        }
+        async move { queries.run(shutdown).await.expect("query API") }
     }));
 
     // A customer with money, a SKU in stock, an order.

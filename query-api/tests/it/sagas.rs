@@ -306,7 +306,7 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{}", app.port()),
     };
-    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let server = tokio::spawn(app.run(shutdown.clone()));
 
     let (done, done_version) = shipped(&h, &["A", "B"]).await;
     let (undone, undone_version) = compensated(&h).await;

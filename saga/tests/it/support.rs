@@ -85,17 +85,17 @@ impl World {
         let store = EventStore::new(db.pool.clone());
         let shutdown = CancellationToken::new();
 
-        let mut api_config = Config::local("postgres://unused");
-        api_config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        let application = Application::build_with_pool(&api_config, db.pool.clone())
+        let api_config = Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        let application = Application::build(&api_config, db.pool.clone())
             .await
             .expect("command API binds");
         let address = application.address();
         let api_shutdown = shutdown.clone();
         let api = tokio::spawn(async move {
-            let _ = application
-                .run_until(async move { api_shutdown.cancelled().await })
-                .await;
+            let _ = application.run(api_shutdown).await;
         });
 
         let relay = kafka::Relay::new(store.clone(), kafka.clone()).expect("relay");

@@ -1,0 +1,34 @@
+//! `purser command-api`: serves the commands over HTTP.
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{db, GlobalArgs};
+
+/// Options of `purser command-api`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ::command_api::Config,
+}
+
+/// Binds the Command API's address.
+pub async fn build(
+    config: &::command_api::Config,
+    pool: sqlx::PgPool,
+) -> Result<::command_api::Application> {
+    ::command_api::Application::build(config, pool)
+        .await
+        .context("starting the command API")
+}
+
+/// `purser command-api`: serves until shutdown, then finishes the requests
+/// in flight.
+pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    let pool = db::open(global, args.config.db_max_connections).await?;
+    build(&args.config, pool)
+        .await?
+        .run(shutdown)
+        .await
+        .context("serving the command API")
+}

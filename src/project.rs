@@ -1,0 +1,103 @@
+//! `purser project`: the projection workers that build the read models.
+
+use anyhow::{Context, Result};
+use service::Component;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{db, relay, GlobalArgs};
+
+/// Connections the projection workers use.
+pub const POOL_SIZE: u32 = 10;
+
+/// Options of `purser project`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub kafka: kafka::KafkaConfig,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+}
+
+/// The workers' own options (`purser serve` has them too).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Projections to run, comma separated (default: all of accounts,
+    /// inventory, orders, sagas).
+    #[arg(
+        id = "projection_names",
+        long = "projections",
+        env = "PURSER_PROJECTIONS",
+        value_delimiter = ','
+    )]
+    pub projections: Vec<String>,
+    /// Most events applied per database transaction.
+    #[arg(id = "projection_batch_size", long = "projection-batch-size", env = "PURSER_PROJECTION_BATCH_SIZE",
+          default_value_t = projections::DEFAULT_BATCH_SIZE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Attempts before an event that fails to apply parks its stream.
+    #[arg(id = "projection_max_attempts", long = "projection-max-attempts", env = "PURSER_PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+}
+
+/// The projection workers as a component: one worker per projection until
+/// shutdown; the batch in hand is finished first.
+pub struct Workers {
+    store: event_store::EventStore,
+    kafka: kafka::KafkaConfig,
+    projections: Vec<String>,
+    config: projections::WorkerConfig,
+}
+
+impl Workers {
+    pub fn build(kafka: kafka::KafkaConfig, args: WorkerArgs, pool: PgPool) -> Result<Workers> {
+        // Unknown names fail here, before anything runs.
+        for name in &args.projections {
+            projections::by_name(name)?;
+        }
+        Ok(Workers {
+            store: event_store::EventStore::new(pool),
+            kafka,
+            projections: args.projections,
+            config: projections::WorkerConfig {
+                batch_size: args.batch_size as usize,
+                max_attempts: args.max_attempts,
+                ..projections::WorkerConfig::default()
+            },
+        })
+    }
+}
+
+impl Component for Workers {
+    type Error = anyhow::Error;
+
+    fn name(&self) -> &'static str {
+        "projection workers"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        // Started before the broker, the workers wait for it.
+        if !relay::wait_for_topics(&self.kafka, &shutdown).await? {
+            return Ok(());
+        }
+        projections::run_workers(
+            &self.projections,
+            self.store,
+            &self.kafka,
+            self.config,
+            shutdown,
+        )
+        .await
+        .context("running the projection workers")
+    }
+}
+
+/// `purser project`.
+pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    let pool = db::open(global, POOL_SIZE).await?;
+    Workers::build(args.kafka, args.workers, pool)?
+        .run(shutdown)
+        .await
+}

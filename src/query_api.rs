@@ -1,0 +1,37 @@
+//! `purser query-api`: serves the read models over HTTP.
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{db, GlobalArgs};
+
+/// Connections the Query API uses.
+pub const POOL_SIZE: u32 = 20;
+
+/// Options of `purser query-api`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ::query_api::QueryApiConfig,
+}
+
+/// Binds the Query API's address.
+pub async fn build(
+    config: &::query_api::QueryApiConfig,
+    pool: sqlx::PgPool,
+) -> Result<::query_api::Application> {
+    ::query_api::Application::build(config, pool)
+        .await
+        .with_context(|| format!("binding the query API to {}", config.addr))
+}
+
+/// `purser query-api`: serves until shutdown, then finishes the requests in
+/// flight.
+pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    let pool = db::open(global, POOL_SIZE).await?;
+    build(&args.config, pool)
+        .await?
+        .run(shutdown)
+        .await
+        .context("serving the query API")
+}

@@ -1,0 +1,66 @@
+//! `purser serve`: every component in one process (Command API, relay,
+//! projection workers, saga orchestrator, Query API), sharing one pool and
+//! one shutdown token, each in a task of its own.
+
+use anyhow::Result;
+use service::Components;
+use tokio_util::sync::CancellationToken;
+
+use crate::{command_api, db, project, query_api, relay, saga, GlobalArgs};
+
+/// Options of `purser serve`: those of every component it runs.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    command_api: ::command_api::Config,
+    #[command(flatten)]
+    kafka: kafka::KafkaConfig,
+    #[command(flatten)]
+    relay: kafka::RelayOptions,
+    #[command(flatten)]
+    workers: project::WorkerArgs,
+    #[command(flatten)]
+    query_api: ::query_api::QueryApiConfig,
+    #[command(flatten)]
+    orchestrator: saga::OrchestratorArgs,
+}
+
+impl Args {
+    /// The process's pool: each component's share.
+    fn pool_size(&self) -> u32 {
+        self.command_api.db_max_connections
+            + relay::POOL_SIZE
+            + project::POOL_SIZE
+            + saga::POOL_SIZE
+            + query_api::POOL_SIZE
+    }
+}
+
+/// Builds every component (binding the addresses, so a taken port fails
+/// before anything runs), then runs each in a task of its own until
+/// shutdown. The first to fail stops the others, which finish their work in
+/// flight, and the process exits with its error.
+pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    let pool = db::open(global, args.pool_size()).await?;
+    let command_api = command_api::build(&args.command_api, pool.clone()).await?;
+    let query_api = query_api::build(&args.query_api, pool.clone()).await?;
+    let orchestrator = saga::Orchestrator::build(args.orchestrator, pool.clone()).await?;
+    let workers = project::Workers::build(args.kafka.clone(), args.workers, pool.clone())?;
+    let relay = relay::Relay::build(
+        relay::Args {
+            kafka: args.kafka,
+            relay: args.relay,
+        },
+        pool.clone(),
+    )?;
+
+    let mut components = Components::new(shutdown);
+    components.spawn(command_api);
+    components.spawn(relay);
+    components.spawn(workers);
+    components.spawn(orchestrator);
+    components.spawn(query_api);
+    let stopped = components.wait().await;
+    pool.close().await;
+    Ok(stopped?)
+}

@@ -1,0 +1,153 @@
+//! `purser serve`: components never migrate by themselves. On a database
+//! without the migrations it refuses to start (and creates nothing); with
+//! `--migrate` it migrates, serves, and stops cleanly on SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use migrations::testing::{eventually, TestDatabase};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::{DEADLINE, PURSER};
+
+/// `purser serve` on `db`, every address on a free port, topics of its own,
+/// JSON logs on a piped stderr.
+fn serve(db: &TestDatabase, migrate: bool) -> Child {
+    let kafka = kafka::KafkaConfig::isolated("serve");
+    let mut command = Command::new(PURSER);
+    command
+        .args(["serve", "--database-url", &db.url, "--log-format", "json"])
+        .args(["--bind", "127.0.0.1:0"])
+        .args(["--query-api-addr", "127.0.0.1:0"])
+        .args(["--saga-metrics-addr", "127.0.0.1:0"])
+        .args(["--kafka-brokers", &kafka.brokers])
+        .args(["--kafka-topic-prefix", &kafka.topic_prefix])
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if migrate {
+        command.arg("--migrate");
+    }
+    command.spawn().expect("purser serve starts")
+}
+
+/// The relations of `db` outside the system schemas.
+async fn tables(db: &TestDatabase) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables \
+         WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("list tables")
+}
+
+/// Reads JSON log lines until one with `message`, and returns its `address`.
+async fn address_logged(lines: &mut Lines<BufReader<ChildStderr>>, message: &str) -> String {
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("stderr") {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["message"] == message {
+                return event["address"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await;
+    found
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("purser serve never logged {message:?} with an address"))
+}
+
+#[tokio::test]
+async fn serve_refuses_an_unmigrated_database_and_creates_nothing() {
+    let db = TestDatabase::create_unmigrated().await;
+    let child = serve(&db, false);
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("purser serve exits")
+        .expect("purser serve ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("purser migrate"), "{stderr}");
+    assert!(stderr.contains("--migrate"), "{stderr}");
+    assert_eq!(tables(&db).await, Vec::<String>::new());
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
+    let db = TestDatabase::create_unmigrated().await;
+    let mut child = serve(&db, true);
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let command_api = address_logged(&mut lines, "command API listening").await;
+    let query_api = address_logged(&mut lines, "query API listening").await;
+    // Keep draining, so the child never blocks on a full pipe.
+    let drained = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line);
+        }
+        seen
+    });
+
+    assert!(
+        tables(&db).await.contains(&"event_store.events".to_owned()),
+        "migrated"
+    );
+    let http = reqwest::Client::new();
+    for url in [
+        format!("http://{command_api}/health/ready"),
+        format!("http://{query_api}/health/ready"),
+    ] {
+        eventually(&url, DEADLINE, Duration::from_millis(100), || async {
+            match http.get(&url).send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(response.status().to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
+    }
+    let opened = http
+        .post(format!("http://{command_api}/accounts"))
+        .json(&serde_json::json!({"customer_id": uuid::Uuid::now_v7(), "currency": "EUR"}))
+        .send()
+        .await
+        .expect("open an account");
+    assert_eq!(opened.status(), reqwest::StatusCode::CREATED);
+
+    let pid = child.id().expect("running").to_string();
+    let signalled = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill -TERM");
+    assert!(signalled.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("purser serve stops after SIGTERM")
+        .expect("purser serve ran");
+    let logged = drained.await.expect("stderr read").join("\n");
+    assert!(status.success(), "{status}: {logged}");
+    for component in [
+        "command API",
+        "relay",
+        "projection workers",
+        "saga orchestrator",
+        "query API",
+    ] {
+        assert!(
+            logged.contains(&format!(r#""component":"{component}""#)),
+            "{component} did not report stopping: {logged}"
+        );
+    }
+    db.drop().await;
+}
