@@ -4,7 +4,7 @@
 //! `cargo bench -p kafka --bench relay`; needs Postgres at `DATABASE_URL` and a
 //! broker at `KAFKA_BROKERS`. `RELAY_BENCH_EVENTS` (default 50000),
 //! `RELAY_BENCH_ROUNDS` (default 7, after one warm-up round),
-//! `RELAY_BATCH_SIZE` and `RELAY_MAX_IN_FLIGHT` (the relay's defaults
+//! `PURSER_RELAY_BATCH_SIZE` and `PURSER_RELAY_MAX_IN_FLIGHT` (the relay's defaults
 //! otherwise) tune it. Prints every round, the medians and their ratio, and
 //! the median of the per-round ratios.
 
@@ -168,7 +168,10 @@ async fn relay(
         .expect("reset checkpoint");
     let options = RelayOptions {
         batch_size,
-        max_in_flight: env_or("RELAY_MAX_IN_FLIGHT", RelayOptions::default().max_in_flight),
+        max_in_flight: env_or(
+            "PURSER_RELAY_MAX_IN_FLIGHT",
+            RelayOptions::default().max_in_flight,
+        ),
         idle_wait_ms: 1000,
         ..RelayOptions::default()
     };
@@ -204,7 +207,10 @@ fn rate(events: usize, took: Duration) -> f64 {
 async fn main() {
     let events: usize = env_or("RELAY_BENCH_EVENTS", 50_000);
     let rounds: usize = env_or("RELAY_BENCH_ROUNDS", 7);
-    let batch_size: u32 = env_or("RELAY_BATCH_SIZE", RelayOptions::default().batch_size);
+    let batch_size: u32 = env_or(
+        "PURSER_RELAY_BATCH_SIZE",
+        RelayOptions::default().batch_size,
+    );
 
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());

@@ -5,37 +5,47 @@ use rdkafka::ClientConfig;
 /// The stream types Purser publishes, one topic each.
 pub const STREAM_TYPES: &[&str] = &["account", "inventory", "order", "saga"];
 
+/// The local broker.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Topics are `purser.account`, `purser.order`...
+pub const DEFAULT_TOPIC_PREFIX: &str = "purser";
+/// Partitions of each topic created at startup.
+pub const DEFAULT_PARTITIONS: i32 = 3;
+/// Consumer group session timeout.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 6000;
+
 /// Connection and topic settings shared by the relay and every consumer.
 ///
 /// Read from the environment by the `purser` binary (`KAFKA_BROKERS`,
-/// `KAFKA_TOPIC_PREFIX`, `KAFKA_PARTITIONS`, `KAFKA_SESSION_TIMEOUT_MS`);
-/// [`Default`] gives the same local values as the command line.
+/// `PURSER_KAFKA_TOPIC_PREFIX`, `PURSER_KAFKA_PARTITIONS`,
+/// `PURSER_KAFKA_SESSION_TIMEOUT_MS`); [`Default`] gives the same local
+/// values as the command line.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma separated.
     #[arg(
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092"
+        default_value = DEFAULT_BROKERS
     )]
     pub brokers: String,
     /// Topics are named `{prefix}.{stream_type}`.
     #[arg(
         long = "kafka-topic-prefix",
-        env = "KAFKA_TOPIC_PREFIX",
-        default_value = "purser"
+        env = "PURSER_KAFKA_TOPIC_PREFIX",
+        default_value = DEFAULT_TOPIC_PREFIX
     )]
     pub topic_prefix: String,
     /// Partitions of each topic created at startup.
-    #[arg(long = "kafka-partitions", env = "KAFKA_PARTITIONS", default_value_t = 3,
+    #[arg(long = "kafka-partitions", env = "PURSER_KAFKA_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
     /// Consumer group session timeout. 6000 ms is the smallest that Apache
     /// Kafka accepts by default; Tansu takes about half of it to join a group.
     #[arg(
         long = "kafka-session-timeout-ms",
-        env = "KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 6000
+        env = "PURSER_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = DEFAULT_SESSION_TIMEOUT_MS
     )]
     pub session_timeout_ms: u32,
 }
@@ -43,10 +53,10 @@ pub struct KafkaConfig {
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
-            brokers: "127.0.0.1:9092".to_owned(),
-            topic_prefix: "purser".to_owned(),
-            partitions: 3,
-            session_timeout_ms: 6000,
+            brokers: DEFAULT_BROKERS.to_owned(),
+            topic_prefix: DEFAULT_TOPIC_PREFIX.to_owned(),
+            partitions: DEFAULT_PARTITIONS,
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
         }
     }
 }

@@ -29,48 +29,51 @@ pub struct RelayOptions {
     /// Most events read from the store and published per batch. Large
     /// batches make large produce requests, which a broker takes much faster
     /// while the relay catches up; at a steady pace batches are small anyway.
-    #[arg(long = "relay-batch-size", env = "RELAY_BATCH_SIZE", default_value_t = 5000,
+    #[arg(long = "relay-batch-size", env = "PURSER_RELAY_BATCH_SIZE", default_value_t = DEFAULT.batch_size,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
     /// How long the broker may take to acknowledge a message before the batch
     /// fails and is published again.
     #[arg(
         long = "relay-delivery-timeout-ms",
-        env = "RELAY_DELIVERY_TIMEOUT_MS",
-        default_value_t = 30_000
+        env = "PURSER_RELAY_DELIVERY_TIMEOUT_MS",
+        default_value_t = DEFAULT.delivery_timeout_ms
     )]
     pub delivery_timeout_ms: u64,
     /// How long one step waits for new events (woken by the store's
     /// notifications) before it reports [`RelayOutcome::Idle`].
     #[arg(
         long = "relay-idle-wait-ms",
-        env = "RELAY_IDLE_WAIT_MS",
-        default_value_t = 1000
+        env = "PURSER_RELAY_IDLE_WAIT_MS",
+        default_value_t = DEFAULT.idle_wait_ms
     )]
     pub idle_wait_ms: u64,
     /// Batches handed to the producer before the oldest one is acknowledged
     /// (each is checkpointed, in order, once all of its events are).
-    #[arg(long = "relay-max-in-flight", env = "RELAY_MAX_IN_FLIGHT", default_value_t = 4,
+    #[arg(long = "relay-max-in-flight", env = "PURSER_RELAY_MAX_IN_FLIGHT", default_value_t = DEFAULT.max_in_flight,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
     /// Longest pause between retries while the broker or the store fails.
     #[arg(
         long = "relay-max-backoff-ms",
-        env = "RELAY_MAX_BACKOFF_MS",
-        default_value_t = 10_000
+        env = "PURSER_RELAY_MAX_BACKOFF_MS",
+        default_value_t = DEFAULT.max_backoff_ms
     )]
     pub max_backoff_ms: u64,
 }
 
+/// The defaults, of the command line too.
+const DEFAULT: RelayOptions = RelayOptions {
+    batch_size: 5000,
+    delivery_timeout_ms: 30_000,
+    idle_wait_ms: 1000,
+    max_in_flight: 4,
+    max_backoff_ms: 10_000,
+};
+
 impl Default for RelayOptions {
     fn default() -> Self {
-        Self {
-            batch_size: 5000,
-            delivery_timeout_ms: 30_000,
-            idle_wait_ms: 1000,
-            max_in_flight: 4,
-            max_backoff_ms: 10_000,
-        }
+        DEFAULT
     }
 }
 

@@ -3,6 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
+/// The default upper bound of a whole request.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
+/// The default poll of a `min_version` wait.
+pub const DEFAULT_POLL_MS: u64 = 1_000;
+
 /// Where the Query API listens and how it waits.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct QueryApiConfig {
@@ -10,18 +17,18 @@ pub struct QueryApiConfig {
     #[arg(
         id = "query_api_addr",
         long = "query-api-addr",
-        env = "QUERY_API_ADDR",
-        default_value = "127.0.0.1:8081"
+        env = "PURSER_QUERY_API_ADDR",
+        default_value = DEFAULT_ADDR
     )]
     pub addr: SocketAddr,
     /// Upper bound of a whole request, waits included (must exceed the
     /// longest `wait_ms`, 10 000).
-    #[arg(id = "query_api_request_timeout_ms", long = "query-api-request-timeout-ms", env = "QUERY_API_REQUEST_TIMEOUT_MS",
-          default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10_001..))]
+    #[arg(id = "query_api_request_timeout_ms", long = "query-api-request-timeout-ms", env = "PURSER_QUERY_API_REQUEST_TIMEOUT_MS",
+          default_value_t = DEFAULT_REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(10_001..))]
     pub request_timeout_ms: u64,
     /// How often a `min_version` wait re-reads the database when no
     /// notification arrives (the fallback to LISTEN).
-    #[arg(id = "query_api_poll_ms", long = "query-api-poll-ms", env = "QUERY_API_POLL_MS", default_value_t = 1_000,
+    #[arg(id = "query_api_poll_ms", long = "query-api-poll-ms", env = "PURSER_QUERY_API_POLL_MS", default_value_t = DEFAULT_POLL_MS,
           value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_ms: u64,
 }
@@ -29,9 +36,11 @@ pub struct QueryApiConfig {
 impl Default for QueryApiConfig {
     fn default() -> Self {
         QueryApiConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            request_timeout_ms: 15_000,
-            poll_ms: 1_000,
+            addr: DEFAULT_ADDR
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            poll_ms: DEFAULT_POLL_MS,
         }
     }
 }

@@ -8,12 +8,12 @@ use crate::SimulatedCarrierConfig;
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct SagaConfig {
     /// How long one attempt of a step may take (persisted as its deadline).
-    #[arg(long = "saga-step-timeout-ms", env = "PURSER_SAGA_STEP_TIMEOUT_MS", default_value_t = 5_000,
+    #[arg(long = "saga-step-timeout-ms", env = "PURSER_SAGA_STEP_TIMEOUT_MS", default_value_t = DEFAULT.step_timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub step_timeout_ms: u64,
     /// Attempts of a step (since the last operator retry) before the saga
     /// needs attention.
-    #[arg(long = "saga-max-attempts", env = "PURSER_SAGA_MAX_ATTEMPTS", default_value_t = 8,
+    #[arg(long = "saga-max-attempts", env = "PURSER_SAGA_MAX_ATTEMPTS", default_value_t = DEFAULT.max_attempts,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// First retry delay after a transient failure; doubles per attempt,
@@ -21,45 +21,52 @@ pub struct SagaConfig {
     #[arg(
         long = "saga-backoff-ms",
         env = "PURSER_SAGA_BACKOFF_MS",
-        default_value_t = 200
+        default_value_t = DEFAULT.backoff_ms
     )]
     pub backoff_ms: u64,
     /// Longest retry delay.
     #[arg(
         long = "saga-backoff-max-ms",
         env = "PURSER_SAGA_BACKOFF_MAX_MS",
-        default_value_t = 30_000
+        default_value_t = DEFAULT.backoff_max_ms
     )]
     pub backoff_max_ms: u64,
     /// How long a claimed saga stays with this orchestrator without being
     /// renewed; another one takes it over after that (a crashed holder).
-    #[arg(long = "saga-lease-ms", env = "PURSER_SAGA_LEASE_MS", default_value_t = 30_000,
+    #[arg(long = "saga-lease-ms", env = "PURSER_SAGA_LEASE_MS", default_value_t = DEFAULT.lease_ms,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub lease_ms: u64,
     /// Sagas driven at the same time.
-    #[arg(long = "saga-concurrency", env = "PURSER_SAGA_CONCURRENCY", default_value_t = 32,
+    #[arg(long = "saga-concurrency", env = "PURSER_SAGA_CONCURRENCY", default_value_t = DEFAULT.concurrency,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
     /// How often the work queue is looked at when nothing woke it.
-    #[arg(long = "saga-poll-ms", env = "PURSER_SAGA_POLL_MS", default_value_t = 200,
+    #[arg(long = "saga-poll-ms", env = "PURSER_SAGA_POLL_MS", default_value_t = DEFAULT.poll_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_ms: u64,
     #[command(flatten)]
     pub carrier: SimulatedCarrierConfig,
 }
 
+/// The defaults, of the command line too.
+const DEFAULT: SagaConfig = SagaConfig {
+    step_timeout_ms: 5_000,
+    max_attempts: 8,
+    backoff_ms: 200,
+    backoff_max_ms: 30_000,
+    lease_ms: 30_000,
+    concurrency: 32,
+    poll_ms: 200,
+    carrier: SimulatedCarrierConfig {
+        delay_ms: 0,
+        fail_first: 0,
+        hang: false,
+    },
+};
+
 impl Default for SagaConfig {
     fn default() -> Self {
-        SagaConfig {
-            step_timeout_ms: 5_000,
-            max_attempts: 8,
-            backoff_ms: 200,
-            backoff_max_ms: 30_000,
-            lease_ms: 30_000,
-            concurrency: 32,
-            poll_ms: 200,
-            carrier: SimulatedCarrierConfig::default(),
-        }
+        DEFAULT
     }
 }
 
