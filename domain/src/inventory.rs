@@ -1,5 +1,10 @@
-//! Stock of one SKU: create, restock, reserve for an order, release that
-//! reservation, commit it when the order ships.
+//! Stock and price of one SKU: create, restock, price, reserve for an
+//! order, release that reservation, commit it when the order ships.
+//!
+//! Prices live here, in the catalog: an item is created with a unit price
+//! (`> 0`) in a currency, and an operator may change it. An item created
+//! before prices existed (`ItemCreated` schema version 1) has none, and
+//! cannot be ordered until it is priced.
 //!
 //! Rules: always `0 <= reserved <= on_hand`, and `reserved` is the sum of the
 //! open reservations; an order reserves at most once (reserving again, even
@@ -13,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::codec;
-use crate::values::{validate_text, OrderId, Quantity, Sku, ValueError};
+use crate::values::{
+    validate_text, Currency, OrderId, Price, Quantity, Sku, UnitPrice, ValueError,
+};
 use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
 
 /// The inventory aggregate, one per SKU. Stream id: `inventory-{sku}`.
@@ -27,9 +34,17 @@ pub enum InventoryCommand {
         sku: Sku,
         name: String,
         quantity: Quantity,
+        price: Price,
     },
     Restock {
         quantity: Quantity,
+    },
+    /// Sets the item's unit price; in `currency` when given, else in the
+    /// currency the item is priced in (an unpriced item needs one:
+    /// `currency_required`). Setting the current price appends nothing.
+    SetPrice {
+        unit_price: UnitPrice,
+        currency: Option<Currency>,
     },
     Reserve {
         order_id: OrderId,
@@ -46,13 +61,20 @@ pub enum InventoryCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type")]
 pub enum InventoryEvent {
+    /// Schema version 2. Version 1 had no `price`: it upcasts to an item
+    /// without one (`price: null`).
     ItemCreated {
         sku: Sku,
         name: String,
         quantity: Quantity,
+        price: Option<Price>,
     },
     ItemRestocked {
         quantity: Quantity,
+    },
+    /// The item's price from now on.
+    PriceChanged {
+        price: Price,
     },
     StockReserved {
         order_id: OrderId,
@@ -76,7 +98,20 @@ impl InventoryEvent {
         "StockReserved",
         "ReservationReleased",
         "ReservationCommitted",
+        "PriceChanged",
     ];
+
+    /// The current schema version of `ItemCreated`.
+    pub const ITEM_CREATED_SCHEMA_VERSION: u32 = 2;
+
+    /// The schema version `to_payload` writes for `event_type`, if known.
+    pub fn current_schema_version(event_type: &str) -> Option<u32> {
+        match event_type {
+            "ItemCreated" => Some(Self::ITEM_CREATED_SCHEMA_VERSION),
+            t if Self::EVENT_TYPES.contains(&t) => Some(1),
+            _ => None,
+        }
+    }
 }
 
 impl DomainEvent for InventoryEvent {
@@ -87,11 +122,15 @@ impl DomainEvent for InventoryEvent {
             InventoryEvent::StockReserved { .. } => "StockReserved",
             InventoryEvent::ReservationReleased { .. } => "ReservationReleased",
             InventoryEvent::ReservationCommitted { .. } => "ReservationCommitted",
+            InventoryEvent::PriceChanged { .. } => "PriceChanged",
         }
     }
 
     fn schema_version(&self) -> u32 {
-        1
+        match self {
+            InventoryEvent::ItemCreated { .. } => Self::ITEM_CREATED_SCHEMA_VERSION,
+            _ => 1,
+        }
     }
 
     fn to_payload(&self) -> Value {
@@ -103,11 +142,39 @@ impl DomainEvent for InventoryEvent {
         schema_version: u32,
         payload: Value,
     ) -> Result<Self, DecodeError> {
-        if schema_version != 1 || !Self::EVENT_TYPES.contains(&event_type) {
-            return Err(codec::unknown(event_type, schema_version));
-        }
+        let current = Self::current_schema_version(event_type)
+            .ok_or_else(|| codec::unknown(event_type, schema_version))?;
+        let payload = match (event_type, schema_version) {
+            (_, v) if v == current => payload,
+            ("ItemCreated", 1) => upcast_item_created_v1(payload),
+            _ => return Err(codec::unknown(event_type, schema_version)),
+        };
         codec::from_payload(event_type, payload)
     }
+}
+
+/// v1 `{sku, name, quantity}` -> v2 `{sku, name, quantity, price: null}`:
+/// an item created before prices existed has none.
+fn upcast_item_created_v1(payload: Value) -> Value {
+    match payload {
+        Value::Object(mut map) => {
+            map.entry("price").or_insert(Value::Null);
+            Value::Object(map)
+        }
+        // Not an object: let decoding report it.
+        other => other,
+    }
+}
+
+/// What the catalog says about a SKU when an order is placed: the facts the
+/// order's decision needs, looked up on the command side beforehand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CatalogPrice {
+    /// No item has this SKU.
+    Unknown,
+    /// The item exists but has no price yet.
+    Unpriced,
+    Priced(Price),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -115,6 +182,9 @@ pub struct InventoryState {
     pub exists: bool,
     pub sku: Option<Sku>,
     pub name: Option<String>,
+    /// `None` for an item created before prices existed, until it is priced.
+    #[serde(default)]
+    pub price: Option<Price>,
     pub on_hand: u64,
     pub reserved: u64,
     /// Open reservations: order -> quantity.
@@ -132,6 +202,15 @@ impl InventoryState {
     /// `on_hand - reserved`.
     pub fn available(&self) -> u64 {
         self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// The catalog's answer for this SKU.
+    pub fn catalog_price(&self) -> CatalogPrice {
+        match (self.exists, self.price) {
+            (false, _) => CatalogPrice::Unknown,
+            (true, None) => CatalogPrice::Unpriced,
+            (true, Some(price)) => CatalogPrice::Priced(price),
+        }
     }
 
     /// Whether `order_id` ever reserved here (open, released or committed).
@@ -156,6 +235,8 @@ pub enum InventoryError {
     StockOverflow,
     #[error("invalid name: {0}")]
     InvalidName(ValueError),
+    #[error("the item has no price yet: its first price needs a currency")]
+    CurrencyRequired,
 }
 
 impl DomainError for InventoryError {
@@ -167,6 +248,7 @@ impl DomainError for InventoryError {
             InventoryError::ReservationNotFound { .. } => "reservation_not_found",
             InventoryError::StockOverflow => "stock_overflow",
             InventoryError::InvalidName(_) => "invalid_name",
+            InventoryError::CurrencyRequired => "currency_required",
         }
     }
 
@@ -199,6 +281,7 @@ impl Aggregate for Inventory {
             sku,
             name,
             quantity,
+            price,
         } = command
         {
             if state.exists {
@@ -209,6 +292,7 @@ impl Aggregate for Inventory {
                 sku: sku.clone(),
                 name: name.clone(),
                 quantity: *quantity,
+                price: Some(*price),
             }]);
         }
         if !state.exists {
@@ -225,6 +309,19 @@ impl Aggregate for Inventory {
                 Ok(vec![InventoryEvent::ItemRestocked {
                     quantity: *quantity,
                 }])
+            }
+            C::SetPrice {
+                unit_price,
+                currency,
+            } => {
+                let currency = currency
+                    .or(state.price.map(|p| p.currency))
+                    .ok_or(InventoryError::CurrencyRequired)?;
+                let price = Price::new(*unit_price, currency);
+                if state.price == Some(price) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![InventoryEvent::PriceChanged { price }])
             }
             C::Reserve { order_id, quantity } => {
                 if state.has_seen(order_id) {
@@ -270,15 +367,18 @@ impl Aggregate for Inventory {
                 sku,
                 name,
                 quantity,
+                price,
             } => {
                 state.exists = true;
                 state.sku = Some(sku.clone());
                 state.name = Some(name.clone());
+                state.price = *price;
                 state.on_hand = u64::from(*quantity);
             }
             InventoryEvent::ItemRestocked { quantity } => {
                 state.on_hand = state.on_hand.saturating_add(u64::from(*quantity));
             }
+            InventoryEvent::PriceChanged { price } => state.price = Some(*price),
             InventoryEvent::StockReserved { order_id, quantity } => {
                 state.reserved = state.reserved.saturating_add(u64::from(*quantity));
                 state.reservations.insert(*order_id, *quantity);

@@ -20,10 +20,12 @@ mod values;
 pub use account::{
     AccountCommand, AccountError, AccountEvent, AccountState, AccountStatus, BankAccount, Charge,
 };
-pub use inventory::{Inventory, InventoryCommand, InventoryError, InventoryEvent, InventoryState};
+pub use inventory::{
+    CatalogPrice, Inventory, InventoryCommand, InventoryError, InventoryEvent, InventoryState,
+};
 pub use order::{
-    order_total, CancellationReason, InvalidOrder, Order, OrderCommand, OrderError, OrderEvent,
-    OrderState, OrderStatus, MAX_ORDER_LINES,
+    check_skus, order_total, CancellationReason, InvalidOrder, LineToPlace, Order, OrderCommand,
+    OrderError, OrderEvent, OrderState, OrderStatus, MAX_ORDER_LINES,
 };
 pub use saga::{
     next_action, Action, FulfilmentSaga, SagaCommand, SagaError, SagaEvent, SagaOrder, SagaState,
@@ -31,7 +33,7 @@ pub use saga::{
 };
 pub use values::{
     validate_text, AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderId, OrderLine,
-    Quantity, ShippingAddress, Sku, ValueError, TEXT_MAX_CHARS,
+    Price, Quantity, ShippingAddress, Sku, UnitPrice, ValueError, TEXT_MAX_CHARS,
 };
 
 use serde::{de::DeserializeOwned, Serialize};

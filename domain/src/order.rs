@@ -2,6 +2,11 @@
 //! cancelled from any state before `shipped`.
 //!
 //! Rules: 1 to 100 lines, each SKU at most once, total without overflow;
+//! every line at the catalog's price, looked up when the order is placed
+//! and carried in the command (an unknown SKU, an unpriced item, an item
+//! priced in another currency, or a price the client saw that is no longer
+//! the catalog's refuse the order); the order records those prices and its
+//! total is computed from them;
 //! `shipped` and `cancelled` are terminal; a requested cancellation blocks
 //! shipping; repeating a cancellation request, or requesting/cancelling an
 //! already cancelled order, appends nothing.
@@ -13,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::codec;
+use crate::inventory::CatalogPrice;
 use crate::values::{
-    AccountId, Currency, CustomerId, Money, OrderId, OrderLine, ShippingAddress, Sku,
+    AccountId, Currency, CustomerId, Money, OrderId, OrderLine, Price, Quantity, ShippingAddress,
+    Sku, UnitPrice,
 };
 use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
 
@@ -32,7 +39,7 @@ pub enum OrderCommand {
         customer_id: CustomerId,
         account_id: AccountId,
         currency: Currency,
-        lines: Vec<OrderLine>,
+        lines: Vec<LineToPlace>,
         shipping_address: ShippingAddress,
     },
     MarkReserved,
@@ -48,6 +55,62 @@ pub enum OrderCommand {
     Cancel {
         reason: CancellationReason,
     },
+}
+
+/// A line as the customer asked for it, with what the catalog said about its
+/// SKU when the order was placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineToPlace {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    /// The unit price the client showed its user, if it sent one: the order
+    /// is refused (`price_changed`) when the catalog's differs.
+    pub expected_price: Option<UnitPrice>,
+    /// The catalog's price of `sku`, looked up on the command side.
+    pub catalog: CatalogPrice,
+}
+
+impl LineToPlace {
+    /// A line without a client-side price, of an item the catalog holds at
+    /// `price`.
+    pub fn priced(sku: Sku, quantity: Quantity, price: Price) -> LineToPlace {
+        LineToPlace {
+            sku,
+            quantity,
+            expected_price: None,
+            catalog: CatalogPrice::Priced(price),
+        }
+    }
+
+    /// The line at the catalog's price, or why it cannot be ordered.
+    pub fn price(&self, currency: Currency) -> Result<OrderLine, OrderError> {
+        let price = match self.catalog {
+            CatalogPrice::Unknown => return Err(OrderError::UnknownSku(self.sku.clone())),
+            CatalogPrice::Unpriced => return Err(OrderError::ItemNotPriced(self.sku.clone())),
+            CatalogPrice::Priced(price) => price,
+        };
+        if price.currency != currency {
+            return Err(OrderError::CurrencyMismatch {
+                sku: self.sku.clone(),
+                item: price.currency,
+                order: currency,
+            });
+        }
+        if let Some(expected) = self.expected_price {
+            if expected != price.unit_price {
+                return Err(OrderError::PriceChanged {
+                    sku: self.sku.clone(),
+                    expected,
+                    current: price.unit_price,
+                });
+            }
+        }
+        Ok(OrderLine::new(
+            self.sku.clone(),
+            self.quantity,
+            price.unit_price.money(),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -239,6 +302,22 @@ pub enum OrderError {
     AlreadyExists,
     #[error("invalid order: {0}")]
     InvalidOrder(#[from] InvalidOrder),
+    #[error("unknown sku {0}")]
+    UnknownSku(Sku),
+    #[error("sku {0} has no price yet")]
+    ItemNotPriced(Sku),
+    #[error("sku {sku} is priced in {item}, the order is in {order}")]
+    CurrencyMismatch {
+        sku: Sku,
+        item: Currency,
+        order: Currency,
+    },
+    #[error("the unit price of sku {sku} is now {current}, not {expected}")]
+    PriceChanged {
+        sku: Sku,
+        expected: UnitPrice,
+        current: UnitPrice,
+    },
     #[error("order is {status} and can no longer be cancelled")]
     NotCancellable { status: OrderStatus },
     #[error("cannot {command} an order that is {status}")]
@@ -254,6 +333,10 @@ impl DomainError for OrderError {
             OrderError::NotFound => "order_not_found",
             OrderError::AlreadyExists => "order_already_exists",
             OrderError::InvalidOrder(_) => "invalid_order",
+            OrderError::UnknownSku(_) => "unknown_sku",
+            OrderError::ItemNotPriced(_) => "item_not_priced",
+            OrderError::CurrencyMismatch { .. } => "currency_mismatch",
+            OrderError::PriceChanged { .. } => "price_changed",
             OrderError::NotCancellable { .. } => "order_not_cancellable",
             OrderError::InvalidTransition { .. } => "invalid_transition",
         }
@@ -268,20 +351,27 @@ impl DomainError for OrderError {
     }
 }
 
+/// Checks the shape of an order's lines, given their SKUs: 1 to
+/// [`MAX_ORDER_LINES`] lines, each SKU at most once.
+pub fn check_skus<'a>(skus: impl IntoIterator<Item = &'a Sku>) -> Result<(), InvalidOrder> {
+    let mut seen = BTreeSet::new();
+    for sku in skus {
+        if !seen.insert(sku) {
+            return Err(InvalidOrder::DuplicateSku(sku.clone()));
+        }
+    }
+    match seen.len() {
+        0 => Err(InvalidOrder::NoLines),
+        n if n > MAX_ORDER_LINES => Err(InvalidOrder::TooManyLines(n)),
+        _ => Ok(()),
+    }
+}
+
 /// Checks the lines together and returns the total.
 pub fn order_total(lines: &[OrderLine]) -> Result<Money, InvalidOrder> {
-    if lines.is_empty() {
-        return Err(InvalidOrder::NoLines);
-    }
-    if lines.len() > MAX_ORDER_LINES {
-        return Err(InvalidOrder::TooManyLines(lines.len()));
-    }
-    let mut skus = BTreeSet::new();
+    check_skus(lines.iter().map(|line| &line.sku))?;
     let mut total = Money::ZERO;
     for line in lines {
-        if !skus.insert(&line.sku) {
-            return Err(InvalidOrder::DuplicateSku(line.sku.clone()));
-        }
         total = line
             .line_total()
             .and_then(|t| total.checked_add(t))
@@ -318,13 +408,18 @@ impl Aggregate for Order {
                     shipping_address,
                 },
             ) => {
-                let total = order_total(lines)?;
+                check_skus(lines.iter().map(|line| &line.sku))?;
+                let lines = lines
+                    .iter()
+                    .map(|line| line.price(*currency))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let total = order_total(&lines)?;
                 Ok(vec![OrderEvent::OrderPlaced {
                     order_id: *order_id,
                     customer_id: *customer_id,
                     account_id: *account_id,
                     currency: *currency,
-                    lines: lines.clone(),
+                    lines,
                     total,
                     shipping_address: shipping_address.clone(),
                 }])

@@ -10,12 +10,14 @@ mod codes;
 mod ids;
 mod line;
 mod money;
+mod price;
 
 pub use address::ShippingAddress;
 pub use codes::{CountryCode, Currency, Sku};
 pub use ids::{AccountId, CustomerId, OrderId};
 pub use line::OrderLine;
 pub use money::{Amount, Money, Quantity};
+pub use price::{Price, UnitPrice};
 
 /// A value could not be parsed. The message names the field problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,12 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use domain::{Aggregate, Inventory, InventoryCommand as C, InventoryState, OrderId, Quantity, Sku};
+use domain::{
+    Aggregate, CatalogPrice, Currency, Inventory, InventoryCommand as C, InventoryState, OrderId,
+    Price, Quantity, Sku, UnitPrice,
+};
 use proptest::prelude::*;
 
 use crate::support::{
-    assert_round_trips, assert_state_round_trips, pooled_uuid, proptest_config, refold_from_stored,
-    Expect,
+    assert_round_trips, assert_state_round_trips, pooled_uuid, positive_i64, proptest_config,
+    refold_from_stored, Expect,
 };
 
 fn quantity() -> impl Strategy<Value = Quantity> {
@@ -29,11 +32,23 @@ fn name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Prices from a small pool (so that re-pricing at the current price
+/// happens) and the extremes.
+fn unit_price() -> impl Strategy<Value = UnitPrice> {
+    prop_oneof![4 => 1..=3i64, 1 => positive_i64()]
+        .prop_map(|v| UnitPrice::new(v).expect("positive"))
+}
+
+fn currency() -> impl Strategy<Value = Currency> {
+    prop::sample::select(vec![Currency::EUR, Currency::USD])
+}
+
 fn create() -> impl Strategy<Value = C> {
-    (name(), quantity()).prop_map(|(name, quantity)| C::Create {
+    (name(), quantity(), unit_price(), currency()).prop_map(|(name, quantity, p, c)| C::Create {
         sku: Sku::parse("SKU-1").expect("valid"),
         name,
         quantity,
+        price: Price::new(p, c),
     })
 }
 
@@ -42,6 +57,8 @@ fn command() -> impl Strategy<Value = C> {
     prop_oneof![
         1 => create(),
         2 => quantity().prop_map(|quantity| C::Restock { quantity }),
+        2 => (unit_price(), proptest::option::of(currency()))
+            .prop_map(|(unit_price, currency)| C::SetPrice { unit_price, currency }),
         6 => (order(), quantity()).prop_map(|(order_id, quantity)| C::Reserve { order_id, quantity }),
         3 => order().prop_map(|order_id| C::Release { order_id }),
         3 => order().prop_map(|order_id| C::Commit { order_id }),
@@ -60,6 +77,8 @@ fn commands() -> impl Strategy<Value = Vec<C>> {
 #[derive(Debug, Default)]
 struct Model {
     exists: bool,
+    /// (unit price, currency) once priced.
+    price: Option<(i64, Currency)>,
     on_hand: i128,
     open: BTreeMap<OrderId, i128>,
     seen: BTreeSet<OrderId>,
@@ -74,12 +93,21 @@ impl Model {
     fn step(&mut self, command: &C) -> Expect {
         match (self.exists, command) {
             (true, C::Create { .. }) => return Expect::Refused("item_already_exists"),
-            (false, C::Create { name, quantity, .. }) => {
+            (
+                false,
+                C::Create {
+                    name,
+                    quantity,
+                    price,
+                    ..
+                },
+            ) => {
                 let chars = name.chars().count();
                 if name.trim().is_empty() || chars > 200 {
                     return Expect::Refused("invalid_name");
                 }
                 self.exists = true;
+                self.price = Some((price.unit_price.amount(), price.currency));
                 self.on_hand = i128::from(quantity.get());
                 return Expect::Accepted;
             }
@@ -94,6 +122,19 @@ impl Model {
                     return Expect::Refused("stock_overflow");
                 }
                 self.on_hand = after;
+            }
+            C::SetPrice {
+                unit_price,
+                currency,
+            } => {
+                let Some(currency) = currency.or(self.price.map(|(_, c)| c)) else {
+                    return Expect::Refused("currency_required");
+                };
+                let price = Some((unit_price.amount(), currency));
+                if self.price == price {
+                    return Expect::Nothing;
+                }
+                self.price = price;
             }
             C::Reserve { order_id, quantity } => {
                 if self.seen.contains(order_id) {
@@ -149,6 +190,14 @@ fn check_invariants(state: &InventoryState, model: &Model) {
         .collect();
     assert_eq!(open, model.open, "open reservations");
     assert_eq!(state.committed, model.committed, "committed orders");
+    let price = state.price.map(|p| (p.unit_price.amount(), p.currency));
+    assert_eq!(price, model.price, "price");
+    assert!(price.is_none_or(|(p, _)| p > 0), "a price is always > 0");
+    match state.catalog_price() {
+        CatalogPrice::Unknown => assert!(!model.exists),
+        CatalogPrice::Unpriced => assert!(model.exists && model.price.is_none()),
+        CatalogPrice::Priced(p) => assert_eq!(Some((p.unit_price.amount(), p.currency)), price),
+    }
 }
 
 proptest! {

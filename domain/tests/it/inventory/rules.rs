@@ -12,6 +12,7 @@ fn create(name: &str, quantity: i64) -> C {
         sku: sku(),
         name: name.to_owned(),
         quantity: qty(quantity),
+        price: laptop_price(),
     }
 }
 
@@ -53,6 +54,7 @@ fn a_name_of_200_characters_is_accepted() {
             sku: sku(),
             name,
             quantity: qty(1),
+            price: Some(laptop_price()),
         }]);
 }
 
@@ -213,8 +215,10 @@ fn payloads_have_the_documented_shape() {
 
     assert_eq!(
         created(10).to_payload(),
-        json!({"sku": "LAPTOP-15", "name": "Laptop 15\"", "quantity": 10})
+        json!({"sku": "LAPTOP-15", "name": "Laptop 15\"", "quantity": 10,
+               "price": {"unit_price": 99_999, "currency": "EUR"}})
     );
+    assert_eq!(created(10).schema_version(), 2);
     assert_eq!(
         reserved(1, 4).to_payload(),
         json!({"order_id": "00000000-0000-0000-0000-000000000d01", "quantity": 4})

@@ -1,9 +1,10 @@
+mod prices;
 mod properties;
 mod rules;
 
 use domain::{
-    AccountId, CountryCode, Currency, CustomerId, Money, OrderCommand, OrderEvent, OrderId,
-    OrderLine, Quantity, ShippingAddress, Sku,
+    AccountId, CountryCode, Currency, CustomerId, LineToPlace, Money, OrderCommand, OrderEvent,
+    OrderId, OrderLine, Price, Quantity, ShippingAddress, Sku, UnitPrice,
 };
 use uuid::Uuid;
 
@@ -31,7 +32,22 @@ pub fn address(country: &str) -> ShippingAddress {
     .expect("valid address")
 }
 
+/// Places `lines`, each of an item the catalog holds at the line's price in
+/// EUR (so every price must be `> 0`).
 pub fn place(lines: Vec<OrderLine>) -> OrderCommand {
+    place_lines(
+        lines
+            .into_iter()
+            .map(|l| {
+                let price = UnitPrice::new(l.unit_price.amount()).expect("a positive price");
+                LineToPlace::priced(l.sku, l.quantity, Price::new(price, Currency::EUR))
+            })
+            .collect(),
+    )
+}
+
+/// Places `lines` as given, catalog facts included.
+pub fn place_lines(lines: Vec<LineToPlace>) -> OrderCommand {
     OrderCommand::Place {
         order_id: order_id(),
         customer_id: CustomerId::new(Uuid::from_u128(0xC1)),

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use domain::{
     next_action, AccountCommand, AccountId, AccountState, Action, Aggregate, Amount, BankAccount,
     CancellationReason, Currency, CustomerId, DomainError, FulfilmentSaga, Inventory,
-    InventoryCommand, InventoryState, Order, OrderCommand, OrderState, OrderStatus, Quantity,
-    SagaCommand, SagaOrder, SagaState, SagaStatus, Situation, Sku, Step,
+    InventoryCommand, InventoryState, LineToPlace, Order, OrderCommand, OrderState, OrderStatus,
+    Price, Quantity, SagaCommand, SagaOrder, SagaState, SagaStatus, Situation, Sku, Step,
+    UnitPrice,
 };
 use proptest::prelude::*;
 
@@ -38,7 +39,7 @@ struct Scenario {
 fn scenario() -> impl Strategy<Value = Scenario> {
     (
         prop::collection::vec((0..4i64, 1..3i64), 1..4),
-        prop_oneof![1 => Just(0i64), 5 => 1..500i64],
+        1..500i64,
         0..3_000i64,
         prop::bool::weighted(0.15),
         prop::collection::vec(prop::bool::weighted(0.2), 1..8),
@@ -239,6 +240,7 @@ proptest! {
         for (&(stock, _), sku) in s.lines.iter().zip(&skus) {
             let mut item = Inventory::fold(InventoryState::default(), &Inventory::decide(&InventoryState::default(), &InventoryCommand::Create {
                 sku: sku.clone(), name: "x".into(), quantity: Quantity::new(1).expect("one"),
+                price: Price::new(UnitPrice::new(s.unit_price).expect("price"), Currency::EUR),
             }).expect("create"));
             // Created with 1, then brought to `stock` (0 means: reserved away by someone else).
             if stock > 1 {
@@ -253,11 +255,19 @@ proptest! {
         }
         let initial_items = world.items.clone();
         let country = if s.ship_to_xx { "XX" } else { "ES" };
+        // The order takes its prices from the catalog: the items as created.
+        let to_place = s.lines.iter().zip(&skus).map(|(&(_, quantity), sku)| LineToPlace {
+            sku: sku.clone(),
+            quantity: Quantity::new(quantity).expect("q"),
+            expected_price: None,
+            catalog: world.items[sku].catalog_price(),
+        }).collect();
         let placed = Order::decide(&world.order, &OrderCommand::Place {
             order_id: order_id(), customer_id, account_id, currency: Currency::EUR,
-            lines: lines.clone(), shipping_address: address(country),
+            lines: to_place, shipping_address: address(country),
         }).expect("place");
         world.order = Order::fold(OrderState::default(), &placed);
+        prop_assert_eq!(&world.order.lines, &lines, "the order is at the catalog's prices");
         let saga_order = SagaOrder {
             order_id: order_id(), customer_id, account_id, currency: Currency::EUR,
             lines: lines.clone(), total: world.order.total, shipping_address: address(country),
