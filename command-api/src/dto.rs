@@ -2,16 +2,18 @@
 //! commands: this is the edge where raw JSON becomes domain newtypes.
 //!
 //! Status rules (API.md): a body that is not JSON, has the wrong types,
-//! unknown or missing fields, or an invalid id is a 400; a well-formed value
-//! the domain does not accept (zero or negative amounts, numbers out of
-//! range, a malformed SKU, currency or country, empty or over-long line
-//! lists, duplicate SKUs, an overflowing total) is a 422 with a code.
+//! unknown or missing fields, or an invalid id (a uuid, or a SKU: the
+//! inventory item's id, in a path or in a body) is a 400; a well-formed
+//! value the domain does not accept (zero or negative amounts and prices,
+//! numbers out of range, a malformed currency or country, empty or
+//! over-long line lists, duplicate SKUs) is a 422 with a code. Every 400 of
+//! a body is found before any of its 422s.
 
 use std::fmt;
 
 use domain::{
-    validate_text, AccountId, Amount, CountryCode, Currency, CustomerId, Money, OrderLine,
-    Quantity, ShippingAddress, Sku, MAX_ORDER_LINES,
+    validate_text, AccountId, Amount, CountryCode, Currency, CustomerId, Price, Quantity,
+    ShippingAddress, Sku, UnitPrice,
 };
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -100,22 +102,23 @@ fn quantity(field: &str, value: Int) -> Result<Quantity, ApiError> {
     })
 }
 
-fn money(field: &str, value: Int) -> Result<Money, ApiError> {
+fn unit_price(field: &str, value: Int) -> Result<UnitPrice, ApiError> {
     let v = value.get(field, "invalid_amount")?;
-    Money::new(v).map_err(|_| {
+    UnitPrice::new(v).map_err(|_| {
         ApiError::validation(
             "invalid_amount",
-            format!("{field} must not be negative, got {v}"),
+            format!("{field} must be greater than zero, got {v}"),
         )
     })
 }
 
+/// A SKU from the body: the inventory item's id, so a malformed one is a
+/// bad id, 400 (API.md).
 fn sku(field: &str, value: &str) -> Result<Sku, ApiError> {
     Sku::parse(value).map_err(|_| {
-        ApiError::validation(
-            "invalid_sku",
-            format!("{field} must match [A-Z0-9-]{{1,64}}, got {value:?}"),
-        )
+        ApiError::InvalidId(format!(
+            "{field} must match [A-Z0-9-]{{1,64}}, got {value:?}"
+        ))
     })
 }
 
@@ -233,6 +236,12 @@ pub struct CreateItemRequest {
     /// Initial stock, `> 0`.
     #[schema(value_type = i64, example = 10)]
     pub quantity: Int,
+    /// The price of one unit in minor units, `> 0`.
+    #[schema(value_type = i64, example = 99999)]
+    pub unit_price: Int,
+    /// ISO 4217 code of `unit_price`, e.g. `EUR`.
+    #[schema(example = "EUR")]
+    pub currency: String,
 }
 
 /// A `CreateItemRequest`, parsed.
@@ -241,6 +250,7 @@ pub struct CreateItem {
     pub sku: Sku,
     pub name: String,
     pub quantity: Quantity,
+    pub price: Price,
 }
 
 impl TryFrom<CreateItemRequest> for CreateItem {
@@ -253,7 +263,35 @@ impl TryFrom<CreateItemRequest> for CreateItem {
             sku,
             name: r.name,
             quantity: quantity("quantity", r.quantity)?,
+            price: Price::new(
+                unit_price("unit_price", r.unit_price)?,
+                currency(&r.currency)?,
+            ),
         })
+    }
+}
+
+/// `POST /inventory/{sku}/price`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPriceRequest {
+    /// The new price of one unit in minor units, `> 0`.
+    #[schema(value_type = i64, example = 89999)]
+    pub unit_price: Int,
+    /// ISO 4217 code; by default the item's current currency. Required
+    /// only for an item without a price yet (one created before prices
+    /// existed): `currency_required` otherwise.
+    #[serde(default)]
+    #[schema(example = "EUR")]
+    pub currency: Option<String>,
+}
+
+impl SetPriceRequest {
+    pub fn parse(&self) -> Result<(UnitPrice, Option<Currency>), ApiError> {
+        Ok((
+            unit_price("unit_price", self.unit_price)?,
+            self.currency.as_deref().map(currency).transpose()?,
+        ))
     }
 }
 
@@ -306,9 +344,12 @@ pub struct OrderLineRequest {
     /// `>= 1`.
     #[schema(value_type = i64)]
     pub quantity: Int,
-    /// Minor units, `>= 0`.
-    #[schema(value_type = i64)]
-    pub unit_price: Int,
+    /// The unit price (minor units, `> 0`) the client showed its user.
+    /// Optional: the order takes the catalog's price; when this one is
+    /// sent and differs, 422 `price_changed` and nothing is placed.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>)]
+    pub unit_price: Option<Int>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -325,39 +366,60 @@ pub struct ShippingAddressRequest {
     pub country: String,
 }
 
-/// A `PlaceOrderRequest`, parsed (the order id is the server's).
+/// A `PlaceOrderRequest`, parsed (the order id is the server's; the prices
+/// are the catalog's, looked up afterwards).
 #[derive(Debug)]
 pub struct PlaceOrder {
     pub customer_id: CustomerId,
     pub account_id: AccountId,
     pub currency: Currency,
-    pub lines: Vec<OrderLine>,
+    pub lines: Vec<RequestedLine>,
     pub shipping_address: ShippingAddress,
+}
+
+/// One line of a [`PlaceOrder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    /// The price the client showed its user, if it sent one.
+    pub expected_price: Option<UnitPrice>,
 }
 
 impl TryFrom<PlaceOrderRequest> for PlaceOrder {
     type Error = ApiError;
     fn try_from(r: PlaceOrderRequest) -> Result<Self, ApiError> {
+        // Ids first: every 400 before any 422.
         let customer_id = CustomerId::new(uuid("customer_id", &r.customer_id)?);
         let account_id = AccountId::new(uuid("account_id", &r.account_id)?);
+        let skus = r
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| sku(&format!("lines[{i}].sku"), &line.sku))
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let currency = currency(&r.currency)?;
         let lines = r
             .lines
             .iter()
+            .zip(skus)
             .enumerate()
-            .map(|(i, line)| {
-                Ok(OrderLine::new(
-                    sku(&format!("lines[{i}].sku"), &line.sku)?,
-                    quantity(&format!("lines[{i}].quantity"), line.quantity)?,
-                    money(&format!("lines[{i}].unit_price"), line.unit_price)?,
-                ))
+            .map(|(i, (line, sku))| {
+                Ok(RequestedLine {
+                    sku,
+                    quantity: quantity(&format!("lines[{i}].quantity"), line.quantity)?,
+                    expected_price: line
+                        .unit_price
+                        .map(|p| unit_price(&format!("lines[{i}].unit_price"), p))
+                        .transpose()?,
+                })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        // 1..=100 lines, distinct SKUs, total within i64: the domain's own
-        // check, run here so a bad order never reaches the store.
-        domain::order_total(&lines)
+        // 1..=100 lines, distinct SKUs: the domain's own check, run here so
+        // that a malformed order looks nothing up. The total is the
+        // domain's, at the catalog's prices.
+        domain::check_skus(lines.iter().map(|line| &line.sku))
             .map_err(|e| ApiError::validation("invalid_order", format!("invalid order: {e}")))?;
-        debug_assert!(lines.len() <= MAX_ORDER_LINES);
         let a = r.shipping_address;
         let shipping_address = ShippingAddress::new(
             a.name,
@@ -499,7 +561,12 @@ mod tests {
     #[test]
     fn order_lines_are_checked_together() {
         let line = |sku: &str, quantity: i64, unit_price: i64| json!({"sku": sku, "quantity": quantity, "unit_price": unit_price});
-        assert!(order(json!([line("A", 1, 0)])).is_ok());
+        assert!(order(json!([{"sku": "A", "quantity": 1}])).is_ok());
+        let parsed = order(json!([line("A", 2, 7)])).expect("valid");
+        assert_eq!(
+            parsed.lines[0].expected_price.map(UnitPrice::amount),
+            Some(7)
+        );
         let code = |lines| order(lines).map(|_| ()).map_err(|e| e.code());
         assert_eq!(code(json!([])), Err("invalid_order"));
         let many: Vec<_> = (0..101).map(|i| line(&format!("S{i}"), 1, 1)).collect();
@@ -510,13 +577,14 @@ mod tests {
             code(json!([line("A", 1, 1), line("A", 2, 1)])),
             Err("invalid_order")
         );
-        assert_eq!(
-            code(json!([line("A", 2, i64::MAX)])),
-            Err("invalid_order"),
-            "total overflow"
-        );
-        assert_eq!(code(json!([line("a", 1, 1)])), Err("invalid_sku"));
+        assert_eq!(code(json!([line("a", 1, 1)])), Err("invalid_id"));
         assert_eq!(code(json!([line("A", 0, 1)])), Err("invalid_quantity"));
         assert_eq!(code(json!([line("A", 1, -1)])), Err("invalid_amount"));
+        assert_eq!(code(json!([line("A", 1, 0)])), Err("invalid_amount"));
+        // A malformed SKU (400) is found before a bad quantity (422).
+        assert_eq!(
+            code(json!([line("A", 0, 1), line("b", 1, 1)])),
+            Err("invalid_id")
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod dto;

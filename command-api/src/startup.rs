@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/accounts/{id}/close", post(accounts::close))
         .route("/inventory", post(inventory::create))
         .route("/inventory/{sku}/restock", post(inventory::restock))
+        .route("/inventory/{sku}/price", post(inventory::set_price))
         .route("/orders", post(orders::place))
         .route("/orders/{id}/cancel", post(orders::cancel))
         .route("/sagas/{order_id}/retry", post(sagas::retry))

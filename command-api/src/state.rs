@@ -6,6 +6,7 @@ use std::time::Duration;
 use domain::{BankAccount, FulfilmentSaga, Inventory, Order};
 use event_store::EventStore;
 
+use crate::catalog::Catalog;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::lock::DEFAULT_ENTRIES_PER_STRIPE;
@@ -23,6 +24,7 @@ struct Inner {
     inventory: Commands<Inventory>,
     orders: Commands<Order>,
     sagas: Commands<FulfilmentSaga>,
+    catalog: Catalog,
     metrics: Arc<Metrics>,
     body_limit: usize,
     request_timeout: Duration,
@@ -51,6 +53,7 @@ impl AppState {
                 orders: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
                 // Operators retry a saga now and then: nothing to remember.
                 sagas: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
+                catalog: Catalog::new(store.clone()),
                 store,
                 metrics,
                 body_limit: config.body_limit,
@@ -77,6 +80,11 @@ impl AppState {
 
     pub fn sagas(&self) -> &Commands<FulfilmentSaga> {
         &self.inner.sagas
+    }
+
+    /// Prices, read from the inventory streams.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     pub fn metrics(&self) -> &Metrics {

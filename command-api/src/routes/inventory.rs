@@ -1,4 +1,4 @@
-//! `POST /inventory`, `/inventory/{sku}/restock`.
+//! `POST /inventory`, `/inventory/{sku}/restock`, `/inventory/{sku}/price`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,7 +6,9 @@ use axum::response::Response;
 use domain::{Inventory, InventoryCommand, Sku};
 use event_store::Outcome;
 
-use crate::dto::{path_sku, CreateItem, CreateItemRequest, ItemResponse, RestockRequest};
+use crate::dto::{
+    path_sku, CreateItem, CreateItemRequest, ItemResponse, RestockRequest, SetPriceRequest,
+};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathParam};
 use crate::state::AppState;
@@ -28,7 +30,7 @@ fn answer(
     }
 }
 
-/// Creates an inventory item (one aggregate per SKU).
+/// Creates an inventory item (one aggregate per SKU) with its price.
 #[utoipa::path(
     post, path = "/inventory", tag = "inventory",
     request_body = CreateItemRequest,
@@ -36,9 +38,9 @@ fn answer(
     responses(
         (status = 201, description = "Created", body = ItemResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`item_already_exists`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_sku`, `invalid_name`, `invalid_quantity`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_name`, `invalid_quantity`, `invalid_amount` (a price not `> 0`), `invalid_currency`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
@@ -51,6 +53,7 @@ pub async fn create(
         sku: item.sku,
         name: item.name,
         quantity: item.quantity,
+        price: item.price,
     };
     state
         .inventory()
@@ -87,6 +90,45 @@ pub async fn restock(
     let sku = path_sku(&sku)?;
     let command = InventoryCommand::Restock {
         quantity: request.body.quantity()?,
+    };
+    state
+        .inventory()
+        .execute(
+            sku.as_str(),
+            &command,
+            request.meta,
+            answer(StatusCode::OK, sku.clone()),
+        )
+        .await
+}
+
+/// Sets the item's unit price (operators). Orders placed from now on are
+/// at this price.
+#[utoipa::path(
+    post, path = "/inventory/{sku}/price", tag = "inventory",
+    request_body = SetPriceRequest,
+    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}`"),
+           crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
+    responses(
+        (status = 200, description = "Priced (setting the current price appends nothing)", body = ItemResponse,
+         headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Malformed request or SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`item_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount` (not `> 0`), `invalid_currency`, `currency_required` (an item without a price needs one)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn set_price(
+    State(state): State<AppState>,
+    PathParam(sku): PathParam,
+    request: Command<SetPriceRequest>,
+) -> Result<Response, ApiError> {
+    let sku = path_sku(&sku)?;
+    let (unit_price, currency) = request.body.parse()?;
+    let command = InventoryCommand::SetPrice {
+        unit_price,
+        currency,
     };
     state
         .inventory()

@@ -14,7 +14,8 @@ use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathParam};
 use crate::state::AppState;
 
-/// Places an order: appends `OrderPlaced`; the fulfilment saga runs
+/// Places an order at the catalog's prices: looks each SKU's price up in
+/// the event store, then appends `OrderPlaced`; the fulfilment saga runs
 /// asynchronously from there.
 #[utoipa::path(
     post, path = "/orders", tag = "orders",
@@ -23,8 +24,8 @@ use crate::state::AppState;
     responses(
         (status = 202, description = "Placed; the saga takes it from here", body = OrderPlacedResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_order`, `invalid_sku`, `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed request, id or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's `unit_price` is not the catalog's), `invalid_order` (also a total past `i64`), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn place(
@@ -38,7 +39,7 @@ pub async fn place(
         customer_id: order.customer_id,
         account_id: order.account_id,
         currency: order.currency,
-        lines: order.lines,
+        lines: state.catalog().price(order.lines).await?,
         shipping_address: order.shipping_address,
     };
     state

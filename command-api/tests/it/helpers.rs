@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The unit price (EUR) of the items [`TestApp::create_item`] creates.
+pub const DEFAULT_PRICE: i64 = 1_000;
+
 /// Logs go to the test's output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -200,12 +203,19 @@ impl TestApp {
         id
     }
 
-    /// Creates an inventory item over HTTP.
+    /// Creates an inventory item over HTTP, at [`DEFAULT_PRICE`] EUR.
     pub async fn create_item(&self, sku: &str, quantity: i64) {
+        self.create_item_at(sku, quantity, DEFAULT_PRICE, "EUR")
+            .await;
+    }
+
+    /// Creates an inventory item over HTTP at `unit_price` in `currency`.
+    pub async fn create_item_at(&self, sku: &str, quantity: i64, unit_price: i64, currency: &str) {
         let response = self
             .post_json(
                 "/inventory",
-                &json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity}),
+                &json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity,
+                        "unit_price": unit_price, "currency": currency}),
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);

@@ -147,6 +147,7 @@ async fn replay_returns_the_stored_answer_and_a_different_request_is_refused() {
 #[tokio::test]
 async fn a_placed_order_is_placed_once_per_key() {
     let app = TestApp::spawn().await;
+    app.create_item_at("A", 5, 100, "EUR").await;
     let body = order_body(json!([{"sku": "A", "quantity": 1, "unit_price": 100}]));
     let place = || {
         app.post("/orders")
@@ -158,6 +159,10 @@ async fn a_placed_order_is_placed_once_per_key() {
     let second = place().await.unwrap();
     assert_eq!(second.headers()[REPLAYED], "true");
     assert_eq!(assert_json(second, StatusCode::ACCEPTED).await, first);
-    assert_eq!(app.event_count().await, 1, "one order, one OrderPlaced");
+    assert_eq!(
+        app.event_count().await,
+        2,
+        "one item, one order, one OrderPlaced"
+    );
     app.stop().await;
 }

@@ -14,7 +14,8 @@ async fn create_and_restock() {
     let response = app
         .post_json(
             "/inventory",
-            &json!({"sku": "LAPTOP-15", "name": "Laptop 15\"", "quantity": 10}),
+            &json!({"sku": "LAPTOP-15", "name": "Laptop 15\"", "quantity": 10,
+                    "unit_price": 99_999, "currency": "EUR"}),
         )
         .await;
     assert_eq!(response.headers()[ETAG], "\"1\"");
@@ -37,6 +38,13 @@ async fn create_and_restock() {
         .await
         .unwrap();
     assert_eq!(loaded.state.on_hand, 15);
+    assert_eq!(
+        loaded
+            .state
+            .price
+            .map(|p| (p.unit_price.amount(), p.currency.to_string())),
+        Some((99_999, "EUR".to_owned()))
+    );
     assert_eq!(loaded.state.available(), 15);
     let events: Vec<InventoryEvent> = stream_events(&app.store(), "inventory-LAPTOP-15").await;
     assert_eq!(events.len(), 2);
@@ -50,7 +58,8 @@ async fn existing_and_unknown_skus() {
     assert_problem(
         app.post_json(
             "/inventory",
-            &json!({"sku": "MOUSE", "name": "Mouse", "quantity": 1}),
+            &json!({"sku": "MOUSE", "name": "Mouse", "quantity": 1,
+                    "unit_price": 1_500, "currency": "EUR"}),
         )
         .await,
         StatusCode::CONFLICT,

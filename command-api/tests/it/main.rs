@@ -9,6 +9,7 @@ mod idempotency;
 mod inventory;
 mod observability;
 mod orders;
+mod prices;
 // The saga simulation of the projections' tests, shared rather than copied.
 #[path = "../../../projections/tests/it/saga_sim.rs"]
 mod saga_sim;

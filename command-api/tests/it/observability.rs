@@ -129,6 +129,7 @@ async fn health_metrics_and_openapi() {
         "/accounts/{id}/close",
         "/inventory",
         "/inventory/{sku}/restock",
+        "/inventory/{sku}/price",
         "/orders",
         "/orders/{id}/cancel",
         "/sagas/{order_id}/retry",

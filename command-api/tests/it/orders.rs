@@ -12,6 +12,8 @@ use crate::helpers::{assert_json, assert_problem, order_body, stream_events, Tes
 #[tokio::test]
 async fn place_appends_order_placed_and_answers_202() {
     let app = TestApp::spawn().await;
+    app.create_item_at("LAPTOP-15", 5, 99_999, "EUR").await;
+    app.create_item_at("MOUSE", 5, 1_500, "EUR").await;
     let body = order_body(json!([
         {"sku": "LAPTOP-15", "quantity": 1, "unit_price": 99_999},
         {"sku": "MOUSE", "quantity": 3, "unit_price": 1_500}
@@ -49,6 +51,8 @@ async fn place_appends_order_placed_and_answers_202() {
 #[tokio::test]
 async fn cancel_requests_cancellation_until_shipped() {
     let app = TestApp::spawn().await;
+    app.create_item_at("A", 5, 10, "EUR").await;
+    app.create_item_at("B", 5, 5, "EUR").await;
     let place = |lines| order_body(lines);
     let answer = assert_json(
         app.post_json(
@@ -87,7 +91,8 @@ async fn cancel_requests_cancellation_until_shipped() {
     )
     .await;
     assert_eq!(answer["version"], 2);
-    assert_eq!(app.event_count().await, 2);
+    // The two items, the order placed and its cancellation requested.
+    assert_eq!(app.event_count().await, 4);
 
     // A shipped order can no longer be cancelled. The saga ships; here the
     // repository stands in for it.
