@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use domain::{
     AccountEvent, AccountId, Amount, CountryCode, Currency, CustomerId, InventoryEvent, Money,
-    OrderEvent, OrderId, OrderLine, Quantity, SagaEvent, SagaOrder, ShippingAddress, Sku, Step,
+    OrderEvent, OrderId, OrderLine, Price, Quantity, SagaEvent, SagaOrder, ShippingAddress, Sku,
+    Step, UnitPrice,
 };
 use event_store::{EventStore, NewEvent};
 use migrations::testing::TestDatabase;
@@ -172,6 +173,10 @@ fn inventory_events(stream: usize) -> Vec<NewEvent> {
             sku: Sku::parse(&stream_key("inventory", stream)).expect("sku"),
             name: format!("Item {stream}"),
             quantity: q(10),
+            price: Some(Price::new(
+                UnitPrice::new(1_000).expect("price"),
+                Currency::EUR,
+            )),
         }),
         NewEvent::from_domain(&InventoryEvent::StockReserved {
             order_id: order,

@@ -538,7 +538,8 @@ async fn main() -> Result<(), BoxError> {
     for sku in &skus {
         let response = http
             .post(format!("{base}/inventory"))
-            .json(&json!({"sku": sku, "name": sku, "quantity": 1_000_000}))
+            .json(&json!({"sku": sku, "name": sku, "quantity": 1_000_000,
+                          "unit_price": 100, "currency": "EUR"}))
             .send()
             .await?;
         if response.status() != reqwest::StatusCode::CREATED {

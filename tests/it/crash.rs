@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use domain::{
     AccountCommand, AccountId, Aggregate, Amount, BankAccount, CountryCode, Currency, CustomerId,
-    FulfilmentSaga, Inventory, InventoryCommand, Money, Order, OrderCommand, OrderId, OrderLine,
-    OrderStatus, Quantity, SagaState, SagaStatus, ShippingAddress, Sku, StepStatus,
+    FulfilmentSaga, Inventory, InventoryCommand, LineToPlace, Order, OrderCommand, OrderId,
+    OrderStatus, Price, Quantity, SagaState, SagaStatus, ShippingAddress, Sku, StepStatus,
+    UnitPrice,
 };
 use event_store::{EventStore, ExecuteOptions, Executed, Repository};
 use kafka::KafkaConfig;
@@ -26,6 +27,11 @@ const BALANCE: i64 = 100_000;
 const STOCK: i64 = 5;
 const QUANTITY: i64 = 2;
 const PRICE: i64 = 1_000;
+
+/// Every item's catalog price.
+fn price() -> Price {
+    Price::new(UnitPrice::new(PRICE).expect("price"), Currency::EUR)
+}
 
 struct Setup {
     db: TestDatabase,
@@ -79,16 +85,18 @@ async fn setup(country: &str) -> Setup {
                 sku: Sku::parse(sku).expect("sku"),
                 name: format!("Item {sku}"),
                 quantity: Quantity::new(STOCK).expect("quantity"),
+                price: price(),
             },
         )
         .await;
     }
     let order = Uuid::now_v7();
+    // At the catalog's price, as the Command API would have looked it up.
     let line = |sku: &str| {
-        OrderLine::new(
+        LineToPlace::priced(
             Sku::parse(sku).expect("sku"),
             Quantity::new(QUANTITY).expect("quantity"),
-            Money::new(PRICE).expect("price"),
+            price(),
         )
     };
     exec::<Order>(

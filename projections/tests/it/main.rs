@@ -3,6 +3,7 @@
 
 mod correlation;
 mod outage;
+mod prices;
 mod projector;
 mod randomised;
 mod rebuild;

@@ -3,13 +3,13 @@
 
 use domain::{
     AccountCommand, AccountId, BankAccount, CancellationReason, CountryCode, CustomerId,
-    InventoryCommand, OrderCommand, OrderLine, ShippingAddress, Sku,
+    InventoryCommand, LineToPlace, OrderCommand, ShippingAddress, Sku,
 };
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use projections::{Accounts, BatchReport, Inventory, Orders};
 use uuid::Uuid;
 
-use crate::support::{amount_of, currency_of, order_id, quantity_of, Harness};
+use crate::support::{amount_of, catalog_price, currency_of, order_id, quantity_of, Harness};
 
 #[tokio::test]
 async fn accounts_projection_builds_the_account_and_its_ledger() {
@@ -196,15 +196,15 @@ pub(crate) fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand 
         account_id: AccountId::new(account),
         currency: currency_of("EUR"),
         lines: vec![
-            OrderLine::new(
+            LineToPlace::priced(
                 Sku::parse("LAPTOP-15").unwrap(),
                 quantity_of(1),
-                domain::Money::new(99_999).unwrap(),
+                catalog_price("LAPTOP-15"),
             ),
-            OrderLine::new(
+            LineToPlace::priced(
                 Sku::parse("MOUSE-1").unwrap(),
                 quantity_of(2),
-                domain::Money::new(1_500).unwrap(),
+                catalog_price("MOUSE-1"),
             ),
         ],
         shipping_address: ShippingAddress::new(

@@ -109,12 +109,17 @@ pub(crate) async fn run_workload(h: &Arc<Harness>, seed: u64) -> Workload {
                             .choose(&mut rng)
                             .copied()
                             .unwrap_or_else(Uuid::now_v7);
-                        let command = match rng.random_range(0..3) {
+                        let command = match rng.random_range(0..4) {
                             0 => InventoryCommand::Release {
                                 order_id: order_id(order),
                             },
                             1 => InventoryCommand::Commit {
                                 order_id: order_id(order),
+                            },
+                            2 => InventoryCommand::SetPrice {
+                                unit_price: domain::UnitPrice::new(rng.random_range(1..=5_000))
+                                    .expect("positive price"),
+                                currency: None,
                             },
                             _ => InventoryCommand::Restock {
                                 quantity: quantity_of(rng.random_range(1..=10)),
@@ -277,8 +282,15 @@ pub(crate) async fn check_against_streams(h: &Harness, workload: &Workload, seed
     let repository = Repository::<InventoryAggregate>::new(h.store.clone());
     for sku in skus.iter() {
         let loaded = repository.load(sku).await.unwrap();
-        let (on_hand, reserved, version): (i64, i64, i64) = sqlx::query_as(
-            "SELECT on_hand, reserved, version FROM read_models.inventory WHERE sku = $1",
+        let (on_hand, reserved, version, unit_price, currency): (
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT on_hand, reserved, version, unit_price, currency \
+             FROM read_models.inventory WHERE sku = $1",
         )
         .bind(sku)
         .fetch_one(&h.db.pool)
@@ -288,6 +300,15 @@ pub(crate) async fn check_against_streams(h: &Harness, workload: &Workload, seed
             (on_hand as u64, reserved as u64, version as u64),
             (loaded.state.on_hand, loaded.state.reserved, loaded.version),
             "inventory {sku} (seed {seed})"
+        );
+        let price = loaded.state.price.expect("created with a price");
+        assert_eq!(
+            (unit_price, currency),
+            (
+                Some(price.unit_price.amount()),
+                Some(price.currency.to_string())
+            ),
+            "price of {sku} (seed {seed})"
         );
     }
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM read_models.parked")

@@ -96,6 +96,7 @@ impl Harness {
                 sku: Sku::parse(sku).expect("valid sku"),
                 name: format!("Item {sku}"),
                 quantity: quantity_of(quantity),
+                price: catalog_price(sku),
             },
         )
         .await
@@ -239,4 +240,18 @@ pub fn quantity_of(n: i64) -> Quantity {
 
 pub fn order_id(id: Uuid) -> OrderId {
     OrderId::new(id)
+}
+
+/// The price (EUR) `create_item` gives `sku`: the one [`crate::projector::place`]
+/// orders it at.
+pub fn catalog_price(sku: &str) -> domain::Price {
+    let unit_price = match sku {
+        "LAPTOP-15" => 99_999,
+        "MOUSE-1" => 1_500,
+        _ => 1_000,
+    };
+    domain::Price::new(
+        domain::UnitPrice::new(unit_price).expect("positive price"),
+        Currency::EUR,
+    )
 }

@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 const PROJECTION: &str = projections::Inventory::NAME;
 
-/// A SKU's stock as the read model holds it.
+/// A SKU's stock and price as the read model holds them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct InventoryView {
     pub sku: String,
@@ -24,6 +24,12 @@ pub struct InventoryView {
     pub reserved: i64,
     /// `on_hand - reserved`.
     pub available: i64,
+    /// The catalog price of one unit in minor units (`> 0`); null for an
+    /// item created before prices existed, until an operator prices it.
+    pub unit_price: Option<i64>,
+    /// ISO 4217 code of `unit_price`; null when it is.
+    #[schema(example = "EUR")]
+    pub currency: Option<String>,
     /// The SKU stream's version this row reflects.
     pub version: i64,
 }
@@ -46,13 +52,14 @@ pub struct InventoryParams {
     pub after: Option<String>,
 }
 
-const COLUMNS: &str = "sku, name, on_hand, reserved, on_hand - reserved AS available, version";
+const COLUMNS: &str =
+    "sku, name, on_hand, reserved, on_hand - reserved AS available, unit_price, currency, version";
 
 #[utoipa::path(
     get, path = "/inventory/{sku}", tag = "inventory",
     params(("sku" = String, Path, description = "SKU, [A-Z0-9-]{1,64}"), ReadParams),
     responses(
-        (status = 200, description = "The SKU's stock", body = InventoryView),
+        (status = 200, description = "The SKU's stock and price", body = InventoryView),
         (status = 400, description = "Invalid SKU or parameter", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),

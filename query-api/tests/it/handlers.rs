@@ -168,7 +168,8 @@ async fn inventory_items_and_their_list() {
     assert_eq!(item.status, 200, "{}", item.text);
     assert_eq!(
         item.json,
-        serde_json::json!({"sku": "LAPTOP-15", "name": "Item LAPTOP-15", "on_hand": 10, "reserved": 0, "available": 10, "version": 1})
+        serde_json::json!({"sku": "LAPTOP-15", "name": "Item LAPTOP-15", "on_hand": 10, "reserved": 0, "available": 10,
+                           "unit_price": 99_999, "currency": "EUR", "version": 1})
     );
     assert_problem(&h.get("/inventory/NOPE-1").await, 404, "not_found");
     assert_problem(&h.get("/inventory/lower-case").await, 400, "invalid_id");

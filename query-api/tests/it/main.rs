@@ -6,6 +6,7 @@
 mod e2e;
 mod handlers;
 mod operator;
+mod prices;
 mod progress;
 // The saga simulation of the projections' tests, shared rather than copied.
 #[path = "../../../projections/tests/it/saga_sim.rs"]

@@ -167,7 +167,7 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     let (status, _) = post(
         http,
         format!("{command_base}/inventory"),
-        json!({"sku": "A", "name": "Item A", "quantity": 5}),
+        json!({"sku": "A", "name": "Item A", "quantity": 5, "unit_price": 1_000, "currency": "EUR"}),
         None,
     )
     .await;

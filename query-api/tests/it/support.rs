@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use domain::{
     AccountCommand, AccountId, Aggregate, Amount, BankAccount, CountryCode, Currency, CustomerId,
-    Inventory, InventoryCommand, Money, Order, OrderCommand, OrderId, OrderLine, Quantity,
-    ShippingAddress, Sku,
+    Inventory, InventoryCommand, LineToPlace, Order, OrderCommand, OrderId, Price, Quantity,
+    ShippingAddress, Sku, UnitPrice,
 };
 use event_store::{Checkpoint, EventStore, ExecuteOptions, Executed, Repository};
 use migrations::testing::TestDatabase;
@@ -95,6 +95,7 @@ impl Harness {
                 sku: Sku::parse(sku).unwrap(),
                 name: format!("Item {sku}"),
                 quantity: Quantity::new(quantity).unwrap(),
+                price: catalog_price(sku),
             },
         )
         .await
@@ -164,6 +165,16 @@ pub async fn send(state: AppState, request: Request<Body>) -> Response {
     }
 }
 
+/// The price (EUR) `create_item` gives `sku`: the one [`place`] orders it at.
+pub fn catalog_price(sku: &str) -> Price {
+    let unit_price = match sku {
+        "LAPTOP-15" => 99_999,
+        "MOUSE-1" => 1_500,
+        _ => 1_000,
+    };
+    Price::new(UnitPrice::new(unit_price).unwrap(), Currency::EUR)
+}
+
 pub fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand {
     OrderCommand::Place {
         order_id: OrderId::new(order),
@@ -171,15 +182,15 @@ pub fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand {
         account_id: AccountId::new(account),
         currency: Currency::parse("EUR").unwrap(),
         lines: vec![
-            OrderLine::new(
+            LineToPlace::priced(
                 Sku::parse("LAPTOP-15").unwrap(),
                 Quantity::new(1).unwrap(),
-                Money::new(99_999).unwrap(),
+                catalog_price("LAPTOP-15"),
             ),
-            OrderLine::new(
+            LineToPlace::priced(
                 Sku::parse("MOUSE-1").unwrap(),
                 Quantity::new(2).unwrap(),
-                Money::new(1_500).unwrap(),
+                catalog_price("MOUSE-1"),
             ),
         ],
         shipping_address: ShippingAddress::new(

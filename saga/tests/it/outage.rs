@@ -191,7 +191,7 @@ async fn a_frozen_broker_stalls_no_saga_and_loses_no_money_or_stock() {
         .carrier
         .controls()
         .set_delay(Duration::from_millis(800));
-    world.item("A", 100).await;
+    world.item("A", 100, 1_000).await;
     let accounts = [world.account(10_000).await, world.account(10_000).await];
 
     let mut in_flight = Vec::new();
@@ -209,7 +209,9 @@ async fn a_frozen_broker_stalls_no_saga_and_loses_no_money_or_stock() {
     }
 
     broker.freeze();
-    // The Command API needs only PostgreSQL: orders are still accepted.
+    // The Command API needs only PostgreSQL: prices change and orders are
+    // still accepted.
+    world.price("A", 500).await;
     let mut placed_in_freeze = Vec::new();
     for n in 0..4 {
         placed_in_freeze.push(world.place(accounts[n % 2], &[("A", 3, 500)], "ES").await);

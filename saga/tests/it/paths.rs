@@ -23,8 +23,8 @@ fn count(events: &[String], event_type: &str) -> usize {
 async fn a_placed_order_is_reserved_charged_shipped_and_committed() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
-    world.item("B", 5).await;
+    world.item("A", 5, 1_000).await;
+    world.item("B", 5, 500).await;
     let order = world
         .place(account, &[("A", 2, 1_000), ("B", 1, 500)], "ES")
         .await;
@@ -55,9 +55,9 @@ async fn a_placed_order_is_reserved_charged_shipped_and_committed() {
 async fn out_of_stock_on_the_second_of_three_lines_releases_the_first() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
-    world.item("B", 1).await;
-    world.item("C", 5).await;
+    world.item("A", 5, 100).await;
+    world.item("B", 1, 100).await;
+    world.item("C", 5, 100).await;
     let order = world
         .place(
             account,
@@ -99,7 +99,7 @@ async fn out_of_stock_on_the_second_of_three_lines_releases_the_first() {
 async fn a_declined_payment_releases_the_stock_and_cancels() {
     let world = World::running(fast_config()).await;
     let account = world.account(100).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
 
     let saga = world.finished(order).await;
@@ -121,7 +121,7 @@ async fn a_declined_payment_releases_the_stock_and_cancels() {
 async fn an_order_for_another_customers_account_is_declined() {
     let world = World::running(fast_config()).await;
     let (account, _owner) = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let stranger = uuid::Uuid::now_v7();
     let order = world
         .place((account, stranger), &[("A", 1, 1_000)], "ES")
@@ -140,7 +140,7 @@ async fn an_order_for_another_customers_account_is_declined() {
 async fn a_carrier_refusal_refunds_the_charge_and_releases_the_stock() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 2, 1_000)], "XX").await;
 
     let saga = world.finished(order).await;
@@ -176,7 +176,7 @@ async fn cancel_before(step: &'static str) -> (World, uuid::Uuid, (uuid::Uuid, u
     let (hook, release, reached) = hold_before(step);
     world.start_saga(Some(hook));
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
     tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
         .await
@@ -235,7 +235,7 @@ async fn a_cancellation_after_payment_refunds_and_releases() {
 async fn a_cancellation_after_shipping_is_refused_and_changes_nothing() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
     world.finished(order).await;
     let before = world.event_types(&format!("order-{order}")).await;
@@ -252,7 +252,7 @@ async fn a_cancellation_after_shipping_is_refused_and_changes_nothing() {
 async fn the_same_order_placed_delivered_many_times_starts_one_saga() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
     world.finished(order).await;
 
@@ -301,7 +301,7 @@ async fn transient_carrier_failures_are_retried_and_the_order_still_ships() {
     let world = World::running(fast_config()).await;
     world.carrier.controls().fail_next(2);
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
 
     let saga = world.finished(order).await;
@@ -328,7 +328,7 @@ async fn a_carrier_that_always_times_out_needs_attention_then_an_operator_retry_
     let controls = world.carrier.controls();
     controls.set_hang(true);
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
 
     let saga = world
@@ -368,7 +368,7 @@ async fn a_refund_to_an_account_closed_meanwhile_needs_attention() {
     let (hook, release, reached) = hold_before("ship");
     world.start_saga(Some(hook));
     let account = world.account(1_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
     tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
         .await
@@ -406,7 +406,7 @@ async fn two_orchestrators_share_the_sagas_and_each_step_happens_once() {
     world.start_saga(None);
     world.start_saga(None);
     let account = world.account(1_000_000).await;
-    world.item("A", 1_000).await;
+    world.item("A", 1_000, 100).await;
     let orders =
         futures::future::join_all((0..30).map(|_| world.place(account, &[("A", 1, 100)], "ES")))
             .await;
@@ -441,7 +441,7 @@ async fn a_database_refusing_writes_is_retried_and_never_compensated() {
     })
     .await;
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     // The accounts' events cannot be written for a while: every charge
     // fails (as if that part of the database were down).
     sqlx::query(
@@ -484,7 +484,7 @@ async fn a_compensation_that_fails_transiently_is_retried_until_it_succeeds() {
     let (hook, release, reached) = hold_before("refund_payment");
     world.start_saga(Some(hook));
     let account = world.account(100_000).await;
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     // Shipping to XX is refused: the charge must be refunded.
     let order = world.place(account, &[("A", 1, 1_000)], "XX").await;
     tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
@@ -533,7 +533,7 @@ async fn held_before_the_charge(
 ) -> (uuid::Uuid, uuid::Uuid, tokio::sync::oneshot::Sender<()>) {
     let (hook, release, reached) = hold_before("charge_payment");
     world.start_saga(Some(hook));
-    world.item("A", 5).await;
+    world.item("A", 5, 1_000).await;
     let order = world.place(account, &[("A", 2, 1_000)], "ES").await;
     tokio::time::timeout(std::time::Duration::from_secs(30), reached.notified())
         .await

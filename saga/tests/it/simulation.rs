@@ -115,6 +115,8 @@ enum Done {
 struct Plan {
     balances: Vec<i64>,
     stock: Vec<i64>,
+    /// The catalog price of each SKU.
+    prices: Vec<i64>,
     orders: Vec<PlannedOrder>,
     ops: Vec<Op>,
 }
@@ -136,13 +138,15 @@ fn plan(rng: &mut StdRng) -> Plan {
         .collect();
     // Scarce stock: far less than the orders ask for.
     let stock = (0..SKUS).map(|_| rng.random_range(10..=30)).collect();
+    // One catalog price per SKU, which every order pays.
+    let prices: Vec<i64> = (0..SKUS).map(|_| rng.random_range(100..=5_000)).collect();
     let all_skus: Vec<usize> = (0..SKUS).collect();
     let orders: Vec<PlannedOrder> = (0..ORDERS)
         .map(|_| {
             let n = rng.random_range(1..=3);
             let lines = all_skus
                 .choose_multiple(rng, n)
-                .map(|&s| (s, rng.random_range(1..=3), rng.random_range(100..=5_000)))
+                .map(|&s| (s, rng.random_range(1..=3), prices[s]))
                 .collect();
             let country = if rng.random_ratio(1, 30) {
                 "XX"
@@ -202,6 +206,7 @@ fn plan(rng: &mut StdRng) -> Plan {
     Plan {
         balances,
         stock,
+        prices,
         orders,
         ops,
     }
@@ -411,7 +416,7 @@ async fn hundreds_of_competing_orders_end_shipped_or_cancelled_with_money_and_st
         accounts.push(world.account(balance).await);
     }
     for (index, &quantity) in plan.stock.iter().enumerate() {
-        world.item(&sku(index), quantity).await;
+        world.item(&sku(index), quantity, plan.prices[index]).await;
     }
 
     let done: Vec<Done> = futures::stream::iter(plan.ops.iter().cloned())
@@ -681,7 +686,8 @@ async fn hundreds_of_competing_orders_end_shipped_or_cancelled_with_money_and_st
                     );
                 }
                 InventoryEvent::StockReserved { .. }
-                | InventoryEvent::ReservationReleased { .. } => {}
+                | InventoryEvent::ReservationReleased { .. }
+                | InventoryEvent::PriceChanged { .. } => {}
             }
         }
         assert_eq!(created, plan.stock[index], "{name}: created");

@@ -205,17 +205,32 @@ impl World {
         (account, customer)
     }
 
-    pub async fn item(&self, sku: &str, quantity: i64) {
+    /// Creates an item at `unit_price` EUR.
+    pub async fn item(&self, sku: &str, quantity: i64, unit_price: i64) {
         let (status, body) = self
             .post(
                 "/inventory",
-                json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity}),
+                json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity,
+                       "unit_price": unit_price, "currency": "EUR"}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
-    /// Places an order of `(sku, quantity, unit_price)` lines; its id.
+    /// Sets an item's price.
+    pub async fn price(&self, sku: &str, unit_price: i64) {
+        let (status, body) = self
+            .post(
+                &format!("/inventory/{sku}/price"),
+                json!({ "unit_price": unit_price }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Places an order of `(sku, quantity, unit_price)` lines, the unit
+    /// price being the one the client saw (the catalog's, or the order is
+    /// refused); its id.
     pub async fn place(
         &self,
         (account, customer): (Uuid, Uuid),
