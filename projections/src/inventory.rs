@@ -99,8 +99,12 @@ impl Projection for Inventory {
             columns.names.extend(name);
             columns.on_hands.push(on_hand);
             columns.reserveds.push(reserved);
-            columns.unit_prices.push(price.map(|p| p.unit_price.amount()));
-            columns.currencies.push(price.map(|p| p.currency.to_string()));
+            columns
+                .unit_prices
+                .push(price.map(|p| p.unit_price.amount()));
+            columns
+                .currencies
+                .push(price.map(|p| p.currency.to_string()));
             columns.versions.push(version_i64(newest)?);
             columns.at.push(newest.recorded_at);
         }
