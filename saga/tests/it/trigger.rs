@@ -40,7 +40,7 @@ async fn placed(world: &World, order: Uuid) -> RecordedEvent {
 async fn an_order_placed_forged_on_the_broker_starts_nothing_and_charges_nothing() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 50).await;
+    world.item("A", 50, 1_000).await;
     let real = world.place(account, &[("A", 1, 1_000)], "ES").await;
     world.finished(real).await;
 
@@ -96,7 +96,7 @@ async fn an_order_placed_forged_on_the_broker_starts_nothing_and_charges_nothing
 async fn a_trigger_reading_the_log_again_from_its_start_starts_nothing_twice() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 10).await;
+    world.item("A", 10, 1_000).await;
     let orders = [
         world.place(account, &[("A", 1, 1_000)], "ES").await,
         world.place(account, &[("A", 1, 1_000)], "ES").await,
@@ -150,7 +150,7 @@ async fn a_trigger_reading_the_log_again_from_its_start_starts_nothing_twice() {
 async fn a_transaction_left_open_holds_the_checkpoint_back_but_not_the_saga() {
     let world = World::running(fast_config()).await;
     let account = world.account(100_000).await;
-    world.item("A", 10).await;
+    world.item("A", 10, 1_000).await;
     let first = world.place(account, &[("A", 1, 1_000)], "ES").await;
     world.finished(first).await;
 
