@@ -3,6 +3,8 @@
 #
 #   ensure_postgres   use the server at DATABASE_URL, or start a project-local one
 #   ensure_kafka      use the broker at KAFKA_BROKERS, or start a project-local Tansu
+#   ensure_nginx      install Debian's nginx when missing (its system service stays off)
+#   start_gateway     the project-local nginx gateway on 127.0.0.1:8000 and :8443
 #   stop_local_services
 #
 # Everything the scripts create lives in "$PURSER_ROOT/.local" (git-ignored).
@@ -23,6 +25,20 @@ TANSU_LOG="$PURSER_LOCAL/tansu.log"
 TANSU_PID="$PURSER_LOCAL/tansu.pid"
 
 PG_DIR="$PURSER_LOCAL/pg"
+
+# The gateway (deploy/nginx/purser.conf.template): where it listens, the
+# instances behind it (space- or comma-separated HOST:PORT lists) and the
+# request rate per client address.
+GATEWAY_TEMPLATE="$PURSER_ROOT/deploy/nginx/purser.conf.template"
+GATEWAY_DIR="$PURSER_LOCAL/gateway"
+: "${PURSER_GATEWAY_HTTP:=127.0.0.1:8000}"
+: "${PURSER_GATEWAY_HTTPS:=127.0.0.1:8443}"
+: "${PURSER_GATEWAY_COMMAND_UPSTREAMS:=127.0.0.1:8080}"
+: "${PURSER_GATEWAY_QUERY_UPSTREAMS:=127.0.0.1:8081}"
+: "${PURSER_GATEWAY_RATE:=500r/s}"
+: "${PURSER_GATEWAY_BURST:=1000}"
+: "${PURSER_GATEWAY_CERT:=$PURSER_LOCAL/tls/dev-cert.pem}"
+: "${PURSER_GATEWAY_KEY:=$PURSER_LOCAL/tls/dev-key.pem}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -404,7 +420,132 @@ stop_tansu() {
     rm -f "$TANSU_PID"
 }
 
+# ---------------------------------------------------------------- Gateway (nginx)
+
+nginx_bin() {
+    command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
+}
+
+_ensure_nginx() {
+    [[ -n $(nginx_bin) ]] && return
+    apt_install nginx
+    [[ -n $(nginx_bin) ]] || die "nginx not found after installing the nginx package"
+    # The package may start the system's nginx (a default site on port 80);
+    # Purser runs its own, so the service it just installed is stopped and
+    # disabled. An nginx that was installed before is left alone.
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        as_root systemctl disable --now nginx >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/nginx ]]; then
+        as_root /etc/init.d/nginx stop >/dev/null 2>&1 || true
+        as_root update-rc.d nginx disable >/dev/null 2>&1 || true
+    fi
+}
+
+# Makes sure the nginx binary exists (installing Debian's package).
+ensure_nginx() {
+    with_setup_lock _ensure_nginx
+}
+
+# Makes a self-signed development certificate for 127.0.0.1 and localhost at
+# PURSER_GATEWAY_CERT / PURSER_GATEWAY_KEY, once.
+_ensure_dev_cert() {
+    [[ -s $PURSER_GATEWAY_CERT && -s $PURSER_GATEWAY_KEY ]] && return
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    mkdir -p "$(dirname "$PURSER_GATEWAY_CERT")" "$(dirname "$PURSER_GATEWAY_KEY")"
+    log "making a development certificate for 127.0.0.1 and localhost: $PURSER_GATEWAY_CERT"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
+        -subj "/CN=Purser development gateway" \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$PURSER_GATEWAY_KEY" -out "$PURSER_GATEWAY_CERT" >/dev/null 2>&1 ||
+        die "openssl could not make the development certificate"
+    chmod 600 "$PURSER_GATEWAY_KEY"
+}
+
+ensure_dev_cert() {
+    with_setup_lock _ensure_dev_cert
+}
+
+# `server HOST:PORT ...;` lines for a space- or comma-separated list.
+gateway_servers() {
+    local address servers=""
+    for address in ${1//,/ }; do
+        servers+="server $address max_fails=1 fail_timeout=2s; "
+    done
+    [[ -n $servers ]] || die "no upstream address given for the gateway"
+    printf '%s\n' "$servers"
+}
+
+# Renders the gateway's nginx.conf into $1 (default $GATEWAY_DIR) from the
+# PURSER_GATEWAY_* settings.
+render_gateway_config() {
+    local dir=${1:-$GATEWAY_DIR} command_servers query_servers
+    command_servers=$(gateway_servers "$PURSER_GATEWAY_COMMAND_UPSTREAMS")
+    query_servers=$(gateway_servers "$PURSER_GATEWAY_QUERY_UPSTREAMS")
+    mkdir -p "$dir/tmp"
+    sed -e "s|@RUN_DIR@|$dir|g" \
+        -e "s|@HTTP_LISTEN@|$PURSER_GATEWAY_HTTP|g" \
+        -e "s|@HTTPS_LISTEN@|$PURSER_GATEWAY_HTTPS|g" \
+        -e "s|@CERT@|$PURSER_GATEWAY_CERT|g" \
+        -e "s|@CERT_KEY@|$PURSER_GATEWAY_KEY|g" \
+        -e "s|@COMMAND_SERVERS@|$command_servers|g" \
+        -e "s|@QUERY_SERVERS@|$query_servers|g" \
+        -e "s|@RATE@|$PURSER_GATEWAY_RATE|g" \
+        -e "s|@BURST@|$PURSER_GATEWAY_BURST|g" \
+        "$GATEWAY_TEMPLATE" >"$dir/nginx.conf"
+}
+
+# The nginx command line for the gateway in $GATEWAY_DIR (extra arguments after).
+gateway_nginx() {
+    "$(nginx_bin)" -p "$GATEWAY_DIR" -c "$GATEWAY_DIR/nginx.conf" -e "$GATEWAY_DIR/error.log" "$@"
+}
+
+gateway_running() {
+    [[ -f $GATEWAY_DIR/nginx.pid ]] && grep -qs nginx "/proc/$(cat "$GATEWAY_DIR/nginx.pid")/cmdline"
+}
+
+# Starts the project's nginx gateway (or reloads it with a fresh configuration):
+# a project-local process whose pid, logs and temporary files are in
+# $GATEWAY_DIR, not the system service.
+start_gateway() {
+    ensure_nginx
+    ensure_dev_cert
+    render_gateway_config "$GATEWAY_DIR"
+    gateway_nginx -t -q || die "the rendered gateway configuration is invalid: $GATEWAY_DIR/nginx.conf"
+    if gateway_running; then
+        log "gateway: reloading nginx (pid $(cat "$GATEWAY_DIR/nginx.pid"))"
+        gateway_nginx -s reload
+        return
+    fi
+    local listen
+    for listen in "$PURSER_GATEWAY_HTTP" "$PURSER_GATEWAY_HTTPS"; do
+        ! port_open "${listen%:*}" "${listen##*:}" || die "something already listens on $listen (the gateway's address)"
+    done
+    (
+        close_inherited_fds
+        gateway_nginx </dev/null >>"$GATEWAY_DIR/error.log" 2>&1
+    ) || die "nginx did not start; see $GATEWAY_DIR/error.log"
+    wait_for 10 "the gateway on $PURSER_GATEWAY_HTTP" port_open "${PURSER_GATEWAY_HTTP%:*}" "${PURSER_GATEWAY_HTTP##*:}" ||
+        die "the gateway does not answer; see $GATEWAY_DIR/error.log"
+    log "gateway: nginx (pid $(cat "$GATEWAY_DIR/nginx.pid")) on http://$PURSER_GATEWAY_HTTP and https://$PURSER_GATEWAY_HTTPS" \
+        "(certificate $PURSER_GATEWAY_CERT) -> Command API $PURSER_GATEWAY_COMMAND_UPSTREAMS, Query API $PURSER_GATEWAY_QUERY_UPSTREAMS;" \
+        "access log $GATEWAY_DIR/access.log"
+}
+
+stop_gateway() {
+    if gateway_running; then
+        local pid
+        pid=$(cat "$GATEWAY_DIR/nginx.pid")
+        log "stopping the gateway (nginx pid $pid)"
+        kill -QUIT "$pid"
+        local deadline=$((SECONDS + 10))
+        while gateway_running && ((SECONDS < deadline)); do sleep 0.2; done
+        gateway_running && kill -TERM "$pid"
+    fi
+    rm -f "$GATEWAY_DIR/nginx.pid"
+}
+
 stop_local_services() {
+    stop_gateway
     stop_tansu
     stop_local_postgres
 }
@@ -431,4 +572,8 @@ ensure_test_tools() {
         log "installing cargo-nextest (one-time build)"
         cargo install --locked cargo-nextest
     fi
+    # The gateway tests run a real nginx, and openssl for its certificate.
+    ensure_nginx
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    command -v curl >/dev/null 2>&1 || apt_install curl
 }

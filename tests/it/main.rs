@@ -2,10 +2,12 @@
 //! database of its own: crash safety of the saga orchestrator under a real
 //! process kill; `purser projections ...` (a rebuild killed for real);
 //! `purser auth init` and `purser token`; relay failover between two
-//! `purser relay` processes; `purser serve` and its `--migrate`.
+//! `purser relay` processes; `purser serve` and its `--migrate`; the nginx
+//! gateway in front of the services.
 
 mod auth_cli;
 mod crash;
+mod gateway;
 mod projections_cli;
 mod relay_failover;
 mod serve;
