@@ -1,0 +1,335 @@
+//! The driver loop: claims due sagas and drives each one as far as it goes
+//! now, one step at a time: records the attempt (with its deadline), has
+//! the step carried out (`steps`), and records its outcome.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::{next_action, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step};
+use event_store::Metadata;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::steps::StepResult;
+use super::{Orchestrator, PAUSE_AFTER_ENV};
+use crate::{Claimed, Result};
+
+/// How driving one saga ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drive {
+    /// `completed` or `compensated`.
+    Finished(SagaStatus),
+    /// Stopped for an operator.
+    NeedsAttention,
+    /// A retry is due then.
+    Waiting { until_ms: i64 },
+    /// Woken for an order that does not exist.
+    NoOrder,
+    /// Another orchestrator took the saga over (this one's lease ran out).
+    LostLease,
+}
+
+impl Orchestrator {
+    /// Claims due sagas and drives them, at most `concurrency` at a time,
+    /// until `shutdown`; the sagas in hand then get a few seconds to finish
+    /// their step (one cut short is repaired like a crash).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let config = &self.inner.config;
+        let concurrency = config.concurrency as usize;
+        let poll = Duration::from_millis(config.poll_ms);
+        let mut tasks = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        tracing::info!(owner = %self.inner.queue.owner(), "saga orchestrator started");
+        while !shutdown.is_cancelled() {
+            let free = concurrency.saturating_sub(tasks.len());
+            let mut pause = poll;
+            match self
+                .inner
+                .queue
+                .claim(free, config.lease_for_step_ms())
+                .await
+            {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(100);
+                    for claimed in claimed {
+                        let orchestrator = self.clone();
+                        tasks.spawn(async move { orchestrator.drive_logged(claimed).await });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "cannot claim due sagas; retrying");
+                    pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "stopping with sagas in the middle of a step"
+            );
+            tasks.abort_all();
+        }
+        tracing::info!("saga orchestrator stopped");
+        Ok(())
+    }
+
+    async fn drive_logged(&self, claimed: Claimed) {
+        match self.drive(claimed).await {
+            Ok(drive) => tracing::debug!(order_id = %claimed.order_id, ?drive, "saga driven"),
+            Err(error) => {
+                let retry = self.inner.config.backoff(1);
+                tracing::warn!(order_id = %claimed.order_id, %error, ?retry, "cannot drive saga; retrying");
+                let due = Utc::now() + retry;
+                if let Err(error) = self.inner.queue.reschedule(claimed, due).await {
+                    // The lease runs out and the saga is claimed again.
+                    tracing::debug!(%error, "cannot reschedule");
+                }
+            }
+        }
+    }
+
+    /// Drives one claimed saga as far as it goes now: until it is over,
+    /// waits for a retry, or needs an operator.
+    #[tracing::instrument(skip_all, fields(order_id = %claimed.order_id), err)]
+    pub async fn drive(&self, claimed: Claimed) -> Result<Drive> {
+        let order_id = claimed.order_id;
+        let config = &self.inner.config;
+        let mut lost_races = 0u32;
+        loop {
+            if !self
+                .inner
+                .queue
+                .renew(order_id, config.lease_for_step_ms())
+                .await?
+            {
+                return Ok(Drive::LostLease);
+            }
+            let (state, metadata) = self.load(order_id).await?;
+            if state.status == SagaStatus::NotStarted {
+                // Made due by the trigger (or woken before its start was
+                // recorded): start it from the order's own stream.
+                if !self.start_from_order(order_id).await? {
+                    self.inner.queue.finish(claimed).await?;
+                    return Ok(Drive::NoOrder);
+                }
+                continue;
+            }
+            let cancellation_requested = state.status == SagaStatus::Running
+                && self
+                    .inner
+                    .orders
+                    .load(&order_id.to_string())
+                    .await?
+                    .state
+                    .cancellation_requested
+                    .is_some();
+            let now_ms = Utc::now().timestamp_millis();
+            let action = next_action(
+                &state,
+                &Situation {
+                    now_ms,
+                    cancellation_requested,
+                    max_attempts: config.max_attempts,
+                },
+            );
+            tracing::debug!(?action, status = %state.status, "next action");
+            let recorded = match action {
+                Action::Done => {
+                    self.inner.queue.finish(claimed).await?;
+                    return Ok(Drive::Finished(state.status));
+                }
+                Action::Idle => {
+                    self.inner.queue.finish(claimed).await?;
+                    return Ok(Drive::NeedsAttention);
+                }
+                Action::Wait { until_ms } => {
+                    let due = DateTime::from_timestamp_millis(until_ms).unwrap_or_else(Utc::now);
+                    self.inner.queue.reschedule(claimed, due).await?;
+                    return Ok(Drive::Waiting { until_ms });
+                }
+                Action::BeginCompensation(reason) => {
+                    tracing::info!(%reason, "saga compensating");
+                    self.record(
+                        order_id,
+                        SagaCommand::BeginCompensation { reason },
+                        &metadata,
+                    )
+                    .await?
+                }
+                Action::Complete => {
+                    let done = self
+                        .record(order_id, SagaCommand::Complete, &metadata)
+                        .await?;
+                    if done {
+                        self.inner.metrics.completed();
+                        tracing::info!("saga completed");
+                    }
+                    done
+                }
+                Action::FinishCompensation => {
+                    let done = self
+                        .record(order_id, SagaCommand::FinishCompensation, &metadata)
+                        .await?;
+                    if done {
+                        self.inner.metrics.compensated();
+                        tracing::info!("saga compensated");
+                    }
+                    done
+                }
+                Action::NeedsAttention { step, error } => {
+                    tracing::error!(%step, %error, "saga needs attention");
+                    let done = self
+                        .record(
+                            order_id,
+                            SagaCommand::NeedAttention { step, error },
+                            &metadata,
+                        )
+                        .await?;
+                    if done {
+                        self.inner.metrics.needs_attention();
+                    }
+                    done
+                }
+                Action::TimedOut { step, attempt } => {
+                    let retry_at_ms = now_ms + millis(config.backoff(attempt));
+                    tracing::warn!(%step, attempt, "step passed its deadline without an outcome");
+                    self.record(
+                        order_id,
+                        SagaCommand::FailStep {
+                            step,
+                            attempt,
+                            error: "no outcome before the step's deadline".to_owned(),
+                            retry_at_ms,
+                        },
+                        &metadata,
+                    )
+                    .await?
+                }
+                Action::Attempt { step, attempt } => {
+                    if let Some(hook) = &self.inner.before_step {
+                        if hook(&step).await {
+                            continue;
+                        }
+                    }
+                    let deadline_ms = now_ms + config.step_timeout_ms as i64;
+                    let command = SagaCommand::StartStep {
+                        step: step.clone(),
+                        attempt,
+                        deadline_ms,
+                    };
+                    if self.record(order_id, command, &metadata).await? {
+                        self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
+                            .await?
+                    } else {
+                        false
+                    }
+                }
+                Action::Resume {
+                    step,
+                    attempt,
+                    deadline_ms,
+                } => {
+                    tracing::info!(%step, attempt, "resuming a step cut short");
+                    self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
+                        .await?
+                }
+            };
+            if recorded {
+                lost_races = 0;
+            } else {
+                // The saga moved under us (another orchestrator): look again,
+                // a few times, then leave it for later.
+                lost_races += 1;
+                if lost_races >= 3 {
+                    let due = Utc::now() + config.backoff(1);
+                    self.inner.queue.reschedule(claimed, due).await?;
+                    return Ok(Drive::Waiting {
+                        until_ms: due.timestamp_millis(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One attempt of `step`, within its deadline, and its outcome recorded.
+    async fn run_step(
+        &self,
+        order_id: OrderId,
+        state: &SagaState,
+        step: Step,
+        attempt: u32,
+        deadline_ms: i64,
+        metadata: &Metadata,
+    ) -> Result<bool> {
+        let started = Instant::now();
+        let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
+        let result = match tokio::time::timeout(
+            Duration::from_millis(left),
+            self.carry_out(state, &step, metadata),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_elapsed) => StepResult::Transient(format!(
+                "no answer before the step's deadline ({} ms)",
+                self.inner.config.step_timeout_ms
+            )),
+        };
+        let latency = started.elapsed();
+        self.pause_if_asked(order_id, &step).await;
+        let metrics = &self.inner.metrics;
+        let command = match result {
+            StepResult::Done { tracking_number } => {
+                metrics.step(step.name(), "succeeded", latency);
+                tracing::debug!(%step, attempt, ?latency, "step succeeded");
+                SagaCommand::SucceedStep {
+                    step,
+                    tracking_number,
+                }
+            }
+            StepResult::Refused { code, error } => {
+                metrics.step(step.name(), "refused", latency);
+                tracing::info!(%step, attempt, %code, %error, "step refused");
+                if step.is_compensation() || step.refusal_reason().is_none() {
+                    metrics.needs_attention();
+                }
+                SagaCommand::RefuseStep { step, code, error }
+            }
+            StepResult::Transient(error) => {
+                metrics.step(step.name(), "failed", latency);
+                let retry = self.inner.config.backoff(attempt);
+                tracing::warn!(%step, attempt, %error, ?retry, "step failed; retrying");
+                SagaCommand::FailStep {
+                    step,
+                    attempt,
+                    error,
+                    retry_at_ms: Utc::now().timestamp_millis() + millis(retry),
+                }
+            }
+        };
+        self.record(order_id, command, metadata).await
+    }
+
+    async fn pause_if_asked(&self, order_id: OrderId, step: &Step) {
+        if self.inner.pause_after.as_deref() == Some(step.name()) {
+            eprintln!("{PAUSE_AFTER_ENV}: paused after {step} of order {order_id}");
+            tracing::warn!(%order_id, %step, "paused ({PAUSE_AFTER_ENV})");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,265 @@
+//! Drives sagas: claims due ones from the queue and carries out what
+//! [`domain::next_action`] says, recording every attempt and outcome in the
+//! saga's stream.
+//!
+//! - this module: the [`Orchestrator`] and how it records in a saga's
+//!   stream (start, attempts, outcomes) and reads it back;
+//! - `drive`: the driver loop (claim due sagas, drive each one step by
+//!   step, record each step's outcome);
+//! - `steps`: what each step does, the command it sends under the step's
+//!   idempotency key, and the record kept of it;
+//! - `retry`: an operator's retry of a saga that needs attention.
+
+use std::sync::Arc;
+
+use domain::{
+    Aggregate, BankAccount, FulfilmentSaga, Inventory, Order, OrderEvent, OrderId, SagaCommand,
+    SagaOrder, SagaState, Step,
+};
+use event_store::{
+    EventStore, ExecuteError, ExecuteOptions, Executed, Metadata, Repository, StreamId,
+};
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::{Carrier, Error, Queue, Result, SagaConfig, SagaMetrics};
+
+mod drive;
+mod retry;
+mod steps;
+
+pub use drive::Drive;
+pub use retry::retry;
+
+/// Set to a step name (`charge_payment`, `ship`, ...), the orchestrator stops
+/// still, for ever, right after that step's command was carried out and
+/// before its outcome is recorded, and says so on stderr. For crash tests,
+/// which then kill the process.
+pub const PAUSE_AFTER_ENV: &str = "PURSER_SAGA_PAUSE_AFTER";
+
+/// Called before each attempt of a step is recorded; answering `true` means
+/// "I held the saga up: look at it again" (it is planned anew). For tests
+/// and demos that need a saga to stand still at a given step.
+pub type BeforeStep = Arc<dyn Fn(&Step) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Re-decisions after a version conflict for the saga's commands to accounts
+/// and items, which many sagas write to at once.
+const COMMAND_RETRIES: u32 = 20;
+
+/// The saga orchestrator. Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: EventStore,
+    sagas: Repository<FulfilmentSaga>,
+    orders: Repository<Order>,
+    accounts: Repository<BankAccount>,
+    inventory: Repository<Inventory>,
+    carrier: Arc<dyn Carrier>,
+    queue: Queue,
+    config: SagaConfig,
+    metrics: Arc<SagaMetrics>,
+    wake: Notify,
+    pause_after: Option<String>,
+    before_step: Option<BeforeStep>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("owner", &self.inner.queue.owner())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: EventStore,
+        carrier: Arc<dyn Carrier>,
+        config: SagaConfig,
+        metrics: Arc<SagaMetrics>,
+    ) -> Self {
+        let pause_after = std::env::var(PAUSE_AFTER_ENV)
+            .ok()
+            .filter(|s| !s.is_empty());
+        Orchestrator {
+            inner: Arc::new(Inner {
+                sagas: Repository::new(store.clone()),
+                orders: Repository::new(store.clone()),
+                accounts: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
+                inventory: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
+                queue: Queue::new(store.pool().clone()),
+                store,
+                carrier,
+                config,
+                metrics,
+                wake: Notify::new(),
+                pause_after,
+                before_step: None,
+            }),
+        }
+    }
+
+    /// Calls `hook` before each step attempt (see [`BeforeStep`]). Only on a
+    /// new orchestrator, before it is cloned.
+    pub fn with_before_step(mut self, hook: BeforeStep) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("with_before_step before any clone");
+        inner.before_step = Some(hook);
+        self
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    pub fn metrics(&self) -> &Arc<SagaMetrics> {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &SagaConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
+    }
+
+    /// Tells the driver loop that sagas were made due (by the trigger,
+    /// which wrote their `saga.due` rows itself): it claims at once instead
+    /// of at its next poll.
+    pub(crate) fn nudge(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Starts the saga of a placed order (at most once per order) and makes
+    /// it due. `true` when this call started it.
+    #[tracing::instrument(skip_all, fields(order_id = %order.order_id), err)]
+    pub async fn start(&self, order: SagaOrder, metadata: Metadata) -> Result<bool> {
+        let order_id = order.order_id;
+        let started = self.record_start(order, metadata).await?;
+        self.wake(order_id).await?;
+        Ok(started)
+    }
+
+    /// Records the saga's start (refused, `false`, when it has one).
+    async fn record_start(&self, order: SagaOrder, metadata: Metadata) -> Result<bool> {
+        let order_id = order.order_id;
+        let command = SagaCommand::Start {
+            saga_id: Uuid::now_v7(),
+            order,
+        };
+        let started = self.record(order_id, command, &metadata).await?;
+        if started {
+            self.inner.metrics.started();
+            tracing::info!(%order_id, "saga started");
+        }
+        Ok(started)
+    }
+
+    /// Makes the saga of `order_id` due now.
+    pub async fn wake(&self, order_id: OrderId) -> Result<()> {
+        self.inner.queue.wake(order_id).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Records `command` in the saga's stream. `false` when the saga refused
+    /// it (it moved meanwhile).
+    async fn record(
+        &self,
+        order_id: OrderId,
+        command: SagaCommand,
+        metadata: &Metadata,
+    ) -> Result<bool> {
+        let options = ExecuteOptions {
+            metadata: Metadata {
+                actor: Some("saga".to_owned()),
+                ..metadata.clone()
+            },
+            ..ExecuteOptions::default()
+        };
+        match self
+            .inner
+            .sagas
+            .execute(&order_id.to_string(), &command, options, |_| ())
+            .await
+        {
+            Ok(Executed::Done(outcome)) => Ok(!outcome.events.is_empty()),
+            Ok(Executed::Refused(refusal)) => {
+                tracing::warn!(%order_id, ?command, %refusal, "saga refused a record; looking again");
+                Ok(false)
+            }
+            Ok(Executed::Replayed(_)) => Ok(true),
+            Err(ExecuteError::Store(error)) => Err(error.into()),
+            Err(error) => Err(Error::Saga {
+                order_id,
+                message: error.to_string(),
+            }),
+        }
+    }
+
+    /// The saga's state, and the metadata of its first event (the
+    /// correlation id of the request that placed the order).
+    async fn load(&self, order_id: OrderId) -> Result<(SagaState, Metadata)> {
+        let stream = StreamId::of::<FulfilmentSaga>(order_id);
+        let recorded = self.inner.store.read_stream(&stream, 1).await?;
+        let metadata = recorded
+            .first()
+            .map(|e| e.metadata.clone())
+            .unwrap_or_default();
+        let mut state = FulfilmentSaga::initial();
+        for event in &recorded {
+            state = FulfilmentSaga::evolve(state, &event.decode()?);
+        }
+        Ok((state, metadata))
+    }
+
+    /// Starts the saga of `order_id` from its `OrderPlaced` in the store
+    /// (never from a message: DESIGN.md point 10), while driving it (the
+    /// caller holds its `saga.due` row). `false` when there is no such order.
+    async fn start_from_order(&self, order_id: OrderId) -> Result<bool> {
+        let stream = StreamId::of::<Order>(order_id);
+        let recorded = self.inner.store.read_stream(&stream, 1).await?;
+        let Some(first) = recorded.first() else {
+            return Ok(false);
+        };
+        let Some(order) = saga_order(&first.decode()?) else {
+            return Ok(false);
+        };
+        let metadata = Metadata {
+            causation_id: Some(first.event_id.to_string()),
+            ..first.metadata.clone()
+        };
+        self.record_start(order, metadata).await?;
+        Ok(true)
+    }
+}
+
+/// The saga of a placed order, from its `OrderPlaced`.
+pub(crate) fn saga_order(event: &OrderEvent) -> Option<SagaOrder> {
+    match event {
+        OrderEvent::OrderPlaced {
+            order_id,
+            customer_id,
+            account_id,
+            currency,
+            lines,
+            total,
+            shipping_address,
+        } => Some(SagaOrder {
+            order_id: *order_id,
+            customer_id: *customer_id,
+            account_id: *account_id,
+            currency: *currency,
+            lines: lines.clone(),
+            total: *total,
+            shipping_address: shipping_address.clone(),
+        }),
+        _ => None,
+    }
+}
