@@ -134,16 +134,40 @@ where
 /// Reads from `consumer` until every id of `wanted` was seen (duplicates are
 /// kept), failing after [`DEADLINE`].
 pub async fn consume_ids(consumer: &EventConsumer, wanted: &HashSet<Uuid>) -> Vec<Delivered> {
+    match try_consume_ids(consumer, wanted).await {
+        Ok(delivered) => delivered,
+        Err(missing) => panic!("{}", missing.message),
+    }
+}
+
+/// What [`try_consume_ids`] had not seen by its deadline.
+pub struct Missing {
+    /// `timed out: N of M events consumed`.
+    pub message: String,
+    /// The ids never seen.
+    pub ids: HashSet<Uuid>,
+}
+
+/// [`consume_ids`], returning what was missing at the deadline instead of
+/// panicking (so the caller can say where the missing events are).
+pub async fn try_consume_ids(
+    consumer: &EventConsumer,
+    wanted: &HashSet<Uuid>,
+) -> Result<Vec<Delivered>, Missing> {
     let deadline = Instant::now() + DEADLINE;
     let mut seen = HashSet::new();
     let mut delivered = Vec::new();
     while !wanted.is_subset(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {} of {} events consumed",
-            wanted.intersection(&seen).count(),
-            wanted.len()
-        );
+        if Instant::now() >= deadline {
+            return Err(Missing {
+                message: format!(
+                    "timed out: {} of {} events consumed",
+                    wanted.intersection(&seen).count(),
+                    wanted.len()
+                ),
+                ids: wanted.difference(&seen).copied().collect(),
+            });
+        }
         let batch = consumer
             .next_batch(500, Duration::from_millis(200))
             .await
@@ -151,7 +175,93 @@ pub async fn consume_ids(consumer: &EventConsumer, wanted: &HashSet<Uuid>) -> Ve
         seen.extend(batch.iter().map(|d| d.event.event_id));
         delivered.extend(batch);
     }
-    delivered
+    Ok(delivered)
+}
+
+/// Which of some events are on the broker, and where.
+pub struct Located {
+    /// The ids found.
+    pub found: HashSet<Uuid>,
+    /// Where they are (topic, partition, offset), which are not there, and
+    /// how much of the topics was read.
+    pub description: String,
+}
+
+/// Where each of `ids` is on the broker: reads every partition of the
+/// topics of `stream_types` from offset 0 up to its high watermark, without
+/// a consumer group and uncommitted messages included, and tells which of
+/// `ids` are there and which are not in Kafka at all.
+pub async fn locate_on_broker(
+    config: &KafkaConfig,
+    stream_types: &[&str],
+    ids: &HashSet<Uuid>,
+) -> Located {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("locate-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("raw consumer");
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut ends = Vec::new();
+    for stream_type in stream_types {
+        let topic = config.topic(stream_type);
+        for partition in 0..config.partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.push(format!("{topic}/{partition}: {low}..{high}"));
+            remaining += high - low;
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Beginning)
+                .expect("add partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut found = Vec::new();
+    let mut read = 0i64;
+    let reading = async {
+        while read < remaining {
+            let message = consumer.recv().await.expect("raw consumer");
+            read += 1;
+            let id = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == kafka::headers::EVENT_ID)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<Uuid>().ok())
+            });
+            if let Some(id) = id.filter(|id| ids.contains(id)) {
+                found.push((
+                    id,
+                    message.topic().to_owned(),
+                    message.partition(),
+                    message.offset(),
+                ));
+            }
+        }
+    };
+    let complete = tokio::time::timeout(DEADLINE, reading).await.is_ok();
+    let located: HashSet<Uuid> = found.iter().map(|(id, ..)| *id).collect();
+    let absent: Vec<&Uuid> = ids.difference(&located).collect();
+    let description = format!(
+        "{} of {} missing events are on the broker{}, {} are not ({read} of {remaining} messages read; \
+         partitions {}); found: {:?}; absent: {:?}",
+        located.len(),
+        ids.len(),
+        if complete { "" } else { " (reading timed out)" },
+        absent.len(),
+        ends.join(", "),
+        found.iter().take(20).collect::<Vec<_>>(),
+        absent.iter().take(20).collect::<Vec<_>>(),
+    );
+    Located {
+        found: located,
+        description,
+    }
 }
 
 /// Reads every message of the given topics from the beginning, without a

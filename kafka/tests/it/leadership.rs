@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::{all_events, append, consume_ids, setup};
+use crate::common::{
+    all_events, append, consume_ids, locate_on_broker, setup, try_consume_ids, DEADLINE,
+};
 
 /// How long a standby may take to become active.
 const TAKEOVER: Duration = Duration::from_secs(20);
@@ -113,7 +115,17 @@ fn streams(count: usize) -> Vec<StreamId> {
         .collect()
 }
 
-/// Appends events round-robin to `streams` until `stop` is cancelled.
+/// How far the writer may get ahead of the relay: events stored after the
+/// relay's saved checkpoint. Without a bound the writer outruns a relay of
+/// 7-event batches on a loaded machine (thousands of events stored while
+/// the relay publishes a few hundred) and the consumer's deadline expires
+/// on events that are merely not relayed yet.
+const MAX_BACKLOG: i64 = 100;
+
+/// Appends events round-robin to `streams` until `stop` is cancelled,
+/// keeping at most [`MAX_BACKLOG`] events ahead of the relay's checkpoint
+/// (it waits meanwhile, up to [`DEADLINE`]: no relay making progress for
+/// that long fails the test).
 fn keep_appending(
     store: &EventStore,
     streams: Vec<StreamId>,
@@ -126,11 +138,41 @@ fn keep_appending(
             if stop.is_cancelled() {
                 break;
             }
+            eventually(
+                "the relay to keep up with the writer",
+                DEADLINE,
+                Duration::from_millis(20),
+                || async {
+                    let backlog = backlog(&store).await;
+                    if backlog < MAX_BACKLOG || stop.is_cancelled() {
+                        Ok(())
+                    } else {
+                        Err(backlog)
+                    }
+                },
+            )
+            .await;
+            if stop.is_cancelled() {
+                break;
+            }
             append(&store, stream, 2).await;
             appended += 2;
         }
         appended
     })
+}
+
+/// Events stored after the relay's saved checkpoint (by position).
+async fn backlog(store: &EventStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(e.position), 0) - coalesce( \
+           (SELECT c.position FROM event_store.checkpoints c WHERE c.name = $1), 0) \
+         FROM event_store.events e",
+    )
+    .bind(kafka::CHECKPOINT_NAME)
+    .fetch_one(store.pool())
+    .await
+    .expect("backlog")
 }
 
 /// Every stored event was delivered, and each stream's events arrived in
@@ -176,6 +218,46 @@ fn ids(events: &[RecordedEvent]) -> HashSet<Uuid> {
 fn not_yet(stored: &[RecordedEvent], delivered: &[Delivered]) -> HashSet<Uuid> {
     let seen: HashSet<Uuid> = delivered.iter().map(|d| d.event.event_id).collect();
     ids(stored).difference(&seen).copied().collect()
+}
+
+/// [`consume_ids`], telling on a timeout whether the missing events were
+/// lost (at or before the relay's saved checkpoint, yet not on the broker)
+/// or not relayed yet (after it), and where on the broker the others are.
+async fn consume(
+    consumer: &EventConsumer,
+    config: &KafkaConfig,
+    store: &EventStore,
+    wanted: &HashSet<Uuid>,
+) -> Vec<Delivered> {
+    let missing = match try_consume_ids(consumer, wanted).await {
+        Ok(delivered) => return delivered,
+        Err(missing) => missing,
+    };
+    let checkpoint = store
+        .load_checkpoint(kafka::CHECKPOINT_NAME)
+        .await
+        .expect("checkpoint");
+    let located = locate_on_broker(config, kafka::STREAM_TYPES, &missing.ids).await;
+    let stored = all_events(store).await;
+    let (relayed, not_yet): (Vec<&RecordedEvent>, Vec<&RecordedEvent>) = stored
+        .iter()
+        .filter(|e| missing.ids.contains(&e.event_id))
+        .partition(|e| e.checkpoint() <= checkpoint);
+    let lost: Vec<(i64, &str, u64)> = relayed
+        .iter()
+        .filter(|e| !located.found.contains(&e.event_id))
+        .map(|e| (e.position, e.stream_id.as_str(), e.version))
+        .collect();
+    panic!(
+        "{}; the relay's checkpoint is {checkpoint:?}: {} missing events are after it \
+         (not relayed yet), {} at or before it, of which {} are not on the broker \
+         (lost: {lost:?}); {}",
+        missing.message,
+        not_yet.len(),
+        relayed.len(),
+        lost.len(),
+        located.description
+    )
 }
 
 fn consumer(config: &KafkaConfig) -> EventConsumer {
@@ -248,7 +330,7 @@ async fn when_the_active_relay_dies_under_load_the_standby_takes_over_and_nothin
         },
     )
     .await;
-    let mut delivered = consume_ids(&consumer, &ids(&first_events)).await;
+    let mut delivered = consume(&consumer, &config, &store, &ids(&first_events)).await;
     first.kill().await;
     second
         .wait_for(RelayRole::Active, "the standby to take over")
@@ -274,7 +356,7 @@ async fn when_the_active_relay_dies_under_load_the_standby_takes_over_and_nothin
     let appended = writer.await.expect("writer");
     let stored = all_events(&store).await;
     assert_eq!(stored.len(), appended);
-    delivered.extend(consume_ids(&consumer, &not_yet(&stored, &delivered)).await);
+    delivered.extend(consume(&consumer, &config, &store, &not_yet(&stored, &delivered)).await);
     assert_complete_and_in_order(&stored, &delivered);
 
     second.stop().await;
@@ -317,7 +399,7 @@ async fn a_relay_whose_lock_connection_drops_stops_publishing_and_another_takes_
         },
     )
     .await;
-    let mut delivered = consume_ids(&consumer, &ids(&early)).await;
+    let mut delivered = consume(&consumer, &config, &store, &ids(&early)).await;
 
     // The server ends the active relay's lock session: that relay stands
     // by at once, and a relay (either: both compete) becomes active again.
@@ -357,7 +439,7 @@ async fn a_relay_whose_lock_connection_drops_stops_publishing_and_another_takes_
     let appended = writer.await.expect("writer");
     let stored = all_events(&store).await;
     assert_eq!(stored.len(), appended);
-    delivered.extend(consume_ids(&consumer, &not_yet(&stored, &delivered)).await);
+    delivered.extend(consume(&consumer, &config, &store, &not_yet(&stored, &delivered)).await);
     assert_complete_and_in_order(&stored, &delivered);
 
     for mut relay in [first, second] {
