@@ -10,14 +10,17 @@ use crate::{db, GlobalArgs};
 pub struct Args {
     #[command(flatten)]
     pub config: ::command_api::Config,
+    #[command(flatten)]
+    pub auth: ::auth::AuthConfig,
 }
 
 /// Binds the Command API's address.
 pub async fn build(
     config: &::command_api::Config,
     pool: sqlx::PgPool,
+    access: service::auth::Access,
 ) -> Result<::command_api::Application> {
-    ::command_api::Application::build(config, pool)
+    ::command_api::Application::build(config, pool, access)
         .await
         .context("starting the command API")
 }
@@ -25,8 +28,10 @@ pub async fn build(
 /// `purser command-api`: serves until shutdown, then finishes the requests
 /// in flight.
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    // Refused before anything else without a JWKS (unless insecure).
+    let access = service::auth::Access::from_config(&args.auth)?;
     let pool = db::open(global, args.config.db_max_connections).await?;
-    build(&args.config, pool)
+    build(&args.config, pool, access)
         .await?
         .run(shutdown)
         .await

@@ -13,14 +13,17 @@ pub const POOL_SIZE: u32 = 20;
 pub struct Args {
     #[command(flatten)]
     pub config: ::query_api::QueryApiConfig,
+    #[command(flatten)]
+    pub auth: ::auth::AuthConfig,
 }
 
 /// Binds the Query API's address.
 pub async fn build(
     config: &::query_api::QueryApiConfig,
     pool: sqlx::PgPool,
+    access: service::auth::Access,
 ) -> Result<::query_api::Application> {
-    ::query_api::Application::build(config, pool)
+    ::query_api::Application::build(config, pool, access)
         .await
         .with_context(|| format!("binding the query API to {}", config.addr))
 }
@@ -28,8 +31,10 @@ pub async fn build(
 /// `purser query-api`: serves until shutdown, then finishes the requests in
 /// flight.
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    // Refused before anything else without a JWKS (unless insecure).
+    let access = service::auth::Access::from_config(&args.auth)?;
     let pool = db::open(global, POOL_SIZE).await?;
-    build(&args.config, pool)
+    build(&args.config, pool, access)
         .await?
         .run(shutdown)
         .await

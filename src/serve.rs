@@ -3,6 +3,7 @@
 //! one shutdown token, each in a task of its own.
 
 use anyhow::Result;
+use service::auth::Access;
 use service::Components;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,9 @@ pub struct Args {
     workers: project::WorkerArgs,
     #[command(flatten)]
     query_api: ::query_api::QueryApiConfig,
+    /// Both APIs authenticate with these options (each its own limits).
+    #[command(flatten)]
+    auth: ::auth::AuthConfig,
     #[command(flatten)]
     orchestrator: saga::OrchestratorArgs,
 }
@@ -41,9 +45,13 @@ impl Args {
 /// shutdown. The first to fail stops the others, which finish their work in
 /// flight, and the process exits with its error.
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    // Refused before anything starts without a JWKS (unless insecure).
+    let authenticator = args.auth.authenticator()?;
+    let command_access = Access::new(authenticator.clone(), &args.auth.rate_limit);
+    let query_access = Access::new(authenticator, &args.auth.rate_limit);
     let pool = db::open(global, args.pool_size()).await?;
-    let command_api = command_api::build(&args.command_api, pool.clone()).await?;
-    let query_api = query_api::build(&args.query_api, pool.clone()).await?;
+    let command_api = command_api::build(&args.command_api, pool.clone(), command_access).await?;
+    let query_api = query_api::build(&args.query_api, pool.clone(), query_access).await?;
     let orchestrator = saga::Orchestrator::build(args.orchestrator, pool.clone()).await?;
     let workers = project::Workers::build(args.kafka.clone(), args.workers, pool.clone())?;
     let relay = relay::Relay::build(

@@ -251,7 +251,12 @@ async fn main() -> Result<(), BoxError> {
         ..Config::default()
     };
     config.db_max_connections = POOL_SIZE;
-    let application = Application::build(&config, pool(POOL_SIZE).await?).await?;
+    let application = Application::build(
+        &config,
+        pool(POOL_SIZE).await?,
+        service::auth::Access::insecure(),
+    )
+    .await?;
     let command_api = application.address();
     let stop = CancellationToken::new();
     let server = tokio::spawn(application.run(stop.clone()));

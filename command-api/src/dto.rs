@@ -150,14 +150,46 @@ pub fn path_sku(value: &str) -> Result<Sku, ApiError> {
 }
 
 // ---------------------------------------------------------------------------
+// Customers
+
+fn optional_customer(raw: Option<&str>) -> Result<Option<CustomerId>, ApiError> {
+    raw.map(|id| uuid("customer_id", id).map(CustomerId::new))
+        .transpose()
+}
+
+/// The customer a command acts for: the one the body names, which must be
+/// the caller's own (403 otherwise), or by default the caller.
+pub fn customer_for(
+    caller: &auth::Caller,
+    named: Option<CustomerId>,
+) -> Result<CustomerId, ApiError> {
+    match (named, caller.customer_id()) {
+        (Some(id), _) if caller.owns(id.as_uuid()) => Ok(id),
+        (Some(_), _) => Err(ApiError::Status {
+            status: axum::http::StatusCode::FORBIDDEN,
+            detail: "a customer acts only for itself: customer_id must be the caller's own"
+                .to_owned(),
+        }),
+        (None, Some(own)) => Ok(CustomerId::new(own)),
+        // Only `--insecure-no-auth` has no customer id of its own.
+        (None, None) => Err(ApiError::InvalidBody(
+            "customer_id is required when the caller is not a customer".to_owned(),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Accounts
 
 /// `POST /accounts`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAccountRequest {
+    /// The caller's own customer id (the default); another customer's is
+    /// 403.
+    #[serde(default)]
     #[schema(format = Uuid)]
-    pub customer_id: String,
+    pub customer_id: Option<String>,
     /// ISO 4217 code, e.g. `EUR`.
     #[schema(example = "EUR")]
     pub currency: String,
@@ -171,7 +203,8 @@ pub struct OpenAccountRequest {
 #[derive(Debug)]
 pub struct OpenAccount {
     pub account_id: Option<AccountId>,
-    pub customer_id: CustomerId,
+    /// As the request named it; [`customer_for`] settles it.
+    pub customer_id: Option<CustomerId>,
     pub currency: Currency,
 }
 
@@ -185,7 +218,7 @@ impl TryFrom<OpenAccountRequest> for OpenAccount {
             .transpose()?;
         Ok(OpenAccount {
             account_id,
-            customer_id: CustomerId::new(uuid("customer_id", &r.customer_id)?),
+            customer_id: optional_customer(r.customer_id.as_deref())?,
             currency: currency(&r.currency)?,
         })
     }
@@ -325,8 +358,11 @@ pub struct ItemResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
+    /// The caller's own customer id (the default); another customer's is
+    /// 403.
+    #[serde(default)]
     #[schema(format = Uuid)]
-    pub customer_id: String,
+    pub customer_id: Option<String>,
     #[schema(format = Uuid)]
     pub account_id: String,
     #[schema(example = "EUR")]
@@ -370,7 +406,8 @@ pub struct ShippingAddressRequest {
 /// are the catalog's, looked up afterwards).
 #[derive(Debug)]
 pub struct PlaceOrder {
-    pub customer_id: CustomerId,
+    /// As the request named it; [`customer_for`] settles it.
+    pub customer_id: Option<CustomerId>,
     pub account_id: AccountId,
     pub currency: Currency,
     pub lines: Vec<RequestedLine>,
@@ -390,7 +427,7 @@ impl TryFrom<PlaceOrderRequest> for PlaceOrder {
     type Error = ApiError;
     fn try_from(r: PlaceOrderRequest) -> Result<Self, ApiError> {
         // Ids first: every 400 before any 422.
-        let customer_id = CustomerId::new(uuid("customer_id", &r.customer_id)?);
+        let customer_id = optional_customer(r.customer_id.as_deref())?;
         let account_id = AccountId::new(uuid("account_id", &r.account_id)?);
         let skus = r
             .lines

@@ -4,6 +4,8 @@ use axum::Json;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{IntoParams, OpenApi};
 
+use service::auth::BearerSecurity;
+
 use crate::dto;
 use crate::error::Problem;
 use crate::routes;
@@ -56,7 +58,8 @@ use crate::routes;
         (name = "orders", description = "Orders; fulfilment runs asynchronously"),
         (name = "sagas", description = "Operator actions on order-fulfilment sagas"),
         (name = "health", description = "Health, metrics, this document"),
-    )
+    ),
+    modifiers(&BearerSecurity)
 )]
 pub struct ApiDoc;
 

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::{from_fn_with_state, map_response_with_state};
+use axum::middleware::{from_fn, from_fn_with_state, map_response_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 use event_store::EventStore;
+use service::auth::{authenticate, customer_only, operator_only, Access};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,11 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 
 /// Every route of the Command API with its middleware. No I/O: handlers can
 /// be driven with `tower::ServiceExt::oneshot`.
-pub fn router(state: AppState) -> Router {
+///
+/// Every route but `/health/*` and `/openapi.json` needs a caller that
+/// `access` lets in (401, 429); each route's role is checked next (403),
+/// before its handler looks at the request (API.md's table).
+pub fn router(state: AppState, access: Access) -> Router {
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuidV7))
         .layer(
@@ -52,20 +57,47 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(state.body_limit()))
         .layer(DefaultBodyLimit::max(state.body_limit()));
 
+    let customer = || from_fn(customer_only);
+    let operator = || from_fn(operator_only);
     Router::new()
-        .route("/accounts", post(accounts::open))
-        .route("/accounts/{id}/deposits", post(accounts::deposit))
-        .route("/accounts/{id}/withdrawals", post(accounts::withdraw))
-        .route("/accounts/{id}/close", post(accounts::close))
-        .route("/inventory", post(inventory::create))
-        .route("/inventory/{sku}/restock", post(inventory::restock))
-        .route("/inventory/{sku}/price", post(inventory::set_price))
-        .route("/orders", post(orders::place))
+        .route("/accounts", post(accounts::open).route_layer(customer()))
+        .route(
+            "/accounts/{id}/deposits",
+            post(accounts::deposit).route_layer(customer()),
+        )
+        .route(
+            "/accounts/{id}/withdrawals",
+            post(accounts::withdraw).route_layer(customer()),
+        )
+        .route(
+            "/accounts/{id}/close",
+            post(accounts::close).route_layer(customer()),
+        )
+        .route(
+            "/inventory",
+            post(inventory::create).route_layer(operator()),
+        )
+        .route(
+            "/inventory/{sku}/restock",
+            post(inventory::restock).route_layer(operator()),
+        )
+        .route(
+            "/inventory/{sku}/price",
+            post(inventory::set_price).route_layer(operator()),
+        )
+        .route("/orders", post(orders::place).route_layer(customer()))
+        // A customer cancels its own order (ownership is the aggregate's),
+        // an operator any.
         .route("/orders/{id}/cancel", post(orders::cancel))
-        .route("/sagas/{order_id}/retry", post(sagas::retry))
+        .route(
+            "/sagas/{order_id}/retry",
+            post(sagas::retry).route_layer(operator()),
+        )
+        .route("/metrics", get(health::metrics).route_layer(operator()))
+        .route_layer(from_fn_with_state(access, authenticate))
+        // Open: no token.
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .layer(middleware)
@@ -84,7 +116,7 @@ pub struct Application {
 impl Application {
     /// Binds `config.bind` and serves with `pool`, which the caller has
     /// migrated and keeps owning (it is not closed on shutdown).
-    pub async fn build(config: &Config, pool: PgPool) -> Result<Application> {
+    pub async fn build(config: &Config, pool: PgPool, access: Access) -> Result<Application> {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -99,7 +131,7 @@ impl Application {
         Ok(Application {
             listener,
             address,
-            router: router(state),
+            router: router(state, access),
             drain: config.request_timeout() + DRAIN_MARGIN,
         })
     }
@@ -120,12 +152,17 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(address = %self.address, "command API listening");
         let stopping = shutdown.clone();
-        let serve = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                stopping.cancelled().await;
-                tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            })
-            .into_future();
+        // With the client's address, for the limit on failed authentication.
+        let serve = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            stopping.cancelled().await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        })
+        .into_future();
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.drain).await;

@@ -139,8 +139,12 @@ async fn main() -> Result<(), BoxError> {
         bind: "127.0.0.1:0".parse()?,
         ..Config::default()
     };
-    let command_app =
-        command_api::Application::build(&command_config, pool(&db.url, 16).await?).await?;
+    let command_app = command_api::Application::build(
+        &command_config,
+        pool(&db.url, 16).await?,
+        service::auth::Access::insecure(),
+    )
+    .await?;
     let command_base: Arc<str> = format!("http://127.0.0.1:{}", command_app.port()).into();
     let command_server = tokio::spawn(command_app.run(shutdown.clone()));
 
@@ -164,7 +168,12 @@ async fn main() -> Result<(), BoxError> {
         addr: "127.0.0.1:0".parse()?,
         ..QueryApiConfig::default()
     };
-    let query_app = query_api::Application::build(&query_config, pool(&db.url, 16).await?).await?;
+    let query_app = query_api::Application::build(
+        &query_config,
+        pool(&db.url, 16).await?,
+        service::auth::Access::insecure(),
+    )
+    .await?;
     let query_base: Arc<str> = format!("http://127.0.0.1:{}", query_app.port()).into();
     let query_server = tokio::spawn(query_app.run(shutdown.clone()));
 

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers and types.
 
+use service::auth::BearerSecurity;
 use utoipa::OpenApi;
 
 use crate::error::Problem;
@@ -43,7 +44,8 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
         (name = "sagas", description = "Order-fulfilment sagas and their steps"),
         (name = "projections", description = "Read-model progress"),
         (name = "operations", description = "Health and metrics"),
-    )
+    ),
+    modifiers(&BearerSecurity)
 )]
 pub struct ApiDoc;
 

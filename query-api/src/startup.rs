@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::{BoxError, Router};
+use service::auth::{authenticate, operator_only, Access};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +31,14 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route, with the middleware stack: request id, trace span (request
 /// id, method, matched path), propagate request id, timeout, body limit.
-pub fn router(state: AppState) -> Router {
+///
+/// Every route but `/health/*` and `/openapi.json` needs a caller that
+/// `access` lets in (401, 429); the operator-only ones answer 403 to
+/// anyone else before their handler looks at the request. What a customer
+/// may see of the rest is each handler's business (its own only).
+pub fn router(state: AppState, access: Access) -> Router {
     let timeout = state.request_timeout;
+    let operator = || from_fn(operator_only);
     Router::new()
         .route("/accounts/{id}", get(accounts::get_account))
         .route(
@@ -41,10 +49,18 @@ pub fn router(state: AppState) -> Router {
         .route("/inventory/{sku}", get(inventory::get_item))
         .route("/orders", get(orders::list_orders))
         .route("/orders/{id}", get(orders::get_order))
-        .route("/sagas", get(sagas::list_sagas))
+        .route("/sagas", get(sagas::list_sagas).route_layer(operator()))
         .route("/sagas/{order_id}", get(sagas::get_saga))
-        .route("/projections", get(projections::list_projections))
-        .route("/metrics", get(projections::metrics))
+        .route(
+            "/projections",
+            get(projections::list_projections).route_layer(operator()),
+        )
+        .route(
+            "/metrics",
+            get(projections::metrics).route_layer(operator()),
+        )
+        .route_layer(from_fn_with_state(access, authenticate))
+        // Open: no token.
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
@@ -103,13 +119,18 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     state: AppState,
+    access: Access,
 }
 
 impl Application {
     /// Binds `config.addr` (port 0 picks a free port) and serves with
     /// `pool`, which the caller has migrated and keeps owning. Does not
     /// touch the database.
-    pub async fn build(config: &QueryApiConfig, pool: PgPool) -> std::io::Result<Application> {
+    pub async fn build(
+        config: &QueryApiConfig,
+        pool: PgPool,
+        access: Access,
+    ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(config.addr).await?;
         let address = listener.local_addr()?;
         let state = AppState::new(pool, Progress::new(config.poll_interval()))
@@ -118,6 +139,7 @@ impl Application {
             listener,
             address,
             state,
+            access,
         })
     }
 
@@ -136,15 +158,20 @@ impl Application {
             listener,
             address,
             state,
+            access,
         } = self;
         let stop_listening = shutdown.child_token();
         let listener_task = state
             .progress
             .spawn_listener(state.pool.clone(), stop_listening.clone());
         tracing::info!(%address, "query API listening");
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        // With the client's address, for the limit on failed authentication.
+        let served = axum::serve(
+            listener,
+            router(state, access).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
         stop_listening.cancel();
         let _ = listener_task.await;
         tracing::info!("query API stopped");

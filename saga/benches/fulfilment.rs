@@ -444,7 +444,12 @@ async fn main() -> Result<(), BoxError> {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Config::default()
     };
-    let application = Application::build(&config, pool(&db.url, 16).await?).await?;
+    let application = Application::build(
+        &config,
+        pool(&db.url, 16).await?,
+        service::auth::Access::insecure(),
+    )
+    .await?;
     let base = format!("http://{}", application.address());
     let api = tokio::spawn(application.run(shutdown.clone()));
 

@@ -1,5 +1,7 @@
 //! What Purser's processes share.
 //!
+//! - [`auth`]: the authentication layer both APIs install (bearer tokens,
+//!   roles, abuse limits) and the bearer scheme of their OpenAPI documents.
 //! - [`problem`]: RFC 9457 problem details (`application/problem+json`), the
 //!   body of every error either HTTP API answers with. Each API keeps its own
 //!   error enum and maps it to a [`Problem`].
@@ -10,6 +12,7 @@
 //! - [`shutdown`]: the process's one signal handler (SIGTERM, ctrl-c), which
 //!   cancels the shutdown token.
 
+pub mod auth;
 pub mod component;
 pub mod problem;
 pub mod shutdown;

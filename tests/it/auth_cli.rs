@@ -116,3 +116,27 @@ fn token_without_a_readable_key_fails_clearly() {
         stderr(&output)
     );
 }
+
+/// Both APIs, alone or in `purser serve`, refuse to start without a JWKS
+/// and say what to do, unless `--insecure-no-auth` (which `scripts/up` and
+/// the test harnesses never rely on by default).
+#[test]
+fn services_refuse_to_start_without_a_jwks() {
+    for command in ["command-api", "query-api", "serve"] {
+        let output = std::process::Command::new(PURSER)
+            .arg(command)
+            .env_remove("PURSER_AUTH_JWKS")
+            .env_remove("PURSER_INSECURE_NO_AUTH")
+            // Never reached: the refusal comes before any connection.
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+            .output()
+            .expect("run purser");
+        assert!(!output.status.success(), "{command} started");
+        let message = stderr(&output);
+        assert!(message.contains("PURSER_AUTH_JWKS"), "{command}: {message}");
+        assert!(
+            message.contains("--insecure-no-auth"),
+            "{command}: {message}"
+        );
+    }
+}

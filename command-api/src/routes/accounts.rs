@@ -1,14 +1,17 @@
 //! `POST /accounts`, `/accounts/{id}/deposits`, `/withdrawals`, `/close`.
 
+use auth::Caller;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use domain::{AccountCommand, AccountId, BankAccount};
 use event_store::Outcome;
 use uuid::Uuid;
 
 use crate::dto::{
-    path_uuid, AccountResponse, CloseAccountRequest, MoneyRequest, OpenAccount, OpenAccountRequest,
+    customer_for, path_uuid, AccountResponse, CloseAccountRequest, MoneyRequest, OpenAccount,
+    OpenAccountRequest,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{Command, PathParam};
@@ -44,21 +47,24 @@ fn account_id(PathParam(id): &PathParam) -> Result<AccountId, ApiError> {
         (status = 201, description = "Opened", body = AccountResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`account_already_exists`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid value or refused", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn open(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request: Command<OpenAccountRequest>,
 ) -> Result<Response, ApiError> {
     let open = OpenAccount::try_from(request.body)?;
+    let customer_id = customer_for(&caller, open.customer_id)?;
     let account_id = open
         .account_id
         .unwrap_or_else(|| AccountId::new(Uuid::now_v7()));
     let command = AccountCommand::Open {
         account_id,
-        customer_id: open.customer_id,
+        customer_id,
         currency: open.currency,
     };
     state

@@ -1,13 +1,15 @@
 //! `POST /orders`, `/orders/{id}/cancel`.
 
+use auth::Caller;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use domain::{OrderCommand, OrderId};
 use uuid::Uuid;
 
 use crate::dto::{
-    path_uuid, CancelOrderRequest, OrderPlacedResponse, OrderResponse, PlaceOrder,
+    customer_for, path_uuid, CancelOrderRequest, OrderPlacedResponse, OrderResponse, PlaceOrder,
     PlaceOrderRequest,
 };
 use crate::error::{ApiError, Problem};
@@ -25,18 +27,21 @@ use crate::state::AppState;
         (status = 202, description = "Placed; the saga takes it from here", body = OrderPlacedResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
         (status = 400, description = "Malformed request, id or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's `unit_price` is not the catalog's), `invalid_order` (also a total past `i64`), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn place(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request: Command<PlaceOrderRequest>,
 ) -> Result<Response, ApiError> {
     let order = PlaceOrder::try_from(request.body)?;
+    let customer_id = customer_for(&caller, order.customer_id)?;
     let order_id = OrderId::new(Uuid::now_v7());
     let command = OrderCommand::Place {
         order_id,
-        customer_id: order.customer_id,
+        customer_id,
         account_id: order.account_id,
         currency: order.currency,
         lines: state.catalog().price(order.lines).await?,

@@ -37,14 +37,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves on 127.0.0.1:0 with `pool`.
+    /// Serves on 127.0.0.1:0 with `pool`, without authentication (the
+    /// harness's explicit choice: tests of other things send no tokens).
     pub async fn start(pool: PgPool, configure: impl FnOnce(&mut Config)) -> Server {
+        Server::start_with_access(pool, service::auth::Access::insecure(), configure).await
+    }
+
+    /// Serves on 127.0.0.1:0 with `pool`, letting callers in as `access`
+    /// says.
+    pub async fn start_with_access(
+        pool: PgPool,
+        access: service::auth::Access,
+        configure: impl FnOnce(&mut Config),
+    ) -> Server {
         let mut config = Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         configure(&mut config);
-        let application = Application::build(&config, pool)
+        let application = Application::build(&config, pool, access)
             .await
             .expect("application binds");
         let address = application.address();
@@ -127,6 +138,14 @@ impl TestApp {
         init_tracing();
         let db = TestDatabase::create().await;
         let server = Server::start(db.pool.clone(), configure).await;
+        TestApp { server, db }
+    }
+
+    /// A server verifying real tokens (`access`).
+    pub async fn spawn_with_access(access: service::auth::Access) -> TestApp {
+        init_tracing();
+        let db = TestDatabase::create().await;
+        let server = Server::start_with_access(db.pool.clone(), access, |_| {}).await;
         TestApp { server, db }
     }
 

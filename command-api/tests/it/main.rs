@@ -1,6 +1,7 @@
 //! Integration tests of the Command API: a real server on 127.0.0.1:0 over
 //! a fresh PostgreSQL database per test.
 
+mod access;
 mod accounts;
 mod concurrency;
 mod connection;
@@ -15,4 +16,5 @@ mod prices;
 mod saga_sim;
 mod sagas;
 mod shutdown;
+mod tokens;
 mod validation;

@@ -161,7 +161,10 @@ async fn a_database_that_is_down_is_503_naming_the_check() {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
         .unwrap();
-    let app = router(AppState::new(EventStore::new(pool), &Config::default()));
+    let app = router(
+        AppState::new(EventStore::new(pool), &Config::default()),
+        service::auth::Access::insecure(),
+    );
 
     let response = app
         .clone()
@@ -208,7 +211,10 @@ async fn validation_needs_no_database() {
     let pool = PgPoolOptions::new()
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
         .unwrap();
-    let app = router(AppState::new(EventStore::new(pool), &Config::default()));
+    let app = router(
+        AppState::new(EventStore::new(pool), &Config::default()),
+        service::auth::Access::insecure(),
+    );
     let response = app
         .oneshot(
             Request::post("/accounts")

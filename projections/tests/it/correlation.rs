@@ -109,9 +109,13 @@ async fn correlation_ids_of_http_requests_reach_the_projection_batch_span() {
         bind: "127.0.0.1:0".parse().expect("address"),
         ..command_api::Config::default()
     };
-    let app = command_api::Application::build(&config, h.db.pool.clone())
-        .await
-        .expect("command API");
+    let app = command_api::Application::build(
+        &config,
+        h.db.pool.clone(),
+        service::auth::Access::insecure(),
+    )
+    .await
+    .expect("command API");
     let base = format!("http://127.0.0.1:{}", app.port());
     let server = tokio::spawn(app.run(shutdown.clone()));
     let http = reqwest::Client::new();

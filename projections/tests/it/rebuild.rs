@@ -437,9 +437,13 @@ async fn the_query_api_answers_throughout_a_rebuild() {
         addr: "127.0.0.1:0".parse().unwrap(),
         ..QueryApiConfig::default()
     };
-    let app = Application::build(&config, h.db.pool.clone())
-        .await
-        .expect("bind");
+    let app = Application::build(
+        &config,
+        h.db.pool.clone(),
+        service::auth::Access::insecure(),
+    )
+    .await
+    .expect("bind");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run(shutdown.clone()));

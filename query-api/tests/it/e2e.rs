@@ -69,9 +69,13 @@ async fn commands_become_visible_through_every_read_endpoint() {
         addr: "127.0.0.1:0".parse().unwrap(),
         ..QueryApiConfig::default()
     };
-    let app = Application::build(&config, h.db.pool.clone())
-        .await
-        .expect("bind");
+    let app = Application::build(
+        &config,
+        h.db.pool.clone(),
+        service::auth::Access::insecure(),
+    )
+    .await
+    .expect("bind");
     let client = Client {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{}", app.port()),

@@ -71,9 +71,13 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..command_api::Config::default()
     };
-    let commands = command_api::Application::build(&api_config, h.db.pool.clone())
-        .await
-        .expect("command API binds");
+    let commands = command_api::Application::build(
+        &api_config,
+        h.db.pool.clone(),
+        service::auth::Access::insecure(),
+    )
+    .await
+    .expect("command API binds");
     let command_base = format!("http://{}", commands.address());
     tasks.push(tokio::spawn({
         let shutdown = shutdown.clone();
@@ -132,6 +136,7 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
             ..QueryApiConfig::default()
         },
         h.db.pool.clone(),
+        service::auth::Access::insecure(),
     )
     .await
     .expect("query API binds");

@@ -299,6 +299,7 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
             ..QueryApiConfig::default()
         },
         h.db.pool.clone(),
+        service::auth::Access::insecure(),
     )
     .await
     .expect("bind");

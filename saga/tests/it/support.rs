@@ -89,9 +89,13 @@ impl World {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
-        let application = Application::build(&api_config, db.pool.clone())
-            .await
-            .expect("command API binds");
+        let application = Application::build(
+            &api_config,
+            db.pool.clone(),
+            service::auth::Access::insecure(),
+        )
+        .await
+        .expect("command API binds");
         let address = application.address();
         let api_shutdown = shutdown.clone();
         let api = tokio::spawn(async move {
