@@ -12,9 +12,17 @@ use tokio::process::{Child, ChildStderr, Command};
 
 use crate::{DEADLINE, PURSER};
 
+/// A development key pair, as `scripts/up` makes one.
+fn keys() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    auth::init_keys(dir.path()).expect("auth init");
+    dir
+}
+
 /// `purser serve` on `db`, every address on a free port, topics of its own,
-/// JSON logs on a piped stderr.
-fn serve(db: &TestDatabase, migrate: bool) -> Child {
+/// tokens verified with the key pair in `keys`, JSON logs on a piped
+/// stderr.
+fn serve(db: &TestDatabase, migrate: bool, keys: &std::path::Path) -> Child {
     let kafka = kafka::KafkaConfig::isolated("serve");
     let mut command = Command::new(PURSER);
     command
@@ -25,6 +33,8 @@ fn serve(db: &TestDatabase, migrate: bool) -> Child {
         .args(["--kafka-brokers", &kafka.brokers])
         .args(["--kafka-topic-prefix", &kafka.topic_prefix])
         .env("RUST_LOG", "info,sqlx=warn")
+        .env("PURSER_AUTH_JWKS", keys.join(auth::JWKS_FILE))
+        .env_remove("PURSER_INSECURE_NO_AUTH")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -69,7 +79,8 @@ async fn address_logged(lines: &mut Lines<BufReader<ChildStderr>>, message: &str
 #[tokio::test]
 async fn serve_refuses_an_unmigrated_database_and_creates_nothing() {
     let db = TestDatabase::create_unmigrated().await;
-    let child = serve(&db, false);
+    let keys = keys();
+    let child = serve(&db, false, keys.path());
     let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
         .await
         .expect("purser serve exits")
@@ -85,7 +96,8 @@ async fn serve_refuses_an_unmigrated_database_and_creates_nothing() {
 #[tokio::test]
 async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
     let db = TestDatabase::create_unmigrated().await;
-    let mut child = serve(&db, true);
+    let keys = keys();
+    let mut child = serve(&db, true, keys.path());
     let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
     let command_api = address_logged(&mut lines, "command API listening").await;
     let query_api = address_logged(&mut lines, "query API listening").await;
@@ -116,13 +128,39 @@ async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
         })
         .await;
     }
+    // Both APIs verify tokens: none is 401, a customer's opens its account.
+    let anonymous = http
+        .post(format!("http://{command_api}/accounts"))
+        .json(&serde_json::json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect("open an account");
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let signing_key =
+        std::fs::read_to_string(keys.path().join(auth::SIGNING_KEY_FILE)).expect("signing key");
+    let customer = uuid::Uuid::now_v7();
+    let token = auth::issue_token(
+        &signing_key,
+        &auth::Subject::Customer(customer),
+        Duration::from_secs(600),
+        auth::DEFAULT_ISSUER,
+        auth::DEFAULT_AUDIENCE,
+    )
+    .expect("token");
     let opened = http
         .post(format!("http://{command_api}/accounts"))
-        .json(&serde_json::json!({"customer_id": uuid::Uuid::now_v7(), "currency": "EUR"}))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"currency": "EUR"}))
         .send()
         .await
         .expect("open an account");
     assert_eq!(opened.status(), reqwest::StatusCode::CREATED);
+    let queried = http
+        .get(format!("http://{query_api}/orders"))
+        .send()
+        .await
+        .expect("list orders");
+    assert_eq!(queried.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     let pid = child.id().expect("running").to_string();
     let signalled = tokio::process::Command::new("kill")
