@@ -182,17 +182,23 @@ impl Drop for Gateway {
 struct Service {
     _child: Child,
     port: u16,
+    /// The key pair whose JWKS the service verifies tokens with.
+    _keys: tempfile::TempDir,
 }
 
 impl Service {
     async fn start(db: &TestDatabase, args: &[&str]) -> Service {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
+        let keys = tempfile::tempdir().expect("temporary directory");
+        auth::init_keys(keys.path()).expect("auth init");
         let child = Command::new(PURSER)
             .args(args)
             .arg(&address)
             .args(["--database-url", &db.url])
             .env("RUST_LOG", "warn")
+            .env("PURSER_AUTH_JWKS", keys.path().join(auth::JWKS_FILE))
+            .env_remove("PURSER_INSECURE_NO_AUTH")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -220,6 +226,7 @@ impl Service {
         Service {
             _child: child,
             port,
+            _keys: keys,
         }
     }
 }
