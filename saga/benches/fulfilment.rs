@@ -6,7 +6,8 @@
 //! In one process, against a fresh database on the server at `DATABASE_URL`
 //! and a random topic prefix on the broker at `KAFKA_BROKERS` (default
 //! 127.0.0.1:9092): the Command API (port 0, a pool of 16), the relay (a
-//! pool of 4) and the saga orchestrator with its trigger (default
+//! pool of 4) and the saga orchestrator with its trigger, which tails the
+//! event store and needs no broker (default
 //! `SagaConfig`, the simulated carrier answering at once, a pool of 16), as
 //! `purser serve` wires them. `BENCH_ACCOUNTS` (200) accounts with money to
 //! spare and `BENCH_SKUS` (50) SKUs with stock to spare, so every order
@@ -29,13 +30,12 @@
 //! deposits round-robin over the accounts for `BENCH_DEPOSIT_SECONDS` (5)
 //! per round, against the same Command API while the relay and the
 //! orchestrator run idle. `BENCH_ROUNDS` (3) rounds of each, alternating
-//! which goes first, after a warm-up of each (the trigger's consumer group
-//! forms during it).
+//! which goes first, after a warm-up of each.
 //!
 //! Diagnostics, printed after the figures: the median time between the
 //! stages of the measured sagas (from their events' `recorded_at`); how long
-//! an `OrderPlaced` takes to reach a second consumer group (the relay and
-//! Kafka without the trigger); and, sampled every 50 ms during the order
+//! an `OrderPlaced` takes to reach a consumer group (the relay and Kafka, the
+//! read models' path, which the saga no longer takes); and, sampled every 50 ms during the order
 //! rounds, the age of the relay's last checkpointed event and of the oldest
 //! transaction elsewhere on the database server (the relay reads only below
 //! the server-wide xmin). `BENCH_RELAY_IDLE_WAIT_MS` sets the relay's idle
@@ -559,7 +559,7 @@ async fn main() -> Result<(), BoxError> {
         waiting,
     });
 
-    // Warm-up: the trigger's consumer group forms, connections open.
+    // Warm-up: connections open, the trigger starts listening.
     let warmup = Instant::now();
     futures::future::try_join_all((0..WARMUP_ORDERS).map(|n| shop.order_shipped(n))).await?;
     sagas_settled(&watcher_pool).await?;
@@ -658,7 +658,7 @@ async fn main() -> Result<(), BoxError> {
     let stages = stages(&watcher_pool, since).await?;
     println!(
         "where the time goes (medians over the measured orders, from the events' recorded_at): \
-         placed -> saga started {:.1} ms (relay, Kafka, trigger), saga started -> first step \
+         placed -> saga started {:.1} ms (LISTEN wake-up, trigger, claim), saga started -> first step \
          {:.1} ms (claim), first step -> order shipped {:.1} ms (reserve, charge, ship and \
          their records), shipped -> saga completed {:.1} ms (commits)",
         stages[0], stages[1], stages[2], stages[3]
@@ -669,7 +669,7 @@ async fn main() -> Result<(), BoxError> {
         samples.sort_unstable();
     }
     println!(
-        "  the Kafka hop: OrderPlaced appended -> delivered to a second consumer group \
+        "  the Kafka hop (the read models' path): OrderPlaced appended -> delivered to a consumer group \
          p50 {:.1} ms, p99 {:.1} ms ({} orders); age of the relay's last checkpointed event \
          (published and acknowledged) p50 {:.1} ms, p90 {:.1} ms; oldest transaction holding \
          an xid in another database of this server p50 {:.1} ms, p90 {:.1} ms ({} samples \
