@@ -40,10 +40,12 @@
 //! horizon is server-wide: any transaction elsewhere on the server holds it
 //! back. Since acting twice on an event is harmless, the trigger does not
 //! wait for it: it acts on every committed trigger event after the
-//! checkpoint, settled or not, and remembers (in memory) the ones it acted on
-//! beyond the horizon so that it does not wake them again when the
-//! checkpoint catches up. Another process, or this one after a restart,
-//! may wake them once more; that costs one more look at the saga.
+//! checkpoint, settled or not, and remembers (in memory, up to
+//! [`MAX_AHEAD`]) the ones it acted on beyond the horizon; its reads leave
+//! those out, so they neither take a batch's room nor get woken again, and
+//! the checkpoint moves over them once they settle. Another process, or this
+//! one after a restart, may wake them once more; that costs one more look
+//! at the saga (and for an `OrderPlaced` whose saga exists, not even that).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -58,24 +60,34 @@ use crate::{Orchestrator, Result, PAUSE_AFTER_ENV};
 /// Trigger events read in one step at most.
 const BATCH: i64 = 1_000;
 
+/// Most events remembered as acted on beyond the horizon. Past it (the
+/// horizon held back for long by a transaction elsewhere, with thousands of
+/// orders placed meanwhile), newer events wait for the horizon like any
+/// gap-safe reader's.
+const MAX_AHEAD: usize = 20_000;
+
 /// The value of [`PAUSE_AFTER_ENV`] that stops the trigger for ever after it
 /// wrote a step's `saga.due` rows and before it recorded its checkpoint
 /// (the step's transaction still open), for crash tests.
 pub const PAUSE_IN_TRIGGER: &str = "trigger";
 
-/// The trigger events after a checkpoint, with whether each is below the
-/// gap-safe horizon (`settled`). The first two conditions are the predicate
-/// of `events_saga_trigger_idx` (migration 0008), word for word; the ORDER
-/// BY names the table's columns so that the index serves it.
+/// The gap-safe horizon: every transaction with a smaller id has finished,
+/// so its events are visible to any later statement.
+const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// The committed trigger events after a checkpoint, but for those at the
+/// positions of `$3` (acted on already). The first two conditions are the
+/// predicate of `events_saga_trigger_idx` (migration 0008), word for word;
+/// the ORDER BY names the table's columns so that the index serves it.
 const READ: &str = "\
-SELECT transaction_id::text::bigint, position, stream_id, event_type,
-       transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) AS settled
+SELECT transaction_id::text::bigint, position, stream_id, event_type
 FROM event_store.events
 WHERE stream_type IN ('order', 'saga')
   AND event_type IN ('OrderPlaced', 'CancellationRequested', 'SagaRetried')
   AND (transaction_id, position) > ($1::text::xid8, $2)
+  AND position <> ALL($3::bigint[])
 ORDER BY events.transaction_id, events.position
-LIMIT $3";
+LIMIT $4";
 
 /// Orders placed: a row for each whose saga has no stream yet, unless it has
 /// one (already due, or being driven).
@@ -166,13 +178,18 @@ impl Trigger {
                 .fetch_optional(&mut *tx)
                 .await?
                 .unwrap_or((0, 0));
-        let rows: Vec<(i64, i64, String, String, bool)> = sqlx::query_as(READ)
+        // Before the read: every event of a transaction below it is visible
+        // to the read.
+        let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *tx).await?;
+        let skip: Vec<i64> = self.ahead.iter().map(|(_, position)| *position).collect();
+        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(READ)
             .bind(checkpoint.0.to_string())
             .bind(checkpoint.1)
+            .bind(&skip)
             .bind(BATCH)
             .fetch_all(&mut *tx)
             .await?;
-        if rows.is_empty() {
+        if rows.is_empty() && self.ahead.is_empty() {
             tx.commit().await?;
             self.more = false;
             return Ok(TriggerOutcome::Idle);
@@ -181,18 +198,13 @@ impl Trigger {
         let mut placed = Vec::new();
         let mut woken = Vec::new();
         let mut acted_ahead = Vec::new();
-        let mut settled_up_to = checkpoint;
-        for (transaction_id, position, stream_id, event_type, settled) in &rows {
-            let key = (*transaction_id, *position);
-            // Settled events come first (the order is by transaction id).
-            if *settled {
-                settled_up_to = key;
-            }
-            if self.ahead.contains(&key) {
-                continue;
-            }
-            if !*settled {
-                acted_ahead.push(key);
+        for (transaction_id, position, stream_id, event_type) in &rows {
+            if *transaction_id >= horizon {
+                if self.ahead.len() + acted_ahead.len() >= MAX_AHEAD {
+                    // Acted on once settled.
+                    continue;
+                }
+                acted_ahead.push((*transaction_id, *position));
             }
             let Some(order_id) = order_id_of(stream_id) else {
                 tracing::error!(%stream_id, "skipping an event whose stream id names no order");
@@ -204,6 +216,21 @@ impl Trigger {
                 woken.push(order_id.as_uuid());
             }
         }
+        // The new checkpoint: the last settled event handled, read now or
+        // acted on before. Every event up to it is one of those (the read
+        // leaves out only the ones acted on before, and returns all the
+        // others up to its last row; all of them when the batch is not
+        // full), and none can appear below it any more.
+        let full = rows.len() == BATCH as usize;
+        let last_read = rows.last().map(|(t, p, _, _)| (*t, *p));
+        let within = |key: &Key| !full || last_read.is_some_and(|last| *key <= last);
+        let settled_up_to = rows
+            .iter()
+            .map(|(t, p, _, _)| (*t, *p))
+            .chain(self.ahead.iter().copied())
+            .filter(|key| key.0 < horizon && within(key))
+            .max()
+            .map_or(checkpoint, |key| key.max(checkpoint));
 
         let mut due = 0;
         if !placed.is_empty() {
@@ -220,7 +247,7 @@ impl Trigger {
                 .await?
                 .rows_affected();
         }
-        if self.pause {
+        if self.pause && !rows.is_empty() {
             eprintln!(
                 "{PAUSE_AFTER_ENV}: paused after {PAUSE_IN_TRIGGER} read {} events, \
                  before its checkpoint",
@@ -239,9 +266,8 @@ impl Trigger {
         tx.commit().await?;
 
         // A full batch that got somewhere: there may be more at once. (A
-        // batch full of events acted on already waits like an empty one.)
-        self.more = rows.len() == BATCH as usize
-            && (settled_up_to != checkpoint || !acted_ahead.is_empty());
+        // batch full of events left for later waits like an empty one.)
+        self.more = full && (settled_up_to != checkpoint || !acted_ahead.is_empty());
         self.ahead.extend(acted_ahead);
         self.ahead = self
             .ahead
