@@ -9,6 +9,8 @@ use crate::{db, GlobalArgs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
+    pub http: service::HttpConfig,
+    #[command(flatten)]
     pub config: ::command_api::Config,
     #[command(flatten)]
     pub auth: ::auth::AuthConfig,
@@ -30,8 +32,10 @@ pub async fn build(
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
     // Refused before anything else without a JWKS (unless insecure).
     let access = service::auth::Access::from_config(&args.auth)?;
-    let pool = db::open(global, args.config.db_max_connections).await?;
-    build(&args.config, pool, access)
+    let mut config = args.config;
+    config.http = args.http;
+    let pool = db::open(global, config.db_max_connections).await?;
+    build(&config, pool, access)
         .await?
         .run(shutdown)
         .await

@@ -6,11 +6,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{db, GlobalArgs};
 
 /// Connections the Query API uses.
-pub const POOL_SIZE: u32 = 20;
+pub const POOL_SIZE: u32 = ::query_api::config::POOL_SIZE;
 
 /// Options of `purser query-api`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub http: service::HttpConfig,
     #[command(flatten)]
     pub config: ::query_api::QueryApiConfig,
     #[command(flatten)]
@@ -33,8 +35,10 @@ pub async fn build(
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
     // Refused before anything else without a JWKS (unless insecure).
     let access = service::auth::Access::from_config(&args.auth)?;
+    let mut config = args.config;
+    config.http = args.http;
     let pool = db::open(global, POOL_SIZE).await?;
-    build(&args.config, pool, access)
+    build(&config, pool, access)
         .await?
         .run(shutdown)
         .await

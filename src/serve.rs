@@ -13,6 +13,8 @@ use crate::{command_api, db, project, query_api, relay, saga, GlobalArgs};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
+    http: service::HttpConfig,
+    #[command(flatten)]
     command_api: ::command_api::Config,
     #[command(flatten)]
     kafka: kafka::KafkaConfig,
@@ -44,11 +46,14 @@ impl Args {
 /// before anything runs), then runs each in a task of its own until
 /// shutdown. The first to fail stops the others, which finish their work in
 /// flight, and the process exits with its error.
-pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToken) -> Result<()> {
     // Refused before anything starts without a JWKS (unless insecure).
     let authenticator = args.auth.authenticator()?;
     let command_access = Access::new(authenticator.clone(), &args.auth.rate_limit);
     let query_access = Access::new(authenticator, &args.auth.rate_limit);
+    // One set of listener limits for both APIs.
+    args.command_api.http = args.http.clone();
+    args.query_api.http = args.http.clone();
     let pool = db::open(global, args.pool_size()).await?;
     let command_api = command_api::build(&args.command_api, pool.clone(), command_access).await?;
     let query_api = query_api::build(&args.query_api, pool.clone(), query_access).await?;

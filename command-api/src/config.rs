@@ -61,6 +61,12 @@ pub struct Config {
         default_value_t = DEFAULT_MAX_RETRIES
     )]
     pub max_retries: u32,
+
+    /// The listener's limits (header and idle timeouts, concurrency cap):
+    /// options of the process, which the binary flattens once and copies
+    /// here, so `purser serve` has one set for both APIs.
+    #[arg(skip)]
+    pub http: service::HttpConfig,
 }
 
 /// The defaults, as `purser command-api` with no flags and no environment
@@ -75,6 +81,7 @@ impl Default for Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_retries: DEFAULT_MAX_RETRIES,
+            http: service::HttpConfig::default(),
         }
     }
 }
@@ -82,6 +89,12 @@ impl Default for Config {
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Requests handled at once before shedding load (503).
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.http
+            .max_concurrent_requests_for(self.db_max_connections)
     }
 }
 

@@ -17,7 +17,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 /// `Idempotent-Replayed`, set to `true` on a replayed answer.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// `x-request-id`.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use service::middleware::REQUEST_ID;
 
 /// The longest `Idempotency-Key` accepted.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;

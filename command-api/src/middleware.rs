@@ -4,13 +4,11 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::trace::{MakeSpan, OnResponse};
 use tracing::Span;
-use uuid::Uuid;
 
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::extract::REQUEST_ID;
@@ -18,18 +16,6 @@ use crate::state::AppState;
 
 /// The route label of a request that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-/// Makes a uuid v7 request id when the client sent none.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MakeRequestUuidV7;
-
-impl MakeRequestId for MakeRequestUuidV7 {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
-    }
-}
 
 fn route_of<B>(request: &axum::http::Request<B>) -> &str {
     request

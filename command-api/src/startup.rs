@@ -1,7 +1,6 @@
 //! The router (no I/O) and the application (binds, serves, shuts down
 //! gracefully).
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,13 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::middleware::{
-    not_found, problem_for_bare_errors, record_metrics, timeout, MakeRequestUuidV7, RequestEnd,
-    RequestSpan,
+    not_found, problem_for_bare_errors, record_metrics, timeout, RequestEnd, RequestSpan,
 };
 use crate::routes::{accounts, health, inventory, orders, sagas};
 use crate::state::AppState;
@@ -39,7 +36,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 /// before its handler looks at the request (API.md's table).
 pub fn router(state: AppState, access: Access) -> Router {
     let middleware = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuidV7))
+        .layer(from_fn(service::middleware::request_id))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(RequestSpan)
@@ -47,11 +44,14 @@ pub fn router(state: AppState, access: Access) -> Router {
                 .on_response(RequestEnd)
                 .on_failure(()),
         )
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(from_fn_with_state(state.clone(), record_metrics))
         .layer(map_response_with_state(
             state.clone(),
             problem_for_bare_errors,
+        ))
+        .layer(from_fn_with_state(
+            state.concurrency().clone(),
+            service::middleware::shed_load,
         ))
         .layer(from_fn_with_state(state.clone(), timeout))
         .layer(RequestBodyLimitLayer::new(state.body_limit()))
@@ -111,6 +111,7 @@ pub struct Application {
     router: Router,
     /// How long shutdown waits for open connections.
     drain: Duration,
+    http: service::HttpConfig,
 }
 
 impl Application {
@@ -133,6 +134,7 @@ impl Application {
             address,
             router: router(state, access),
             drain: config.request_timeout() + DRAIN_MARGIN,
+            http: config.http.clone(),
         })
     }
 
@@ -151,29 +153,9 @@ impl Application {
     /// signal (a client that never finishes sending its request) is dropped.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(address = %self.address, "command API listening");
-        let stopping = shutdown.clone();
-        // With the client's address, for the limit on failed authentication.
-        let serve = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            stopping.cancelled().await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        })
-        .into_future();
-        let drain_deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(self.drain).await;
-        };
-        let served = tokio::select! {
-            served = serve => served,
-            () = drain_deadline => {
-                tracing::warn!(drain = ?self.drain, "connections still open after the drain period; stopping anyway");
-                Ok(())
-            }
-        };
+        let served =
+            service::http::serve(self.listener, self.router, &self.http, shutdown, self.drain)
+                .await;
         tracing::info!("command API stopped");
         served.map_err(Error::Serve)
     }

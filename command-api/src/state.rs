@@ -28,6 +28,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     body_limit: usize,
     request_timeout: Duration,
+    concurrency: service::ConcurrencyCap,
 }
 
 impl AppState {
@@ -58,6 +59,7 @@ impl AppState {
                 metrics,
                 body_limit: config.body_limit,
                 request_timeout: config.request_timeout(),
+                concurrency: service::ConcurrencyCap::new(config.max_concurrent_requests()),
             }),
         }
     }
@@ -97,5 +99,10 @@ impl AppState {
 
     pub fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// The cap on requests in flight (load shedding).
+    pub fn concurrency(&self) -> &service::ConcurrencyCap {
+        &self.inner.concurrency
     }
 }

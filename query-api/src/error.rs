@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The request did not finish in time (503 `timeout`).
     #[error("the request did not complete within {0:?}")]
     Timeout(Duration),
+    /// Too many requests at once (503 `overloaded`).
+    #[error("{0}")]
+    Overloaded(String),
     /// A dependency is down (503 `service_unavailable`).
     #[error("{detail}")]
     Unavailable {
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MinVersionTimeout { .. }
             | ApiError::Timeout(_)
+            | ApiError::Overloaded(_)
             | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MinVersionTimeout { .. } => "min_version_timeout",
             ApiError::Timeout(_) => "timeout",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Database(e) if is_unavailable(e) => "service_unavailable",
             ApiError::Database(_) => "internal_error",
@@ -110,6 +115,7 @@ impl ApiError {
             }
             ApiError::Unavailable { detail, .. } => tracing::warn!(detail, "unavailable"),
             ApiError::Timeout(limit) => tracing::warn!(?limit, "request timed out"),
+            ApiError::Overloaded(detail) => tracing::warn!(detail, "overloaded"),
             ApiError::MinVersionTimeout {
                 min_version,
                 waited,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,9 @@ pub const MAX_WAIT_MS: u64 = 10_000;
 pub struct Progress {
     channels: Arc<HashMap<&'static str, watch::Sender<u64>>>,
     poll: Duration,
+    /// One permit per request allowed to wait at once.
+    waiters: Arc<Semaphore>,
+    max_waiters: usize,
 }
 
 impl Progress {
@@ -40,7 +43,17 @@ impl Progress {
         Progress {
             channels: Arc::new(channels),
             poll,
+            waiters: Arc::new(Semaphore::new(crate::config::DEFAULT_MAX_WAITERS)),
+            max_waiters: crate::config::DEFAULT_MAX_WAITERS,
         }
+    }
+
+    /// At most `max` requests wait at once; one more is refused with 503
+    /// `overloaded` rather than queued.
+    pub fn with_max_waiters(mut self, max: usize) -> Self {
+        self.waiters = Arc::new(Semaphore::new(max));
+        self.max_waiters = max;
+        self
     }
 
     /// Wakes the waiters of `projection`.
@@ -66,7 +79,8 @@ impl Progress {
 
     /// Runs `read` until it yields `Some`, re-running it when `projection`
     /// progresses (or every poll interval), until `wait` has elapsed: then
-    /// 503 `min_version_timeout`.
+    /// 503 `min_version_timeout`. A request that has to wait while the cap
+    /// of waiters is reached is answered 503 `overloaded` at once.
     pub async fn wait_for<T, F, Fut>(
         &self,
         projection: &str,
@@ -80,6 +94,7 @@ impl Progress {
     {
         let deadline = Instant::now() + wait;
         let mut receiver = self.channels.get(projection).map(watch::Sender::subscribe);
+        let mut permit = None;
         loop {
             // Mark the current progress as seen *before* reading, so that a
             // notification arriving during the read is not missed.
@@ -88,6 +103,15 @@ impl Progress {
             }
             if let Some(found) = read().await? {
                 return Ok(found);
+            }
+            if permit.is_none() {
+                let acquired = Arc::clone(&self.waiters).try_acquire_owned();
+                permit = Some(acquired.map_err(|_| {
+                    ApiError::Overloaded(format!(
+                        "{} requests are already waiting for a read model; retry later",
+                        self.max_waiters
+                    ))
+                })?);
             }
             let now = Instant::now();
             if now >= deadline {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::{BoxError, Router};
@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::config::QueryApiConfig;
@@ -27,10 +26,14 @@ use crate::state::AppState;
 /// Request bodies are not used by any endpoint; refuse large ones early.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use service::middleware::REQUEST_ID;
 
-/// Every route, with the middleware stack: request id, trace span (request
-/// id, method, matched path), propagate request id, timeout, body limit.
+/// What shutdown waits beyond the request timeout for connections to close.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every route, with the middleware stack: request id (set and sent back),
+/// trace span (request id, method, matched path), load shedding, timeout,
+/// body limit.
 ///
 /// Every route but `/health/*` and `/openapi.json` needs a caller that
 /// `access` lets in (401, 429); the operator-only ones answer 403 to
@@ -39,6 +42,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState, access: Access) -> Router {
     let timeout = state.request_timeout;
     let operator = || from_fn(operator_only);
+    let concurrency = state.concurrency.clone();
     Router::new()
         .route("/accounts/{id}", get(accounts::get_account))
         .route(
@@ -68,9 +72,12 @@ pub fn router(state: AppState, access: Access) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(from_fn(service::middleware::request_id))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    concurrency,
+                    service::middleware::shed_load,
+                ))
                 .layer(HandleErrorLayer::new(move |error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {
                         ApiError::Timeout(timeout)
@@ -120,6 +127,7 @@ pub struct Application {
     address: SocketAddr,
     state: AppState,
     access: Access,
+    http: service::HttpConfig,
 }
 
 impl Application {
@@ -133,13 +141,16 @@ impl Application {
     ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(config.addr).await?;
         let address = listener.local_addr()?;
-        let state = AppState::new(pool, Progress::new(config.poll_interval()))
-            .with_request_timeout(config.request_timeout());
+        let progress = Progress::new(config.poll_interval()).with_max_waiters(config.max_waiters);
+        let state = AppState::new(pool, progress)
+            .with_request_timeout(config.request_timeout())
+            .with_max_concurrent_requests(config.max_concurrent_requests());
         Ok(Application {
             listener,
             address,
             state,
             access,
+            http: config.http.clone(),
         })
     }
 
@@ -159,19 +170,16 @@ impl Application {
             address,
             state,
             access,
+            http,
         } = self;
+        let drain = state.request_timeout + DRAIN_MARGIN;
         let stop_listening = shutdown.child_token();
         let listener_task = state
             .progress
             .spawn_listener(state.pool.clone(), stop_listening.clone());
         tracing::info!(%address, "query API listening");
-        // With the client's address, for the limit on failed authentication.
-        let served = axum::serve(
-            listener,
-            router(state, access).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+        let served =
+            service::http::serve(listener, router(state, access), &http, shutdown, drain).await;
         stop_listening.cancel();
         let _ = listener_task.await;
         tracing::info!("query API stopped");

@@ -14,6 +14,8 @@ pub struct AppState {
     pub progress: Progress,
     /// Upper bound of a whole request (waits included).
     pub request_timeout: Duration,
+    /// The cap on requests in flight (load shedding).
+    pub concurrency: service::ConcurrencyCap,
     /// `events_applied` per projection at the previous `/metrics` scrape, to
     /// report an apply rate.
     pub(crate) applied_samples: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
@@ -27,8 +29,17 @@ impl AppState {
             pool,
             progress,
             request_timeout: Duration::from_secs(15),
+            concurrency: service::ConcurrencyCap::new(
+                crate::QueryApiConfig::default().max_concurrent_requests(),
+            ),
             applied_samples: Arc::default(),
         }
+    }
+
+    /// At most `max` requests in flight (health checks aside).
+    pub fn with_max_concurrent_requests(mut self, max: usize) -> Self {
+        self.concurrency = service::ConcurrencyCap::new(max);
+        self
     }
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {

@@ -5,6 +5,10 @@
 //! - [`problem`]: RFC 9457 problem details (`application/problem+json`), the
 //!   body of every error either HTTP API answers with. Each API keeps its own
 //!   error enum and maps it to a [`Problem`].
+//! - [`http`]: serving a router with header-read and idle timeouts and
+//!   graceful shutdown ([`http::serve`]), configured by [`HttpConfig`].
+//! - [`middleware`]: the request id rule and load shedding, the same in
+//!   both APIs.
 //! - [`component`]: the one shape every long-running part of `purser` has
 //!   (built with the process's pool, then run until the shutdown token is
 //!   cancelled), and [`Components`], which runs several as tasks of their
@@ -14,10 +18,14 @@
 
 pub mod auth;
 pub mod component;
+pub mod http;
+pub mod middleware;
 pub mod problem;
 pub mod shutdown;
 
 pub use component::{Component, Components, Stopped};
+pub use http::HttpConfig;
+pub use middleware::ConcurrencyCap;
 pub use problem::{problem_response, Problem, PROBLEM_JSON};
 pub use shutdown::cancel_on_signal;
 pub use tokio_util::sync::CancellationToken;

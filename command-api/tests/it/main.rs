@@ -8,6 +8,7 @@ mod connection;
 mod helpers;
 mod idempotency;
 mod inventory;
+mod limits;
 mod observability;
 mod orders;
 mod prices;

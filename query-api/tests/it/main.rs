@@ -5,6 +5,7 @@
 
 mod e2e;
 mod handlers;
+mod limits;
 mod operator;
 mod prices;
 mod progress;

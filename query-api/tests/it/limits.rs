@@ -1,0 +1,149 @@
+//! Load shedding: a cap on requests in flight and on `min_version` waiters,
+//! each answered 503 `overloaded` with `Retry-After` when reached, and the
+//! request id rule.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request};
+use query_api::{AppState, Progress};
+use uuid::Uuid;
+
+use crate::support::{assert_problem, send, Harness};
+
+/// Starts a read of `account` waiting for a version it never reaches within
+/// ten seconds, and returns once it waits.
+async fn hold_a_waiter(
+    state: &AppState,
+    account: Uuid,
+) -> tokio::task::JoinHandle<crate::support::Response> {
+    let uri = format!("/accounts/{account}?min_version=50&wait_ms=10000");
+    let waiting = tokio::spawn({
+        let state = state.clone();
+        async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
+    });
+    let progress = &state.progress;
+    migrations::testing::eventually(
+        "the request to wait",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        move || async move {
+            if progress.waiters("accounts") > 0 {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    waiting
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_waiters_over_the_cap_are_shed_at_once() {
+    let h = Harness::new().await;
+    let account = h.open_account(Uuid::now_v7()).await;
+    h.project_all().await;
+    let state = AppState::new(
+        h.db.pool.clone(),
+        Progress::new(Duration::from_millis(50)).with_max_waiters(1),
+    );
+    let waiting = hold_a_waiter(&state, account).await;
+
+    let started = Instant::now();
+    let shed = h
+        .get_with(
+            state.clone(),
+            &format!("/accounts/{account}?min_version=50&wait_ms=5000"),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2), "shed at once");
+    assert_problem(&shed, 503, "overloaded");
+    assert_eq!(shed.headers["retry-after"], "1");
+    // A read that needs no wait is served; so is one already satisfied.
+    let plain = h
+        .get_with(state.clone(), &format!("/accounts/{account}"))
+        .await;
+    assert_eq!(plain.status, 200, "{}", plain.text);
+    let reached = h
+        .get_with(state.clone(), &format!("/accounts/{account}?min_version=1"))
+        .await;
+    assert_eq!(reached.status, 200, "{}", reached.text);
+    assert!(!waiting.is_finished(), "the waiter still waits");
+    waiting.abort();
+    h.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
+    let h = Harness::new().await;
+    let account = h.open_account(Uuid::now_v7()).await;
+    h.project_all().await;
+    let state = AppState::new(h.db.pool.clone(), Progress::new(Duration::from_millis(50)))
+        .with_max_concurrent_requests(1);
+    let waiting = hold_a_waiter(&state, account).await;
+
+    let started = Instant::now();
+    let shed = h
+        .get_with(state.clone(), &format!("/accounts/{account}"))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2), "shed at once");
+    assert_problem(&shed, 503, "overloaded");
+    assert_eq!(shed.headers["retry-after"], "1");
+    let live = h.get_with(state.clone(), "/health/live").await;
+    assert_eq!(live.status, 200);
+    waiting.abort();
+    // The slot is free again once the held request is gone.
+    migrations::testing::eventually(
+        "the slot to be released",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            if state.concurrency.in_flight() == 0 {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    let served = h
+        .get_with(state.clone(), &format!("/accounts/{account}"))
+        .await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    h.drop().await;
+}
+
+#[tokio::test]
+async fn request_ids_outside_the_safe_alphabet_or_length_are_replaced() {
+    let h = Harness::new().await;
+    let valid = "trace:0123.abc_DEF-9";
+    let too_long = "x".repeat(129);
+    let cases = [
+        (HeaderValue::from_static(valid), true),
+        (HeaderValue::from_str(&too_long).unwrap(), false),
+        (HeaderValue::from_static("with space"), false),
+        (HeaderValue::from_static("a/b"), false),
+        (
+            HeaderValue::from_bytes("\u{fc}ber".as_bytes()).unwrap(),
+            false,
+        ),
+        (HeaderValue::from_static(""), false),
+    ];
+    for (sent, kept) in cases {
+        let request = Request::get("/health/live")
+            .header("x-request-id", sent.clone())
+            .body(Body::empty())
+            .unwrap();
+        let response = send(h.state(Duration::from_millis(50)), request).await;
+        let echoed = response.headers["x-request-id"].clone();
+        if kept {
+            assert_eq!(echoed, sent);
+        } else {
+            assert_ne!(echoed, sent);
+            let fresh: Uuid = echoed.to_str().unwrap().parse().expect("a uuid");
+            assert_eq!(fresh.get_version_num(), 7);
+        }
+    }
+    h.drop().await;
+}
