@@ -1,16 +1,16 @@
-//! Abuse limits on a real socket: header-read and idle timeouts, load
-//! shedding, and the request id rule.
+//! Abuse limits on a real socket: header-read and idle timeouts, and the
+//! request id rule (load shedding: query-api's `limits` tests).
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, TestApp};
+use crate::helpers::{assert_json, TestApp};
 
 /// Reads until the server closes the connection (or resets it); what it
 /// sent before.
@@ -89,59 +89,6 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
         .await
         .expect("an idle connection is closed");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_over_the_concurrency_cap_are_shed_with_503() {
-    let app = TestApp::spawn_with(|config| config.http.max_concurrent_requests = Some(2)).await;
-    let account = app.open_account(100).await;
-    let path = format!("/accounts/{account}/deposits");
-    let body = br#"{"amount": 7}"#;
-
-    // Two requests whose bodies never finish arriving hold both slots.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = TcpStream::connect(app.address).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&body[..3]).await.unwrap();
-        held.push(stream);
-    }
-
-    // Once both hold their slot, the next request is shed (before that,
-    // probes are served: the condition is waited for with a deadline).
-    let shed_at = Instant::now();
-    let shed = loop {
-        let response = app.post_json(&path, &json!({"amount": 1})).await;
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            break response;
-        }
-        assert!(
-            shed_at.elapsed() < Duration::from_secs(10),
-            "no request was shed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(shed_at.elapsed() < Duration::from_secs(5), "shed quickly");
-    assert_eq!(shed.headers()[RETRY_AFTER], "1");
-    assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
-    // Health checks are exempt.
-    assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
-
-    // The held requests finish normally and free their slots.
-    for mut stream in held {
-        stream.write_all(&body[3..]).await.unwrap();
-        let (mut read, _write) = stream.into_split();
-        let answer = read_until_closed(&mut read).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-    let after = app.post_json(&path, &json!({"amount": 1})).await;
-    assert_json(after, StatusCode::OK).await;
     app.stop().await;
 }
 
