@@ -402,7 +402,17 @@ async fn a_refund_to_an_account_closed_meanwhile_needs_attention() {
 
 #[tokio::test]
 async fn two_orchestrators_share_the_sagas_and_each_step_happens_once() {
-    let mut world = World::new(fast_config()).await;
+    // Thirty sagas on one hot SKU: on a loaded machine a step can take
+    // seconds, and this test is about sharing, not about deadlines, so
+    // attempts and deadlines are generous (a timed-out attempt is still a
+    // recorded failure and is counted below).
+    let mut world = World::new(SagaConfig {
+        step_timeout_ms: 10_000,
+        lease_ms: 10_000,
+        max_attempts: 20,
+        ..fast_config()
+    })
+    .await;
     world.start_saga(None);
     world.start_saga(None);
     let account = world.account(1_000_000).await;
