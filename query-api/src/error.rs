@@ -79,6 +79,7 @@ impl ApiError {
             ApiError::Database(e) if is_unavailable(e) => "service_unavailable",
             ApiError::Database(_) => "internal_error",
             ApiError::Status { status, .. } => match *status {
+                StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::NOT_FOUND => "not_found",
                 StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
                 StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",

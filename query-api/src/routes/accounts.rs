@@ -1,14 +1,15 @@
 //! `GET /accounts/{id}` and `GET /accounts/{id}/transactions`.
 
+use auth::Caller;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{parse_uuid, read_entity, ReadParams};
+use super::{owner_filter, parse_uuid, read_entity, ReadParams};
 use crate::error::{Problem, Result};
 use crate::extract::{Params, PathParam};
 use crate::pagination::{decode_cursor, limit, page};
@@ -80,12 +81,13 @@ pub struct TransactionParams {
 )]
 pub async fn get_account(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
     Params(params): Params<ReadParams>,
 ) -> Result<Json<AccountView>> {
     let account_id = parse_uuid("account id", &id)?;
     let consistency = params.consistency()?;
-    let account = read_account(&state, account_id, consistency).await?;
+    let account = read_account(&state, account_id, owner_filter(&caller), consistency).await?;
     Ok(Json(account))
 }
 
@@ -101,6 +103,7 @@ pub async fn get_account(
 )]
 pub async fn list_transactions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
     Params(params): Params<TransactionParams>,
 ) -> Result<Json<TransactionPage>> {
@@ -111,7 +114,7 @@ pub async fn list_transactions(
         None => 0,
     };
     let consistency = Consistency::new(params.min_version, params.wait_ms)?;
-    read_account(&state, account_id, consistency).await?;
+    read_account(&state, account_id, owner_filter(&caller), consistency).await?;
     let rows: Vec<TransactionView> = sqlx::query_as(
         "SELECT seq, kind, amount, balance_after, order_id, at \
          FROM read_models.account_transactions \
@@ -127,9 +130,11 @@ pub async fn list_transactions(
     Ok(Json(TransactionPage { items, next }))
 }
 
+/// The account, if `owner` (when given) owns it.
 async fn read_account(
     state: &AppState,
     account_id: Uuid,
+    owner: Option<Uuid>,
     consistency: Consistency,
 ) -> Result<AccountView> {
     read_entity(
@@ -137,17 +142,23 @@ async fn read_account(
         PROJECTION,
         consistency,
         || format!("no account {account_id}"),
-        || fetch_account(&state.pool, account_id),
+        || fetch_account(&state.pool, account_id, owner),
     )
     .await
 }
 
-async fn fetch_account(pool: &PgPool, account_id: Uuid) -> Result<Option<(AccountView, i64)>> {
+async fn fetch_account(
+    pool: &PgPool,
+    account_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<(AccountView, i64)>> {
     let account: Option<AccountView> = sqlx::query_as(
         "SELECT account_id, customer_id, currency, balance, status, version, updated_at \
-         FROM read_models.accounts WHERE account_id = $1",
+         FROM read_models.accounts \
+         WHERE account_id = $1 AND ($2::uuid IS NULL OR customer_id = $2)",
     )
     .bind(account_id)
+    .bind(owner)
     .fetch_optional(pool)
     .await?;
     Ok(account.map(|a| {

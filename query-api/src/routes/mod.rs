@@ -70,6 +70,19 @@ where
     }
 }
 
+/// The customer whose accounts, orders and sagas `caller` may see, or
+/// `None` when it may see everyone's (an operator, or
+/// `--insecure-no-auth`). A customer's view of another's entity is a
+/// missing one: 404, or a `min_version` wait that times out.
+pub(crate) fn owner_filter(caller: &auth::Caller) -> Option<uuid::Uuid> {
+    if caller.is_operator() || caller.owns_everything() {
+        None
+    } else {
+        // A verified caller without the operator role is a customer.
+        Some(caller.customer_id().unwrap_or_else(uuid::Uuid::nil))
+    }
+}
+
 /// A path UUID, or 400 `invalid_id`.
 pub(crate) fn parse_uuid(what: &str, raw: &str) -> Result<uuid::Uuid> {
     uuid::Uuid::parse_str(raw)

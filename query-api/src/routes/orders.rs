@@ -1,14 +1,15 @@
 //! `GET /orders/{id}` and `GET /orders`.
 
+use auth::Caller;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{parse_uuid, read_entity, ReadParams};
+use super::{owner_filter, parse_uuid, read_entity, ReadParams};
 use crate::error::{ApiError, Problem, Result};
 use crate::extract::{Params, PathParam};
 use crate::pagination::{decode_cursor, limit, page};
@@ -86,6 +87,7 @@ const COLUMNS: &str = "order_id, customer_id, account_id, currency, status, tota
 )]
 pub async fn get_order(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
     Params(params): Params<ReadParams>,
 ) -> Result<Json<OrderView>> {
@@ -96,7 +98,7 @@ pub async fn get_order(
         PROJECTION,
         consistency,
         || format!("no order {order_id}"),
-        || fetch_order(&state.pool, order_id),
+        || fetch_order(&state.pool, order_id, owner_filter(&caller)),
     )
     .await?;
     attach_lines(&state.pool, std::slice::from_mut(&mut order)).await?;
@@ -113,6 +115,7 @@ pub async fn get_order(
 )]
 pub async fn list_orders(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Params(params): Params<OrderParams>,
 ) -> Result<Json<OrderPage>> {
     let limit = limit(params.limit)?;
@@ -123,6 +126,18 @@ pub async fn list_orders(
             })?),
             None => None,
         };
+    // A customer lists its own orders; asking for another's is 403.
+    let customer_id = match (owner_filter(&caller), customer_id) {
+        (None, filter) => filter,
+        (Some(own), None) => Some(own),
+        (Some(own), Some(asked)) if asked == own => Some(own),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Status {
+                status: axum::http::StatusCode::FORBIDDEN,
+                detail: "a customer lists only its own orders".to_owned(),
+            })
+        }
+    };
     let status = match &params.status {
         Some(raw) if STATUSES.contains(&raw.as_str()) => Some(raw.as_str()),
         Some(raw) => {
@@ -155,11 +170,18 @@ pub async fn list_orders(
     Ok(Json(OrderPage { items, next }))
 }
 
-async fn fetch_order(pool: &PgPool, order_id: Uuid) -> Result<Option<(OrderView, i64)>> {
+/// The order, if `owner` (when given) placed it.
+async fn fetch_order(
+    pool: &PgPool,
+    order_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<(OrderView, i64)>> {
     let order: Option<OrderView> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM read_models.orders WHERE order_id = $1"
+        "SELECT {COLUMNS} FROM read_models.orders \
+         WHERE order_id = $1 AND ($2::uuid IS NULL OR customer_id = $2)"
     ))
     .bind(order_id)
+    .bind(owner)
     .fetch_optional(pool)
     .await?;
     Ok(order.map(|o| {

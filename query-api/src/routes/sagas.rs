@@ -1,7 +1,8 @@
 //! `GET /sagas/{order_id}` and `GET /sagas`.
 
+use auth::Caller;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use domain::SagaStatus;
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,7 @@ use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{parse_uuid, read_entity, ReadParams};
+use super::{owner_filter, parse_uuid, read_entity, ReadParams};
 use crate::error::{ApiError, Problem, Result};
 use crate::extract::{Params, PathParam};
 use crate::pagination::{decode_cursor, limit, page};
@@ -99,6 +100,7 @@ const COLUMNS: &str = "saga_id, order_id, state, steps, compensation_reason, tra
 )]
 pub async fn get_saga(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     PathParam(id): PathParam,
     Params(params): Params<ReadParams>,
 ) -> Result<Json<SagaView>> {
@@ -109,7 +111,7 @@ pub async fn get_saga(
         PROJECTION,
         consistency,
         || format!("no saga for order {order_id}"),
-        || fetch_saga(&state.pool, order_id),
+        || fetch_saga(&state.pool, order_id, owner_filter(&caller)),
     )
     .await?;
     Ok(Json(saga))
@@ -166,11 +168,20 @@ fn parse_state(raw: &str) -> Result<&'static str> {
         })
 }
 
-async fn fetch_saga(pool: &PgPool, order_id: Uuid) -> Result<Option<(SagaView, i64)>> {
+/// The saga, if `owner` (when given) placed its order (the owner is the
+/// orders read model's: until that has the order, the saga is not shown).
+async fn fetch_saga(
+    pool: &PgPool,
+    order_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<(SagaView, i64)>> {
     let saga: Option<SagaView> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM read_models.sagas WHERE order_id = $1"
+        "SELECT {COLUMNS} FROM read_models.sagas WHERE order_id = $1 \
+         AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM read_models.orders AS o \
+                                          WHERE o.order_id = $1 AND o.customer_id = $2))"
     ))
     .bind(order_id)
+    .bind(owner)
     .fetch_optional(pool)
     .await?;
     Ok(saga.map(|s| {

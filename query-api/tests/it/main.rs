@@ -3,6 +3,7 @@
 //! relay, the broker at `KAFKA_BROKERS` and the projection workers, and the
 //! operator's loop with the saga orchestrator and the Command API too.
 
+mod access;
 mod e2e;
 mod handlers;
 mod limits;
@@ -14,3 +15,7 @@ mod progress;
 mod saga_sim;
 mod sagas;
 mod support;
+// The keys and bad tokens of the Command API's tests, shared.
+#[path = "../../../command-api/tests/it/tokens.rs"]
+#[allow(dead_code)]
+mod tokens;

@@ -149,10 +149,16 @@ impl Harness {
 }
 
 pub async fn send(state: AppState, request: Request<Body>) -> Response {
-    let response = router(state, service::auth::Access::insecure())
-        .oneshot(request)
-        .await
-        .unwrap();
+    send_with(state, service::auth::Access::insecure(), request).await
+}
+
+/// One request through the router as `access` lets callers in.
+pub async fn send_with(
+    state: AppState,
+    access: service::auth::Access,
+    request: Request<Body>,
+) -> Response {
+    let response = router(state, access).oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)

@@ -1,0 +1,196 @@
+//! Who may read what (API.md's access table, query side): a customer reads
+//! only its own accounts, ledgers and orders (another's is exactly a
+//! missing one, `min_version` waits included), lists only its own orders;
+//! operators read anything; the operator-only routes are 403 to customers;
+//! no token is 401; bad tokens are 401 `invalid_token`.
+
+use axum::body::Body;
+use axum::http::Request;
+use service::auth::Access;
+use uuid::Uuid;
+
+use crate::support::{assert_problem, send_with, Harness, Response};
+use crate::tokens::{generous, Keys};
+
+async fn get(h: &Harness, access: &Access, uri: &str, token: Option<&str>) -> Response {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let state = h.state(std::time::Duration::from_millis(20));
+    send_with(state, access.clone(), request.body(Body::empty()).unwrap()).await
+}
+
+#[tokio::test]
+async fn customers_read_only_their_own_and_operators_read_anything() {
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    let (ana, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let account = h.open_account(ana).await;
+    h.deposit(account, 500).await;
+    h.create_item("LAPTOP-15", 5).await;
+    let order = h.place_order(ana, account).await;
+    h.project_all().await;
+    let (ana_t, bob_t, op_t) = (
+        keys.customer(ana),
+        keys.customer(bob),
+        keys.operator("olga"),
+    );
+
+    for uri in [
+        format!("/accounts/{account}"),
+        format!("/accounts/{account}/transactions"),
+        format!("/orders/{order}"),
+    ] {
+        assert_eq!(
+            get(&h, &access, &uri, Some(&ana_t)).await.status,
+            200,
+            "owner {uri}"
+        );
+        assert_eq!(
+            get(&h, &access, &uri, Some(&op_t)).await.status,
+            200,
+            "operator {uri}"
+        );
+        let denied = get(&h, &access, &uri, None).await;
+        assert_problem(&denied, 401, "unauthenticated");
+        assert!(denied.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        // Another customer's is exactly a missing one: same status and body.
+        let missing_uri = uri
+            .replace(&account.to_string(), &Uuid::now_v7().to_string())
+            .replace(&order.to_string(), &Uuid::now_v7().to_string());
+        let others = get(&h, &access, &uri, Some(&bob_t)).await;
+        let missing = get(&h, &access, &missing_uri, Some(&bob_t)).await;
+        assert_problem(&others, 404, "not_found");
+        assert_eq!(others.status, missing.status, "{uri}");
+        assert_eq!(
+            others.json["code"], missing.json["code"],
+            "{uri}: {} vs {}",
+            others.text, missing.text
+        );
+        // With a min_version wait too: it times out like a missing one.
+        let waited = get(
+            &h,
+            &access,
+            &format!("{uri}?min_version=1&wait_ms=100"),
+            Some(&bob_t),
+        )
+        .await;
+        assert_problem(&waited, 503, "min_version_timeout");
+    }
+    let not_owner = get(&h, &access, &format!("/accounts/{account}"), Some(&bob_t)).await;
+    assert!(
+        !not_owner.text.contains(&ana.to_string()),
+        "{}",
+        not_owner.text
+    );
+
+    // Lists: a customer sees its own orders only; another's filter is 403.
+    let own = get(&h, &access, "/orders", Some(&ana_t)).await;
+    assert_eq!(
+        own.json["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        own.text
+    );
+    let none = get(&h, &access, "/orders", Some(&bob_t)).await;
+    assert_eq!(
+        none.json["items"].as_array().unwrap().len(),
+        0,
+        "{}",
+        none.text
+    );
+    let filtered = get(
+        &h,
+        &access,
+        &format!("/orders?customer_id={ana}"),
+        Some(&ana_t),
+    )
+    .await;
+    assert_eq!(filtered.json["items"].as_array().unwrap().len(), 1);
+    let spying = get(
+        &h,
+        &access,
+        &format!("/orders?customer_id={ana}"),
+        Some(&bob_t),
+    )
+    .await;
+    assert_problem(&spying, 403, "forbidden");
+    let all = get(
+        &h,
+        &access,
+        &format!("/orders?customer_id={ana}"),
+        Some(&op_t),
+    )
+    .await;
+    assert_eq!(all.json["items"].as_array().unwrap().len(), 1);
+
+    // Inventory: both roles.
+    for token in [&ana_t, &op_t] {
+        assert_eq!(
+            get(&h, &access, "/inventory", Some(token)).await.status,
+            200
+        );
+        assert_eq!(
+            get(&h, &access, "/inventory/LAPTOP-15", Some(token))
+                .await
+                .status,
+            200
+        );
+    }
+    // Operator only: 403 to a customer, before the query is looked at.
+    for uri in [
+        "/sagas",
+        "/projections",
+        "/metrics",
+        "/sagas?state=nonsense",
+    ] {
+        assert_problem(&get(&h, &access, uri, Some(&ana_t)).await, 403, "forbidden");
+        assert_problem(&get(&h, &access, uri, None).await, 401, "unauthenticated");
+    }
+    for uri in ["/sagas", "/projections", "/metrics"] {
+        assert_eq!(
+            get(&h, &access, uri, Some(&op_t)).await.status,
+            200,
+            "{uri}"
+        );
+    }
+    // A saga of another customer's order is a missing one.
+    let saga = get(&h, &access, &format!("/sagas/{order}"), Some(&bob_t)).await;
+    assert_problem(&saga, 404, "not_found");
+    // Open routes.
+    assert_eq!(get(&h, &access, "/health/live", None).await.status, 200);
+    let document = get(&h, &access, "/openapi.json", None).await;
+    assert_eq!(document.status, 200);
+    let operation = &document.json["paths"]["/accounts/{id}"]["get"];
+    assert_eq!(operation["security"], serde_json::json!([{"bearer": []}]));
+    assert!(operation["responses"]["401"].is_object());
+    assert_eq!(
+        document.json["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    h.drop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_invalid_token() {
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    for (what, token) in keys.bad_tokens() {
+        let response = get(&h, &access, "/inventory", Some(&token)).await;
+        assert_problem(&response, 401, "invalid_token");
+        assert!(
+            response.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{what}"
+        );
+    }
+    h.drop().await;
+}
