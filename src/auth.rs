@@ -43,7 +43,7 @@ pub struct TokenArgs {
     operator: Option<String>,
 
     /// How long the token is valid: seconds, or a number with s, m, h or d.
-    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    #[arg(long, default_value = "1h", value_parser = service::duration::parse_duration)]
     ttl: Duration,
 
     /// The token's `iss`.
@@ -88,61 +88,4 @@ pub fn run_token(args: TokenArgs) -> Result<()> {
         .with_context(|| format!("signing with {}", args.signing_key.display()))?;
     println!("{token}");
     Ok(())
-}
-
-/// `90`, `90s`, `15m`, `1h`, `7d`: a positive duration.
-fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?}: use seconds, or a number with s, m, h or d"
-            ))
-        }
-    };
-    let seconds = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|number| number.checked_mul(unit_seconds))
-        .filter(|&seconds| seconds > 0)
-        .ok_or_else(|| format!("{text:?} is not a positive duration"))?;
-    Ok(Duration::from_secs(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls_are_seconds_or_a_number_with_a_unit() {
-        for (text, seconds) in [
-            ("90", 90),
-            ("90s", 90),
-            ("15m", 900),
-            ("1h", 3600),
-            ("7d", 604_800),
-        ] {
-            assert_eq!(parse_ttl(text), Ok(Duration::from_secs(seconds)), "{text}");
-        }
-        for text in [
-            "",
-            "0",
-            "0h",
-            "h",
-            "1w",
-            "-1h",
-            "1.5h",
-            "1 h",
-            "99999999999999999999d",
-        ] {
-            assert!(parse_ttl(text).is_err(), "{text}");
-        }
-    }
 }

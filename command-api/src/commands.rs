@@ -1,5 +1,6 @@
 //! Running one command: serialise per aggregate in this process, have the
-//! repository load, decide and append it (it retries conflicts, a bounded
+//! repository load, decide (only for a caller the command's [`Rule`]
+//! permits on the state it loaded: see [`crate::access`]) and append it (it retries conflicts, a bounded
 //! number of times unless a version was pinned, and stores the idempotency
 //! record in the same transaction as the events), and turn the outcome into
 //! the HTTP answer.
@@ -29,6 +30,7 @@ use event_store::{
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::access::{Guarded, GuardedCommand, Owned, Rule};
 use crate::error::{problem_response, ApiError};
 use crate::extract::{CommandMeta, IDEMPOTENT_REPLAYED};
 use crate::lock::StreamLocks;
@@ -85,15 +87,19 @@ impl Answer {
     }
 }
 
+/// What a command of `A` came to: `A`'s outcome, decided through
+/// [`Guarded`].
+pub type CommandOutcome<A> = Outcome<Guarded<A>>;
+
 /// Runs commands of one aggregate type.
-pub struct Commands<A: Aggregate> {
-    repository: Repository<A>,
+pub struct Commands<A: Owned> {
+    repository: Repository<Guarded<A>>,
     /// The state each command left its aggregate in (the fast path).
-    locks: StreamLocks<Loaded<A>>,
+    locks: StreamLocks<Loaded<Guarded<A>>>,
     metrics: Arc<Metrics>,
 }
 
-impl<A: Aggregate> Commands<A> {
+impl<A: Owned> Commands<A> {
     /// `max_retries`: re-decisions after a conflict before a 409.
     /// `remember` is how many aggregates' states each of the lock's stripes
     /// keeps for the fast path (0: none; the lock has 1,024 stripes).
@@ -113,21 +119,34 @@ impl<A: Aggregate> Commands<A> {
         }
     }
 
-    /// Executes `command` on aggregate `id` and answers with
-    /// `success(outcome)` (status and JSON body) or the problem the domain or
-    /// the store refused it with. `success` also builds the answer stored
-    /// under the idempotency key, so the first answer and every replay carry
-    /// the same body.
+    /// The aggregate's state as folded from its stream (for a check that
+    /// needs another aggregate than the command's).
+    pub async fn load(&self, id: &str) -> Result<A::State, ApiError> {
+        Ok(self.repository.load(id).await?.state)
+    }
+
+    /// Executes `command` on aggregate `id` for the caller in `meta`, if
+    /// `rule` permits it on the aggregate's state (else `A`'s not-found
+    /// refusal), and answers with `success(outcome)` (status and JSON body)
+    /// or the problem the domain or the store refused it with. `success`
+    /// also builds the answer stored under the idempotency key, so the
+    /// first answer and every replay carry the same body.
     pub async fn execute<F>(
         &self,
         id: &str,
-        command: &A::Command,
+        command: A::Command,
+        rule: Rule,
         meta: CommandMeta,
         success: F,
     ) -> Result<Response, ApiError>
     where
-        F: Fn(&Outcome<A>) -> (StatusCode, serde_json::Value) + Send + Sync,
+        F: Fn(&CommandOutcome<A>) -> (StatusCode, serde_json::Value) + Send + Sync,
     {
+        let command = &GuardedCommand {
+            caller: meta.caller.clone(),
+            rule,
+            command,
+        };
         let stream = StreamId::of::<A>(id);
         let span = tracing::info_span!(
             "command",
@@ -145,7 +164,7 @@ impl<A: Aggregate> Commands<A> {
                 metadata: Metadata {
                     correlation_id: Some(meta.request_id.clone()),
                     causation_id: meta.idempotency.as_ref().map(|k| k.key.clone()),
-                    actor: meta.actor.clone(),
+                    actor: Some(meta.caller.actor().to_owned()),
                 },
                 idempotency: meta.idempotency,
             };

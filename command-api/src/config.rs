@@ -14,6 +14,12 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// The default share of the process's pool.
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 
+/// How long idempotency keys are kept by default.
+pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+
+/// How often expired idempotency keys are purged by default.
+pub const DEFAULT_IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// The default listen address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 
@@ -62,6 +68,21 @@ pub struct Config {
     )]
     pub max_retries: u32,
 
+    /// How long the answer to a request with an `Idempotency-Key` is kept
+    /// at least (a repeat within it is replayed): `24h`, `90m`, `3600s`.
+    /// Older keys are purged by a sweep every minute.
+    #[arg(
+        long = "idempotency-ttl",
+        env = "PURSER_IDEMPOTENCY_TTL",
+        default_value = DEFAULT_IDEMPOTENCY_TTL,
+        value_parser = service::duration::parse_duration
+    )]
+    pub idempotency_ttl: Duration,
+
+    /// How often the sweep purges expired idempotency keys.
+    #[arg(skip = DEFAULT_IDEMPOTENCY_SWEEP_EVERY)]
+    pub idempotency_sweep_every: Duration,
+
     /// The listener's limits (header and idle timeouts, concurrency cap):
     /// options of the process, which the binary flattens once and copies
     /// here, so `purser serve` has one set for both APIs.
@@ -81,6 +102,9 @@ impl Default for Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_retries: DEFAULT_MAX_RETRIES,
+            idempotency_ttl: service::duration::parse_duration(DEFAULT_IDEMPOTENCY_TTL)
+                .expect("the default TTL is a duration"),
+            idempotency_sweep_every: DEFAULT_IDEMPOTENCY_SWEEP_EVERY,
             http: service::HttpConfig::default(),
         }
     }
@@ -119,9 +143,25 @@ mod tests {
         assert_eq!(cli.config.body_limit, 64 * 1024);
         assert_eq!(cli.config.request_timeout(), Duration::from_secs(10));
         assert_eq!(cli.config.max_retries, local.max_retries);
-        let cli = Cli::try_parse_from(["test", "--bind", "127.0.0.1:0", "--body-limit", "1024"])
-            .expect("flags parse");
+        assert_eq!(cli.config.idempotency_ttl, local.idempotency_ttl);
+        assert_eq!(cli.config.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(
+            cli.config.idempotency_sweep_every,
+            local.idempotency_sweep_every
+        );
+        let cli = Cli::try_parse_from([
+            "test",
+            "--bind",
+            "127.0.0.1:0",
+            "--body-limit",
+            "1024",
+            "--idempotency-ttl",
+            "90m",
+        ])
+        .expect("flags parse");
         assert_eq!(cli.config.bind.port(), 0);
         assert_eq!(cli.config.body_limit, 1024);
+        assert_eq!(cli.config.idempotency_ttl, Duration::from_secs(5400));
+        assert!(Cli::try_parse_from(["test", "--idempotency-ttl", "1 day"]).is_err());
     }
 }

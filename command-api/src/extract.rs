@@ -1,6 +1,7 @@
 //! Extractors: every malformed request becomes an [`ApiError`] with the same
 //! problem+json shape as everything else.
 
+use auth::Caller;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -38,11 +39,13 @@ pub struct CommandMeta {
     pub request_id: String,
     /// `If-Match: "<version>"`.
     pub if_match: Option<u64>,
-    /// `Idempotency-Key` with the request's fingerprint.
+    /// `Idempotency-Key` with the request's fingerprint, in the caller's
+    /// scope (its `sub`): two callers' same key is two keys.
     pub idempotency: Option<event_store::IdempotencyKey>,
-    /// Who acts, recorded in the events' metadata: set by the handlers of
-    /// operators' commands (`operator`), none for clients' commands.
-    pub actor: Option<String>,
+    /// Who acts: the verified caller the authentication layer put in the
+    /// request's extensions. Its `sub` is the `actor` of every event the
+    /// command appends, and it decides what the caller owns.
+    pub caller: Caller,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
@@ -50,6 +53,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
+        let caller = caller(&parts)?;
         let request_id = request_id(&parts.headers);
         let if_match = if_match(&parts.headers)?;
         let key = idempotency_key(&parts.headers)?;
@@ -61,6 +65,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
             .map_err(|rejection| body_rejection(rejection, state.body_limit()))?;
         let body = parse_json(&bytes)?;
         let idempotency = key.map(|key| event_store::IdempotencyKey {
+            scope: caller.subject().to_owned(),
             key,
             fingerprint: fingerprint(&method, &path, &bytes),
         });
@@ -69,11 +74,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Command<T> {
                 request_id,
                 if_match,
                 idempotency,
-                actor: None,
+                caller,
             },
             body,
         })
     }
+}
+
+/// The caller the authentication layer verified. A command route outside
+/// that layer is a bug, answered 500 rather than run without a caller.
+fn caller(parts: &Parts) -> Result<Caller, ApiError> {
+    parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+        ApiError::internal("a command route without the authentication layer: no caller")
+    })
 }
 
 /// A path parameter as a string; the handler parses it into a domain id.

@@ -7,10 +7,12 @@
 //! position, or with an RFC 9457 problem ([`error`]).
 //!
 //! [`router`] builds the routes and middleware without I/O;
-//! [`Application`] binds and serves them with graceful shutdown.
+//! [`Application`] binds and serves them with graceful shutdown, and
+//! purges expired idempotency keys in the background (`retention`).
 
 use std::net::SocketAddr;
 
+pub mod access;
 pub mod catalog;
 pub mod commands;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod lock;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+mod retention;
 pub mod routes;
 mod startup;
 pub mod state;

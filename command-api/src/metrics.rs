@@ -1,6 +1,7 @@
 //! Prometheus metrics, hand-rolled (a mutex-guarded map per family and
 //! atomics): requests by route, method and status, a latency histogram per
-//! route, appended events, concurrency conflicts and idempotent replays.
+//! route, appended events, concurrency conflicts, idempotent replays and
+//! expired idempotency keys purged.
 //! Rendered in the Prometheus text exposition format 0.0.4.
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ pub struct Metrics {
     conflicts_precondition_failed: AtomicU64,
     conflicts_exhausted: AtomicU64,
     idempotent_replays: AtomicU64,
+    idempotency_purged: AtomicU64,
 }
 
 impl Metrics {
@@ -103,6 +105,11 @@ impl Metrics {
 
     pub fn record_replay(&self) {
         self.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts expired idempotency keys the sweep deleted.
+    pub fn record_idempotency_purged(&self, rows: u64) {
+        self.idempotency_purged.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// The text exposition of every metric.
@@ -204,6 +211,17 @@ impl Metrics {
             "command_api_idempotent_replays_total {}",
             self.idempotent_replays.load(Ordering::Relaxed)
         );
+        header(
+            &mut out,
+            "command_api_idempotency_keys_purged_total",
+            "counter",
+            "Idempotency keys deleted by the sweep once older than PURSER_IDEMPOTENCY_TTL.",
+        );
+        let _ = writeln!(
+            out,
+            "command_api_idempotency_keys_purged_total {}",
+            self.idempotency_purged.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -235,6 +253,8 @@ mod tests {
         metrics.record_appended("account", 0);
         metrics.record_conflict(Conflict::Retried);
         metrics.record_replay();
+        metrics.record_idempotency_purged(3);
+        metrics.record_idempotency_purged(0);
         let text = metrics.render();
         for line in [
             "command_api_http_requests_total{method=\"POST\",route=\"/accounts\",status=\"201\"} 2",
@@ -249,6 +269,7 @@ mod tests {
             "command_api_concurrency_conflicts_total{outcome=\"retried\"} 1",
             "command_api_concurrency_conflicts_total{outcome=\"exhausted\"} 0",
             "command_api_idempotent_replays_total 1",
+            "command_api_idempotency_keys_purged_total 3",
             "# TYPE command_api_http_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

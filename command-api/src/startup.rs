@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::middleware::{
     not_found, problem_for_bare_errors, record_metrics, timeout, RequestEnd, RequestSpan,
 };
+use crate::retention::IdempotencySweep;
 use crate::routes::{accounts, health, inventory, orders, sagas};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
@@ -109,6 +110,8 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     router: Router,
+    /// Purges expired idempotency keys while the server runs.
+    sweep: IdempotencySweep,
     /// How long shutdown waits for open connections.
     drain: Duration,
     http: service::HttpConfig,
@@ -129,9 +132,15 @@ impl Application {
             source,
         })?;
         let state = AppState::new(EventStore::new(pool), config);
+        let sweep = IdempotencySweep::new(
+            state.clone(),
+            config.idempotency_ttl,
+            config.idempotency_sweep_every,
+        );
         Ok(Application {
             listener,
             address,
+            sweep,
             router: router(state, access),
             drain: config.request_timeout() + DRAIN_MARGIN,
             http: config.http.clone(),
@@ -153,9 +162,12 @@ impl Application {
     /// signal (a client that never finishes sending its request) is dropped.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(address = %self.address, "command API listening");
+        let sweep = tokio::spawn(self.sweep.run(shutdown.clone()));
         let served =
             service::http::serve(self.listener, self.router, &self.http, shutdown, self.drain)
                 .await;
+        // The sweep stops at the shutdown too; a batch is one statement.
+        let _ = sweep.await;
         tracing::info!("command API stopped");
         served.map_err(Error::Serve)
     }

@@ -15,18 +15,27 @@ use sqlx::PgExecutor;
 use crate::{Error, Result};
 
 /// An idempotency key with the fingerprint of the request that carried it
-/// (a hash of method, path and body, computed by the caller). A key comes
+/// (a hash of method, path and body, computed by the caller), in the scope
+/// of whoever sent it: the same key in two scopes is two keys. A key comes
 /// back with the same fingerprint (a repeat: answered from its record) or
 /// with another one ([`Error::IdempotencyKeyReused`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
+    /// Whose key it is: the Command API's caller (its `sub`), `saga` for
+    /// the saga's steps.
+    pub scope: String,
     pub key: String,
     pub fingerprint: String,
 }
 
 impl IdempotencyKey {
-    pub fn new(key: impl Into<String>, fingerprint: impl Into<String>) -> Self {
+    pub fn new(
+        scope: impl Into<String>,
+        key: impl Into<String>,
+        fingerprint: impl Into<String>,
+    ) -> Self {
         IdempotencyKey {
+            scope: scope.into(),
             key: key.into(),
             fingerprint: fingerprint.into(),
         }
@@ -50,9 +59,10 @@ pub(crate) async fn insert<'e>(
     record: &serde_json::Value,
 ) -> Result<bool> {
     let inserted = sqlx::query(
-        "INSERT INTO event_store.idempotency (key, fingerprint, record) \
-         VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO event_store.idempotency (scope, key, fingerprint, record) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (scope, key) DO NOTHING",
     )
+    .bind(&key.scope)
     .bind(&key.key)
     .bind(&key.fingerprint)
     .bind(record)
@@ -68,11 +78,14 @@ pub(crate) async fn find<'e, R: DeserializeOwned>(
     executor: impl PgExecutor<'e>,
     key: &IdempotencyKey,
 ) -> Result<Option<R>> {
-    let row: Option<(String, serde_json::Value)> =
-        sqlx::query_as("SELECT fingerprint, record FROM event_store.idempotency WHERE key = $1")
-            .bind(&key.key)
-            .fetch_optional(executor)
-            .await?;
+    let row: Option<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT fingerprint, record FROM event_store.idempotency \
+             WHERE scope = $1 AND key = $2",
+    )
+    .bind(&key.scope)
+    .bind(&key.key)
+    .fetch_optional(executor)
+    .await?;
     let Some((fingerprint, record)) = row else {
         return Ok(None);
     };

@@ -11,6 +11,8 @@
 //!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the
 //!   caller's own idempotency record, any serialisable type, in the same
 //!   transaction as the events. It knows nothing of HTTP.
+//! - [`EventStore::purge_idempotency`]: idempotency records are kept for a
+//!   time to live, then deleted in batches.
 //! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
 //!   polling as fallback, and persisted [`Checkpoint`]s.
 //!
@@ -20,6 +22,7 @@ mod error;
 mod idempotency;
 mod notify;
 mod repository;
+mod retention;
 mod store;
 mod subscription;
 mod types;

@@ -36,7 +36,7 @@ pub use carrier::{
 pub use config::SagaConfig;
 pub use error::{Error, Result};
 pub use metrics::SagaMetrics;
-pub use orchestrator::{retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV};
+pub use orchestrator::{retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV, STEP_SCOPE};
 pub use queue::{Claimed, Queue};
 pub use trigger::{Trigger, TriggerOutcome, PAUSE_IN_TRIGGER};
 

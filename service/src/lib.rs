@@ -5,6 +5,8 @@
 //! - [`problem`]: RFC 9457 problem details (`application/problem+json`), the
 //!   body of every error either HTTP API answers with. Each API keeps its own
 //!   error enum and maps it to a [`Problem`].
+//! - [`duration`]: durations as flags and environment variables write them
+//!   (`90s`, `15m`, `24h`).
 //! - [`http`]: serving a router with header-read and idle timeouts and
 //!   graceful shutdown ([`http::serve`]), configured by [`HttpConfig`].
 //! - [`middleware`]: the request id rule and load shedding, the same in
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod component;
+pub mod duration;
 pub mod http;
 pub mod middleware;
 pub mod problem;

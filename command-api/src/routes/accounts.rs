@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use domain::{AccountCommand, AccountId, BankAccount};
-use event_store::Outcome;
 use uuid::Uuid;
 
+use crate::access::Rule;
+use crate::commands::CommandOutcome;
 use crate::dto::{
     customer_for, path_uuid, AccountResponse, CloseAccountRequest, MoneyRequest, OpenAccount,
     OpenAccountRequest,
@@ -20,7 +21,7 @@ use crate::state::AppState;
 fn answer(
     status: StatusCode,
     account_id: AccountId,
-) -> impl Fn(&Outcome<BankAccount>) -> (StatusCode, serde_json::Value) + Send + Sync {
+) -> impl Fn(&CommandOutcome<BankAccount>) -> (StatusCode, serde_json::Value) + Send + Sync {
     move |outcome| {
         let body = AccountResponse {
             account_id: account_id.as_uuid(),
@@ -71,7 +72,9 @@ pub async fn open(
         .accounts()
         .execute(
             &account_id.to_string(),
-            &command,
+            command,
+            // Its owner is the caller; an id that is taken is taken.
+            Rule::Anyone,
             request.meta,
             answer(StatusCode::CREATED, account_id),
         )
@@ -107,7 +110,8 @@ pub async fn deposit(
         .accounts()
         .execute(
             &account_id.to_string(),
-            &command,
+            command,
+            Rule::Owner,
             request.meta,
             answer(StatusCode::OK, account_id),
         )
@@ -143,7 +147,8 @@ pub async fn withdraw(
         .accounts()
         .execute(
             &account_id.to_string(),
-            &command,
+            command,
+            Rule::Owner,
             request.meta,
             answer(StatusCode::OK, account_id),
         )
@@ -175,7 +180,8 @@ pub async fn close(
         .accounts()
         .execute(
             &account_id.to_string(),
-            &AccountCommand::Close,
+            AccountCommand::Close,
+            Rule::Owner,
             request.meta,
             answer(StatusCode::OK, account_id),
         )

@@ -4,8 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use domain::{Inventory, InventoryCommand, Sku};
-use event_store::Outcome;
 
+use crate::access::Rule;
+use crate::commands::CommandOutcome;
 use crate::dto::{
     path_sku, CreateItem, CreateItemRequest, ItemResponse, RestockRequest, SetPriceRequest,
 };
@@ -16,7 +17,7 @@ use crate::state::AppState;
 fn answer(
     status: StatusCode,
     sku: Sku,
-) -> impl Fn(&Outcome<Inventory>) -> (StatusCode, serde_json::Value) + Send + Sync {
+) -> impl Fn(&CommandOutcome<Inventory>) -> (StatusCode, serde_json::Value) + Send + Sync {
     move |outcome| {
         let body = ItemResponse {
             sku: sku.as_str().to_owned(),
@@ -59,7 +60,8 @@ pub async fn create(
         .inventory()
         .execute(
             sku.as_str(),
-            &command,
+            command,
+            Rule::Anyone,
             request.meta,
             answer(StatusCode::CREATED, sku.clone()),
         )
@@ -95,7 +97,8 @@ pub async fn restock(
         .inventory()
         .execute(
             sku.as_str(),
-            &command,
+            command,
+            Rule::Anyone,
             request.meta,
             answer(StatusCode::OK, sku.clone()),
         )
@@ -134,7 +137,8 @@ pub async fn set_price(
         .inventory()
         .execute(
             sku.as_str(),
-            &command,
+            command,
+            Rule::Anyone,
             request.meta,
             answer(StatusCode::OK, sku.clone()),
         )

@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
-use domain::{OrderCommand, OrderId};
+use domain::{AccountId, BankAccount, OrderCommand, OrderId};
 use uuid::Uuid;
 
+use crate::access::{Owned, Rule};
 use crate::dto::{
     customer_for, path_uuid, CancelOrderRequest, OrderPlacedResponse, OrderResponse, PlaceOrder,
     PlaceOrderRequest,
@@ -28,6 +29,7 @@ use crate::state::AppState;
          headers(("ETag" = String, description = "\"<version>\""))),
         (status = 400, description = "Malformed request, id or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's `unit_price` is not the catalog's), `invalid_order` (also a total past `i64`), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -38,6 +40,7 @@ pub async fn place(
 ) -> Result<Response, ApiError> {
     let order = PlaceOrder::try_from(request.body)?;
     let customer_id = customer_for(&caller, order.customer_id)?;
+    charged_account_is_the_callers(&state, &caller, order.account_id).await?;
     let order_id = OrderId::new(Uuid::now_v7());
     let command = OrderCommand::Place {
         order_id,
@@ -51,7 +54,9 @@ pub async fn place(
         .orders()
         .execute(
             &order_id.to_string(),
-            &command,
+            command,
+            // A new order, of the caller's own account (checked above).
+            Rule::Anyone,
             request.meta,
             move |outcome| {
                 let body = OrderPlacedResponse {
@@ -97,7 +102,8 @@ pub async fn cancel(
         .orders()
         .execute(
             &order_id.to_string(),
-            &command,
+            command,
+            Rule::OwnerOrOperator,
             request.meta,
             move |outcome| {
                 let body = OrderResponse {
@@ -112,4 +118,26 @@ pub async fn cancel(
             },
         )
         .await
+}
+
+/// The account an order is charged to must be the caller's: checked on the
+/// command side, from the account aggregate (never a read model), and
+/// refused exactly as a missing account is (404 `account_not_found`), before
+/// the order exists. An account's owner never changes once it is opened, so
+/// the answer cannot go stale before the order is appended.
+async fn charged_account_is_the_callers(
+    state: &AppState,
+    caller: &Caller,
+    account_id: AccountId,
+) -> Result<(), ApiError> {
+    if caller.owns_everything() {
+        // `--insecure-no-auth`: the saga declines what is not payable.
+        return Ok(());
+    }
+    let account = state.accounts().load(&account_id.to_string()).await?;
+    if Rule::Owner.permits::<BankAccount>(caller, &account) {
+        Ok(())
+    } else {
+        Err(ApiError::domain(&BankAccount::not_found()))
+    }
 }

@@ -7,9 +7,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use domain::{OrderId, SagaCommand};
 
+use crate::access::Rule;
 use crate::dto::{path_uuid, RetrySagaRequest, SagaRetriedResponse};
 use crate::error::{ApiError, Problem};
-use crate::extract::{Command, CommandMeta, PathParam};
+use crate::extract::{Command, PathParam};
 use crate::state::AppState;
 
 /// Retries a saga in `needs_attention`: the step that stopped it gets a
@@ -34,17 +35,14 @@ pub async fn retry(
     request: Command<RetrySagaRequest>,
 ) -> Result<Response, ApiError> {
     let order_id = OrderId::new(path_uuid("order id", &id)?);
-    // Recorded as `purser saga retry` records it.
-    let meta = CommandMeta {
-        actor: Some("operator".to_owned()),
-        ..request.meta
-    };
     state
         .sagas()
         .execute(
             &order_id.to_string(),
-            &SagaCommand::Retry,
-            meta,
+            SagaCommand::Retry,
+            Rule::Anyone,
+            // The operator's name is the `actor` of `SagaRetried`.
+            request.meta,
             move |outcome| {
                 let body = SagaRetriedResponse {
                     order_id: order_id.as_uuid(),

@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod callers;
 mod concurrency;
 mod connection;
 mod helpers;
@@ -11,11 +12,14 @@ mod inventory;
 mod limits;
 mod observability;
 mod orders;
+mod owners;
+mod ownership;
 mod prices;
 // The saga simulation of the projections' tests, shared rather than copied.
 #[path = "../../../projections/tests/it/saga_sim.rs"]
 mod saga_sim;
 mod sagas;
+mod scoped_keys;
 mod shutdown;
 mod tokens;
 mod validation;

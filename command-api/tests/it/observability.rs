@@ -39,7 +39,8 @@ async fn request_ids_are_echoed_or_made_and_become_correlation_ids() {
     .unwrap();
     assert_eq!(metadata["correlation_id"], "client-chosen-id-42");
     assert_eq!(metadata["causation_id"], "deposit-42");
-    assert!(metadata["actor"].is_null());
+    // The caller's `sub`: without authentication, `insecure-no-auth`.
+    assert_eq!(metadata["actor"], "insecure-no-auth");
 
     // Without one, the server makes a uuid v7, on errors too.
     for response in [

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::callers::{SecuredApp, Who};
 use crate::helpers::{assert_json, assert_problem, TestApp};
 use crate::saga_sim::{run_saga, saga_order, StepOutcome};
 
@@ -29,12 +30,13 @@ async fn stuck(app: &TestApp) -> (Uuid, u64) {
 
 #[tokio::test]
 async fn retry_resumes_a_saga_that_needs_attention_once_per_key() {
-    let app = TestApp::spawn().await;
+    let app = SecuredApp::spawn().await;
+    let olga = Who::operator("olga");
     let (order, version) = stuck(&app).await;
     let stream = format!("saga-{order}");
     let path = format!("/sagas/{order}/retry");
     let retry = || {
-        app.post(&path)
+        app.post_as(&olga, &path)
             .header("Idempotency-Key", "retry-1")
             .json(&json!({}))
             .send()
@@ -58,7 +60,7 @@ async fn retry_resumes_a_saga_that_needs_attention_once_per_key() {
     assert_eq!(again.headers().get(REPLAYED).unwrap(), "true");
     assert_eq!(assert_json(again, StatusCode::ACCEPTED).await, body);
     assert_eq!(app.count_of(&stream, "SagaRetried").await, 1);
-    // Recorded as an operator's, like `purser saga retry`.
+    // Recorded as the operator's, by name.
     let retried = app
         .store()
         .read_stream(&event_store::StreamId::new("saga", order.to_string()), 1)
@@ -67,7 +69,7 @@ async fn retry_resumes_a_saga_that_needs_attention_once_per_key() {
         .into_iter()
         .find(|e| e.event_type == "SagaRetried")
         .expect("SagaRetried");
-    assert_eq!(retried.metadata.actor.as_deref(), Some("operator"));
+    assert_eq!(retried.metadata.actor.as_deref(), Some("olga"));
     assert_eq!(
         retried.metadata.causation_id.as_deref(),
         Some("retry-1"),
@@ -83,7 +85,7 @@ async fn retry_resumes_a_saga_that_needs_attention_once_per_key() {
     );
 
     // Without the key, a second retry finds the saga running.
-    let response = app.post_json(&path, &json!({})).await;
+    let response = app.send(&olga, &path, &json!({})).await;
     assert_problem(
         response,
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -12,7 +12,7 @@ use crate::support::{event_count, record, Counter, CounterCommand, CounterError,
 
 fn key(key: &str, fingerprint: &str) -> ExecuteOptions {
     ExecuteOptions {
-        idempotency: Some(IdempotencyKey::new(key, fingerprint)),
+        idempotency: Some(IdempotencyKey::new("test", key, fingerprint)),
         ..ExecuteOptions::default()
     }
 }
@@ -66,7 +66,7 @@ async fn a_replayed_key_returns_the_stored_response_and_appends_nothing() {
     assert_eq!(event_count(&store).await, 2, "a replay appends nothing");
     assert_eq!(repo.load(&id).await.expect("load").state.total, 5);
     let found = store
-        .find_record::<CounterRecord>(&IdempotencyKey::new("k-1", "f-1"))
+        .find_record::<CounterRecord>(&IdempotencyKey::new("test", "k-1", "f-1"))
         .await
         .expect("find");
     assert_eq!(found, Some(stored));
@@ -92,12 +92,12 @@ async fn a_key_reused_with_another_fingerprint_is_refused() {
         "{err:?}"
     );
     let err = store
-        .find_record::<CounterRecord>(&IdempotencyKey::new("k-1", "f-2"))
+        .find_record::<CounterRecord>(&IdempotencyKey::new("test", "k-1", "f-2"))
         .await
         .expect_err("reused key");
     assert!(matches!(err, Error::IdempotencyKeyReused), "{err:?}");
     assert!(store
-        .find_record::<CounterRecord>(&IdempotencyKey::new("unknown", "f-1"))
+        .find_record::<CounterRecord>(&IdempotencyKey::new("test", "unknown", "f-1"))
         .await
         .expect("unknown key")
         .is_none());
@@ -252,18 +252,18 @@ async fn a_typed_record_round_trips_through_its_json() {
         })
     );
     let found = store
-        .find_record::<CounterRecord>(&IdempotencyKey::new("t-1", "f"))
+        .find_record::<CounterRecord>(&IdempotencyKey::new("test", "t-1", "f"))
         .await
         .expect("find");
     assert_eq!(found, Some(record(Ok(&outcome))));
 
     let err = store
-        .find_record::<u64>(&IdempotencyKey::new("t-1", "f"))
+        .find_record::<u64>(&IdempotencyKey::new("test", "t-1", "f"))
         .await
         .expect_err("not a u64");
     assert!(matches!(err, Error::Json { .. }), "{err:?}");
     let err = store
-        .find_record::<u64>(&IdempotencyKey::new("t-1", "other"))
+        .find_record::<u64>(&IdempotencyKey::new("test", "t-1", "other"))
         .await
         .expect_err("another request");
     assert!(matches!(err, Error::IdempotencyKeyReused), "{err:?}");

@@ -5,6 +5,7 @@ mod append;
 mod idempotency;
 mod read_all;
 mod repository;
+mod retention;
 mod subscription;
 mod support;
 mod upcasting;

@@ -32,6 +32,10 @@ mod steps;
 pub use drive::Drive;
 pub use retry::retry;
 
+/// The idempotency scope of the saga's steps (a client's keys are in the
+/// scope of its caller's `sub`), and the `actor` its events record.
+pub const STEP_SCOPE: &str = "saga";
+
 /// Set to a step name (`charge_payment`, `ship`, ...), the orchestrator stops
 /// still, for ever, right after that step's command was carried out and
 /// before its outcome is recorded, and says so on stderr. For crash tests,
@@ -178,7 +182,7 @@ impl Orchestrator {
     ) -> Result<bool> {
         let options = ExecuteOptions {
             metadata: Metadata {
-                actor: Some("saga".to_owned()),
+                actor: Some(STEP_SCOPE.to_owned()),
                 ..metadata.clone()
             },
             ..ExecuteOptions::default()

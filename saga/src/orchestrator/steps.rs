@@ -10,7 +10,7 @@ use domain::{
 use event_store::{ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome, Repository};
 use serde::{Deserialize, Serialize};
 
-use super::Orchestrator;
+use super::{Orchestrator, STEP_SCOPE};
 use crate::{CarrierError, Shipment};
 
 /// What one attempt of a step came to.
@@ -69,7 +69,8 @@ impl Orchestrator {
             return StepResult::Transient("saga without an id".to_owned());
         };
         let order_id = order.order_id;
-        // With spaces, which a client's `Idempotency-Key` (visible ASCII)
+        // In the saga's own scope (a client's key is in its caller's), and
+        // with spaces, which a client's `Idempotency-Key` (visible ASCII)
         // cannot have: no request can take a step's key before the step.
         // (Earlier versions used `saga:{saga_id}:{retries}:{step}`; a step
         // one of them carried out is not repeated after an upgrade, as the
@@ -78,7 +79,7 @@ impl Orchestrator {
         let inner = &self.inner;
         let metadata = Metadata {
             causation_id: Some(format!("saga-{order_id}:{step}")),
-            actor: Some("saga".to_owned()),
+            actor: Some(STEP_SCOPE.to_owned()),
             ..metadata.clone()
         };
         match step {
@@ -237,7 +238,7 @@ async fn send<A: Aggregate>(
     let options = ExecuteOptions {
         expected_version: None,
         metadata: metadata.clone(),
-        idempotency: Some(IdempotencyKey::new(key.clone(), key)),
+        idempotency: Some(IdempotencyKey::new(STEP_SCOPE, key.clone(), key)),
     };
     let record = |result: std::result::Result<&Outcome<A>, &A::Error>| match result {
         Ok(_) => StepRecord::Done,

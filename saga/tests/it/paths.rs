@@ -596,6 +596,7 @@ async fn a_step_done_under_an_earlier_versions_key_is_not_done_again() {
     let legacy = format!("saga:{saga_id}:0:{}", Step::ChargePayment);
     let options = ExecuteOptions {
         idempotency: Some(IdempotencyKey {
+            scope: saga::STEP_SCOPE.to_owned(),
             key: legacy.clone(),
             fingerprint: legacy,
         }),
