@@ -5,7 +5,7 @@ use std::time::Duration;
 use event_store::{EventStore, ExecuteOptions, Executed, IdempotencyKey, Repository};
 use migrations::testing::TestDatabase;
 
-use crate::support::{event_count, respond, Counter, CounterCommand};
+use crate::support::{event_count, record, Counter, CounterCommand};
 
 fn scoped(scope: &str, key: &str) -> ExecuteOptions {
     ExecuteOptions {
@@ -28,7 +28,7 @@ async fn one_key_in_two_scopes_is_two_keys() {
         &id,
         &CounterCommand::Open,
         ExecuteOptions::default(),
-        respond,
+        record,
     )
     .await
     .expect("open");
@@ -36,19 +36,19 @@ async fn one_key_in_two_scopes_is_two_keys() {
     let mut answers = Vec::new();
     for scope in ["ana", "bo"] {
         let executed = repo
-            .execute(&id, &CounterCommand::Add(5), scoped(scope, "k"), respond)
+            .execute(&id, &CounterCommand::Add(5), scoped(scope, "k"), record)
             .await
             .expect("execute");
         let Executed::Done(outcome) = executed else {
             panic!("{scope}: expected its own execution, got {executed:?}")
         };
-        answers.push(respond(Ok(&outcome)));
+        answers.push(record(Ok(&outcome)));
     }
     assert_eq!(repo.load(&id).await.expect("load").state.total, 10);
     assert_eq!(event_count(&store).await, 3);
     for (scope, answer) in ["ana", "bo"].into_iter().zip(&answers) {
         let again = repo
-            .execute(&id, &CounterCommand::Add(5), scoped(scope, "k"), respond)
+            .execute(&id, &CounterCommand::Add(5), scoped(scope, "k"), record)
             .await
             .expect("replay");
         assert!(
@@ -70,19 +70,19 @@ async fn the_purge_deletes_in_batches_what_is_older_than_the_ttl() {
         &id,
         &CounterCommand::Open,
         ExecuteOptions::default(),
-        respond,
+        record,
     )
     .await
     .expect("open");
     for key in ["fresh-1", "fresh-2", "old"] {
-        repo.execute(&id, &CounterCommand::Add(1), scoped("ana", key), respond)
+        repo.execute(&id, &CounterCommand::Add(1), scoped("ana", key), record)
             .await
             .expect("execute");
     }
     // 2,500 more past the TTL, as many as two and a half batches.
     sqlx::query(
-        "INSERT INTO event_store.idempotency (scope, key, fingerprint, status, body, created_at) \
-         SELECT 'bo', 'old-' || n, 'f', 200, '{}', now() - interval '2 hours' \
+        "INSERT INTO event_store.idempotency (scope, key, fingerprint, record, created_at) \
+         SELECT 'bo', 'old-' || n, 'f', '{}', now() - interval '2 hours' \
          FROM generate_series(1, 2500) AS n",
     )
     .execute(&db.pool)
@@ -118,7 +118,7 @@ async fn the_purge_deletes_in_batches_what_is_older_than_the_ttl() {
 
     // A purged key is unknown again: the command runs again.
     let again = repo
-        .execute(&id, &CounterCommand::Add(1), scoped("ana", "old"), respond)
+        .execute(&id, &CounterCommand::Add(1), scoped("ana", "old"), record)
         .await
         .expect("execute");
     assert!(matches!(again, Executed::Done(_)), "{again:?}");
