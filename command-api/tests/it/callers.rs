@@ -7,7 +7,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, TestApp};
+use crate::helpers::{assert_json, TestApp, DEFAULT_PRICE};
 use crate::tokens::{generous, Keys};
 
 /// Who sends a request: a customer, an operator, or nobody (no token).
@@ -135,7 +135,8 @@ impl SecuredApp {
 
     /// Creates an inventory item, as an operator.
     pub async fn create_item_as_operator(&self, sku: &str, quantity: i64) {
-        let body = json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity});
+        let body = json!({"sku": sku, "name": format!("Item {sku}"), "quantity": quantity,
+                          "unit_price": DEFAULT_PRICE, "currency": "EUR"});
         let created = self
             .send(&Who::operator("stock"), "/inventory", &body)
             .await;
@@ -173,7 +174,7 @@ pub fn order_of(customer: &Who, account: Uuid, sku: &str) -> Value {
     let mut body = json!({
         "account_id": account,
         "currency": "EUR",
-        "lines": [{"sku": sku, "quantity": 1, "unit_price": 1000}],
+        "lines": [{"sku": sku, "quantity": 1}],
         "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
                              "postal_code": "28013", "country": "ES"}
     });

@@ -143,9 +143,17 @@ impl TestApp {
 
     /// A server verifying real tokens (`access`).
     pub async fn spawn_with_access(access: service::auth::Access) -> TestApp {
+        TestApp::spawn_with_access_and(access, |_| {}).await
+    }
+
+    /// A server verifying real tokens (`access`), configured by `configure`.
+    pub async fn spawn_with_access_and(
+        access: service::auth::Access,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestApp {
         init_tracing();
         let db = TestDatabase::create().await;
-        let server = Server::start_with_access(db.pool.clone(), access, |_| {}).await;
+        let server = Server::start_with_access(db.pool.clone(), access, configure).await;
         TestApp { server, db }
     }
 

@@ -317,7 +317,8 @@ async fn an_order_is_cancelled_by_its_customer_or_any_operator() {
 async fn operator_commands_record_the_operators_name() {
     let app = SecuredApp::spawn().await;
     let operator = Who::operator("olga");
-    let body = json!({"sku": "LAMP-2", "name": "Lamp", "quantity": 3});
+    let body = json!({"sku": "LAMP-2", "name": "Lamp", "quantity": 3,
+                      "unit_price": 2500, "currency": "EUR"});
     assert_json(
         app.send(&operator, "/inventory", &body).await,
         StatusCode::CREATED,
