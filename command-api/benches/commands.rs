@@ -17,10 +17,10 @@
 //! per target (default 10), `BENCH_ROUNDS` (5), `BENCH_CLIENTS` (32),
 //! `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
 
-use migrations::testing::env_or;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -29,11 +29,11 @@ use axum::{Json, Router};
 use command_api::{Application, Config};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 use futures::future::join_all;
-use migrations::testing::TestDatabase;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
-use migrations::testing::TestDatabase;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
 const CONCURRENCY: [usize; 3] = [1, 8, 32];

@@ -8,13 +8,13 @@
 //! `DELIVERY_BENCH_INTERVAL_MS` (default 50). Prints the publish
 //! acknowledgement and the publish-to-consume latency, p50/p90/max.
 
-use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use chrono::Utc;
 use event_store::{Metadata, RecordedEvent};
-use kafka::{ensure_topics, EventConsumer, EventPublisher, KafkaConfig};
+use kafka::{ensure_topics, EventConsumer, EventPublisher};
 use uuid::Uuid;
 
 fn event(n: i64, sent_us: u128) -> RecordedEvent {
@@ -48,7 +48,7 @@ fn percentiles(mut values: Vec<f64>) -> String {
 async fn main() {
     let events: usize = env_or("DELIVERY_BENCH_EVENTS", 100);
     let interval = Duration::from_millis(env_or("DELIVERY_BENCH_INTERVAL_MS", 50));
-    let config = KafkaConfig::isolated("delivery-bench");
+    let config = test_support::kafka::isolated("delivery-bench");
     ensure_topics(&config, &["account"]).await.expect("topics");
     let consumer = EventConsumer::new(
         &config,

@@ -8,9 +8,9 @@
 //! otherwise) tune it. Prints every round, the medians and their ratio, and
 //! the median of the per-round ratios.
 
-use migrations::testing::env_or;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use event_store::{
     Checkpoint, EventStore, ExpectedVersion, Metadata, NewEvent, RawRecordedEvent, StreamId,
@@ -18,11 +18,11 @@ use event_store::{
 use kafka::{
     ensure_topics, KafkaConfig, Relay, RelayOptions, RelayOutcome, CHECKPOINT_NAME, STREAM_TYPES,
 };
-use migrations::testing::TestDatabase;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
 const STREAMS: usize = 1000;
@@ -32,7 +32,7 @@ const STREAMS: usize = 1000;
 const PRODUCER_WARM_UP: Duration = Duration::from_secs(2);
 
 fn config() -> KafkaConfig {
-    KafkaConfig::isolated("bench")
+    test_support::kafka::isolated("bench")
 }
 
 /// `count` events over [`STREAMS`] account streams, appended in chunks.

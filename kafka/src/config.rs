@@ -62,18 +62,6 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Topics of their own on the brokers of `KAFKA_BROKERS` (the local
-    /// default without it): prefix `{label}-{uuid}`, the rest as
-    /// [`Default`]. For tests and benchmarks, which must not share topics.
-    pub fn isolated(label: &str) -> KafkaConfig {
-        let default = KafkaConfig::default();
-        KafkaConfig {
-            brokers: std::env::var("KAFKA_BROKERS").unwrap_or(default.brokers),
-            topic_prefix: format!("{label}-{}", uuid::Uuid::new_v4().simple()),
-            ..default
-        }
-    }
-
     /// The same with this consumer group session timeout (tests take 2 s, so
     /// that a stopped consumer's partitions move on quickly).
     pub fn with_session_timeout_ms(self, session_timeout_ms: u32) -> KafkaConfig {

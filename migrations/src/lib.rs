@@ -34,6 +34,3 @@ pub async fn pending(pool: &sqlx::PgPool) -> Result<Vec<i64>, sqlx::Error> {
         .map(|m| m.version)
         .collect())
 }
-
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -10,17 +10,17 @@
 //! batch, like a worker fed by Kafka. The baseline inserts the same account
 //! and ledger rows with one multi-row INSERT per table per batch.
 
-use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use domain::{AccountEvent, AccountId, Amount, Currency, CustomerId, Money};
 use event_store::{
     Checkpoint, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
-use migrations::testing::TestDatabase;
 use projections::{Accounts, Projector};
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
 #[tokio::main]
@@ -114,7 +114,7 @@ async fn seed(store: &EventStore, accounts: usize, per_account: usize) -> Vec<Re
     }
     // The gap-safe read holds events back while older transactions run.
     let total = accounts * per_account;
-    migrations::testing::eventually(
+    test_support::eventually(
         "read_all to return every event",
         Duration::from_secs(60),
         Duration::from_millis(20),

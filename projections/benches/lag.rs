@@ -14,19 +14,19 @@
 //! satisfied (the server waits for the version; retried on 503) is the lag;
 //! the deposit's own latency is printed next to it as the reference.
 
-use migrations::testing::env_or;
 use std::sync::Arc;
 use std::time::Duration;
+use test_support::env_or;
 
 use command_api::Config;
 use event_store::EventStore;
-use kafka::{KafkaConfig, Relay};
-use migrations::testing::TestDatabase;
+use kafka::Relay;
 use projections::WorkerConfig;
 use query_api::QueryApiConfig;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use tokio::sync::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -130,7 +130,7 @@ async fn main() -> Result<(), BoxError> {
         .collect();
 
     let db = TestDatabase::create().await;
-    let kafka = KafkaConfig::isolated("lag-bench");
+    let kafka = test_support::kafka::isolated("lag-bench");
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
     let store = EventStore::new(db.pool.clone());
     let shutdown = CancellationToken::new();

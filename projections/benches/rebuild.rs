@@ -21,8 +21,8 @@
 //! outright that the rebuild reaches, replaying the whole history to get
 //! there.
 
-use migrations::testing::env_or;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use domain::{
     AccountEvent, AccountId, Amount, CountryCode, Currency, CustomerId, InventoryEvent, Money,
@@ -30,10 +30,10 @@ use domain::{
     Step, UnitPrice,
 };
 use event_store::{EventStore, NewEvent};
-use migrations::testing::TestDatabase;
 use projections::rebuild::{RebuildOptions, RebuildReport};
 use projections::Projection;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -12,10 +12,10 @@
 //! transaction per batch. The baseline upserts, per batch, the final row of
 //! every saga the batch touches with one multi-row `INSERT ... ON CONFLICT`.
 
-use migrations::testing::env_or;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::env_or;
 
 use chrono::{DateTime, Utc};
 use domain::{
@@ -26,9 +26,9 @@ use domain::{
 use event_store::{
     Checkpoint, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
-use migrations::testing::TestDatabase;
 use projections::{Projector, Sagas};
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
 #[tokio::main]
@@ -211,7 +211,7 @@ async fn seed(store: &EventStore, sagas: usize) -> Vec<RecordedEvent> {
         }
     }
     // The gap-safe read holds events back while older transactions run.
-    migrations::testing::eventually(
+    test_support::eventually(
         "read_all to return every event",
         Duration::from_secs(60),
         Duration::from_millis(20),

@@ -41,23 +41,23 @@
 //! the server-wide xmin). `BENCH_RELAY_IDLE_WAIT_MS` sets the relay's idle
 //! wait (its polling fallback; default that of `RelayOptions`).
 
-use migrations::testing::env_or;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use test_support::env_or;
 
 use chrono::{DateTime, Utc};
 
 use command_api::{Application, Config};
 use event_store::EventStore;
-use kafka::{EventConsumer, KafkaConfig, RelayOptions};
-use migrations::testing::TestDatabase;
+use kafka::{EventConsumer, RelayOptions};
 use saga::{SagaConfig, SagaMetrics, SimulatedCarrier};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 use tokio::sync::{oneshot, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -436,7 +436,7 @@ async fn main() -> Result<(), BoxError> {
     let sku_count: usize = env_or("BENCH_SKUS", 50).max(1);
 
     let db = TestDatabase::create().await;
-    let kafka = KafkaConfig::isolated("saga-bench");
+    let kafka = test_support::kafka::isolated("saga-bench");
     kafka::ensure_topics(&kafka, kafka::STREAM_TYPES).await?;
     let shutdown = CancellationToken::new();
 

@@ -10,14 +10,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use domain::{
-    AccountCommand, AccountId, Aggregate, Amount, BankAccount, CountryCode, Currency, CustomerId,
-    FulfilmentSaga, Inventory, InventoryCommand, LineToPlace, Order, OrderCommand, OrderId,
-    OrderStatus, Price, Quantity, SagaState, SagaStatus, ShippingAddress, Sku, StepStatus,
-    UnitPrice,
+    AccountId, BankAccount, Currency, CustomerId, FulfilmentSaga, Inventory, InventoryCommand,
+    LineToPlace, Order, OrderCommand, OrderId, OrderStatus, Price, SagaState, SagaStatus,
+    StepStatus,
 };
-use event_store::{EventStore, ExecuteOptions, Executed, Repository};
-use kafka::KafkaConfig;
-use migrations::testing::{eventually, TestDatabase};
+use event_store::{EventStore, Repository};
+use test_support::fixtures::{address, price_of, quantity_of, sku_of};
+use test_support::{eventually, Harness, TestDatabase};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,7 @@ const PRICE: i64 = 1_000;
 
 /// Every item's catalog price.
 fn price() -> Price {
-    Price::new(UnitPrice::new(PRICE).expect("price"), Currency::EUR)
+    price_of(PRICE, "EUR")
 }
 
 struct Setup {
@@ -41,50 +40,18 @@ struct Setup {
     relay: CancellationToken,
 }
 
-async fn exec<A: Aggregate>(store: &EventStore, id: &str, command: A::Command) {
-    let executed = Repository::<A>::new(store.clone())
-        .execute(id, &command, ExecuteOptions::default(), |_| ())
-        .await
-        .expect("execute");
-    assert!(matches!(executed, Executed::Done(_)), "{executed:?}");
-}
-
 async fn setup(country: &str) -> Setup {
-    let kafka = KafkaConfig::isolated("test").with_session_timeout_ms(2000);
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
-    let db = TestDatabase::create().await;
-    let store = EventStore::new(db.pool.clone());
-
-    let account = Uuid::now_v7();
-    let customer = Uuid::now_v7();
-    exec::<BankAccount>(
-        &store,
-        &account.to_string(),
-        AccountCommand::Open {
-            account_id: AccountId::new(account),
-            customer_id: CustomerId::new(customer),
-            currency: Currency::EUR,
-        },
-    )
-    .await;
-    exec::<BankAccount>(
-        &store,
-        &account.to_string(),
-        AccountCommand::Deposit {
-            amount: Amount::new(BALANCE).expect("amount"),
-        },
-    )
-    .await;
+    let kafka = test_support::kafka::topics("purser-crash").await;
+    let h = Harness::new().await;
+    let (account, customer) = h.open_account("EUR").await;
+    h.deposit(account, BALANCE).await;
     for sku in ["A", "B"] {
-        exec::<Inventory>(
-            &store,
+        h.exec::<Inventory>(
             sku,
             InventoryCommand::Create {
-                sku: Sku::parse(sku).expect("sku"),
+                sku: sku_of(sku),
                 name: format!("Item {sku}"),
-                quantity: Quantity::new(STOCK).expect("quantity"),
+                quantity: quantity_of(STOCK),
                 price: price(),
             },
         )
@@ -92,34 +59,20 @@ async fn setup(country: &str) -> Setup {
     }
     let order = Uuid::now_v7();
     // At the catalog's price, as the Command API would have looked it up.
-    let line = |sku: &str| {
-        LineToPlace::priced(
-            Sku::parse(sku).expect("sku"),
-            Quantity::new(QUANTITY).expect("quantity"),
-            price(),
-        )
-    };
-    exec::<Order>(
-        &store,
-        &order.to_string(),
+    let line = |sku: &str| LineToPlace::priced(sku_of(sku), quantity_of(QUANTITY), price());
+    h.order(
+        order,
         OrderCommand::Place {
             order_id: OrderId::new(order),
             customer_id: CustomerId::new(customer),
             account_id: AccountId::new(account),
             currency: Currency::EUR,
             lines: vec![line("A"), line("B")],
-            shipping_address: ShippingAddress::new(
-                "Ana".into(),
-                "Calle Mayor 1".into(),
-                None,
-                "Madrid".into(),
-                "28013".into(),
-                CountryCode::parse(country).expect("country"),
-            )
-            .expect("address"),
+            shipping_address: address(country),
         },
     )
     .await;
+    let Harness { db, store } = h;
 
     let relay = CancellationToken::new();
     let publisher = kafka::Relay::new(store.clone(), kafka.clone()).expect("relay");

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use migrations::testing::{eventually, TestDatabase};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
+use test_support::{eventually, TestDatabase};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 

@@ -15,8 +15,8 @@ mod serve;
 use std::process::Output;
 use std::time::Duration;
 
-use migrations::testing::TestDatabase;
 use sqlx::PgPool;
+use test_support::TestDatabase;
 
 /// The binary under test, built by cargo for the integration tests.
 pub const PURSER: &str = env!("CARGO_BIN_EXE_purser");

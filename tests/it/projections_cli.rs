@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use migrations::testing::TestDatabase;
+use test_support::TestDatabase;
 
 use crate::{
     accounts_snapshot, purser, rebuild_done, seed_accounts, stderr, stdout, DEADLINE, PURSER,
@@ -44,7 +44,7 @@ async fn a_killed_rebuild_resumes_and_ends_identical_to_an_uninterrupted_one() {
         .spawn()
         .expect("spawn purser");
     let pool = &db.pool;
-    migrations::testing::eventually(
+    test_support::eventually(
         "the rebuild to replay 1000 events",
         DEADLINE,
         std::time::Duration::from_millis(10),
@@ -77,7 +77,7 @@ async fn a_killed_rebuild_resumes_and_ends_identical_to_an_uninterrupted_one() {
     // The server drops the dead process's session, and its lock with it
     // (after finishing what the process had sent, a COMMIT included).
     let db_ref = &db;
-    migrations::testing::eventually(
+    test_support::eventually(
         "the dead process's lock to go",
         DEADLINE,
         std::time::Duration::from_millis(10),

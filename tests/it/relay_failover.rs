@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 use kafka::{Delivered, EventConsumer, KafkaConfig};
-use migrations::testing::{eventually, TestDatabase};
+use test_support::{eventually, TestDatabase};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -98,7 +98,7 @@ async fn consume_all(consumer: &EventConsumer, store: &EventStore, delivered: &m
 
 #[tokio::test]
 async fn killing_the_active_relay_process_hands_over_to_the_standby_and_loses_nothing() {
-    let kafka = KafkaConfig::isolated("test").with_session_timeout_ms(2000);
+    let kafka = test_support::kafka::config("test");
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());
     let streams: Vec<StreamId> = (0..10)

@@ -5,8 +5,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use migrations::testing::{eventually, TestDatabase};
 use serde_json::Value;
+use test_support::{eventually, TestDatabase};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
@@ -23,7 +23,7 @@ fn keys() -> tempfile::TempDir {
 /// tokens verified with the key pair in `keys`, JSON logs on a piped
 /// stderr.
 fn serve(db: &TestDatabase, migrate: bool, keys: &std::path::Path) -> Child {
-    let kafka = kafka::KafkaConfig::isolated("serve");
+    let kafka = test_support::kafka::isolated("serve");
     let mut command = Command::new(PURSER);
     command
         .args(["serve", "--database-url", &db.url, "--log-format", "json"])

@@ -8,8 +8,10 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, wait_until, TestApp};
 use crate::tokens::{assert_unauthorized, generous, Keys, RateLimitConfig};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem};
+use test_support::wait_until;
 
 fn bearer(request: RequestBuilder, token: Option<&str>) -> RequestBuilder {
     match token {
@@ -420,8 +422,8 @@ async fn a_caller_past_its_burst_waits_and_others_are_not_affected() {
     assert_eq!(metrics(&modest).await.unwrap().status(), StatusCode::OK);
     // Served again once its bucket refills.
     wait_until(
-        Duration::from_secs(5),
         "the greedy caller is served again",
+        Duration::from_secs(5),
         || async { metrics(&greedy).await.unwrap().status() == StatusCode::OK },
     )
     .await;

@@ -7,8 +7,9 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, TestApp, DEFAULT_PRICE};
 use crate::tokens::{generous, Keys};
+use test_support::command_api::{TestApp, DEFAULT_PRICE};
+use test_support::http::assert_json;
 
 /// Who sends a request: a customer, an operator, or nobody (no token).
 #[derive(Debug, Clone, PartialEq, Eq)]

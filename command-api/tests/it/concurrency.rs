@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, Server, TestApp};
+use test_support::command_api::{Server, TestApp};
+use test_support::http::{assert_json, assert_problem};
 
 /// Sends `count` withdrawals of `amount` at once through `servers` (round
 /// robin); returns (status, code) of each answer.

@@ -9,7 +9,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_json, wait_until, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::assert_json;
+use test_support::wait_until;
 
 fn request_head(path: &str, content_length: usize, extra: &str) -> String {
     format!(
@@ -49,8 +51,8 @@ async fn a_body_cut_off_midway_appends_nothing() {
 
     // The server gives up on the request once it sees the connection end.
     wait_until(
-        Duration::from_secs(10),
         "the cut request to be answered",
+        Duration::from_secs(10),
         || async { requests_counted(&app, "/accounts/{id}/deposits", 400).await == 1 },
     )
     .await;

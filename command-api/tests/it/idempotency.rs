@@ -8,7 +8,8 @@ use reqwest::header::ETAG;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_json, assert_problem, order_body, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem, order_body};
 
 const REPLAYED: &str = "idempotent-replayed";
 

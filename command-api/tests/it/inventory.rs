@@ -6,7 +6,9 @@ use reqwest::header::ETAG;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_json, assert_problem, stream_events, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem};
+use test_support::store::stream_events;
 
 #[tokio::test]
 async fn create_and_restock() {

@@ -6,7 +6,6 @@ mod accounts;
 mod callers;
 mod concurrency;
 mod connection;
-mod helpers;
 mod idempotency;
 mod inventory;
 mod limits;
@@ -15,9 +14,6 @@ mod orders;
 mod owners;
 mod ownership;
 mod prices;
-// The saga simulation of the projections' tests, shared rather than copied.
-#[path = "../../../projections/tests/it/saga_sim.rs"]
-mod saga_sim;
 mod sagas;
 mod scoped_keys;
 mod shutdown;

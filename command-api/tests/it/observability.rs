@@ -13,7 +13,8 @@ use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem};
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_made_and_become_correlation_ids() {
@@ -157,7 +158,7 @@ async fn health_metrics_and_openapi() {
 /// nothing.
 #[tokio::test]
 async fn a_database_that_is_down_is_503_naming_the_check() {
-    crate::helpers::init_tracing();
+    test_support::init_tracing();
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")

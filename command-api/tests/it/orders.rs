@@ -7,7 +7,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, order_body, stream_events, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem, order_body};
+use test_support::store::stream_events;
 
 #[tokio::test]
 async fn place_appends_order_placed_and_answers_202() {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::callers::{order_of, SecuredApp, Who};
-use crate::helpers::{assert_json, assert_problem};
+use test_support::http::{assert_json, assert_problem};
 
 /// Status and body of a problem answer.
 async fn problem(response: Response, status: StatusCode, code: &str) -> Value {

@@ -8,7 +8,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, assert_problem, order_body, stream_events, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem, order_body};
+use test_support::store::stream_events;
 
 fn line(sku: &str, quantity: i64) -> Value {
     json!({"sku": sku, "quantity": quantity})

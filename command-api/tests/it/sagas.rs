@@ -7,9 +7,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use test_support::command_api::TestApp;
+use test_support::http::{assert_json, assert_problem};
+use test_support::saga_sim::{run_saga, saga_order, StepOutcome};
+
 use crate::callers::{SecuredApp, Who};
-use crate::helpers::{assert_json, assert_problem, TestApp};
-use crate::saga_sim::{run_saga, saga_order, StepOutcome};
 
 const REPLAYED: &str = "idempotent-replayed";
 

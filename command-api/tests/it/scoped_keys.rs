@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use migrations::testing::eventually;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use test_support::eventually;
 
 use crate::callers::{SecuredApp, Who};
-use crate::helpers::{assert_json, assert_problem};
+use test_support::http::{assert_json, assert_problem};
 
 const REPLAYED: &str = "idempotent-replayed";
 

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use crate::helpers::{wait_until, TestApp};
+use test_support::command_api::TestApp;
+use test_support::wait_until;
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests() {
@@ -42,8 +43,8 @@ async fn shutdown_finishes_in_flight_requests() {
     };
     let pool = db.pool.clone();
     wait_until(
-        Duration::from_secs(10),
         "the deposit to wait on the lock",
+        Duration::from_secs(10),
         || {
             let pool = pool.clone();
             async move {
@@ -62,7 +63,7 @@ async fn shutdown_finishes_in_flight_requests() {
 
     server.signal_shutdown();
     let address = server.address;
-    wait_until(Duration::from_secs(10), "the listener to close", || async {
+    wait_until("the listener to close", Duration::from_secs(10), || async {
         TcpStream::connect(address).await.is_err()
     })
     .await;

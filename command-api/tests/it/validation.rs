@@ -6,7 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{assert_problem, order_body, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::{assert_problem, order_body};
 
 /// How a bad request is sent.
 enum Body {
@@ -435,7 +436,7 @@ async fn bad_inputs_are_refused_and_append_nothing() {
         assert_eq!(status, case.status, "{}: {body}", case.name);
         assert_eq!(
             content_type.as_ref().and_then(|v| v.to_str().ok()),
-            Some(crate::helpers::PROBLEM_JSON),
+            Some(test_support::http::PROBLEM_JSON),
             "{}",
             case.name
         );

@@ -5,4 +5,4 @@ mod account;
 mod inventory;
 mod order;
 mod saga;
-mod support;
+mod strategies;

@@ -1,12 +1,13 @@
 use std::sync::Arc;
 
 use event_store::{Error, EventStore, ExpectedVersion, Metadata, NewEvent};
-use migrations::testing::TestDatabase;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
+use test_support::TestDatabase;
 use tokio::sync::Barrier;
 
-use crate::support::{added, event_count, metadata, new_counter_stream};
+use crate::counter::{added, metadata, new_counter_stream};
+use test_support::store::event_count;
 
 #[tokio::test]
 async fn appends_get_contiguous_versions_and_read_back_in_order() {
@@ -157,7 +158,7 @@ async fn sixteen_concurrent_appenders_race_for_each_version() {
         for writer in 0..WRITERS {
             let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
             writers.push(tokio::spawn(async move {
-                let event = NewEvent::from_domain(&crate::support::CounterEvent::Added {
+                let event = NewEvent::from_domain(&crate::counter::CounterEvent::Added {
                     amount: writer as i64,
                 });
                 let event_id = event.event_id;
@@ -289,7 +290,7 @@ async fn a_multi_event_append_is_all_or_nothing() {
                 .await
         })
     };
-    crate::support::wait_for_lock_waiter(&store).await;
+    test_support::store::wait_for_lock_waiter(&store).await;
     writer.commit().await.expect("commit");
     let err = racing.await.expect("task").expect_err("lost the race");
     assert!(matches!(err, Error::Conflict { actual: 2, .. }), "{err:?}");

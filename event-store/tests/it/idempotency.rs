@@ -3,12 +3,13 @@ use std::sync::Arc;
 use event_store::{
     Error, EventStore, ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Repository,
 };
-use migrations::testing::TestDatabase;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
+use test_support::TestDatabase;
 use tokio::sync::Barrier;
 
-use crate::support::{event_count, record, Counter, CounterCommand, CounterError, CounterRecord};
+use crate::counter::{record, Counter, CounterCommand, CounterError, CounterRecord};
+use test_support::store::event_count;
 
 fn key(key: &str, fingerprint: &str) -> ExecuteOptions {
     ExecuteOptions {

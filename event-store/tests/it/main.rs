@@ -1,11 +1,11 @@
 //! Integration tests of the event store against a real PostgreSQL, each test
-//! in its own database (`migrations::testing::TestDatabase`).
+//! in its own database (`test_support::TestDatabase`).
 
 mod append;
+mod counter;
 mod idempotency;
 mod read_all;
 mod repository;
 mod retention;
 mod subscription;
-mod support;
 mod upcasting;

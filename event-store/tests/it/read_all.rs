@@ -2,11 +2,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId};
-use migrations::testing::TestDatabase;
 use sqlx::postgres::PgPoolOptions;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
-use crate::support::{added, new_counter_stream, Deadline};
+use crate::counter::{added, new_counter_stream};
+use test_support::Deadline;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -253,7 +254,7 @@ async fn read_all_raw_returns_the_same_events_with_the_stored_payload_text() {
                 &stream,
                 ExpectedVersion::NoStream,
                 &[event, added(2)],
-                &crate::support::metadata(&format!("corr-{n}")),
+                &crate::counter::metadata(&format!("corr-{n}")),
             )
             .await
             .expect("append");

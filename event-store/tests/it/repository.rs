@@ -2,13 +2,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use event_store::{EventStore, ExecuteError, ExecuteOptions, Executed, Repository, StreamId};
-use migrations::testing::TestDatabase;
 use serde_json::json;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
-use crate::support::{
-    record, wait_for_lock_waiter, Counter, CounterCommand, CounterEvent, CounterRecord,
-};
+use crate::counter::{record, Counter, CounterCommand, CounterEvent, CounterRecord};
+use test_support::store::wait_for_lock_waiter;
 
 async fn execute(
     repo: &Repository<Counter>,
@@ -52,7 +51,7 @@ async fn execute_against_a_racing_writer(
     repo: Repository<Counter>,
     id: &str,
     options: ExecuteOptions,
-) -> Result<Executed<Counter, CounterRecord>, ExecuteError<crate::support::CounterError>> {
+) -> Result<Executed<Counter, CounterRecord>, ExecuteError<crate::counter::CounterError>> {
     let mut writer = db.pool.begin().await.expect("begin");
     sqlx::query(
         "INSERT INTO event_store.events \

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use event_store::{EventStore, ExecuteOptions, Executed, IdempotencyKey, Repository};
-use migrations::testing::TestDatabase;
+use test_support::TestDatabase;
 
-use crate::support::{event_count, record, Counter, CounterCommand};
+use crate::counter::{record, Counter, CounterCommand};
+use test_support::store::event_count;
 
 fn scoped(scope: &str, key: &str) -> ExecuteOptions {
     ExecuteOptions {

@@ -1,9 +1,10 @@
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, Subscription};
-use migrations::testing::TestDatabase;
+use test_support::TestDatabase;
 
-use crate::support::{added, new_counter_stream, Deadline};
+use crate::counter::{added, new_counter_stream};
+use test_support::Deadline;
 
 /// Generous: other tests' transactions on the server can hold events back.
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -1,8 +1,8 @@
 use event_store::{Error, EventStore, Repository, StreamId};
-use migrations::testing::TestDatabase;
+use test_support::TestDatabase;
 use uuid::Uuid;
 
-use crate::support::{Counter, CounterEvent};
+use crate::counter::{Counter, CounterEvent};
 
 async fn insert_raw(
     store: &EventStore,

@@ -1,40 +1,24 @@
-//! Shared test support.
+//! The kafka tests' own helpers: events appended and made by hand, and
+//! reads of the topics.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
-use kafka::{ensure_topics, Delivered, EventConsumer, KafkaConfig, STREAM_TYPES};
-use migrations::testing::{eventually, TestDatabase};
+use kafka::{Delivered, EventConsumer, KafkaConfig};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use test_support::TestDatabase;
 use uuid::Uuid;
 
 /// How long any wait for the broker may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A configuration for the test broker with a fresh topic prefix.
-pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig::isolated("test").with_session_timeout_ms(2000)
-}
-
-/// A broker address where nothing listens.
-pub fn dead_broker() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let address = listener.local_addr().expect("local address");
-    drop(listener);
-    address.to_string()
-}
-
 /// Topics created, and a fresh database with its event store.
 pub async fn setup() -> (TestDatabase, EventStore, KafkaConfig) {
-    let config = kafka_config();
-    ensure_topics(&config, STREAM_TYPES)
-        .await
-        .expect("create topics");
+    let config = test_support::kafka::topics("kafka-test").await;
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());
     (db, store, config)
@@ -63,34 +47,6 @@ pub async fn append(store: &EventStore, stream: &StreamId, count: usize) -> Vec<
     store.read_stream(stream, from).await.expect("read back")
 }
 
-/// Every committed event in the store, in global order. `read_all` only
-/// returns events of transactions older than every one in flight on the
-/// whole server (other tests' included), so this waits until all of them
-/// are readable.
-pub async fn all_events(store: &EventStore) -> Vec<RecordedEvent> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store.events")
-        .fetch_one(store.pool())
-        .await
-        .expect("count events");
-    eventually(
-        "read_all to return every event",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        move || async move {
-            let events = store
-                .read_all(event_store::Checkpoint::START, 1_000_000)
-                .await
-                .expect("read all");
-            if events.len() as i64 >= total {
-                Ok(events)
-            } else {
-                Err(format!("{} of {total}", events.len()))
-            }
-        },
-    )
-    .await
-}
-
 /// A hand-made recorded event (for tests that need no database).
 pub fn recorded(stream_type: &str, id: &str, version: u64, position: i64) -> RecordedEvent {
     RecordedEvent {
@@ -110,25 +66,6 @@ pub fn recorded(stream_type: &str, id: &str, version: u64, position: i64) -> Rec
         },
         recorded_at: Utc::now(),
     }
-}
-
-/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually(what, DEADLINE, Duration::from_millis(50), || {
-        let holds = condition();
-        async move {
-            if holds.await {
-                Ok(())
-            } else {
-                Err("not yet")
-            }
-        }
-    })
-    .await;
 }
 
 /// Reads from `consumer` until every id of `wanted` was seen (duplicates are

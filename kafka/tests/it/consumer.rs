@@ -9,7 +9,8 @@ use kafka::{ensure_topics, Delivered, EventConsumer, EventPublisher, KafkaConfig
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::{consume_ids, kafka_config, recorded, wait_until};
+use crate::common::{consume_ids, recorded, DEADLINE};
+use test_support::wait_until;
 
 /// One event on each of `streams` fresh account streams (spread over the partitions).
 fn events(streams: usize, first_position: i64) -> Vec<RecordedEvent> {
@@ -100,12 +101,12 @@ impl Member {
 
 #[tokio::test]
 async fn two_consumers_of_one_group_share_the_partitions() {
-    let config = kafka_config();
+    let config = test_support::kafka::config("kafka-test");
     ensure_topics(&config, &["account"]).await.expect("topics");
     let group = format!("{}.share", config.topic_prefix);
     let a = Member::start(&config, &group);
     let b = Member::start(&config, &group);
-    wait_until("both members to hold partitions", || async {
+    wait_until("both members to hold partitions", DEADLINE, || async {
         let (pa, pb) = (a.partitions(), b.partitions());
         !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == 3
     })
@@ -114,7 +115,7 @@ async fn two_consumers_of_one_group_share_the_partitions() {
     let sent = events(30, 1);
     publish(&config, &sent).await;
     let wanted = ids(&sent);
-    wait_until("every event consumed", || async {
+    wait_until("every event consumed", DEADLINE, || async {
         a.ids().union(&b.ids()).copied().collect::<HashSet<_>>() == wanted
     })
     .await;
@@ -129,23 +130,27 @@ async fn two_consumers_of_one_group_share_the_partitions() {
 
     // When one leaves, the other takes its partitions over.
     a.stop().await;
-    wait_until("the remaining member to hold every partition", || async {
-        b.partitions().len() == 3
-    })
+    wait_until(
+        "the remaining member to hold every partition",
+        DEADLINE,
+        || async { b.partitions().len() == 3 },
+    )
     .await;
     let more = events(12, 100);
     publish(&config, &more).await;
     let wanted = ids(&more);
-    wait_until("the remaining member to consume everything", || async {
-        wanted.is_subset(&b.ids())
-    })
+    wait_until(
+        "the remaining member to consume everything",
+        DEADLINE,
+        || async { wanted.is_subset(&b.ids()) },
+    )
     .await;
     b.stop().await;
 }
 
 #[tokio::test]
 async fn a_restarted_consumer_resumes_after_its_committed_offsets() {
-    let config = kafka_config();
+    let config = test_support::kafka::config("kafka-test");
     ensure_topics(&config, &["account"]).await.expect("topics");
     let group = format!("{}.restart", config.topic_prefix);
     let first = events(10, 1);
@@ -186,7 +191,7 @@ async fn a_restarted_consumer_resumes_after_its_committed_offsets() {
 
 #[tokio::test]
 async fn next_batch_returns_empty_when_nothing_arrives() {
-    let config = kafka_config();
+    let config = test_support::kafka::config("kafka-test");
     ensure_topics(&config, &["saga"]).await.expect("topics");
     let consumer = EventConsumer::new(&config, &format!("{}.idle", config.topic_prefix), &["saga"])
         .expect("consumer");

@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use event_store::{EventStore, RecordedEvent, StreamId};
 use kafka::{Delivered, EventConsumer, KafkaConfig, Relay, RelayOptions, RelayRole};
-use migrations::testing::eventually;
+use test_support::eventually;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::{
-    all_events, append, consume_ids, locate_on_broker, setup, try_consume_ids, DEADLINE,
-};
+use crate::common::{append, consume_ids, locate_on_broker, setup, try_consume_ids, DEADLINE};
+use test_support::store::all_events;
 
 /// How long a standby may take to become active.
 const TAKEOVER: Duration = Duration::from_secs(20);

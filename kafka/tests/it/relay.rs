@@ -11,9 +11,9 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::{
-    all_events, append, consume_ids, dead_broker, header, read_raw, setup, wait_until, DEADLINE,
-};
+use crate::common::{append, consume_ids, header, read_raw, setup, DEADLINE};
+use test_support::store::all_events;
+use test_support::wait_until;
 
 fn options(batch_size: u32) -> RelayOptions {
     RelayOptions {
@@ -174,7 +174,7 @@ async fn broker_unavailable_checkpoints_nothing_then_everything_arrives() {
     append(&store, &account, 10).await;
 
     let dead = KafkaConfig {
-        brokers: dead_broker(),
+        brokers: test_support::kafka::dead_broker(),
         ..config.clone()
     };
     let mut relay = Relay::with_options(
@@ -284,7 +284,7 @@ async fn run_publishes_as_events_arrive_and_stops_on_shutdown() {
         .last()
         .expect("events")
         .checkpoint();
-    wait_until("the relay checkpoint", || async {
+    wait_until("the relay checkpoint", DEADLINE, || async {
         store
             .load_checkpoint(CHECKPOINT_NAME)
             .await

@@ -7,11 +7,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{dead_broker, kafka_config};
-
 #[tokio::test]
 async fn ensure_topics_creates_every_topic_once_with_its_partitions() {
-    let mut config = kafka_config();
+    let mut config = test_support::kafka::config("kafka-test");
     config.partitions = 2;
     ensure_topics(&config, STREAM_TYPES).await.expect("create");
     ensure_topics(&config, STREAM_TYPES)
@@ -42,15 +40,15 @@ async fn ensure_topics_creates_every_topic_once_with_its_partitions() {
 
 #[tokio::test]
 async fn ensure_topics_retrying_succeeds_on_a_live_broker_and_gives_up_on_shutdown() {
-    let config = kafka_config();
+    let config = test_support::kafka::config("kafka-test");
     let shutdown = CancellationToken::new();
     assert!(ensure_topics_retrying(&config, &["account"], &shutdown)
         .await
         .expect("live broker"));
 
     let dead = KafkaConfig {
-        brokers: dead_broker(),
-        ..kafka_config()
+        brokers: test_support::kafka::dead_broker(),
+        ..test_support::kafka::config("kafka-test")
     };
     let waiting = tokio::spawn({
         let shutdown = shutdown.clone();

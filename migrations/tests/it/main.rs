@@ -1,12 +1,12 @@
 //! The migrations apply to a fresh database, and `TestDatabase` cleans up.
 
-use migrations::testing::TestDatabase;
 use serde_json::json;
+use test_support::TestDatabase;
 
 #[tokio::test]
 async fn a_test_database_is_migrated_and_dropped() {
     let db = TestDatabase::create().await;
-    assert!(db.name.starts_with(migrations::testing::NAME_PREFIX));
+    assert!(db.name.starts_with(test_support::NAME_PREFIX));
     assert!(db.url.ends_with(&db.name));
 
     let schemas: Vec<String> = sqlx::query_scalar(
@@ -31,7 +31,7 @@ async fn a_test_database_is_migrated_and_dropped() {
     let name = db.name.clone();
     let admin = sqlx::PgPool::connect(
         &std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| migrations::testing::DEFAULT_DATABASE_URL.to_owned()),
+            .unwrap_or_else(|_| test_support::DEFAULT_DATABASE_URL.to_owned()),
     )
     .await
     .expect("admin");

@@ -6,11 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kafka::{KafkaConfig, Relay, RelayOutcome};
+use kafka::{Relay, RelayOutcome};
 use projections::{Accounts, Outcome, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::Subscriber;
@@ -18,7 +17,9 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 use uuid::Uuid;
 
-use crate::support::Harness;
+use test_support::http::Client;
+use test_support::pipeline::Pipeline;
+use test_support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -98,27 +99,11 @@ async fn correlation_ids_of_http_requests_reach_the_projection_batch_span() {
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
 
     let h = Harness::new().await;
-    let kafka = KafkaConfig::isolated("projections-correlation").with_session_timeout_ms(2_000);
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("create topics");
+    let kafka = test_support::kafka::topics("projections-correlation").await;
 
     // Two commands over HTTP, each with its own request id.
-    let shutdown = CancellationToken::new();
-    let config = command_api::Config {
-        bind: "127.0.0.1:0".parse().expect("address"),
-        ..command_api::Config::default()
-    };
-    let app = command_api::Application::build(
-        &config,
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("command API");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let server = tokio::spawn(app.run(shutdown.clone()));
-    let http = reqwest::Client::new();
+    let mut pipeline = Pipeline::new();
+    let Client { http, base } = pipeline.command_api(&h.db.pool).await;
     let (open_id, deposit_id) = (
         format!("open-{}", Uuid::new_v4()),
         format!("deposit-{}", Uuid::new_v4()),
@@ -141,8 +126,7 @@ async fn correlation_ids_of_http_requests_reach_the_projection_batch_span() {
         json!({"amount": 500}),
     )
     .await;
-    shutdown.cancel();
-    server.await.expect("server task").expect("server");
+    pipeline.stop().await;
 
     // Relay them to Kafka (the gap-safe read may hold them back a moment).
     let mut relay = Relay::new(h.store.clone(), kafka.clone()).expect("relay");

@@ -7,7 +7,5 @@ mod prices;
 mod projector;
 mod randomised;
 mod rebuild;
-mod saga_sim;
 mod sagas;
-mod support;
 mod worker;

@@ -11,23 +11,11 @@ use kafka::{KafkaConfig, Relay, RelayOptions, RelayOutcome};
 use projections::{Accounts, Outcome, Worker, WorkerConfig};
 use tokio::time::Instant;
 
-use crate::support::Harness;
+use test_support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const ACCOUNTS: usize = 16;
 const ROUNDS: i64 = 8;
-
-fn kafka_config() -> KafkaConfig {
-    KafkaConfig::isolated("projections-outage").with_session_timeout_ms(2_000)
-}
-
-/// A port nothing listens on.
-fn dead_broker() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let address = listener.local_addr().expect("local address");
-    drop(listener);
-    address.to_string()
-}
 
 fn relay_options(delivery_timeout_ms: u64) -> RelayOptions {
     RelayOptions {
@@ -62,10 +50,7 @@ async fn relay_until_error(relay: &mut Relay) -> kafka::Error {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_unavailable_while_commands_are_accepted_then_the_projection_catches_up() {
     let h = Harness::new().await;
-    let kafka = kafka_config();
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("create topics");
+    let kafka = test_support::kafka::topics("projections-outage").await;
 
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
@@ -75,7 +60,7 @@ async fn broker_unavailable_while_commands_are_accepted_then_the_projection_catc
 
     // The broker is down: the relay fails and checkpoints nothing...
     let dead = KafkaConfig {
-        brokers: dead_broker(),
+        brokers: test_support::kafka::dead_broker(),
         ..kafka.clone()
     };
     let mut relay =

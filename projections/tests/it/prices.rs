@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::Harness;
+use test_support::Harness;
 
 type Row = (String, i64, Option<i64>, Option<String>, i64);
 

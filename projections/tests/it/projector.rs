@@ -2,14 +2,14 @@
 //! real event store (no Kafka).
 
 use domain::{
-    AccountCommand, AccountId, BankAccount, CancellationReason, CountryCode, CustomerId,
-    InventoryCommand, LineToPlace, OrderCommand, ShippingAddress, Sku,
+    AccountCommand, BankAccount, CancellationReason, CustomerId, InventoryCommand, OrderCommand,
 };
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use projections::{Accounts, BatchReport, Inventory, Orders};
 use uuid::Uuid;
 
-use crate::support::{amount_of, catalog_price, currency_of, order_id, quantity_of, Harness};
+use test_support::fixtures::{amount_of, currency_of, order_id, place, quantity_of};
+use test_support::Harness;
 
 #[tokio::test]
 async fn accounts_projection_builds_the_account_and_its_ledger() {
@@ -187,36 +187,6 @@ async fn inventory_projection_tracks_on_hand_and_reserved() {
         ]
     );
     h.drop().await;
-}
-
-pub(crate) fn place(order: Uuid, customer: Uuid, account: Uuid) -> OrderCommand {
-    OrderCommand::Place {
-        order_id: order_id(order),
-        customer_id: CustomerId::new(customer),
-        account_id: AccountId::new(account),
-        currency: currency_of("EUR"),
-        lines: vec![
-            LineToPlace::priced(
-                Sku::parse("LAPTOP-15").unwrap(),
-                quantity_of(1),
-                catalog_price("LAPTOP-15"),
-            ),
-            LineToPlace::priced(
-                Sku::parse("MOUSE-1").unwrap(),
-                quantity_of(2),
-                catalog_price("MOUSE-1"),
-            ),
-        ],
-        shipping_address: ShippingAddress::new(
-            "Ana".into(),
-            "Calle Mayor 1".into(),
-            None,
-            "Madrid".into(),
-            "28013".into(),
-            CountryCode::parse("ES").unwrap(),
-        )
-        .unwrap(),
-    }
 }
 
 /// order_id, status, total, cancellation_reason, tracking_number, version

@@ -14,10 +14,11 @@ use projections::{Accounts, Inventory, Projection, Worker, WorkerConfig};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{amount_of, currency_of, order_id, quantity_of, Harness};
+use test_support::fixtures::{amount_of, currency_of, order_id, quantity_of};
+use test_support::pipeline::Pipeline;
+use test_support::Harness;
 
 const ACCOUNTS: usize = 12;
 const SKUS: usize = 4;
@@ -187,17 +188,10 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
     let seed: u64 = rand::random();
     println!("seed {seed}");
     let h = Arc::new(Harness::new().await);
-    let kafka = kafka::KafkaConfig::isolated("projections-random").with_session_timeout_ms(2_000);
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
-    let shutdown = CancellationToken::new();
+    let kafka = test_support::kafka::topics("projections-random").await;
     // The relay and two workers per projection run while the commands do.
-    let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
-    let token = shutdown.clone();
-    let mut tasks = vec![tokio::spawn(async move {
-        relay.run(token).await.map_err(|e| e.to_string())
-    })];
+    let mut pipeline = Pipeline::new();
+    pipeline.relay(&h.store, &kafka);
     let config = WorkerConfig {
         batch_size: 50,
         poll_wait: Duration::from_millis(200),
@@ -210,10 +204,8 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
         for _ in 0..2 {
             let worker =
                 Worker::new(projection.clone(), h.store.clone(), &kafka, config.clone()).unwrap();
-            let token = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                worker.run(token).await.map_err(|e| e.to_string())
-            }));
+            let token = pipeline.shutdown.clone();
+            pipeline.spawn("worker", worker.run(token));
         }
     }
     let workload = run_workload(&h, seed).await;
@@ -225,10 +217,7 @@ async fn through_kafka_the_read_models_equal_the_folded_streams() {
         Duration::from_secs(90),
     )
     .await;
-    shutdown.cancel();
-    for task in tasks {
-        task.await.expect("task").expect("component");
-    }
+    pipeline.stop().await;
     check_against_streams(&h, &workload, seed).await;
     if let Ok(h) = Arc::try_unwrap(h) {
         h.drop().await;

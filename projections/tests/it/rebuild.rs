@@ -8,20 +8,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{AccountCommand, BankAccount, InventoryCommand, OrderCommand};
 use event_store::RecordedEvent;
-use migrations::testing::eventually;
 use projections::rebuild::{self, RebuildOptions, RebuildReport};
-use projections::{ApplyError, Error, Projection, Projector, Table, WorkerConfig};
-use query_api::{Application, QueryApiConfig};
+use projections::{ApplyError, Error, Projection, Projector, Table};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{Postgres, Transaction};
+use test_support::eventually;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::projector::place;
 use crate::randomised::{check_against_streams, run_workload, Workload};
 use crate::sagas::three_sagas;
-use crate::support::{amount_of, quantity_of, Harness};
+use test_support::fixtures::place;
+use test_support::fixtures::{amount_of, quantity_of};
+use test_support::pipeline::Pipeline;
+use test_support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -247,24 +248,10 @@ async fn a_rebuild_while_commands_flow_ends_equal_to_a_fresh_rebuild() {
     let seed: u64 = rand::random();
     println!("seed {seed}");
     let h = Arc::new(Harness::new().await);
-    let kafka = kafka::KafkaConfig::isolated("projections-rebuild").with_session_timeout_ms(2_000);
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
-    let shutdown = CancellationToken::new();
-    let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let workers = tokio::spawn({
-        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
-        async move {
-            let config = WorkerConfig {
-                batch_size: 50,
-                poll_wait: Duration::from_millis(200),
-                ..WorkerConfig::default()
-            };
-            projections::run_workers(&[], store, &kafka, config, shutdown).await
-        }
-    });
+    let kafka = test_support::kafka::topics("projections-rebuild").await;
+    let mut pipeline = Pipeline::new();
+    pipeline.relay(&h.store, &kafka);
+    pipeline.workers(&h.store, &kafka, Some(50));
     let workload = run_workload(&h, seed).await;
     orders_workload(&h, &workload, seed, 10).await;
 
@@ -353,9 +340,7 @@ async fn a_rebuild_while_commands_flow_ends_equal_to_a_fresh_rebuild() {
         DEADLINE,
     )
     .await;
-    shutdown.cancel();
-    relay_task.await.expect("relay task").expect("relay");
-    workers.await.expect("workers task").expect("workers");
+    pipeline.stop().await;
     let after_live = h.snapshot().await;
     check_against_streams(&h, &workload, seed).await;
 
@@ -433,20 +418,8 @@ async fn the_query_api_answers_throughout_a_rebuild() {
     project_live(&h).await;
     let live = h.snapshot().await;
 
-    let config = QueryApiConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ..QueryApiConfig::default()
-    };
-    let app = Application::build(
-        &config,
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("bind");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(app.run(shutdown.clone()));
+    let mut pipeline = Pipeline::new();
+    let base = pipeline.query_api(&h.db.pool).await.base;
     let stop = Arc::new(AtomicBool::new(false));
     let (workload, orders) = (Arc::new(workload), Arc::new(orders));
     let reader = tokio::spawn(read_everything(
@@ -470,8 +443,7 @@ async fn the_query_api_answers_throughout_a_rebuild() {
     println!("{requests} requests during the rebuilds");
     assert!(requests >= 12, "{requests}");
     assert_eq!(h.snapshot().await, live);
-    shutdown.cancel();
-    server.await.expect("server task").expect("server");
+    pipeline.stop().await;
     if let Ok(h) = Arc::try_unwrap(h) {
         h.drop().await;
     }

@@ -7,8 +7,10 @@ use projections::{Projection, Sagas};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::saga_sim::{resume_saga, run_saga, saga_exec, saga_order, StepOutcome, MAX_ATTEMPTS};
-use crate::support::Harness;
+use test_support::saga_sim::{
+    resume_saga, run_saga, saga_exec, saga_order, StepOutcome, MAX_ATTEMPTS,
+};
+use test_support::Harness;
 
 /// Three sagas: one shipped after a transient carrier failure, one
 /// compensated after the second of three lines was out of stock, one that

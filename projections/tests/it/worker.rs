@@ -9,13 +9,9 @@ use kafka::{KafkaConfig, Relay, RelayOutcome};
 use projections::{Accounts, Outcome, Projector, Worker, WorkerConfig};
 use tokio::time::Instant;
 
-use crate::support::Harness;
+use test_support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn kafka_config() -> KafkaConfig {
-    KafkaConfig::isolated("projections-test").with_session_timeout_ms(2_000)
-}
 
 fn worker_config() -> WorkerConfig {
     WorkerConfig {
@@ -27,10 +23,7 @@ fn worker_config() -> WorkerConfig {
 
 async fn setup() -> (Harness, KafkaConfig, Publisher) {
     let h = Harness::new().await;
-    let kafka = kafka_config();
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("create topics");
+    let kafka = test_support::kafka::topics("projections-test").await;
     let relay = Publisher::new(&h.store, &kafka);
     (h, kafka, relay)
 }

@@ -9,8 +9,9 @@ use axum::http::Request;
 use service::auth::Access;
 use uuid::Uuid;
 
-use crate::support::{assert_problem, send_with, Harness, Response};
 use crate::tokens::{generous, Keys};
+use test_support::router::{assert_problem, send_with, Response};
+use test_support::Harness;
 
 async fn get(h: &Harness, access: &Access, uri: &str, token: Option<&str>) -> Response {
     let mut request = Request::get(uri);

@@ -8,85 +8,24 @@ use domain::{
     AccountCommand, Amount, BankAccount, Inventory, InventoryCommand, Order, OrderCommand, OrderId,
     Quantity,
 };
-use kafka::{KafkaConfig, Relay};
-use migrations::testing::eventually;
-use projections::WorkerConfig;
-use query_api::{Application, QueryApiConfig};
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use test_support::pipeline::Pipeline;
+use test_support::{eventually, Harness};
 use uuid::Uuid;
-
-use crate::support::Harness;
-
-pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig::isolated("query-api-test").with_session_timeout_ms(2_000)
-}
-
-pub struct Client {
-    pub http: reqwest::Client,
-    pub base: String,
-}
-
-impl Client {
-    /// GET that must answer 200; returns the JSON body.
-    pub async fn get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
-        let status = response.status();
-        assert!(response.headers().contains_key("x-request-id"));
-        let body = response.text().await.expect("body");
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or(Value::String(body))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_become_visible_through_every_read_endpoint() {
     let h = Harness::new().await;
-    let kafka = kafka_config();
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
-    let shutdown = CancellationToken::new();
-
-    let relay = Relay::new(h.store.clone(), kafka.clone()).expect("relay");
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let workers = tokio::spawn({
-        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
-        async move {
-            let config = WorkerConfig {
-                poll_wait: Duration::from_millis(200),
-                ..WorkerConfig::default()
-            };
-            projections::run_workers(&[], store, &kafka, config, shutdown).await
-        }
-    });
-    let config = QueryApiConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        ..QueryApiConfig::default()
-    };
-    let app = Application::build(
-        &config,
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("bind");
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{}", app.port()),
-    };
-    let server = tokio::spawn(app.run(shutdown.clone()));
+    let kafka = test_support::kafka::topics("query-api-test").await;
+    let mut pipeline = Pipeline::new();
+    pipeline.relay(&h.store, &kafka);
+    pipeline.workers(&h.store, &kafka, None);
+    let client = pipeline.query_api(&h.db.pool).await;
     // The first reads also wait for the consumer groups to form: allow it.
     let wait = "wait_ms=10000";
 
     // Accounts.
     let customer = Uuid::now_v7();
-    let account = h.open_account(customer).await;
+    let account = h.open_account_of(customer, "EUR").await;
     let version = h.deposit(account, 10_000).await;
     let body = client
         .get(&format!("/accounts/{account}?min_version={version}&{wait}"))
@@ -206,9 +145,6 @@ async fn commands_become_visible_through_every_read_endpoint() {
     let doc = client.get("/openapi.json").await;
     assert!(doc["paths"]["/orders/{id}"].is_object());
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
-    workers.await.unwrap().unwrap();
-    relay_task.await.unwrap().unwrap();
+    pipeline.stop().await;
     h.drop().await;
 }

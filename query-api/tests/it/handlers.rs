@@ -12,13 +12,14 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{assert_problem, send, Harness};
+use test_support::router::{assert_problem, send};
+use test_support::Harness;
 
 #[tokio::test]
 async fn get_account_answers_the_read_model_404_or_400() {
     let h = Harness::new().await;
     let customer = Uuid::now_v7();
-    let account = h.open_account(customer).await;
+    let account = h.open_account_of(customer, "EUR").await;
     h.deposit(account, 10_000).await;
     h.project_all().await;
 
@@ -83,7 +84,7 @@ async fn the_request_id_is_echoed_and_unknown_routes_are_problems() {
 #[tokio::test]
 async fn transactions_are_paged_with_an_opaque_cursor() {
     let h = Harness::new().await;
-    let account = h.open_account(Uuid::now_v7()).await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
     for amount in 1..=5 {
         h.deposit(account, amount * 100).await;
     }
@@ -234,7 +235,7 @@ async fn orders_with_lines_filters_and_pages() {
         ])
     );
 
-    let ids = |r: &crate::support::Response| -> Vec<String> {
+    let ids = |r: &test_support::router::Response| -> Vec<String> {
         r.json["items"]
             .as_array()
             .unwrap()
@@ -282,7 +283,7 @@ async fn orders_with_lines_filters_and_pages() {
 #[tokio::test]
 async fn min_version_times_out_with_503_and_retry_after() {
     let h = Harness::new().await;
-    let account = h.open_account(Uuid::now_v7()).await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.project_all().await;
     h.deposit(account, 5).await; // version 2, not projected
 
@@ -308,7 +309,7 @@ async fn min_version_times_out_with_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_version_waits_wake_on_the_projection_notification() {
     let h = Harness::new().await;
-    let account = h.open_account(Uuid::now_v7()).await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.project_all().await;
     let version = h.deposit(account, 700).await;
 
@@ -325,7 +326,7 @@ async fn min_version_waits_wake_on_the_projection_notification() {
     });
     // Apply only once the listener is LISTENing and the request waits.
     let (pool, progress, request_ref) = (&h.db.pool, &state.progress, &request);
-    migrations::testing::eventually(
+    test_support::eventually(
         "the request to wait",
         Duration::from_secs(10),
         Duration::from_millis(10),
@@ -347,7 +348,7 @@ async fn min_version_waits_wake_on_the_projection_notification() {
         },
     )
     .await;
-    h.projector("accounts")
+    h.projector_named("accounts")
         .apply_batch(
             &h.store
                 .read_stream(&event_store::StreamId::of::<BankAccount>(account), 2)
@@ -368,7 +369,7 @@ async fn min_version_waits_wake_on_the_projection_notification() {
 #[tokio::test]
 async fn projections_report_checkpoint_head_lag_and_parked_streams() {
     let h = Harness::new().await;
-    let a = h.open_account(Uuid::now_v7()).await;
+    let a = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.deposit(a, 10).await;
     h.create_item("LAPTOP-15", 1).await;
     h.project_all().await;
@@ -415,7 +416,7 @@ async fn projections_report_checkpoint_head_lag_and_parked_streams() {
 #[tokio::test]
 async fn projections_show_a_rebuild_running_or_interrupted() {
     let h = Harness::new().await;
-    let a = h.open_account(Uuid::now_v7()).await;
+    let a = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.deposit(a, 10).await;
     h.project_all().await;
     // A rebuild interrupted at once: its shadow and its row are there.
@@ -480,7 +481,7 @@ async fn projections_show_a_rebuild_running_or_interrupted() {
 #[tokio::test]
 async fn metrics_health_and_openapi() {
     let h = Harness::new().await;
-    let a = h.open_account(Uuid::now_v7()).await;
+    let a = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.deposit(a, 10).await;
     h.project_all().await;
 

@@ -10,11 +10,7 @@ mod limits;
 mod operator;
 mod prices;
 mod progress;
-// The saga simulation of the projections' tests, shared rather than copied.
-#[path = "../../../projections/tests/it/saga_sim.rs"]
-mod saga_sim;
 mod sagas;
-mod support;
 // The keys and bad tokens of the Command API's tests, shared.
 #[path = "../../../command-api/tests/it/tokens.rs"]
 #[allow(dead_code)]

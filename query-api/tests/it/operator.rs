@@ -5,91 +5,35 @@
 //! `POST /sagas/{order_id}/retry` reaches the orchestrator through Kafka and
 //! the order ships, as `/sagas/{order_id}` and `/metrics` then say.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use migrations::testing::eventually;
-use projections::WorkerConfig;
-use query_api::{Application, QueryApiConfig};
-use saga::{SagaConfig, SagaMetrics, SimulatedCarrier};
+use saga::{SagaConfig, SimulatedCarrier};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use test_support::http::Client;
+use test_support::pipeline::Pipeline;
+use test_support::Harness;
 use uuid::Uuid;
-
-use crate::e2e::{kafka_config, Client};
-use crate::support::Harness;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn post(http: &reqwest::Client, url: String, body: Value, key: Option<&str>) -> (u16, Value) {
-    let mut request = http.post(url).json(&body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+/// POSTs to the Command API; the status and the JSON body.
+async fn post(commands: &Client, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+    let (status, body) = commands.post(path, &body, key).await;
+    (status.as_u16(), body)
 }
 
 /// GETs `path` until `done` holds for its body.
 async fn wait_for(client: &Client, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let done = &done;
-    eventually(
-        &format!("GET {path} to get there"),
-        DEADLINE,
-        Duration::from_millis(50),
-        move || async move {
-            let response = client
-                .http
-                .get(format!("{}{path}", client.base))
-                .send()
-                .await
-                .expect("request sent");
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            if done(&body) {
-                Ok(body)
-            } else {
-                Err(body)
-            }
-        },
-    )
-    .await
+    client.get_until(path, DEADLINE, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     let h = Harness::new().await;
-    let kafka = kafka_config();
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
-
-    let api_config = command_api::Config {
-        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..command_api::Config::default()
-    };
-    let commands = command_api::Application::build(
-        &api_config,
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("command API binds");
-    let command_base = format!("http://{}", commands.address());
-    tasks.push(tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            commands.run(shutdown).await.expect("command API");
-        }
-    }));
-    let relay = kafka::Relay::new(h.store.clone(), kafka.clone()).expect("relay");
-    tasks.push(tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { relay.run(shutdown).await.expect("relay") }
-    }));
+    let kafka = test_support::kafka::topics("query-api-test").await;
+    let mut pipeline = Pipeline::new();
+    let commands = pipeline.command_api(&h.db.pool).await;
+    pipeline.relay(&h.store, &kafka);
     let carrier = SimulatedCarrier::default();
     let controls = carrier.controls();
     controls.set_hang(true);
@@ -104,57 +48,15 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
         poll_ms: 50,
         ..SagaConfig::default()
     };
-    tasks.push(tokio::spawn({
-        let (store, shutdown) = (h.store.clone(), shutdown.clone());
-        async move {
-            saga::run(
-                store,
-                saga_config,
-                Arc::new(carrier),
-                Arc::new(SagaMetrics::new()),
-                shutdown,
-            )
-            .await
-            .expect("saga")
-        }
-    }));
-    tasks.push(tokio::spawn({
-        let (store, kafka, shutdown) = (h.store.clone(), kafka.clone(), shutdown.clone());
-        async move {
-            let config = WorkerConfig {
-                poll_wait: Duration::from_millis(200),
-                ..WorkerConfig::default()
-            };
-            projections::run_workers(&[], store, &kafka, config, shutdown)
-                .await
-                .expect("projection workers")
-        }
-    }));
-    let queries = Application::build(
-        &QueryApiConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..QueryApiConfig::default()
-        },
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("query API binds");
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{}", queries.port()),
-    };
-    tasks.push(tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { queries.run(shutdown).await.expect("query API") }
-    }));
+    pipeline.saga(&h.store, saga_config, carrier);
+    pipeline.workers(&h.store, &kafka, None);
+    let client = pipeline.query_api(&h.db.pool).await;
 
     // A customer with money, a SKU in stock, an order.
-    let http = &client.http;
     let customer = Uuid::now_v7();
     let (status, body) = post(
-        http,
-        format!("{command_base}/accounts"),
+        &commands,
+        "/accounts",
         json!({"customer_id": customer, "currency": "EUR"}),
         None,
     )
@@ -162,24 +64,24 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     assert_eq!(status, 201, "{body}");
     let account = body["account_id"].as_str().unwrap().to_owned();
     let (status, _) = post(
-        http,
-        format!("{command_base}/accounts/{account}/deposits"),
+        &commands,
+        &format!("/accounts/{account}/deposits"),
         json!({"amount": 10_000}),
         None,
     )
     .await;
     assert_eq!(status, 200);
     let (status, _) = post(
-        http,
-        format!("{command_base}/inventory"),
+        &commands,
+        "/inventory",
         json!({"sku": "A", "name": "Item A", "quantity": 5, "unit_price": 1_000, "currency": "EUR"}),
         None,
     )
     .await;
     assert_eq!(status, 201);
     let (status, body) = post(
-        http,
-        format!("{command_base}/orders"),
+        &commands,
+        "/orders",
         json!({
             "customer_id": customer, "account_id": account, "currency": "EUR",
             "lines": [{"sku": "A", "quantity": 1, "unit_price": 1_000}],
@@ -223,11 +125,11 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
 
     // The carrier works again; the operator retries, twice with one key.
     controls.set_hang(false);
-    let retry = format!("{command_base}/sagas/{order}/retry");
-    let (status, first) = post(http, retry.clone(), json!({}), Some("op-1")).await;
+    let retry = format!("/sagas/{order}/retry");
+    let (status, first) = post(&commands, &retry, json!({}), Some("op-1")).await;
     assert_eq!(status, 202, "{first}");
     assert_eq!(first["state"], "running");
-    let (status, again) = post(http, retry.clone(), json!({}), Some("op-1")).await;
+    let (status, again) = post(&commands, &retry, json!({}), Some("op-1")).await;
     assert_eq!((status, &again), (202, &first));
     let version = first["version"].as_u64().unwrap();
     let saga = client
@@ -263,15 +165,12 @@ async fn an_operator_finds_a_stuck_saga_and_retries_it_over_http() {
     })
     .await;
     assert_eq!(order_view["tracking_number"], done["tracking_number"]);
-    let (status, refused) = post(http, retry, json!({}), None).await;
+    let (status, refused) = post(&commands, &retry, json!({}), None).await;
     assert_eq!(
         (status, &refused["code"]),
         (422, &json!("saga_not_retryable"))
     );
 
-    shutdown.cancel();
-    for task in tasks {
-        task.await.expect("task");
-    }
+    pipeline.stop().await;
     h.drop().await;
 }

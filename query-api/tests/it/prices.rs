@@ -6,7 +6,7 @@ use event_store::{ExpectedVersion, Metadata, NewEvent, StreamId};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::Harness;
+use test_support::Harness;
 
 #[tokio::test]
 async fn items_show_their_price_and_its_changes() {

@@ -5,7 +5,7 @@
 use projections::status::PROGRESS_SQL;
 use serde_json::Value;
 
-use crate::support::Harness;
+use test_support::Harness;
 
 /// Every plan node of `plan` (EXPLAIN's JSON), depth first.
 fn nodes(plan: &Value) -> Vec<&Value> {

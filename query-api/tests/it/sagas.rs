@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use domain::Step;
 use kafka::Relay;
-use migrations::testing::eventually;
 use projections::{Outcome, Sagas, Worker, WorkerConfig};
-use query_api::{Application, QueryApiConfig};
+
 use serde_json::Value;
+use test_support::eventually;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::e2e::{kafka_config, Client};
-use crate::saga_sim::{run_saga, saga_order, StepOutcome};
-use crate::support::{assert_problem, Harness};
+use test_support::pipeline::Pipeline;
+use test_support::router::assert_problem;
+use test_support::saga_sim::{run_saga, saga_order, StepOutcome};
+use test_support::Harness;
 
 /// A saga that ships, after one transient carrier failure.
 async fn shipped(h: &Harness, skus: &[&str]) -> (Uuid, u64) {
@@ -250,10 +251,7 @@ struct Counts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothing() {
     let h = Harness::new().await;
-    let kafka = kafka_config();
-    kafka::ensure_topics(&kafka, kafka::STREAM_TYPES)
-        .await
-        .expect("topics");
+    let kafka = test_support::kafka::topics("query-api-test").await;
     let shutdown = CancellationToken::new();
     let relay_stop = shutdown.child_token();
     let relay = tokio::spawn(
@@ -293,21 +291,8 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
             }
         }
     });
-    let app = Application::build(
-        &QueryApiConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..QueryApiConfig::default()
-        },
-        h.db.pool.clone(),
-        service::auth::Access::insecure(),
-    )
-    .await
-    .expect("bind");
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{}", app.port()),
-    };
-    let server = tokio::spawn(app.run(shutdown.clone()));
+    let mut pipeline = Pipeline::new();
+    let client = pipeline.query_api(&h.db.pool).await;
 
     let (done, done_version) = shipped(&h, &["A", "B"]).await;
     let (undone, undone_version) = compensated(&h).await;
@@ -400,7 +385,7 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
     assert_eq!(client.get("/sagas?limit=500").await, before);
 
     shutdown.cancel();
-    server.await.unwrap().unwrap();
+    pipeline.stop().await;
     worker_task.await.unwrap();
     relay.await.unwrap().unwrap();
     h.drop().await;

@@ -7,5 +7,4 @@
 mod outage;
 mod paths;
 mod simulation;
-mod support;
 mod trigger;

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use domain::{SagaStatus, StepStatus};
 
-use migrations::testing::eventually;
 use projections::WorkerConfig;
+use test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{fast_config, kafka_config_on, World};
+use test_support::world::{fast_config, kafka_config_on, World};
 
 /// A Tansu broker on a free port, with memory storage, killed on drop (and
 /// by a watchdog shell when this test process dies without dropping it).

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use saga::SagaConfig;
 use serde_json::json;
 
-use crate::support::{fast_config, hold_before, World};
+use test_support::world::{fast_config, hold_before, World};
 
 fn count(events: &[String], event_type: &str) -> usize {
     events.iter().filter(|e| e.as_str() == event_type).count()

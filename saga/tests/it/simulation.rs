@@ -26,7 +26,7 @@ use saga::SagaConfig;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{fast_config, World};
+use test_support::world::{fast_config, World};
 
 const SEED_ENV: &str = "SAGA_SIM_SEED";
 const ORDERS: usize = 300;
@@ -303,7 +303,7 @@ async fn run_op(world: &World, accounts: &[(Uuid, Uuid)], orders: &[PlannedOrder
 /// Waits until every saga is over; fails at once if one needs attention.
 async fn wait_for_every_saga(world: &World, orders: usize, within: Duration) {
     let pool = &world.db.pool;
-    migrations::testing::eventually(
+    test_support::eventually(
         "every saga to finish",
         within,
         Duration::from_millis(100),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use domain::SagaStatus;
 use event_store::{RecordedEvent, StreamId};
-use migrations::testing::eventually;
+use test_support::eventually;
 use uuid::Uuid;
 
-use crate::support::{fast_config, World};
+use test_support::world::{fast_config, World};
 
 fn count(events: &[String], event_type: &str) -> usize {
     events.iter().filter(|e| *e == event_type).count()

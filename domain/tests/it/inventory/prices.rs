@@ -7,7 +7,7 @@ use domain::{
 use serde_json::json;
 
 use super::*;
-use crate::support::given;
+use test_support::decider::given;
 
 fn set_price(unit_price: i64, currency: Option<Currency>) -> C {
     C::SetPrice {

@@ -9,9 +9,9 @@ use domain::{
 };
 use proptest::prelude::*;
 
-use crate::support::{
-    assert_round_trips, assert_state_round_trips, pooled_uuid, positive_i64, proptest_config,
-    refold_from_stored, Expect,
+use crate::strategies::{pooled_uuid, positive_i64, proptest_config};
+use test_support::decider::{
+    assert_round_trips, assert_state_round_trips, refold_from_stored, Expect,
 };
 
 fn quantity() -> impl Strategy<Value = Quantity> {

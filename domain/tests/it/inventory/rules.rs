@@ -5,7 +5,7 @@ use domain::{
 };
 
 use super::*;
-use crate::support::{given, given_state};
+use test_support::decider::{given, given_state};
 
 fn create(name: &str, quantity: i64) -> C {
     C::Create {

@@ -7,7 +7,7 @@ use domain::{
 };
 
 use super::*;
-use crate::support::given;
+use test_support::decider::given;
 
 fn eur(unit_price: i64) -> Price {
     Price::new(UnitPrice::new(unit_price).expect("positive"), Currency::EUR)

@@ -11,9 +11,9 @@ use domain::{
 use proptest::prelude::*;
 
 use super::place_lines;
-use crate::support::{
-    assert_round_trips, assert_state_round_trips, positive_i64, proptest_config,
-    refold_from_stored, Expect,
+use crate::strategies::{positive_i64, proptest_config};
+use test_support::decider::{
+    assert_round_trips, assert_state_round_trips, refold_from_stored, Expect,
 };
 
 fn line(sku: String, quantity: i64, catalog: CatalogPrice, expected: Option<i64>) -> LineToPlace {

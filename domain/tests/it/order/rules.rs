@@ -5,7 +5,7 @@ use domain::{
 };
 
 use super::*;
-use crate::support::given;
+use test_support::decider::given;
 
 fn shipped() -> E {
     E::OrderShipped {

@@ -17,7 +17,8 @@ use proptest::prelude::*;
 
 use super::saga_id;
 use crate::order::{address, line, order_id};
-use crate::support::{assert_round_trips, assert_state_round_trips, proptest_config};
+use crate::strategies::proptest_config;
+use test_support::decider::{assert_round_trips, assert_state_round_trips};
 
 /// One random world the saga runs in.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use domain::{
 
 use super::{at, done, saga_id, saga_order, sku_step, started, two_lines};
 use crate::order::line;
-use crate::support::{assert_round_trips, given};
+use test_support::decider::{assert_round_trips, given};
 
 fn fold(events: impl IntoIterator<Item = E>) -> SagaState {
     let events: Vec<E> = events.into_iter().collect();

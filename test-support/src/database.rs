@@ -1,7 +1,7 @@
-//! Test support: every test that touches Postgres gets its own database.
+//! Every test that touches Postgres gets its own database.
 //!
 //! ```ignore
-//! let db = migrations::testing::TestDatabase::create().await;
+//! let db = test_support::TestDatabase::create().await;
 //! // ... use db.pool ...
 //! db.drop().await;
 //! ```
@@ -45,7 +45,7 @@ impl TestDatabase {
     /// support, and a test cannot proceed without its database.
     pub async fn create() -> TestDatabase {
         let db = TestDatabase::create_unmigrated().await;
-        crate::MIGRATOR
+        migrations::MIGRATOR
             .run(&db.pool)
             .await
             .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e}", db.name));
@@ -123,47 +123,6 @@ impl TestDatabase {
     }
 }
 
-/// Waits for a condition, the way tests wait for asynchronous work (never a
-/// bare sleep): calls `probe` every `every` until it returns `Ok`, and
-/// returns that. A probe answers `Err(what it saw)` while the condition does
-/// not hold yet; once `within` has passed, the wait panics with `what` and
-/// the last thing seen.
-///
-/// # Panics
-/// When the condition does not hold within `within`.
-pub async fn eventually<T, E, F, Fut>(
-    what: &str,
-    within: Duration,
-    every: Duration,
-    mut probe: F,
-) -> T
-where
-    E: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: not within {within:?}; last seen: {seen:?}"
-            ),
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// The value of environment variable `name` parsed, or `default` when it
-/// is unset or does not parse: how benchmarks take their knobs.
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
@@ -188,42 +147,7 @@ fn database_url(server_url: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::Duration;
-
-    use super::{database_url, eventually};
-
-    #[tokio::test]
-    async fn eventually_returns_once_the_probe_holds() {
-        let calls = AtomicU32::new(0);
-        let n = eventually(
-            "three calls",
-            Duration::from_secs(5),
-            Duration::ZERO,
-            || async {
-                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                if n >= 3 {
-                    Ok(n)
-                } else {
-                    Err(n)
-                }
-            },
-        )
-        .await;
-        assert_eq!(n, 3);
-    }
-
-    #[tokio::test]
-    #[should_panic(expected = "never: not within 50ms; last seen: \"no\"")]
-    async fn eventually_panics_with_what_it_last_saw() {
-        eventually(
-            "never",
-            Duration::from_millis(50),
-            Duration::from_millis(5),
-            || async { Err::<(), _>("no") },
-        )
-        .await;
-    }
+    use super::database_url;
 
     #[test]
     fn database_url_replaces_the_path_and_keeps_the_query() {

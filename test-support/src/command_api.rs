@@ -1,32 +1,24 @@
-//! A Command API on a port of its own, over a database of its own.
+//! The Command API on a port of its own (127.0.0.1:0), over a database of
+//! its own.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use command_api::{Application, Config};
-use domain::{AccountState, BankAccount, DomainEvent};
+use domain::{AccountState, BankAccount};
 use event_store::{EventStore, Repository};
-use migrations::testing::TestDatabase;
-use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
+use service::auth::Access;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const PROBLEM_JSON: &str = "application/problem+json";
+use crate::{init_tracing, TestDatabase};
 
 /// The unit price (EUR) of the items [`TestApp::create_item`] creates.
 pub const DEFAULT_PRICE: i64 = 1_000;
-
-/// Logs go to the test's output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 /// A running Command API.
 pub struct Server {
@@ -40,14 +32,14 @@ impl Server {
     /// Serves on 127.0.0.1:0 with `pool`, without authentication (the
     /// harness's explicit choice: tests of other things send no tokens).
     pub async fn start(pool: PgPool, configure: impl FnOnce(&mut Config)) -> Server {
-        Server::start_with_access(pool, service::auth::Access::insecure(), configure).await
+        Server::start_with_access(pool, Access::insecure(), configure).await
     }
 
     /// Serves on 127.0.0.1:0 with `pool`, letting callers in as `access`
     /// says.
     pub async fn start_with_access(
         pool: PgPool,
-        access: service::auth::Access,
+        access: Access,
         configure: impl FnOnce(&mut Config),
     ) -> Server {
         let mut config = Config {
@@ -67,6 +59,11 @@ impl Server {
             shutdown,
             handle,
         }
+    }
+
+    /// A [`crate::http::Client`] of this server.
+    pub fn api(&self) -> crate::http::Client {
+        crate::http::Client::new(self.address)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -142,13 +139,13 @@ impl TestApp {
     }
 
     /// A server verifying real tokens (`access`).
-    pub async fn spawn_with_access(access: service::auth::Access) -> TestApp {
+    pub async fn spawn_with_access(access: Access) -> TestApp {
         TestApp::spawn_with_access_and(access, |_| {}).await
     }
 
     /// A server verifying real tokens (`access`), configured by `configure`.
     pub async fn spawn_with_access_and(
-        access: service::auth::Access,
+        access: Access,
         configure: impl FnOnce(&mut Config),
     ) -> TestApp {
         init_tracing();
@@ -247,78 +244,4 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
     }
-}
-
-/// Asserts a problem+json answer with `status` and `code`; returns its body.
-pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(
-        response.status(),
-        status,
-        "unexpected status for an expected {code}"
-    );
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with(PROBLEM_JSON),
-        "content type {content_type:?} for {code}"
-    );
-    let body: Value = response.json().await.expect("problem body is JSON");
-    assert_eq!(body["code"], code, "problem: {body}");
-    assert_eq!(body["status"], status.as_u16(), "problem: {body}");
-    for field in ["type", "title", "detail"] {
-        assert!(body[field].is_string(), "problem without {field}: {body}");
-    }
-    body
-}
-
-/// The body of a successful JSON answer.
-pub async fn assert_json(response: Response, status: StatusCode) -> Value {
-    let actual = response.status();
-    let body = response.text().await.expect("body");
-    assert_eq!(actual, status, "body: {body}");
-    serde_json::from_str(&body).expect("JSON body")
-}
-
-/// Waits until `condition` holds, or panics after `deadline`.
-pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A place-order body.
-pub fn order_body(lines: Value) -> Value {
-    json!({
-        "customer_id": Uuid::now_v7(),
-        "account_id": Uuid::now_v7(),
-        "currency": "EUR",
-        "lines": lines,
-        "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
-                             "postal_code": "28013", "country": "ES"}
-    })
-}
-
-/// Decodes every event of a stream.
-pub async fn stream_events<E: DomainEvent>(store: &EventStore, stream: &str) -> Vec<E> {
-    let (stream_type, id) = stream.split_once('-').expect("type-id");
-    store
-        .read_stream(&event_store::StreamId::new(stream_type, id), 1)
-        .await
-        .expect("read stream")
-        .iter()
-        .map(|recorded| recorded.decode::<E>().expect("decode"))
-        .collect()
 }

@@ -2,31 +2,23 @@
 //! Command API on a free port, the relay, and the saga orchestrator with a
 //! simulated carrier whose behaviour the test controls.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::{Application, Config};
 use domain::{
     AccountState, Aggregate, BankAccount, DomainEvent, FulfilmentSaga, Inventory, InventoryState,
     Order, OrderState, SagaState,
 };
 use event_store::{EventStore, Repository};
 use kafka::KafkaConfig;
-use migrations::testing::{eventually, TestDatabase};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use saga::{BeforeStep, Orchestrator, SagaConfig, SagaMetrics, SimulatedCarrier, Trigger};
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+use crate::http::{order_body_for, Client};
+use crate::pipeline::Pipeline;
+use crate::{eventually, init_tracing, TestDatabase};
 
 /// Quick retries, short deadlines: a test runs in seconds.
 pub fn fast_config() -> SagaConfig {
@@ -42,15 +34,11 @@ pub fn fast_config() -> SagaConfig {
     }
 }
 
-pub fn kafka_config() -> KafkaConfig {
-    KafkaConfig::isolated("test").with_session_timeout_ms(2_000)
-}
-
-/// [`kafka_config`] on other brokers.
+/// Topics of the saga tests' own on other brokers.
 pub fn kafka_config_on(brokers: String) -> KafkaConfig {
     KafkaConfig {
         brokers,
-        ..kafka_config()
+        ..crate::kafka::config("saga-test")
     }
 }
 
@@ -61,18 +49,15 @@ pub struct World {
     pub carrier: SimulatedCarrier,
     pub metrics: Arc<SagaMetrics>,
     pub config: SagaConfig,
-    address: SocketAddr,
-    client: Client,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    saga_shutdown: Option<CancellationToken>,
+    api: Client,
+    pipeline: Pipeline,
 }
 
 impl World {
     /// Database, topics, Command API and relay; the saga is started by
     /// [`World::start_saga`].
     pub async fn new(config: SagaConfig) -> World {
-        World::on(config, kafka_config()).await
+        World::on(config, crate::kafka::config("saga-test")).await
     }
 
     /// [`World::new`] on the broker(s) of `kafka`.
@@ -83,30 +68,9 @@ impl World {
             .expect("create topics");
         let db = TestDatabase::create().await;
         let store = EventStore::new(db.pool.clone());
-        let shutdown = CancellationToken::new();
-
-        let api_config = Config {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
-        };
-        let application = Application::build(
-            &api_config,
-            db.pool.clone(),
-            service::auth::Access::insecure(),
-        )
-        .await
-        .expect("command API binds");
-        let address = application.address();
-        let api_shutdown = shutdown.clone();
-        let api = tokio::spawn(async move {
-            let _ = application.run(api_shutdown).await;
-        });
-
-        let relay = kafka::Relay::new(store.clone(), kafka.clone()).expect("relay");
-        let relay_shutdown = shutdown.clone();
-        let relay = tokio::spawn(async move {
-            let _ = relay.run(relay_shutdown).await;
-        });
+        let mut pipeline = Pipeline::new();
+        let api = pipeline.command_api(&db.pool).await;
+        pipeline.relay(&store, &kafka);
 
         World {
             db,
@@ -115,11 +79,8 @@ impl World {
             carrier: SimulatedCarrier::default(),
             metrics: Arc::new(SagaMetrics::new()),
             config,
-            address,
-            client: Client::new(),
-            shutdown,
-            tasks: vec![api, relay],
-            saga_shutdown: None,
+            api,
+            pipeline,
         }
     }
 
@@ -145,41 +106,22 @@ impl World {
 
     /// Runs the trigger and the orchestrator in this process.
     pub fn start_saga(&mut self, hook: Option<BeforeStep>) {
-        let shutdown = self.shutdown.child_token();
+        let shutdown = self.pipeline.shutdown.child_token();
         let orchestrator = self.orchestrator(hook);
         let trigger = Trigger::new(orchestrator.clone());
-        let trigger_shutdown = shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let _ = trigger.run(trigger_shutdown).await;
-        }));
-        let driver_shutdown = shutdown.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let _ = orchestrator.run(driver_shutdown).await;
-        }));
-        self.saga_shutdown = Some(shutdown);
+        self.pipeline
+            .spawn("saga trigger", trigger.run(shutdown.clone()));
+        self.pipeline
+            .spawn("saga orchestrator", orchestrator.run(shutdown));
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(path, body, None).await
+        self.api.post(path, &body, None).await
     }
 
     /// [`World::post`] with an `Idempotency-Key`.
     pub async fn post_with_key(&self, path: &str, body: Value, key: &str) -> (StatusCode, Value) {
-        self.send(path, body, Some(key)).await
-    }
-
-    async fn send(&self, path: &str, body: Value, key: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(format!("http://{}{path}", self.address))
-            .json(&body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
+        self.api.post(path, &body, Some(key)).await
     }
 
     /// Opens an account in EUR with `balance` deposited; `(account, customer)`.
@@ -250,14 +192,7 @@ impl World {
         let (status, body) = self
             .post(
                 "/orders",
-                json!({
-                    "customer_id": customer,
-                    "account_id": account,
-                    "currency": "EUR",
-                    "lines": lines,
-                    "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
-                                         "postal_code": "28013", "country": country}
-                }),
+                order_body_for(customer, account, Value::Array(lines), country),
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -393,10 +328,9 @@ impl World {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
+        self.pipeline
+            .stop_whatever_happened(Duration::from_secs(10))
+            .await;
         self.db.drop().await;
     }
 }

@@ -1,11 +1,9 @@
-//! A tiny given/when/then harness (in the manner of cqrs-es's
-//! `TestFramework`) and checks shared by the property tests.
+//! A tiny given/when/then harness for deciders (in the manner of cqrs-es's
+//! `TestFramework`), and the round-trip checks the property tests share.
 
 use std::fmt::Debug;
 
 use domain::{Aggregate, DomainError, DomainEvent, ErrorKind};
-use proptest::prelude::*;
-use proptest::test_runner::Config;
 
 /// Starts a scenario from the state that folding `events` gives.
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
@@ -173,30 +171,4 @@ impl Expect {
             Err(error) => Expect::Refused(error.code()),
         }
     }
-}
-
-/// Moderate settings: the suite runs on 2 shared cores.
-pub fn proptest_config() -> Config {
-    Config {
-        cases: 256,
-        ..Config::default()
-    }
-}
-
-/// Positive amounts: small ones that interact, and extremes next to
-/// `i64::MAX` that overflow.
-pub fn positive_i64() -> impl Strategy<Value = i64> {
-    prop_oneof![
-        6 => 1..=1_000i64,
-        2 => (i64::MAX - 1_000)..=i64::MAX,
-        1 => i64::MAX / 2 - 10..=i64::MAX / 2 + 10,
-        1 => 1..=i64::MAX,
-    ]
-}
-
-/// A uuid from a pool of `n`, so that commands collide on purpose.
-pub fn pooled_uuid(n: u8) -> impl Strategy<Value = uuid::Uuid> {
-    (0..n).prop_map(|i| {
-        uuid::Uuid::from_u128(0x0191_d0c2_7a3e_7cc1_9a41_0000_0000_0000 + u128::from(i))
-    })
 }

@@ -1,17 +1,17 @@
 //! Drives an order-fulfilment saga with the domain's own planner
 //! (`next_action`), appending its events through the real repository as the
 //! orchestrator would, with each step's outcome chosen by the test.
-//!
-//! The query-api and command-api tests include this file too (`#[path]`):
-//! it may use only what all three test crates depend on.
+//! Used by the projections', Query API's and Command API's tests.
 
 use domain::{
-    next_action, Action, CountryCode, Currency, CustomerId, FulfilmentSaga, Money, OrderId,
-    OrderLine, Quantity, SagaCommand, SagaOrder, Situation, Sku, Step,
+    next_action, AccountId, Action, CustomerId, FulfilmentSaga, OrderId, OrderLine, SagaCommand,
+    SagaOrder, Situation, Step,
 };
-use domain::{AccountId, ShippingAddress};
-use event_store::{EventStore, ExecuteOptions, Executed, Repository};
+use event_store::{EventStore, Repository};
 use uuid::Uuid;
+
+use crate::fixtures::{address, currency_of, line, money_of};
+use crate::store::execute;
 
 /// What an attempt of a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,51 +28,23 @@ pub const MAX_ATTEMPTS: u32 = 3;
 
 /// An order of one unit of each SKU at 1,000 each.
 pub fn saga_order(order_id: Uuid, skus: &[&str]) -> SagaOrder {
-    let lines: Vec<OrderLine> = skus
-        .iter()
-        .map(|sku| {
-            OrderLine::new(
-                Sku::parse(sku).expect("valid sku"),
-                Quantity::new(1).expect("valid quantity"),
-                Money::new(1_000).expect("valid price"),
-            )
-        })
-        .collect();
+    let lines: Vec<OrderLine> = skus.iter().map(|sku| line(sku, 1, 1_000)).collect();
     SagaOrder {
         order_id: OrderId::new(order_id),
         customer_id: CustomerId::new(Uuid::now_v7()),
         account_id: AccountId::new(Uuid::now_v7()),
-        currency: Currency::parse("EUR").expect("valid currency"),
-        total: Money::new(1_000 * skus.len() as i64).expect("valid total"),
+        currency: currency_of("EUR"),
+        total: money_of(1_000 * skus.len() as i64),
         lines,
-        shipping_address: ShippingAddress::new(
-            "Ana".into(),
-            "Calle Mayor 1".into(),
-            None,
-            "Madrid".into(),
-            "28013".into(),
-            CountryCode::parse("ES").expect("valid country"),
-        )
-        .expect("valid address"),
+        shipping_address: address("ES"),
     }
 }
 
 /// Runs one saga command that must be accepted; returns the stream version.
 pub async fn saga_exec(store: &EventStore, order_id: Uuid, command: SagaCommand) -> u64 {
-    let executed = Repository::<FulfilmentSaga>::new(store.clone())
-        .execute(
-            &order_id.to_string(),
-            &command,
-            ExecuteOptions::default(),
-            |_| (),
-        )
+    execute::<FulfilmentSaga>(store, &order_id.to_string(), &command)
         .await
-        .unwrap_or_else(|e| panic!("saga {order_id}: {e}"));
-    match executed {
-        Executed::Done(outcome) => outcome.version,
-        Executed::Refused(error) => panic!("saga {order_id} refused {command:?}: {error}"),
-        Executed::Replayed(_) => panic!("no idempotency key was sent"),
-    }
+        .unwrap_or_else(|code| panic!("saga {order_id} refused {command:?}: {code}"))
 }
 
 /// Starts the saga of `order` and runs it until it is over or waits for an

@@ -1,9 +1,7 @@
-//! A small test aggregate and helpers.
-
-use std::time::{Duration, Instant};
+//! A small test aggregate, its streams and events.
 
 use domain::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
-use event_store::{EventStore, Metadata, NewEvent, StreamId};
+use event_store::{Metadata, NewEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -205,58 +203,5 @@ pub fn record(result: Result<&event_store::Outcome<Counter>, &CounterError>) -> 
         Err(refusal) => CounterRecord::Refused {
             code: refusal.code().to_owned(),
         },
-    }
-}
-
-/// Number of rows in `event_store.events`.
-pub async fn event_count(store: &EventStore) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM event_store.events")
-        .fetch_one(store.pool())
-        .await
-        .expect("count events")
-}
-
-/// A point in time after which a test waiting for a condition gives up.
-pub struct Deadline {
-    end: Instant,
-    what: &'static str,
-}
-
-impl Deadline {
-    pub fn after(duration: Duration, what: &'static str) -> Self {
-        Deadline {
-            end: Instant::now() + duration,
-            what,
-        }
-    }
-
-    /// Panics once the deadline passed; otherwise pauses briefly before the
-    /// caller checks its condition again.
-    pub async fn tick(&self) {
-        assert!(
-            Instant::now() < self.end,
-            "timed out waiting for {}",
-            self.what
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until some backend of this database waits for a lock (a writer
-/// blocked on a uniqueness check of an uncommitted row).
-pub async fn wait_for_lock_waiter(store: &EventStore) {
-    let deadline = Deadline::after(Duration::from_secs(20), "a backend blocked on a lock");
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            return;
-        }
-        deadline.tick().await;
     }
 }
