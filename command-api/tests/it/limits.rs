@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use crate::helpers::{assert_json, TestApp};
+use test_support::command_api::TestApp;
+use test_support::http::assert_json;
 
 /// Reads until the server closes the connection (or resets it); what it
 /// sent before.

@@ -9,21 +9,19 @@ use axum::http::{HeaderValue, Request};
 use query_api::{AppState, Progress};
 use uuid::Uuid;
 
-use crate::support::{assert_problem, send, Harness};
+use test_support::router::{assert_problem, send, Response};
+use test_support::Harness;
 
 /// Starts a read of `account` waiting for a version it never reaches within
 /// ten seconds, and returns once it waits.
-async fn hold_a_waiter(
-    state: &AppState,
-    account: Uuid,
-) -> tokio::task::JoinHandle<crate::support::Response> {
+async fn hold_a_waiter(state: &AppState, account: Uuid) -> tokio::task::JoinHandle<Response> {
     let uri = format!("/accounts/{account}?min_version=50&wait_ms=10000");
     let waiting = tokio::spawn({
         let state = state.clone();
         async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
     });
     let progress = &state.progress;
-    migrations::testing::eventually(
+    test_support::eventually(
         "the request to wait",
         Duration::from_secs(10),
         Duration::from_millis(10),
@@ -42,7 +40,7 @@ async fn hold_a_waiter(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_version_waiters_over_the_cap_are_shed_at_once() {
     let h = Harness::new().await;
-    let account = h.open_account(Uuid::now_v7()).await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.project_all().await;
     let state = AppState::new(
         h.db.pool.clone(),
@@ -77,7 +75,7 @@ async fn min_version_waiters_over_the_cap_are_shed_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
     let h = Harness::new().await;
-    let account = h.open_account(Uuid::now_v7()).await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
     h.project_all().await;
     let state = AppState::new(h.db.pool.clone(), Progress::new(Duration::from_millis(50)))
         .with_max_concurrent_requests(1);
@@ -94,7 +92,7 @@ async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
     assert_eq!(live.status, 200);
     waiting.abort();
     // The slot is free again once the held request is gone.
-    migrations::testing::eventually(
+    test_support::eventually(
         "the slot to be released",
         Duration::from_secs(10),
         Duration::from_millis(10),
