@@ -28,7 +28,7 @@ async fn customers_read_only_their_own_and_operators_read_anything() {
     let keys = Keys::new();
     let access = keys.access(generous());
     let (ana, bob) = (Uuid::now_v7(), Uuid::now_v7());
-    let account = h.open_account(ana).await;
+    let account = h.open_account_of(ana, "EUR").await;
     h.deposit(account, 500).await;
     h.create_item("LAPTOP-15", 5).await;
     let order = h.place_order(ana, account).await;
