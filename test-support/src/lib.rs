@@ -8,8 +8,8 @@
 //!   test), the [`Harness`] that runs commands through the real repository,
 //!   and the saga simulation ([`saga_sim`]).
 //! - Feature `kafka`: topics of their own on the test broker ([`kafka`]).
-//! - Feature `command-api`: the Command API on port 0 ([`command_api`]) and
-//!   HTTP assertions ([`http`]).
+//! - Feature `command-api`: the Command API on port 0 ([`command_api`]),
+//!   HTTP assertions ([`http`]) and real keys and tokens ([`tokens`]).
 //! - Feature `services`: the read side on a [`Harness`] ([`projections`]),
 //!   the Query API's router without a socket ([`router`]), every component
 //!   under one shutdown token ([`pipeline`]) and the saga tests' world
@@ -44,6 +44,8 @@ pub mod kafka;
 pub mod command_api;
 #[cfg(feature = "command-api")]
 pub mod http;
+#[cfg(feature = "command-api")]
+pub mod tokens;
 
 #[cfg(feature = "services")]
 pub mod pipeline;

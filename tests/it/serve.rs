@@ -56,24 +56,41 @@ async fn tables(db: &TestDatabase) -> Vec<String> {
     .expect("list tables")
 }
 
-/// Reads JSON log lines until one with `message`, and returns its `address`.
-async fn address_logged(lines: &mut Lines<BufReader<ChildStderr>>, message: &str) -> String {
-    let found = tokio::time::timeout(DEADLINE, async {
+/// Reads JSON log lines until every one of `messages` was seen, and returns
+/// the `address` each carried, in the order of `messages`. The components
+/// start in tasks of their own, so they log in any order.
+async fn addresses_logged<const N: usize>(
+    lines: &mut Lines<BufReader<ChildStderr>>,
+    messages: [&str; N],
+) -> [String; N] {
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let complete = tokio::time::timeout(DEADLINE, async {
         while let Some(line) = lines.next_line().await.expect("stderr") {
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if event["message"] == message {
-                return event["address"].as_str().map(str::to_owned);
+            for (message, slot) in messages.iter().zip(found.iter_mut()) {
+                if event["message"] == *message {
+                    *slot = event["address"].as_str().map(str::to_owned);
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                return;
             }
         }
-        None
     })
     .await;
-    found
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("purser serve never logged {message:?} with an address"))
+    let missing: Vec<&str> = messages
+        .iter()
+        .zip(&found)
+        .filter(|(_, slot)| slot.is_none())
+        .map(|(message, _)| *message)
+        .collect();
+    assert!(
+        complete.is_ok() && missing.is_empty(),
+        "purser serve never logged {missing:?} with an address"
+    );
+    found.map(|slot| slot.expect("checked above"))
 }
 
 #[tokio::test]
@@ -99,8 +116,8 @@ async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
     let keys = keys();
     let mut child = serve(&db, true, keys.path());
     let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
-    let command_api = address_logged(&mut lines, "command API listening").await;
-    let query_api = address_logged(&mut lines, "query API listening").await;
+    let [command_api, query_api] =
+        addresses_logged(&mut lines, ["command API listening", "query API listening"]).await;
     // Keep draining, so the child never blocks on a full pipe.
     let drained = tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -8,9 +8,9 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::tokens::{assert_unauthorized, generous, Keys, RateLimitConfig};
 use test_support::command_api::TestApp;
 use test_support::http::{assert_json, assert_problem};
+use test_support::tokens::{assert_unauthorized, generous, Keys, RateLimitConfig};
 use test_support::wait_until;
 
 fn bearer(request: RequestBuilder, token: Option<&str>) -> RequestBuilder {

@@ -1,4 +1,4 @@
-//! Callers with real tokens (`tokens::Keys`, a development key pair of the
+//! Callers with real tokens (`test_support::tokens::Keys`, a development key pair of the
 //! test's own) and a Command API that verifies them, with what the
 //! ownership tests ask of it: who owns what, and who appended each event.
 
@@ -7,9 +7,9 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::tokens::{generous, Keys};
 use test_support::command_api::{TestApp, DEFAULT_PRICE};
 use test_support::http::assert_json;
+use test_support::tokens::{generous, Keys};
 
 /// Who sends a request: a customer, an operator, or nobody (no token).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,5 +17,4 @@ mod prices;
 mod sagas;
 mod scoped_keys;
 mod shutdown;
-mod tokens;
 mod validation;

@@ -9,8 +9,8 @@ use axum::http::Request;
 use service::auth::Access;
 use uuid::Uuid;
 
-use crate::tokens::{generous, Keys};
 use test_support::router::{assert_problem, send_with, Response};
+use test_support::tokens::{generous, Keys};
 use test_support::Harness;
 
 async fn get(h: &Harness, access: &Access, uri: &str, token: Option<&str>) -> Response {

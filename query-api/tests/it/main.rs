@@ -11,7 +11,3 @@ mod operator;
 mod prices;
 mod progress;
 mod sagas;
-// The keys and bad tokens of the Command API's tests, shared.
-#[path = "../../../command-api/tests/it/tokens.rs"]
-#[allow(dead_code)]
-mod tokens;

@@ -1,7 +1,6 @@
-//! Real keys for the HTTP tests of both APIs (the Query API's tests include
-//! this file): a development key pair in a temporary directory, good tokens
-//! for customers and operators, and every kind of bad token API.md says is
-//! refused.
+//! Real keys for the HTTP tests of both APIs: a development key pair in a
+//! temporary directory, good tokens for customers and operators, and every
+//! kind of bad token the contract says is refused.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +27,14 @@ pub fn generous() -> RateLimitConfig {
     }
 }
 
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new()
+    }
+}
+
 impl Keys {
+    /// A fresh key pair in a temporary directory.
     pub fn new() -> Keys {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys = DevKeys::init(dir.path()).expect("auth init");
