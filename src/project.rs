@@ -49,6 +49,7 @@ pub struct Workers {
     kafka: kafka::KafkaConfig,
     projections: Vec<String>,
     config: projections::WorkerConfig,
+    ready: service::ReadyFlag,
 }
 
 impl Workers {
@@ -66,7 +67,39 @@ impl Workers {
                 max_attempts: args.max_attempts,
                 ..projections::WorkerConfig::default()
             },
+            ready: service::ReadyFlag::detached(),
         })
+    }
+
+    /// Set once every projection run here has a worker consuming that has
+    /// applied what the event store held when it joined its group.
+    pub fn with_ready(mut self, ready: service::ReadyFlag) -> Workers {
+        self.ready = ready;
+        self
+    }
+}
+
+/// Sets `ready` once each of `names` is ready ([`projections::readiness`]).
+async fn watch_readiness(
+    pool: PgPool,
+    names: Vec<&'static str>,
+    ready: service::ReadyFlag,
+    shutdown: CancellationToken,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match projections::readiness::check(&pool, &names).await {
+            Ok(each) if each.iter().all(|(_, r)| r.is_ready()) => {
+                ready.set();
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "readiness of the projections"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
     }
 }
 
@@ -82,15 +115,31 @@ impl Component for Workers {
         if !relay::wait_for_topics(&self.kafka, &shutdown).await? {
             return Ok(());
         }
-        projections::run_workers(
+        let names: Vec<&'static str> = if self.projections.is_empty() {
+            projections::names()
+        } else {
+            projections::names()
+                .into_iter()
+                .filter(|n| self.projections.iter().any(|p| p == n))
+                .collect()
+        };
+        let watcher = tokio::spawn(watch_readiness(
+            self.store.pool().clone(),
+            names,
+            self.ready,
+            shutdown.child_token(),
+        ));
+        let ran = projections::run_workers(
             &self.projections,
             self.store,
             &self.kafka,
             self.config,
-            shutdown,
+            shutdown.clone(),
         )
         .await
-        .context("running the projection workers")
+        .context("running the projection workers");
+        watcher.abort();
+        ran
     }
 }
 

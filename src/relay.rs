@@ -25,6 +25,7 @@ pub struct Args {
 pub struct Relay {
     relay: kafka::Relay,
     kafka: kafka::KafkaConfig,
+    ready: service::ReadyFlag,
 }
 
 impl Relay {
@@ -38,7 +39,15 @@ impl Relay {
         Ok(Relay {
             relay,
             kafka: args.kafka,
+            ready: service::ReadyFlag::detached(),
         })
+    }
+
+    /// Set once the relay knows its role: active (publishing), or standing
+    /// by because another relay is.
+    pub fn with_ready(mut self, ready: service::ReadyFlag) -> Relay {
+        self.ready = ready;
+        self
     }
 }
 
@@ -53,6 +62,17 @@ impl Component for Relay {
         if !wait_for_topics(&self.kafka, &shutdown).await? {
             return Ok(());
         }
+        let mut role = self.relay.role();
+        let ready = self.ready;
+        tokio::spawn(async move {
+            if role
+                .wait_for(|role| *role != kafka::RelayRole::Stopped)
+                .await
+                .is_ok()
+            {
+                ready.set();
+            }
+        });
         self.relay
             .run(shutdown)
             .await

@@ -62,6 +62,7 @@ pub struct Orchestrator {
     saga: ::saga::SagaConfig,
     metrics: Arc<::saga::SagaMetrics>,
     listener: TcpListener,
+    ready: service::ReadyFlag,
 }
 
 impl Orchestrator {
@@ -75,7 +76,15 @@ impl Orchestrator {
             saga: args.saga,
             metrics: Arc::new(::saga::SagaMetrics::new()),
             listener,
+            ready: service::ReadyFlag::detached(),
         })
+    }
+
+    /// Set once the orchestrator runs (it needs nothing but the database,
+    /// which the process opened already).
+    pub fn with_ready(mut self, ready: service::ReadyFlag) -> Orchestrator {
+        self.ready = ready;
+        self
     }
 }
 
@@ -91,6 +100,7 @@ impl Component for Orchestrator {
         let server = axum::serve(self.listener, metrics_router(Arc::clone(&self.metrics)))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let carrier = Arc::new(::saga::SimulatedCarrier::new(&self.saga.carrier));
+        self.ready.set();
         let (driven, served) = tokio::join!(
             ::saga::run(
                 self.store,

@@ -44,7 +44,11 @@ impl Args {
 
 /// Builds every component (binding the addresses, so a taken port fails
 /// before anything runs), then runs each in a task of its own until
-/// shutdown. The first to fail stops the others, which finish their work in
+/// shutdown. Both APIs' `/health/ready` answer 200 only once every
+/// component is ready (the relay knows its role, every projection has a
+/// worker consuming that caught up with the store as it was when it joined,
+/// the orchestrator runs): from then on a command is readable within the
+/// default `min_version` wait. The first to fail stops the others, which finish their work in
 /// flight, and the process exits with its error.
 pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToken) -> Result<()> {
     // Refused before anything starts without a JWKS (unless insecure).
@@ -56,16 +60,24 @@ pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToke
     args.query_api.http = args.http.clone();
     let pool = db::open(global, args.pool_size()).await?;
     let command_api = command_api::build(&args.command_api, pool.clone(), command_access).await?;
-    let query_api = query_api::build(&args.query_api, pool.clone(), query_access).await?;
-    let orchestrator = saga::Orchestrator::build(args.orchestrator, pool.clone()).await?;
-    let workers = project::Workers::build(args.kafka.clone(), args.workers, pool.clone())?;
+    // Both APIs answer ready only once every component is.
+    let readiness = command_api.readiness().clone();
+    let query_api = query_api::build(&args.query_api, pool.clone(), query_access)
+        .await?
+        .with_readiness(readiness.clone());
+    let orchestrator = saga::Orchestrator::build(args.orchestrator, pool.clone())
+        .await?
+        .with_ready(readiness.register("saga orchestrator"));
+    let workers = project::Workers::build(args.kafka.clone(), args.workers, pool.clone())?
+        .with_ready(readiness.register("projection workers"));
     let relay = relay::Relay::build(
         relay::Args {
             kafka: args.kafka,
             relay: args.relay,
         },
         pool.clone(),
-    )?;
+    )?
+    .with_ready(readiness.register("relay"));
 
     let mut components = Components::new(shutdown);
     components.spawn(command_api);

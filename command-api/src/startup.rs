@@ -115,6 +115,7 @@ pub struct Application {
     /// How long shutdown waits for open connections.
     drain: Duration,
     http: service::HttpConfig,
+    readiness: service::Readiness,
 }
 
 impl Application {
@@ -137,14 +138,22 @@ impl Application {
             config.idempotency_ttl,
             config.idempotency_sweep_every,
         );
+        let readiness = state.readiness().clone();
         Ok(Application {
             listener,
             address,
+            readiness,
             sweep,
             router: router(state, access),
             drain: config.request_timeout() + DRAIN_MARGIN,
             http: config.http.clone(),
         })
+    }
+
+    /// The process's components `/health/ready` waits for: `purser serve`
+    /// registers the others here.
+    pub fn readiness(&self) -> &service::Readiness {
+        &self.readiness
     }
 
     /// The address actually bound (the port is known when 0 was asked for).

@@ -29,6 +29,9 @@ struct Inner {
     body_limit: usize,
     request_timeout: Duration,
     concurrency: service::ConcurrencyCap,
+    /// The other components of this process `/health/ready` waits for
+    /// (none unless `purser serve` registers them).
+    readiness: service::Readiness,
 }
 
 impl AppState {
@@ -60,12 +63,18 @@ impl AppState {
                 body_limit: config.body_limit,
                 request_timeout: config.request_timeout(),
                 concurrency: service::ConcurrencyCap::new(config.max_concurrent_requests()),
+                readiness: service::Readiness::new(),
             }),
         }
     }
 
     pub fn store(&self) -> &EventStore {
         &self.inner.store
+    }
+
+    /// The components of the process `/health/ready` waits for.
+    pub fn readiness(&self) -> &service::Readiness {
+        &self.inner.readiness
     }
 
     pub fn accounts(&self) -> &Commands<BankAccount> {

@@ -16,6 +16,9 @@
 //! - [`rebuild`]: replays the event store into shadow tables and swaps them
 //!   in while the live workers and the Query API go on (DESIGN.md point 6);
 //!   [`operations`]: reset, unpark, rebuild of one stream.
+//! - [`readiness`]: which projections have a worker consuming that has
+//!   applied what the store held when it joined (the Query API's
+//!   `/health/ready`).
 //! - [`status`]: where each projection stands (checkpoint, head, lag,
 //!   parked streams, rebuild in progress), for the Query API and the CLI.
 
@@ -28,6 +31,7 @@ pub mod operations;
 mod orders;
 mod projection;
 mod projector;
+pub mod readiness;
 pub mod rebuild;
 mod sagas;
 pub mod status;

@@ -1,7 +1,7 @@
 //! A projection worker: a Kafka consumer group member feeding a [`Projector`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_store::EventStore;
 use kafka::{Delivered, EventConsumer, KafkaConfig};
@@ -59,6 +59,49 @@ pub struct AppliedBatch {
 impl AppliedBatch {
     pub fn deliveries(&self) -> &[Delivered] {
         &self.deliveries
+    }
+}
+
+/// A worker's row in `read_models.workers`.
+struct Membership {
+    id: uuid::Uuid,
+    joined: bool,
+    seen: Instant,
+}
+
+impl Membership {
+    fn new() -> Self {
+        Membership {
+            id: uuid::Uuid::now_v7(),
+            joined: false,
+            seen: Instant::now(),
+        }
+    }
+
+    /// Joins once the group gave the worker partitions, then refreshes the
+    /// row every [`crate::readiness::HEARTBEAT`].
+    async fn keep(&mut self, worker: &Worker) -> Result<()> {
+        let pool = worker.projector.store().pool();
+        if !self.joined {
+            if worker.assignment()?.is_empty() {
+                return Ok(());
+            }
+            let head =
+                crate::readiness::joined(pool, worker.projector.projection().as_ref(), self.id)
+                    .await?;
+            tracing::info!(
+                projection = worker.projector.name(),
+                member = %self.id,
+                start_head = head,
+                "projection worker consuming"
+            );
+            self.joined = true;
+            self.seen = Instant::now();
+        } else if self.seen.elapsed() >= crate::readiness::HEARTBEAT {
+            crate::readiness::heartbeat(pool, worker.projector.name(), self.id).await?;
+            self.seen = Instant::now();
+        }
+        Ok(())
     }
 }
 
@@ -167,10 +210,16 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled, finishing the batch in hand.
     /// Failures are logged and retried with backoff.
+    ///
+    /// Once the consumer group has given it partitions, the worker records
+    /// itself as a member with the store's head at that moment, and keeps
+    /// its row fresh ([`crate::readiness`]); it deletes the row when it
+    /// stops.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         const MIN_BACKOFF: Duration = Duration::from_millis(100);
         const MAX_BACKOFF: Duration = Duration::from_secs(5);
         let mut backoff = MIN_BACKOFF;
+        let mut member = Membership::new();
         tracing::info!(
             projection = self.projector.name(),
             "projection worker started"
@@ -186,6 +235,16 @@ impl Worker {
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+            }
+            if let Err(error) = member.keep(&self).await {
+                tracing::warn!(projection = self.projector.name(), %error, "cannot record the worker's membership");
+            }
+        }
+        if member.joined {
+            let pool = self.projector.store().pool();
+            if let Err(error) = crate::readiness::left(pool, self.projector.name(), member.id).await
+            {
+                tracing::warn!(projection = self.projector.name(), %error, "cannot remove the worker's membership");
             }
         }
         tracing::info!(

@@ -154,6 +154,13 @@ impl Application {
         })
     }
 
+    /// `/health/ready` waits for every component of `readiness` too (`purser
+    /// serve`).
+    pub fn with_readiness(mut self, readiness: service::Readiness) -> Self {
+        self.state = self.state.with_readiness(readiness);
+        self
+    }
+
     /// The address actually bound (the port is known when 0 was asked for).
     pub fn address(&self) -> SocketAddr {
         self.address

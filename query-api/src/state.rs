@@ -19,6 +19,11 @@ pub struct AppState {
     /// `events_applied` per projection at the previous `/metrics` scrape, to
     /// report an apply rate.
     pub(crate) applied_samples: Arc<Mutex<HashMap<String, (Instant, i64)>>>,
+    /// The projections whose workers `/health/ready` waits for (every one).
+    pub projections: Vec<&'static str>,
+    /// The other components of this process that `/health/ready` waits for
+    /// (`purser serve`); `None` when the Query API runs alone.
+    pub readiness: Option<service::Readiness>,
 }
 
 impl AppState {
@@ -33,7 +38,15 @@ impl AppState {
                 crate::QueryApiConfig::default().max_concurrent_requests(),
             ),
             applied_samples: Arc::default(),
+            projections: projections::names(),
+            readiness: None,
         }
+    }
+
+    /// Ready only once every component of `readiness` is too.
+    pub fn with_readiness(mut self, readiness: service::Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// At most `max` requests in flight (health checks aside).

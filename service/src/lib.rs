@@ -15,6 +15,9 @@
 //!   (built with the process's pool, then run until the shutdown token is
 //!   cancelled), and [`Components`], which runs several as tasks of their
 //!   own and stops them all when one fails.
+//! - [`readiness`]: whether each component of a process does its job yet
+//!   ([`Readiness`]), which both APIs' `/health/ready` tell in `purser
+//!   serve`.
 //! - [`shutdown`]: the process's one signal handler (SIGTERM, ctrl-c), which
 //!   cancels the shutdown token.
 
@@ -24,11 +27,13 @@ pub mod duration;
 pub mod http;
 pub mod middleware;
 pub mod problem;
+pub mod readiness;
 pub mod shutdown;
 
 pub use component::{Component, Components, Stopped};
 pub use http::HttpConfig;
 pub use middleware::ConcurrencyCap;
 pub use problem::{problem_response, Problem, PROBLEM_JSON};
+pub use readiness::{Readiness, ReadyFlag};
 pub use shutdown::cancel_on_signal;
 pub use tokio_util::sync::CancellationToken;

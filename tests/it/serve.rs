@@ -1,6 +1,8 @@
 //! `purser serve`: components never migrate by themselves. On a database
 //! without the migrations it refuses to start (and creates nothing); with
-//! `--migrate` it migrates, serves, and stops cleanly on SIGTERM.
+//! `--migrate` it migrates, serves, and stops cleanly on SIGTERM. Once both
+//! APIs answer ready, a command is readable with the default `min_version`
+//! wait, from a fresh database and a fresh broker.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,7 +25,16 @@ fn keys() -> tempfile::TempDir {
 /// tokens verified with the key pair in `keys`, JSON logs on a piped
 /// stderr.
 fn serve(db: &TestDatabase, migrate: bool, keys: &std::path::Path) -> Child {
-    let kafka = test_support::kafka::isolated("serve");
+    serve_on(db, migrate, keys, &test_support::kafka::isolated("serve"))
+}
+
+/// [`serve`] on the brokers and topics of `kafka`.
+fn serve_on(
+    db: &TestDatabase,
+    migrate: bool,
+    keys: &std::path::Path,
+    kafka: &kafka::KafkaConfig,
+) -> Child {
     let mut command = Command::new(PURSER);
     command
         .args(["serve", "--database-url", &db.url, "--log-format", "json"])
@@ -205,4 +216,109 @@ async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
         );
     }
     db.drop().await;
+}
+
+/// A customer's token signed with the key pair in `keys`.
+fn customer_token(keys: &std::path::Path) -> String {
+    let signing_key =
+        std::fs::read_to_string(keys.join(auth::SIGNING_KEY_FILE)).expect("signing key");
+    auth::issue_token(
+        &signing_key,
+        &auth::Subject::Customer(uuid::Uuid::now_v7()),
+        Duration::from_secs(600),
+        auth::DEFAULT_ISSUER,
+        auth::DEFAULT_AUDIENCE,
+    )
+    .expect("token")
+}
+
+/// Waits until `url` answers 200, polling; the last answer on failure.
+async fn wait_ready(http: &reqwest::Client, url: &str) {
+    eventually(url, DEADLINE, Duration::from_millis(20), || async {
+        match http.get(url).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!(
+                "{}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await;
+}
+
+/// Three times in a row, each time a fresh database and a fresh broker (no
+/// topic, no consumer group yet): `purser serve`, wait until both APIs
+/// answer ready, open an account, and read it back with the `min_version`
+/// the command answered and the default wait. Ready came too early if the
+/// read is not 200 (the workers still joining their group answer 503
+/// `min_version_timeout` after the 2 s wait).
+#[tokio::test]
+async fn once_ready_a_command_is_readable_with_the_default_wait() {
+    let http = reqwest::Client::new();
+    for start in 1..=3 {
+        let db = TestDatabase::create_unmigrated().await;
+        let broker = test_support::kafka::PrivateBroker::start().await;
+        let kafka = kafka::KafkaConfig {
+            brokers: broker.address.clone(),
+            ..test_support::kafka::isolated("ready")
+        };
+        let keys = keys();
+        let mut child = serve_on(&db, true, keys.path(), &kafka);
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        let [command_api, query_api] =
+            addresses_logged(&mut lines, ["command API listening", "query API listening"]).await;
+        let drained = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.push(line);
+            }
+            seen
+        });
+        wait_ready(&http, &format!("http://{command_api}/health/ready")).await;
+        wait_ready(&http, &format!("http://{query_api}/health/ready")).await;
+
+        let token = customer_token(keys.path());
+        let opened = http
+            .post(format!("http://{command_api}/accounts"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"currency": "EUR"}))
+            .send()
+            .await
+            .expect("open an account");
+        assert_eq!(
+            opened.status(),
+            reqwest::StatusCode::CREATED,
+            "start {start}"
+        );
+        let opened: Value = opened.json().await.expect("the account");
+        let id = opened["account_id"].as_str().expect("account_id");
+        let version = opened["version"].as_u64().expect("version");
+        let read = http
+            .get(format!(
+                "http://{query_api}/accounts/{id}?min_version={version}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("read the account");
+        let status = read.status();
+        let body = read.text().await.unwrap_or_default();
+
+        let pid = child.id().expect("running").to_string();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        let _ = tokio::time::timeout(DEADLINE, child.wait()).await;
+        let logged = drained.await.expect("stderr read").join("\n");
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "start {start}: {body}\n{logged}"
+        );
+        drop(broker);
+        db.drop().await;
+    }
 }

@@ -35,11 +35,12 @@ pub async fn live() -> Json<Health> {
     })
 }
 
-/// 200 when the database answers, else 503 naming the failed check.
+/// 200 when the database answers (and, in `purser serve`, every other
+/// component of the process is ready), else 503 naming the failed check.
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "A dependency is down; `checks` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down, or (`purser serve`) a component is not ready; `checks` names it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let check = tokio::time::timeout(
@@ -53,22 +54,42 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
         Err(elapsed) => Some(Box::new(elapsed)),
     };
     let mut checks = serde_json::Map::new();
-    match failure {
-        None => {
-            checks.insert("database".to_owned(), "ok".into());
-            Ok(Json(Health {
-                status: "ok",
-                checks,
-            }))
-        }
-        Some(source) => {
-            checks.insert("database".to_owned(), "failed".into());
-            Err(ApiError::Unavailable {
-                detail: "check failed: database".to_owned(),
-                checks: Some(checks),
-                source: Some(source),
-            })
-        }
+    if let Some(source) = failure {
+        checks.insert("database".to_owned(), "failed".into());
+        return Err(ApiError::Unavailable {
+            detail: "check failed: database".to_owned(),
+            checks: Some(checks),
+            source: Some(source),
+        });
+    }
+    checks.insert("database".to_owned(), "ok".into());
+    let components = state.readiness().components();
+    if components.is_empty() {
+        return Ok(Json(Health {
+            status: "ok",
+            checks,
+        }));
+    }
+    let mut each = serde_json::Map::new();
+    for (name, ready) in &components {
+        each.insert(
+            (*name).to_owned(),
+            if *ready { "ok" } else { "starting" }.into(),
+        );
+    }
+    checks.insert("components".to_owned(), each.into());
+    let pending = state.readiness().pending();
+    if pending.is_empty() {
+        Ok(Json(Health {
+            status: "ok",
+            checks,
+        }))
+    } else {
+        Err(ApiError::Unavailable {
+            detail: format!("not ready: {}", pending.join(", ")),
+            checks: Some(checks),
+            source: None,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ mod outage;
 mod prices;
 mod projector;
 mod randomised;
+mod readiness;
 mod rebuild;
 mod sagas;
 mod worker;

@@ -36,37 +36,64 @@ pub async fn live() -> Json<Health> {
 #[utoipa::path(
     get, path = "/health/ready", tag = "operations",
     responses(
-        (status = 200, description = "The database is reachable", body = Health),
-        (status = 503, description = "A check failed", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The database answers, and every projection has a worker consuming that has applied what the event store held when it joined (in `purser serve`, every component is ready too)", body = Health),
+        (status = 503, description = "A check failed; `checks` says which (`database`, each projection: `no_worker` or `catching_up`, each component of the process)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>> {
     let check = tokio::time::timeout(
         READY_TIMEOUT,
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+        projections::readiness::check(&state.pool, &state.projections),
     )
     .await;
-    let failure = match check {
-        Ok(Ok(_)) => None,
-        Ok(Err(error)) => Some(error.to_string()),
-        Err(_) => Some(format!("no answer within {READY_TIMEOUT:?}")),
-    };
     let mut checks = serde_json::Map::new();
-    match failure {
-        None => {
-            checks.insert("database".to_owned(), "ok".into());
-            Ok(Json(Health {
-                status: "ready".to_owned(),
-                checks,
-            }))
-        }
-        Some(error) => {
+    let projections = match check {
+        Ok(Ok(projections)) => projections,
+        failed => {
+            let error = match failed {
+                Ok(Err(error)) => error.to_string(),
+                _ => format!("no answer within {READY_TIMEOUT:?}"),
+            };
             tracing::warn!(error, "readiness: database check failed");
             checks.insert("database".to_owned(), "unreachable".into());
-            Err(ApiError::Unavailable {
+            return Err(ApiError::Unavailable {
                 detail: "the database is unreachable".to_owned(),
                 checks: Some(checks),
-            })
+            });
         }
+    };
+    checks.insert("database".to_owned(), "ok".into());
+    let mut waiting = Vec::new();
+    let mut each = serde_json::Map::new();
+    for (name, readiness) in projections {
+        if !readiness.is_ready() {
+            waiting.push(format!("projection {name} ({})", readiness.as_str()));
+        }
+        each.insert(name, readiness.as_str().into());
+    }
+    checks.insert("projections".to_owned(), each.into());
+    if let Some(process) = &state.readiness {
+        let mut components = serde_json::Map::new();
+        for (name, ready) in process.components() {
+            if !ready {
+                waiting.push(name.to_owned());
+            }
+            components.insert(
+                name.to_owned(),
+                if ready { "ok" } else { "starting" }.into(),
+            );
+        }
+        checks.insert("components".to_owned(), components.into());
+    }
+    if waiting.is_empty() {
+        Ok(Json(Health {
+            status: "ready".to_owned(),
+            checks,
+        }))
+    } else {
+        Err(ApiError::Unavailable {
+            detail: format!("not ready: {}", waiting.join(", ")),
+            checks: Some(checks),
+        })
     }
 }

@@ -508,9 +508,21 @@ async fn metrics_health_and_openapi() {
     }
 
     assert_eq!(h.get("/health/live").await.status, 200);
+    // No worker consumes yet: not ready, whatever the database says.
+    let waiting = h.get("/health/ready").await;
+    assert_eq!(waiting.status, 503, "{}", waiting.json);
+    assert_eq!(waiting.json["checks"]["database"], "ok");
+    assert_eq!(waiting.json["checks"]["projections"]["orders"], "no_worker");
+    // Each projection has a member consuming since the head it has applied.
+    for projection in projections::all() {
+        projections::readiness::joined(&h.db.pool, projection.as_ref(), Uuid::now_v7())
+            .await
+            .unwrap();
+    }
     let ready = h.get("/health/ready").await;
-    assert_eq!(ready.status, 200);
+    assert_eq!(ready.status, 200, "{}", ready.json);
     assert_eq!(ready.json["checks"]["database"], "ok");
+    assert_eq!(ready.json["checks"]["projections"]["accounts"], "ok");
     // A database nobody listens at.
     let dead = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))

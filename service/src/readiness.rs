@@ -1,0 +1,93 @@
+//! Whether the components of one process do their job yet. `purser serve`
+//! runs every component in one process and is ready only once each of them
+//! is: each gets a [`ReadyFlag`] from the process's [`Readiness`] and sets
+//! it when it is (the relay once it knows its role, the projection workers
+//! once every projection has caught up with what the store held when they
+//! joined their group, the saga orchestrator once it runs), and both APIs'
+//! `GET /health/ready` answer 503 naming the components that are not.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The components of a process and whether each is ready. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    flags: Arc<Mutex<Vec<(&'static str, ReadyFlag)>>>,
+}
+
+/// One component's readiness: not ready until [`ReadyFlag::set`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    /// A flag of no process's: set or not, nobody looks.
+    pub fn detached() -> ReadyFlag {
+        ReadyFlag::default()
+    }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Readiness {
+    pub fn new() -> Readiness {
+        Readiness::default()
+    }
+
+    /// A component the process is ready only with.
+    pub fn register(&self, component: &'static str) -> ReadyFlag {
+        let flag = ReadyFlag::default();
+        self.flags
+            .lock()
+            .expect("readiness lock")
+            .push((component, flag.clone()));
+        flag
+    }
+
+    /// Each registered component and whether it is ready, in registration
+    /// order.
+    pub fn components(&self) -> Vec<(&'static str, bool)> {
+        self.flags
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .map(|(name, flag)| (*name, flag.is_set()))
+            .collect()
+    }
+
+    /// The components not ready yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.components()
+            .into_iter()
+            .filter(|(_, ready)| !ready)
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_every_registered_component_is() {
+        let readiness = Readiness::new();
+        assert!(readiness.pending().is_empty());
+        let relay = readiness.register("relay");
+        let workers = readiness.register("projection workers");
+        assert_eq!(readiness.pending(), ["relay", "projection workers"]);
+        workers.set();
+        assert_eq!(readiness.pending(), ["relay"]);
+        relay.clone().set();
+        assert!(readiness.pending().is_empty());
+        assert_eq!(
+            readiness.components(),
+            [("relay", true), ("projection workers", true)]
+        );
+    }
+}
