@@ -19,7 +19,7 @@ use crate::{DEADLINE, PURSER};
 const REQUEST_ID: &str = "x-request-id";
 
 /// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
@@ -34,7 +34,7 @@ fn nginx() -> PathBuf {
 
 /// Where the gateway sends each method, and how many requests an address
 /// may make.
-struct Settings {
+pub(crate) struct Settings {
     command: Vec<u16>,
     query: Vec<u16>,
     rate: &'static str,
@@ -42,7 +42,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn to(command: Vec<u16>, query: Vec<u16>) -> Settings {
+    pub(crate) fn to(command: Vec<u16>, query: Vec<u16>) -> Settings {
         Settings {
             command,
             query,
@@ -53,7 +53,7 @@ impl Settings {
 }
 
 /// A running nginx in a folder of its own, removed on drop.
-struct Gateway {
+pub(crate) struct Gateway {
     dir: PathBuf,
     child: Child,
     http: u16,
@@ -69,7 +69,7 @@ fn addresses(ports: &[u16]) -> String {
 }
 
 impl Gateway {
-    async fn start(settings: Settings) -> Gateway {
+    pub(crate) async fn start(settings: Settings) -> Gateway {
         let nginx = nginx();
         let dir = std::env::temp_dir().join(format!("purser-gateway-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("gateway folder");
@@ -145,7 +145,7 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
@@ -231,7 +231,7 @@ impl Service {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -3,13 +3,15 @@
 //! process kill; `purser projections ...` (a rebuild killed for real);
 //! `purser auth init` and `purser token`; relay failover between two
 //! `purser relay` processes; `purser serve` and its `--migrate`; the nginx
-//! gateway in front of the services.
+//! gateway in front of the services; every component several times over
+//! behind it, killed one of each kind under load.
 
 mod auth_cli;
 mod crash;
 mod gateway;
 mod projections_cli;
 mod relay_failover;
+mod scale_out;
 mod serve;
 
 use std::process::Output;
