@@ -9,7 +9,8 @@
 //!   and the saga simulation ([`saga_sim`]).
 //! - Feature `kafka`: topics of their own on the test broker ([`kafka`]).
 //! - Feature `command-api`: the Command API on port 0 ([`command_api`]),
-//!   HTTP assertions ([`http`]) and real keys and tokens ([`tokens`]).
+//!   HTTP assertions ([`http`]), real keys and tokens ([`tokens`]) and the
+//!   nginx gateway on free ports ([`gateway`]).
 //! - Feature `services`: the read side on a [`Harness`] ([`projections`]),
 //!   the Query API's router without a socket ([`router`]), every component
 //!   under one shutdown token ([`pipeline`]) and the saga tests' world
@@ -42,6 +43,8 @@ pub mod kafka;
 
 #[cfg(feature = "command-api")]
 pub mod command_api;
+#[cfg(feature = "command-api")]
+pub mod gateway;
 #[cfg(feature = "command-api")]
 pub mod http;
 #[cfg(feature = "command-api")]

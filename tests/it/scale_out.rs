@@ -26,7 +26,9 @@ use test_support::{eventually, TestDatabase};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::gateway::{client, free_port, Gateway, Settings};
+use test_support::gateway::{free_port, Gateway, Settings};
+
+use crate::gateway::client;
 use crate::{purser, stderr, DEADLINE, PURSER};
 
 const CUSTOMERS: usize = 6;
