@@ -27,6 +27,7 @@ pub use order::{
     check_skus, order_total, CancellationReason, InvalidOrder, LineToPlace, Order, OrderCommand,
     OrderError, OrderEvent, OrderState, OrderStatus, MAX_ORDER_LINES,
 };
+pub use saga::codes as step_errors;
 pub use saga::{
     next_action, Action, FulfilmentSaga, SagaCommand, SagaError, SagaEvent, SagaOrder, SagaState,
     SagaStatus, Situation, Step, StepRecord, StepStatus,

@@ -152,7 +152,7 @@ fn saga_events(order_id: Uuid, kind: usize) -> Vec<SagaEvent> {
                     SagaCommand::FailStep {
                         step,
                         attempt,
-                        error: "carrier timed out".to_owned(),
+                        error: domain::step_errors::TIMEOUT.to_owned(),
                         retry_at_ms: 0,
                     }
                 } else if refused && matches!(step, Step::ReserveStock { .. }) {
@@ -251,13 +251,14 @@ type FinalRow = (
     i64,
     DateTime<Utc>,
     DateTime<Utc>,
+    Uuid,
 );
 
 /// Every saga's row as the projection left it.
 async fn final_rows(pool: &PgPool) -> Vec<FinalRow> {
     sqlx::query_as(
         "SELECT order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
-                attention_step::text, steps::text, version, started_at, updated_at \
+                attention_step::text, steps::text, version, started_at, updated_at, customer_id \
          FROM read_models.sagas ORDER BY order_id",
     )
     .fetch_all(pool)
@@ -280,11 +281,12 @@ async fn raw_upsert(pool: &PgPool, events: &[RecordedEvent], rows: &[FinalRow]) 
     sqlx::query(
         "INSERT INTO raw_sagas AS s \
             (order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
-             attention_step, steps, version, started_at, updated_at) \
-         SELECT o, sg, st, r, t, e, a::jsonb, steps::jsonb, v, sa, ua \
+             attention_step, steps, version, started_at, updated_at, customer_id) \
+         SELECT o, sg, st, r, t, e, a::jsonb, steps::jsonb, v, sa, ua, c \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::text[], $9::bigint[], $10::timestamptz[], $11::timestamptz[]) \
-            AS n (o, sg, st, r, t, e, a, steps, v, sa, ua) \
+                     $7::text[], $8::text[], $9::bigint[], $10::timestamptz[], $11::timestamptz[], \
+                     $12::uuid[]) \
+            AS n (o, sg, st, r, t, e, a, steps, v, sa, ua, c) \
          ON CONFLICT (order_id) DO UPDATE SET \
             state = excluded.state, compensation_reason = excluded.compensation_reason, \
             tracking_number = excluded.tracking_number, last_error = excluded.last_error, \
@@ -302,6 +304,7 @@ async fn raw_upsert(pool: &PgPool, events: &[RecordedEvent], rows: &[FinalRow]) 
     .bind(rows.iter().map(|r| r.8).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.9).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.10).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.11).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await
     .expect("raw upsert");

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{
-    Aggregate, CancellationReason, FulfilmentSaga, SagaEvent, SagaStatus, Step, StepStatus,
+    step_errors, Aggregate, CancellationReason, FulfilmentSaga, SagaEvent, SagaStatus, Step,
+    StepStatus,
 };
 use event_store::RecordedEvent;
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,8 @@ pub struct SagaStep {
     pub started_at: DateTime<Utc>,
     /// When it succeeded or was refused; null while running or failed.
     pub finished_at: Option<DateTime<Utc>>,
-    /// The last failure or refusal.
+    /// The code of the last failure or refusal (`insufficient_stock`,
+    /// `carrier_unavailable`, `timeout`...), never a message.
     pub error: Option<String>,
 }
 
@@ -61,6 +63,8 @@ impl SagaStep {
 struct Row {
     order_id: Uuid,
     saga_id: Uuid,
+    /// The order's customer: who may read the saga.
+    customer_id: Uuid,
     state: SagaStatus,
     compensation_reason: Option<CancellationReason>,
     tracking_number: Option<String>,
@@ -139,6 +143,7 @@ async fn apply_streams(
 struct Stored {
     order_id: Uuid,
     saga_id: Uuid,
+    customer_id: Uuid,
     state: String,
     compensation_reason: Option<String>,
     tracking_number: Option<String>,
@@ -176,6 +181,7 @@ impl TryFrom<Stored> for Row {
         Ok(Row {
             order_id: stored.order_id,
             saga_id: stored.saga_id,
+            customer_id: stored.customer_id,
             state,
             compensation_reason,
             tracking_number: stored.tracking_number,
@@ -195,8 +201,8 @@ async fn load(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Row>, ApplyError> {
     let stored: Vec<Stored> = sqlx::query_as(
-        "SELECT order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
-                attention_step, steps, version, started_at, updated_at \
+        "SELECT order_id, saga_id, customer_id, state, compensation_reason, tracking_number, \
+                last_error, attention_step, steps, version, started_at, updated_at \
          FROM sagas WHERE order_id = ANY($1)",
     )
     .bind(ids)
@@ -222,11 +228,12 @@ async fn save(
     let result = sqlx::query(
         "INSERT INTO sagas AS s \
             (order_id, saga_id, state, compensation_reason, tracking_number, last_error, \
-             attention_step, steps, version, started_at, updated_at) \
-         SELECT o, sg, st, r, t, e, a::jsonb, steps::jsonb, v, sa, ua \
+             attention_step, steps, version, started_at, updated_at, customer_id) \
+         SELECT o, sg, st, r, t, e, a::jsonb, steps::jsonb, v, sa, ua, c \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::text[], $9::bigint[], $10::timestamptz[], $11::timestamptz[]) \
-            AS n (o, sg, st, r, t, e, a, steps, v, sa, ua) \
+                     $7::text[], $8::text[], $9::bigint[], $10::timestamptz[], $11::timestamptz[], \
+                     $12::uuid[]) \
+            AS n (o, sg, st, r, t, e, a, steps, v, sa, ua, c) \
          ON CONFLICT (order_id) DO UPDATE SET \
             state = excluded.state, compensation_reason = excluded.compensation_reason, \
             tracking_number = excluded.tracking_number, last_error = excluded.last_error, \
@@ -261,6 +268,7 @@ async fn save(
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     expect_rows(result.rows_affected(), rows.len(), "saga", streams)
@@ -288,6 +296,7 @@ fn evolve(row: Option<Row>, order_id: Uuid, event: &RecordedEvent) -> Result<Row
             Ok(Row {
                 order_id,
                 saga_id,
+                customer_id: order.customer_id.as_uuid(),
                 state: SagaStatus::Running,
                 compensation_reason: None,
                 tracking_number: None,
@@ -350,7 +359,10 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
                 row.tracking_number = tracking_number;
             }
         }
+        // What the API shows of a failure is its code, never a message
+        // (an older saga's free text is mapped to one).
         SagaEvent::StepFailed { step, error, .. } => {
+            let error = step_errors::error_code(step.name(), &error);
             if let Some(record) = row.step_mut(&step) {
                 record.status = StepStatus::Failed;
                 record.finished_at = None;
@@ -358,8 +370,8 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
             }
             row.last_error = Some(error);
         }
-        SagaEvent::StepRefused { step, code, error } => {
-            let error = format!("{code}: {error}");
+        SagaEvent::StepRefused { step, code, .. } => {
+            let error = step_errors::error_code(step.name(), &code);
             if let Some(record) = row.step_mut(&step) {
                 record.status = StepStatus::Refused;
                 record.finished_at = Some(at);
@@ -375,8 +387,8 @@ fn apply_event(row: &mut Row, event: SagaEvent, at: DateTime<Utc>) {
         SagaEvent::SagaCompensated => row.state = SagaStatus::Compensated,
         SagaEvent::SagaNeedsAttention { step, error } => {
             row.state = SagaStatus::NeedsAttention;
+            row.last_error = Some(step_errors::error_code(step.name(), &error));
             row.attention_step = Some(step);
-            row.last_error = Some(error);
         }
         SagaEvent::SagaRetried => {
             row.state = if row.compensation_reason.is_some() {

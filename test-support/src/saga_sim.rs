@@ -17,10 +17,16 @@ use crate::store::execute;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
     Succeed,
-    /// A transient failure (retried up to the budget, then attention).
+    /// A transient failure (retried up to the budget, then attention),
+    /// recorded with its code as the orchestrator does: `timeout`.
     Fail,
+    /// A transient failure recorded with this `error`: a code, or the free
+    /// text a saga recorded before codes (to show it is never shown).
+    FailWith(&'static str),
     /// A business refusal with this code.
     Refuse(&'static str),
+    /// A business refusal with this code and message.
+    RefuseWith(&'static str, &'static str),
 }
 
 /// Attempts a step gets before the saga needs attention.
@@ -105,13 +111,24 @@ pub async fn resume_saga(
                     StepOutcome::Fail => SagaCommand::FailStep {
                         step,
                         attempt,
-                        error: "carrier timed out".to_owned(),
+                        error: domain::step_errors::TIMEOUT.to_owned(),
+                        retry_at_ms: 0,
+                    },
+                    StepOutcome::FailWith(error) => SagaCommand::FailStep {
+                        step,
+                        attempt,
+                        error: error.to_owned(),
                         retry_at_ms: 0,
                     },
                     StepOutcome::Refuse(code) => SagaCommand::RefuseStep {
                         step,
                         code: code.to_owned(),
                         error: "refused".to_owned(),
+                    },
+                    StepOutcome::RefuseWith(code, error) => SagaCommand::RefuseStep {
+                        step,
+                        code: code.to_owned(),
+                        error: error.to_owned(),
                     },
                 }
             }

@@ -180,7 +180,7 @@ impl Aggregate for FulfilmentSaga {
                     }
                     _ => SagaEvent::SagaNeedsAttention {
                         step: step.clone(),
-                        error: format!("{code}: {error}"),
+                        error: code.clone(),
                     },
                 };
                 Ok(vec![refused, next])
@@ -271,12 +271,12 @@ impl Aggregate for FulfilmentSaga {
                     record.error = Some(error.clone());
                 }
             }
-            SagaEvent::StepRefused { step, code, error } => {
+            SagaEvent::StepRefused { step, code, .. } => {
                 if let Some(record) = state.record_mut(step) {
                     record.status = StepStatus::Refused;
                     record.deadline_ms = None;
                     record.retry_at_ms = None;
-                    record.error = Some(format!("{code}: {error}"));
+                    record.error = Some(code.clone());
                 }
             }
             SagaEvent::CompensationStarted { reason } => {

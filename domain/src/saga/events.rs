@@ -29,14 +29,17 @@ pub enum SagaEvent {
         tracking_number: Option<String>,
     },
     /// A transient failure: retried at `retry_at_ms`, never compensated for
-    /// by itself.
+    /// by itself. `error` is its code ([`codes`](super::codes): `timeout`,
+    /// `carrier_unavailable`...); sagas recorded before codes have free text
+    /// there, which [`codes::error_code`](super::codes::error_code) maps.
     StepFailed {
         step: Step,
         attempt: u32,
         error: String,
         retry_at_ms: i64,
     },
-    /// A business refusal, with the refusing aggregate's code.
+    /// A business refusal, with the refusing aggregate's code (what the
+    /// saga shows) and its message (for operators reading the stream).
     StepRefused {
         step: Step,
         code: String,
@@ -48,7 +51,9 @@ pub enum SagaEvent {
     SagaCompleted,
     SagaCompensated,
     /// A step ran out of retries, or a compensation was refused: nothing
-    /// happens until an operator retries.
+    /// happens until an operator retries. `error` is the code of the last
+    /// failure or refusal (free text before codes, mapped like
+    /// `StepFailed`'s).
     SagaNeedsAttention {
         step: Step,
         error: String,

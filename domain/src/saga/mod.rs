@@ -26,6 +26,7 @@
 //! release the reservations (last line first), then cancel the order with
 //! the reason. Every undo is a no-op where there is nothing to undo.
 
+pub mod codes;
 mod decider;
 mod events;
 mod policy;

@@ -1,6 +1,6 @@
 //! The saga's policy: what the orchestrator should do next.
 
-use super::{SagaState, SagaStatus, Step, StepStatus};
+use super::{codes, SagaState, SagaStatus, Step, StepStatus};
 use crate::order::CancellationReason;
 
 /// What the planner sees besides the saga's own state.
@@ -43,7 +43,8 @@ pub enum Action {
     BeginCompensation(CancellationReason),
     Complete,
     FinishCompensation,
-    /// The step ran out of retries.
+    /// The step ran out of retries: `error` is the code of its last
+    /// failure ([`codes`](super::codes)).
     NeedsAttention {
         step: Step,
         error: String,
@@ -106,12 +107,13 @@ pub fn next_action(state: &SagaState, situation: &Situation) -> Action {
         },
         Some(record) => match record.status {
             StepStatus::Failed if record.attempts_in_budget() >= situation.max_attempts => {
+                // The code of the last failure (the detail was logged when
+                // it happened).
                 Action::NeedsAttention {
                     step: step.clone(),
-                    error: format!(
-                        "{} attempts failed, the last with: {}",
-                        record.attempts_in_budget(),
-                        record.error.as_deref().unwrap_or("unknown error")
+                    error: codes::error_code(
+                        step.name(),
+                        record.error.as_deref().unwrap_or(codes::INTERNAL_ERROR),
                     ),
                 }
             }
@@ -126,7 +128,10 @@ pub fn next_action(state: &SagaState, situation: &Situation) -> Action {
             // a refused step is never current; be safe all the same.
             StepStatus::Refused => Action::NeedsAttention {
                 step: step.clone(),
-                error: record.error.clone().unwrap_or_else(|| "refused".to_owned()),
+                error: codes::error_code(
+                    step.name(),
+                    record.error.as_deref().unwrap_or(codes::INTERNAL_ERROR),
+                ),
             },
             StepStatus::Running | StepStatus::Succeeded => unreachable!("handled above"),
         },

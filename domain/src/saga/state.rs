@@ -89,7 +89,8 @@ pub struct StepRecord {
     pub deadline_ms: Option<i64>,
     /// When the next attempt is due, after a transient failure.
     pub retry_at_ms: Option<i64>,
-    /// The last failure or refusal.
+    /// The code of the last failure or refusal (free text in a saga
+    /// recorded before codes: see [`codes::error_code`](super::codes::error_code)).
     pub error: Option<String>,
 }
 
@@ -109,7 +110,8 @@ pub struct SagaState {
     pub steps: Vec<StepRecord>,
     /// Set once compensation began.
     pub compensation_reason: Option<CancellationReason>,
-    /// Why the saga needs attention, while it does.
+    /// Why the saga needs attention, while it does: the stopping step and
+    /// the code of its failure or refusal.
     pub attention: Option<(Step, String)>,
     /// How many times an operator retried the saga; part of the idempotency
     /// keys, so a retried step may act again where its refusal was stored.

@@ -125,3 +125,65 @@ async fn idempotency_answers_become_the_callers_records() {
     assert_eq!(columns, ["created_at", "fingerprint", "key", "record"]);
     db.drop().await;
 }
+
+/// Migration 12 gives every saga row its owner, the order's customer from
+/// the saga's `SagaStarted`, and indexes it.
+#[tokio::test]
+async fn saga_rows_get_their_orders_customer() {
+    let db = TestDatabase::create().await;
+    let (order, customer) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // The table as it was before migration 12, with a row of that time and
+    // the event it was projected from.
+    sqlx::raw_sql("ALTER TABLE read_models.sagas DROP COLUMN customer_id")
+        .execute(&db.pool)
+        .await
+        .expect("the table before migration 12");
+    sqlx::query(
+        "INSERT INTO event_store.events \
+             (event_id, stream_type, stream_id, version, event_type, schema_version, payload) \
+         VALUES ($1, 'saga', $2, 1, 'SagaStarted', 1, $3)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(format!("saga-{order}"))
+    .bind(
+        json!({"event_type": "SagaStarted", "saga_id": uuid::Uuid::now_v7(),
+                 "order": {"order_id": order, "customer_id": customer}}),
+    )
+    .execute(&db.pool)
+    .await
+    .expect("event");
+    sqlx::query(
+        "INSERT INTO read_models.sagas (order_id, saga_id, state, version, started_at, updated_at) \
+         VALUES ($1, $2, 'running', 1, now(), now())",
+    )
+    .bind(order)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&db.pool)
+    .await
+    .expect("row");
+    let migration = migrations::MIGRATOR
+        .iter()
+        .find(|m| m.version == 12)
+        .expect("migration 12");
+    sqlx::raw_sql(&migration.sql)
+        .execute(&db.pool)
+        .await
+        .expect("migration 12 applies");
+
+    let owner: uuid::Uuid =
+        sqlx::query_scalar("SELECT customer_id FROM read_models.sagas WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&db.pool)
+            .await
+            .expect("owner");
+    assert_eq!(owner, customer);
+    let nullable: String = sqlx::query_scalar(
+        "SELECT is_nullable::text FROM information_schema.columns \
+         WHERE table_schema = 'read_models' AND table_name = 'sagas' AND column_name = 'customer_id'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("column");
+    assert_eq!(nullable, "NO");
+    db.drop().await;
+}

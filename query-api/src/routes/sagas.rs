@@ -4,7 +4,7 @@ use auth::Caller;
 use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use domain::SagaStatus;
+use domain::{step_errors, SagaStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
@@ -34,7 +34,9 @@ pub struct SagaView {
     /// `customer_request` once compensation began.
     pub compensation_reason: Option<String>,
     pub tracking_number: Option<String>,
-    /// The last failure or refusal; while the saga needs attention, why.
+    /// The code of the last failure or refusal (`insufficient_funds`,
+    /// `carrier_unavailable`, `timeout`...); while the saga needs attention,
+    /// why. Never a message.
     pub error: Option<String>,
     /// The saga stream's version this row reflects.
     pub version: i64,
@@ -61,7 +63,11 @@ pub struct SagaStepView {
     pub started_at: DateTime<Utc>,
     /// When it succeeded or was refused.
     pub finished_at: Option<DateTime<Utc>>,
-    /// The last failure or refusal.
+    /// The code of the last failure or refusal: the refusing aggregate's
+    /// (`insufficient_funds`, `insufficient_stock`, `account_closed`...), the
+    /// carrier's (`shipment_refused`), or a transient one (`timeout`,
+    /// `carrier_unavailable`, `unavailable`, `concurrency_conflict`,
+    /// `internal_error`). Never a message.
     pub error: Option<String>,
 }
 
@@ -149,6 +155,7 @@ pub async fn list_sagas(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
+    let rows = rows.into_iter().map(SagaView::with_codes).collect();
     let (items, next) = page(rows, limit, |s| s.order_id.to_string());
     Ok(Json(SagaPage { items, next }))
 }
@@ -168,8 +175,8 @@ fn parse_state(raw: &str) -> Result<&'static str> {
         })
 }
 
-/// The saga, if `owner` (when given) placed its order (the owner is the
-/// orders read model's: until that has the order, the saga is not shown).
+/// The saga, if `owner` (when given) placed its order: decided from the
+/// saga's own row (`customer_id`, the order's customer from `SagaStarted`).
 async fn fetch_saga(
     pool: &PgPool,
     order_id: Uuid,
@@ -177,8 +184,7 @@ async fn fetch_saga(
 ) -> Result<Option<(SagaView, i64)>> {
     let saga: Option<SagaView> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_models.sagas WHERE order_id = $1 \
-         AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM read_models.orders AS o \
-                                          WHERE o.order_id = $1 AND o.customer_id = $2))"
+         AND ($2::uuid IS NULL OR customer_id = $2)"
     ))
     .bind(order_id)
     .bind(owner)
@@ -186,8 +192,25 @@ async fn fetch_saga(
     .await?;
     Ok(saga.map(|s| {
         let version = s.version;
-        (s, version)
+        (s.with_codes(), version)
     }))
+}
+
+impl SagaView {
+    /// Every `error` as a code: a row the projection wrote before it
+    /// recorded codes may hold an old free-text message, which is never
+    /// shown (API.md: a saga step's `error` is a stable code).
+    fn with_codes(mut self) -> SagaView {
+        for step in &mut self.steps {
+            if let Some(error) = &step.error {
+                step.error = Some(step_errors::error_code(&step.name, error));
+            }
+        }
+        if let Some(error) = &self.error {
+            self.error = Some(step_errors::error_code("", error));
+        }
+        self
+    }
 }
 
 /// Sagas per state, every state of API.md included (for `/metrics`).

@@ -195,3 +195,78 @@ async fn bad_tokens_are_401_invalid_token() {
     }
     h.drop().await;
 }
+
+/// A saga's owner is its own row's `customer_id` (the order's customer, from
+/// `SagaStarted`): its customer reads it even before the orders read model
+/// has the order, another customer gets exactly what a missing saga gets,
+/// operators read it.
+#[tokio::test]
+async fn a_saga_is_read_by_its_orders_customer_from_its_own_row() {
+    use test_support::saga_sim::{run_saga, saga_order, StepOutcome};
+
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    let order = Uuid::now_v7();
+    let placed = saga_order(order, &["A"]);
+    let ana = placed.customer_id.as_uuid();
+    run_saga(&h.store, placed, |_, _| StepOutcome::Succeed).await;
+    // Only the sagas projection: there is no order stream at all.
+    h.projector(projections::Sagas)
+        .apply_batch(&h.all_events().await)
+        .await
+        .expect("apply");
+    let owner: Uuid =
+        sqlx::query_scalar("SELECT customer_id FROM read_models.sagas WHERE order_id = $1")
+            .bind(order)
+            .fetch_one(&h.db.pool)
+            .await
+            .expect("the saga's row");
+    assert_eq!(owner, ana);
+
+    let uri = format!("/sagas/{order}");
+    let own = get(&h, &access, &uri, Some(&keys.customer(ana))).await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(own.json["order_id"], order.to_string());
+    let operator = get(&h, &access, &uri, Some(&keys.operator("olga"))).await;
+    assert_eq!(operator.status, 200, "{}", operator.text);
+
+    let bob = keys.customer(Uuid::now_v7());
+    let others = get(&h, &access, &uri, Some(&bob)).await;
+    let missing = get(
+        &h,
+        &access,
+        &format!("/sagas/{}", Uuid::now_v7()),
+        Some(&bob),
+    )
+    .await;
+    assert_problem(&others, 404, "not_found");
+    assert_eq!(
+        (others.status, &others.json["code"], &others.json["title"]),
+        (
+            missing.status,
+            &missing.json["code"],
+            &missing.json["title"]
+        )
+    );
+    let waited = get(
+        &h,
+        &access,
+        &format!("{uri}?min_version=1&wait_ms=100"),
+        Some(&bob),
+    )
+    .await;
+    assert_problem(&waited, 503, "min_version_timeout");
+    assert_problem(&get(&h, &access, &uri, None).await, 401, "unauthenticated");
+
+    // The owner column is indexed.
+    let indexed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'read_models' \
+         AND tablename = 'sagas' AND indexdef LIKE '%(customer_id%')",
+    )
+    .fetch_one(&h.db.pool)
+    .await
+    .expect("indexes");
+    assert!(indexed);
+    h.drop().await;
+}

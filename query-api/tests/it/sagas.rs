@@ -120,7 +120,7 @@ async fn get_saga_answers_its_steps_404_400_and_waits_for_min_version() {
     let ship = &saga["steps"][4];
     assert_eq!(ship["status"], "succeeded");
     assert_eq!(ship["attempts"], 2);
-    assert_eq!(ship["error"], "carrier timed out");
+    assert_eq!(ship["error"], "timeout");
     assert!(ship["started_at"].is_string() && ship["finished_at"].is_string());
     let first = &saga["steps"][0];
     assert_eq!(
@@ -179,10 +179,7 @@ async fn sagas_are_listed_by_state_and_paged_and_counted_in_metrics() {
     let attention = h.get("/sagas?state=needs_attention").await;
     assert_eq!(order_ids(&attention.json), [n1.to_string()]);
     let saga = &attention.json["items"][0];
-    assert_eq!(
-        saga["error"],
-        "3 attempts failed, the last with: carrier timed out"
-    );
+    assert_eq!(saga["error"], "timeout");
     let ship = saga["steps"]
         .as_array()
         .unwrap()
@@ -207,7 +204,7 @@ async fn sagas_are_listed_by_state_and_paged_and_counted_in_metrics() {
         ]
     );
     assert_eq!(saga["steps"][1]["status"], "refused");
-    assert_eq!(saga["steps"][1]["error"], "insufficient_stock: refused");
+    assert_eq!(saga["steps"][1]["error"], "insufficient_stock");
     let running = h.get("/sagas?state=running").await;
     assert_eq!(order_ids(&running.json), Vec::<String>::new());
 
@@ -388,5 +385,104 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
     pipeline.stop().await;
     worker_task.await.unwrap();
     relay.await.unwrap().unwrap();
+    h.drop().await;
+}
+
+/// API.md: a saga step's `error` is a stable code, never an internal
+/// message. The orchestrator records codes; a saga recorded before it did
+/// (a driver's message, a refusal's figures, "N attempts failed...") is
+/// shown by its code too, in `GET /sagas/{id}` and in `GET /sagas`.
+#[tokio::test]
+async fn a_saga_step_error_is_a_code_never_a_message() {
+    const SQL: &str =
+        "error returned from database: relation \"event_store.events\" does not exist";
+    let h = Harness::new().await;
+    // Charged after a database failure, then refused by the carrier.
+    let refused = Uuid::now_v7();
+    run_saga(
+        &h.store,
+        saga_order(refused, &["A"]),
+        |step, attempt| match (step, attempt) {
+            (Step::ChargePayment, 1) => StepOutcome::FailWith(SQL),
+            (Step::Ship, _) => {
+                StepOutcome::RefuseWith("shipment_refused", "no delivery to country XX")
+            }
+            _ => StepOutcome::Succeed,
+        },
+    )
+    .await;
+    // Out of attempts on the old free text of a database failure.
+    let stuck = Uuid::now_v7();
+    run_saga(&h.store, saga_order(stuck, &["A"]), |step, _| match step {
+        Step::ChargePayment => StepOutcome::FailWith(SQL),
+        _ => StepOutcome::Succeed,
+    })
+    .await;
+    // Out of attempts on the carrier, recorded with the code.
+    let carrier = Uuid::now_v7();
+    run_saga(
+        &h.store,
+        saga_order(carrier, &["A"]),
+        |step, _| match step {
+            Step::Ship => StepOutcome::FailWith("carrier_unavailable"),
+            _ => StepOutcome::Succeed,
+        },
+    )
+    .await;
+    h.project_all().await;
+
+    let error_of = |saga: &Value, name: &str| {
+        saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {saga}"))["error"]
+            .clone()
+    };
+    let one = h.get(&format!("/sagas/{refused}")).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.json["state"], "compensated");
+    assert_eq!(error_of(&one.json, "charge_payment"), "unavailable");
+    assert_eq!(error_of(&one.json, "ship"), "shipment_refused");
+    assert_eq!(one.json["error"], "shipment_refused");
+
+    let two = h.get(&format!("/sagas/{stuck}")).await;
+    assert_eq!(two.json["state"], "needs_attention", "{}", two.text);
+    assert_eq!(error_of(&two.json, "charge_payment"), "unavailable");
+    assert_eq!(two.json["error"], "unavailable");
+
+    let three = h.get(&format!("/sagas/{carrier}")).await;
+    assert_eq!(three.json["state"], "needs_attention", "{}", three.text);
+    assert_eq!(error_of(&three.json, "ship"), "carrier_unavailable");
+    assert_eq!(three.json["error"], "carrier_unavailable");
+
+    let all = h.get("/sagas").await;
+    assert_eq!(
+        all.json["items"].as_array().unwrap().len(),
+        3,
+        "{}",
+        all.text
+    );
+    for text in [&one.text, &two.text, &three.text, &all.text] {
+        for leak in ["relation", "database", "XX", "attempts failed", "refused:"] {
+            assert!(!text.contains(leak), "{leak:?} leaks in {text}");
+        }
+    }
+    // Every error shown is a code.
+    for saga in all.json["items"].as_array().unwrap() {
+        let errors = saga["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["error"])
+            .chain([&saga["error"]]);
+        for error in errors.filter(|e| !e.is_null()) {
+            assert!(
+                domain::step_errors::is_code(error.as_str().unwrap()),
+                "{error} in {saga}"
+            );
+        }
+    }
     h.drop().await;
 }

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{next_action, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step};
+use domain::{
+    next_action, step_errors, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step,
+};
 use event_store::Metadata;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -209,7 +211,7 @@ impl Orchestrator {
                         SagaCommand::FailStep {
                             step,
                             attempt,
-                            error: "no outcome before the step's deadline".to_owned(),
+                            error: step_errors::TIMEOUT.to_owned(),
                             retry_at_ms,
                         },
                         &metadata,
@@ -281,10 +283,13 @@ impl Orchestrator {
         .await
         {
             Ok(result) => result,
-            Err(_elapsed) => StepResult::Transient(format!(
-                "no answer before the step's deadline ({} ms)",
-                self.inner.config.step_timeout_ms
-            )),
+            Err(_elapsed) => StepResult::Transient {
+                code: step_errors::TIMEOUT,
+                detail: format!(
+                    "no answer before the step's deadline ({} ms)",
+                    self.inner.config.step_timeout_ms
+                ),
+            },
         };
         let latency = started.elapsed();
         self.pause_if_asked(order_id, &step).await;
@@ -306,14 +311,16 @@ impl Orchestrator {
                 }
                 SagaCommand::RefuseStep { step, code, error }
             }
-            StepResult::Transient(error) => {
+            StepResult::Transient { code, detail } => {
                 metrics.step(step.name(), "failed", latency);
                 let retry = self.inner.config.backoff(attempt);
-                tracing::warn!(%step, attempt, %error, ?retry, "step failed; retrying");
+                // The detail (a driver's message...) stays in the log; the
+                // saga records the code, which is what the API shows.
+                tracing::warn!(%step, attempt, code, error = %detail, ?retry, "step failed; retrying");
                 SagaCommand::FailStep {
                     step,
                     attempt,
-                    error,
+                    error: code.to_owned(),
                     retry_at_ms: Utc::now().timestamp_millis() + millis(retry),
                 }
             }

@@ -4,10 +4,12 @@
 //! record of its first run back instead of acting twice.
 
 use domain::{
-    AccountCommand, Aggregate, Amount, DomainError, InventoryCommand, OrderCommand, OrderId,
-    OrderStatus, SagaOrder, SagaState, Step,
+    step_errors, AccountCommand, Aggregate, Amount, DomainError, InventoryCommand, OrderCommand,
+    OrderId, OrderStatus, SagaOrder, SagaState, Step,
 };
-use event_store::{ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome, Repository};
+use event_store::{
+    ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome, Repository,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Orchestrator, STEP_SCOPE};
@@ -16,15 +18,32 @@ use crate::{CarrierError, Shipment};
 /// What one attempt of a step came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum StepResult {
-    Done { tracking_number: Option<String> },
-    Refused { code: String, error: String },
-    Transient(String),
+    Done {
+        tracking_number: Option<String>,
+    },
+    Refused {
+        code: String,
+        error: String,
+    },
+    /// A transient failure: its code ([`step_errors`]) is recorded, the
+    /// detail only logged.
+    Transient {
+        code: &'static str,
+        detail: String,
+    },
 }
 
 impl StepResult {
     const DONE: StepResult = StepResult::Done {
         tracking_number: None,
     };
+
+    fn transient(code: &'static str, detail: impl Into<String>) -> StepResult {
+        StepResult::Transient {
+            code,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// What a step's command came to, kept under the step's idempotency key:
@@ -63,10 +82,10 @@ impl Orchestrator {
         metadata: &Metadata,
     ) -> StepResult {
         let Some(order) = state.order.as_ref() else {
-            return StepResult::Transient("saga without an order".to_owned());
+            return StepResult::transient(step_errors::INTERNAL_ERROR, "saga without an order");
         };
         let Some(saga_id) = state.saga_id else {
-            return StepResult::Transient("saga without an id".to_owned());
+            return StepResult::transient(step_errors::INTERNAL_ERROR, "saga without an id");
         };
         let order_id = order.order_id;
         // In the saga's own scope (a client's key is in its caller's), and
@@ -85,7 +104,10 @@ impl Orchestrator {
         match step {
             Step::ReserveStock { sku } => {
                 let Some(line) = order.lines.iter().find(|l| &l.sku == sku) else {
-                    return StepResult::Transient(format!("no line for {sku}"));
+                    return StepResult::transient(
+                        step_errors::INTERNAL_ERROR,
+                        format!("no line for {sku}"),
+                    );
                 };
                 let command = InventoryCommand::Reserve {
                     order_id,
@@ -141,7 +163,9 @@ impl Orchestrator {
                     code: "shipment_refused".to_owned(),
                     error: reason,
                 },
-                Err(CarrierError::Unavailable(reason)) => StepResult::Transient(reason),
+                Err(CarrierError::Unavailable(reason)) => {
+                    StepResult::transient(step_errors::CARRIER_UNAVAILABLE, reason)
+                }
             },
             Step::MarkShipped => {
                 let command = OrderCommand::MarkShipped {
@@ -160,7 +184,9 @@ impl Orchestrator {
                     code: "shipment_not_cancellable".to_owned(),
                     error: reason,
                 },
-                Err(CarrierError::Unavailable(reason)) => StepResult::Transient(reason),
+                Err(CarrierError::Unavailable(reason)) => {
+                    StepResult::transient(step_errors::CARRIER_UNAVAILABLE, reason)
+                }
             },
             Step::RefundPayment => {
                 let command = AccountCommand::Refund { order_id };
@@ -221,7 +247,7 @@ impl Orchestrator {
         match self.inner.orders.load(&id).await {
             Ok(loaded) if reached(loaded.state.status, target) => StepResult::DONE,
             Ok(_) => result,
-            Err(error) => StepResult::Transient(error.to_string()),
+            Err(error) => StepResult::transient(step_errors::UNAVAILABLE, error.to_string()),
         }
     }
 }
@@ -248,7 +274,16 @@ async fn send<A: Aggregate>(
         Ok(Executed::Done(_)) => StepResult::DONE,
         Ok(Executed::Refused(refusal)) => StepRecord::refused(&refusal).into(),
         Ok(Executed::Replayed(record)) => record.into(),
-        Err(error) => StepResult::Transient(error.to_string()),
+        Err(error) => StepResult::transient(execute_error_code(&error), error.to_string()),
+    }
+}
+
+/// The code of a command that could not be carried out.
+fn execute_error_code<E>(error: &ExecuteError<E>) -> &'static str {
+    match error {
+        ExecuteError::ConflictRetriesExhausted { .. } => step_errors::CONCURRENCY_CONFLICT,
+        ExecuteError::Store(event_store::Error::Database(_)) => step_errors::UNAVAILABLE,
+        _ => step_errors::INTERNAL_ERROR,
     }
 }
 
