@@ -126,18 +126,18 @@ async fn idempotency_answers_become_the_callers_records() {
     db.drop().await;
 }
 
-/// Migration 12 gives every saga row its owner, the order's customer from
+/// Migration 13 gives every saga row its owner, the order's customer from
 /// the saga's `SagaStarted`, and indexes it.
 #[tokio::test]
 async fn saga_rows_get_their_orders_customer() {
     let db = TestDatabase::create().await;
     let (order, customer) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    // The table as it was before migration 12, with a row of that time and
+    // The table as it was before migration 13, with a row of that time and
     // the event it was projected from.
     sqlx::raw_sql("ALTER TABLE read_models.sagas DROP COLUMN customer_id")
         .execute(&db.pool)
         .await
-        .expect("the table before migration 12");
+        .expect("the table before migration 13");
     sqlx::query(
         "INSERT INTO event_store.events \
              (event_id, stream_type, stream_id, version, event_type, schema_version, payload) \
@@ -163,12 +163,12 @@ async fn saga_rows_get_their_orders_customer() {
     .expect("row");
     let migration = migrations::MIGRATOR
         .iter()
-        .find(|m| m.version == 12)
-        .expect("migration 12");
+        .find(|m| m.version == 13)
+        .expect("migration 13");
     sqlx::raw_sql(&migration.sql)
         .execute(&db.pool)
         .await
-        .expect("migration 12 applies");
+        .expect("migration 13 applies");
 
     let owner: uuid::Uuid =
         sqlx::query_scalar("SELECT customer_id FROM read_models.sagas WHERE order_id = $1")
