@@ -53,8 +53,10 @@ impl Args {
 pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToken) -> Result<()> {
     // Refused before anything starts without a JWKS (unless insecure).
     let authenticator = args.auth.authenticator()?;
-    let command_access = Access::new(authenticator.clone(), &args.auth.rate_limit);
-    let query_access = Access::new(authenticator, &args.auth.rate_limit);
+    let command_access = Access::new(authenticator.clone(), &args.auth.rate_limit)
+        .with_trusted_proxies(args.auth.trusted_proxies());
+    let query_access = Access::new(authenticator, &args.auth.rate_limit)
+        .with_trusted_proxies(args.auth.trusted_proxies());
     // One set of listener limits for both APIs.
     args.command_api.http = args.http.clone();
     args.query_api.http = args.http.clone();

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::{
-    AuthError, Caller, Error, KeyedLimiter, Result, Verifier, DEFAULT_AUDIENCE, DEFAULT_ISSUER,
+    AuthError, Caller, Error, KeyedLimiter, ProxyNet, Result, TrustedProxies, Verifier,
+    DEFAULT_AUDIENCE, DEFAULT_ISSUER,
 };
 
 /// How a service authenticates its callers, and how fast each may go.
@@ -35,6 +36,18 @@ pub struct AuthConfig {
 
     #[command(flatten)]
     pub rate_limit: RateLimitConfig,
+
+    /// Proxies in front of the service (the gateway), as addresses or CIDR
+    /// blocks, comma separated: a request from one of them is limited, on
+    /// failed authentication, by the client address it forwards
+    /// (`X-Forwarded-For`, else `X-Real-IP`), not by its own. Empty (the
+    /// default): by the connection's peer, and those headers are ignored.
+    #[arg(
+        long = "trusted-proxies",
+        env = "PURSER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<ProxyNet>,
 }
 
 /// The token bucket of each caller.
@@ -66,6 +79,11 @@ impl RateLimitConfig {
 }
 
 impl AuthConfig {
+    /// The proxies whose forwarded client address is believed.
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.iter().copied())
+    }
+
     /// The authenticator these options describe: a [`Verifier`] of the
     /// JWKS, or, with `--insecure-no-auth`, everyone allowed everything
     /// (logged as a warning). Without either it refuses with
@@ -167,6 +185,7 @@ mod tests {
                 per_second: 200,
                 burst: 400,
             },
+            trusted_proxies: Vec::new(),
         }
     }
 

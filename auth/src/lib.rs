@@ -9,6 +9,8 @@
 //!   tokens signed with it (`purser auth init`, `purser token`).
 //! - [`KeyedLimiter`] is the abuse-limit building block: a token bucket per
 //!   caller, and one per client address for failed authentication.
+//! - [`TrustedProxies`] says whose `X-Forwarded-For` to believe (the
+//!   gateway's), so the per-address limit keys on the real client.
 //! - [`AuthConfig`] and [`RateLimitConfig`] are the services' options.
 //!
 //! No HTTP here: status codes and headers belong to the API crates, which
@@ -18,12 +20,14 @@ mod caller;
 mod config;
 mod keys;
 mod limits;
+mod proxies;
 mod verify;
 
 pub use caller::{AuthError, Caller, Role, Subject};
 pub use config::{AuthConfig, Authenticator, RateLimitConfig};
 pub use keys::{init_keys, issue_token, InitKeys, JWKS_FILE, SIGNING_KEY_FILE};
 pub use limits::KeyedLimiter;
+pub use proxies::{ProxyNet, TrustedProxies};
 pub use verify::Verifier;
 
 /// The issuer tokens carry unless configured otherwise.

@@ -14,7 +14,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
@@ -55,7 +54,10 @@ pub fn router(state: AppState, access: Access) -> Router {
             service::middleware::shed_load,
         ))
         .layer(from_fn_with_state(state.clone(), timeout))
-        .layer(RequestBodyLimitLayer::new(state.body_limit()))
+        // The body limit is enforced where a command reads its body (the
+        // `Command` extractor: 413 from the declared length, or once a
+        // streamed body passes it), so after authentication (401) and the
+        // route's role (403), as API.md orders the checks.
         .layer(DefaultBodyLimit::max(state.body_limit()));
 
     let customer = || from_fn(customer_only);

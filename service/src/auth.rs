@@ -15,7 +15,10 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use auth::{AuthConfig, AuthError, Authenticator, Caller, KeyedLimiter, RateLimitConfig, Role};
+use auth::{
+    AuthConfig, AuthError, Authenticator, Caller, KeyedLimiter, RateLimitConfig, Role,
+    TrustedProxies,
+};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -35,6 +38,8 @@ pub struct Access {
     authenticator: Authenticator,
     callers: Arc<KeyedLimiter<String>>,
     failed: Arc<KeyedLimiter<IpAddr>>,
+    /// Whose `X-Forwarded-For` / `X-Real-IP` names the client.
+    proxies: Arc<TrustedProxies>,
 }
 
 impl Access {
@@ -50,13 +55,15 @@ impl Access {
             authenticator,
             callers: Arc::new(rate_limit.caller_limiter()),
             failed: Arc::new(KeyedLimiter::failed_authentication()),
+            proxies: Arc::new(TrustedProxies::default()),
         }
     }
 
     /// What the options describe; refuses without a JWKS unless insecure
     /// (the error says what to do).
     pub fn from_config(config: &AuthConfig) -> auth::Result<Access> {
-        Ok(Access::new(config.authenticator()?, &config.rate_limit))
+        Ok(Access::new(config.authenticator()?, &config.rate_limit)
+            .with_trusted_proxies(config.trusted_proxies()))
     }
 
     /// Everyone may do everything ([`Caller::insecure_everything`]), no
@@ -66,12 +73,20 @@ impl Access {
             authenticator: Authenticator::Insecure,
             callers: Arc::new(KeyedLimiter::off()),
             failed: Arc::new(KeyedLimiter::off()),
+            proxies: Arc::new(TrustedProxies::default()),
         }
     }
 
     /// With another per-address limit on failed authentication.
     pub fn with_failed_authentication_limit(mut self, limiter: KeyedLimiter<IpAddr>) -> Access {
         self.failed = Arc::new(limiter);
+        self
+    }
+
+    /// Believing the client address these proxies forward (behind the
+    /// gateway, every connection's peer is the gateway).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Access {
+        self.proxies = Arc::new(proxies);
         self
     }
 
@@ -101,7 +116,7 @@ impl Access {
                 }
             },
             Err(error) => {
-                let address = client_address(request);
+                let address = client_address(request, &self.proxies);
                 if let Err(retry_after) = self.failed.check(&address) {
                     tracing::info!(%address, "failed authentication over the limit");
                     return Err(Refusal::RateLimited(retry_after));
@@ -131,14 +146,29 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The client's address (unspecified when the server was not started with
-/// connect info, as in router tests).
-fn client_address(request: &Request) -> IpAddr {
-    request
+/// The client's address: the connection's peer (unspecified when the
+/// server was not started with connect info, as in router tests), or, when
+/// the peer is a trusted proxy, the client it forwards for
+/// ([`TrustedProxies::client_address`]).
+fn client_address(request: &Request, proxies: &TrustedProxies) -> IpAddr {
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    if proxies.is_empty() {
+        return peer;
+    }
+    let headers = request.headers();
+    let forwarded_for = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    let real_ip = headers.get(X_REAL_IP).and_then(|value| value.to_str().ok());
+    proxies.client_address(peer, forwarded_for, real_ip)
 }
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_REAL_IP: &str = "x-real-ip";
 
 /// The middleware of every protected route: the request goes on with its
 /// [`Caller`] in its extensions, or is answered 401 / 429.
@@ -261,6 +291,7 @@ impl DevKeys {
             audience: auth::DEFAULT_AUDIENCE.to_owned(),
             insecure_no_auth: false,
             rate_limit,
+            trusted_proxies: Vec::new(),
         }
     }
 

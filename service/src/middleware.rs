@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, PROBLEM_JSON};
 
 /// The request id header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,7 +35,8 @@ pub fn fresh_request_id() -> HeaderValue {
 
 /// Keeps the client's `x-request-id` when it is valid, replaces it with a
 /// fresh one otherwise (or when there is none), and sends it back on the
-/// response. Everything below sees only a valid id.
+/// response. Everything below sees only a valid id. A 5xx problem gets it
+/// in its body too (`request_id`): the cause is logged under it, never sent.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = match request.headers().get(&REQUEST_ID) {
         Some(id) if is_valid_request_id(id.as_bytes()) => id.clone(),
@@ -43,8 +44,73 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     };
     request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     let mut response = next.run(request).await;
+    if response.status().is_server_error() && is_problem(&response) {
+        response = with_request_id(response, &id).await;
+    }
     response.headers_mut().insert(REQUEST_ID.clone(), id);
     response
+}
+
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+}
+
+/// The problem with `request_id` set (a problem body is small; one that
+/// cannot be read or is not an object is left as it was).
+async fn with_request_id(response: Response, id: &HeaderValue) -> Response {
+    const MAX_PROBLEM: usize = 64 * 1024;
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_PROBLEM).await {
+        Ok(bytes) => bytes,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::empty()),
+    };
+    let rewritten = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut problem)) => {
+            let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
+            problem.insert("request_id".to_owned(), serde_json::Value::String(id));
+            serde_json::to_vec(&problem).ok()
+        }
+        _ => None,
+    };
+    let bytes = rewritten.map_or(bytes, Into::into);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// 413 `payload_too_large` for a request whose `Content-Length` is over
+/// `limit` (`from_fn_with_state(limit, content_length_limit)`): for routes
+/// that never read a body. Installed on each route inside authentication
+/// and the route's role check, so credentials (401) and role (403) are
+/// answered first (API.md's order); a route that reads its body enforces
+/// the limit where it reads it (axum's `DefaultBodyLimit`).
+pub async fn content_length_limit(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return payload_too_large(limit);
+    }
+    next.run(request).await
+}
+
+/// 413 `payload_too_large`.
+pub fn payload_too_large(limit: usize) -> Response {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "Payload Too Large",
+        format!("the request body is larger than the limit of {limit} bytes"),
+    )
+    .into_response()
 }
 
 /// How many requests a service handles at once: over it, 503 `overloaded`

@@ -1,7 +1,8 @@
 //! RFC 9457 problem details: the body of every error the HTTP APIs answer
 //! with. 4xx details describe what was wrong with the request; 5xx details
 //! are generic (each API logs the cause inside the request's span, so with
-//! its request id, and never sends it).
+//! its request id, and never sends it) and carry that `request_id`
+//! ([`crate::middleware::request_id`] adds it).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,10 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub checks: Option<serde_json::Map<String, serde_json::Value>>,
+    /// On a 5xx: the request's id (also its `x-request-id`), under which the
+    /// cause was logged; quote it when reporting the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Problem {
@@ -49,6 +54,7 @@ impl Problem {
             detail: detail.into(),
             code: code.to_owned(),
             checks: None,
+            request_id: None,
         }
     }
 

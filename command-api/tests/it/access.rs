@@ -471,3 +471,172 @@ async fn failed_authentication_is_limited_per_client_address() {
     assert_eq!(served.status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// Sends bad tokens as the client `forwarded` names (`X-Forwarded-For`, a
+/// new value each time from `forwarded(i)`) until one is 429; how many it
+/// took, or `None` if none was within `tries`.
+async fn bad_until_limited(
+    app: &TestApp,
+    tries: usize,
+    forwarded: impl Fn(usize) -> String,
+) -> Option<usize> {
+    for i in 0..tries {
+        let response = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth("garbage")
+            .header("x-forwarded-for", forwarded(i))
+            .send()
+            .await
+            .expect("request sent");
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => return Some(i),
+            other => panic!("{other} for a bad token"),
+        }
+    }
+    None
+}
+
+async fn bad_status(app: &TestApp, header: (&str, &str)) -> StatusCode {
+    app.client
+        .get(app.url("/metrics"))
+        .bearer_auth("garbage")
+        .header(header.0, header.1)
+        .send()
+        .await
+        .expect("request sent")
+        .status()
+}
+
+/// Behind the gateway every connection comes from the gateway. With it
+/// trusted (`PURSER_TRUSTED_PROXIES`), failed authentication is limited per
+/// client address it forwards: one client over the limit leaves the others
+/// alone, and what a client writes on the left of `X-Forwarded-For` does not
+/// get it a fresh bucket. Without it, the headers are ignored: every request
+/// of the peer shares one bucket, whatever it claims.
+#[tokio::test]
+async fn failed_authentication_behind_a_trusted_proxy_is_limited_per_forwarded_client() {
+    let keys = Keys::new();
+    let limited = || {
+        keys.access(generous())
+            .with_failed_authentication_limit(auth::KeyedLimiter::new(1, 3))
+    };
+    let gateway: auth::ProxyNet = "127.0.0.1".parse().unwrap();
+
+    let app = TestApp::spawn_with_access(
+        limited().with_trusted_proxies(auth::TrustedProxies::new([gateway])),
+    )
+    .await;
+    // Client 203.0.113.7 claims a new origin on the left each time: still
+    // one client, limited after its burst of 3.
+    let spent = bad_until_limited(&app, 20, |i| format!("198.51.100.{i}, 203.0.113.7")).await;
+    assert!(
+        spent.is_some_and(|n| n >= 3),
+        "the client was limited after {spent:?}"
+    );
+    // Other clients behind the same gateway are not.
+    assert_eq!(
+        bad_status(&app, ("x-forwarded-for", "203.0.113.8")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        bad_status(&app, ("x-real-ip", "203.0.113.9")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+
+    let app = TestApp::spawn_with_access(limited()).await;
+    // Not trusted: a different client address each time changes nothing.
+    let spent = bad_until_limited(&app, 20, |i| format!("203.0.113.{i}")).await;
+    assert!(
+        spent.is_some_and(|n| n >= 3),
+        "the peer was limited after {spent:?}"
+    );
+    app.stop().await;
+}
+
+/// API.md's order of checks: credentials (401), then role (403), then shape
+/// (413 for a body over 64 KiB), then existence and ownership (404). Each
+/// refusal appends nothing.
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_only_after_credentials_and_role() {
+    let keys = Keys::new();
+    let app = TestApp::spawn_with_access(keys.access(generous())).await;
+    let ana = Uuid::now_v7();
+    let ana_token = keys.customer(ana);
+    let bob_token = keys.customer(Uuid::now_v7());
+    let operator = keys.operator("olga");
+    let opened = post(
+        &app,
+        "/accounts",
+        Some(&ana_token),
+        &json!({"currency": "EUR"}),
+    )
+    .await;
+    let account = assert_json(opened, StatusCode::CREATED).await["account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let huge = vec![b' '; 64 * 1024 + 1];
+    let send = |path: String, token: Option<String>| {
+        let mut request = app
+            .post(&path)
+            .header("content-type", "application/json")
+            .body(huge.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let before = app.event_count().await;
+    let deposit = format!("/accounts/{account}/deposits");
+
+    // No token, a bad one: 401 whatever the body.
+    assert_unauthorized(
+        send(deposit.clone(), None).await.unwrap(),
+        "unauthenticated",
+        "no token",
+    )
+    .await;
+    assert_unauthorized(
+        send(deposit.clone(), Some("garbage".to_owned()))
+            .await
+            .unwrap(),
+        "invalid_token",
+        "bad token",
+    )
+    .await;
+    // A role that may not: 403 whatever the body.
+    assert_problem(
+        send(deposit.clone(), Some(operator.clone())).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        send("/inventory".to_owned(), Some(ana_token.clone()))
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // Then the shape: 413, before existence and ownership (another
+    // customer's account, a missing one).
+    for (path, token) in [
+        (deposit.clone(), &ana_token),
+        (deposit.clone(), &bob_token),
+        (format!("/accounts/{}/deposits", Uuid::now_v7()), &ana_token),
+        ("/inventory".to_owned(), &operator),
+    ] {
+        assert_problem(
+            send(path.clone(), Some(token.clone())).await.unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        )
+        .await;
+    }
+    assert_eq!(app.event_count().await, before, "a refusal appended");
+    app.stop().await;
+}

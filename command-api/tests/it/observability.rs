@@ -276,3 +276,73 @@ async fn a_request_over_the_timeout_is_503_and_leaves_nothing() {
     assert_eq!(state.balance.amount(), 5);
     app.stop().await;
 }
+
+/// Over HTTP, a real database error (a trigger that fails every append with
+/// a message full of internals) is a 500 whose body has none of them: a
+/// generic detail and the request id the cause was logged under, in the
+/// body and in `x-request-id`. Nothing is appended.
+#[tokio::test]
+async fn a_database_error_is_a_500_that_leaks_nothing_and_names_the_request() {
+    let app = TestApp::spawn().await;
+    let account = app.open_account(0).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION event_store.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'internal: SELECT secret FROM event_store.events WHERE password = %', \
+         'hunter2'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON event_store.events \
+         FOR EACH ROW EXECUTE FUNCTION event_store.refuse()",
+    )
+    .execute(&app.db.pool)
+    .await
+    .expect("trigger");
+    let before = app.event_count().await;
+
+    let response = app
+        .post(&format!("/accounts/{account}/deposits"))
+        .header("x-request-id", "leak-check-500")
+        .json(&json!({"amount": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "leak-check-500");
+    let problem = assert_problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert_eq!(problem["request_id"], "leak-check-500");
+    let text = problem.to_string();
+    for leak in [
+        "hunter2",
+        "secret",
+        "SELECT",
+        "event_store",
+        "trigger",
+        "sqlx",
+        "database",
+        "P0001",
+    ] {
+        assert!(!text.contains(leak), "{leak:?} leaks: {text}");
+    }
+    // A request without an id of its own gets a fresh one, in both places.
+    let response = app
+        .post(&format!("/accounts/{account}/deposits"))
+        .json(&json!({"amount": 5}))
+        .send()
+        .await
+        .unwrap();
+    let header = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let problem = assert_problem(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+    )
+    .await;
+    assert_eq!(problem["request_id"], header.as_str());
+    assert_eq!(app.event_count().await, before);
+    app.stop().await;
+}

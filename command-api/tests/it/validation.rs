@@ -485,7 +485,7 @@ async fn errors_have_the_problem_content_type() {
     )
     .await;
 
-    // A 413 decided from Content-Length alone, before the handler.
+    // A body over the limit is 413 (checked where the command reads it).
     let response = app
         .post(&format!("/accounts/{account}/deposits"))
         .header(CONTENT_TYPE, "application/json")

@@ -270,3 +270,60 @@ async fn a_saga_is_read_by_its_orders_customer_from_its_own_row() {
     assert!(indexed);
     h.drop().await;
 }
+
+/// API.md's order of checks on the query side too: credentials (401), role
+/// (403), then a body over 64 KiB (413), then existence (404).
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_only_after_credentials_and_role() {
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    let huge = vec![b' '; 64 * 1024 + 1];
+    let send = |uri: &str, token: Option<String>| {
+        let mut request = Request::get(uri).header("content-length", huge.len());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        send_with(
+            h.state(std::time::Duration::from_millis(20)),
+            access.clone(),
+            request.body(Body::from(huge.clone())).unwrap(),
+        )
+    };
+    let customer = keys.customer(Uuid::now_v7());
+    let missing = format!("/accounts/{}", Uuid::now_v7());
+    assert_problem(&send(&missing, None).await, 401, "unauthenticated");
+    assert_problem(
+        &send(&missing, Some("garbage".to_owned())).await,
+        401,
+        "invalid_token",
+    );
+    assert_problem(
+        &send("/sagas", Some(customer.clone())).await,
+        403,
+        "forbidden",
+    );
+    assert_problem(
+        &send(&missing, Some(customer.clone())).await,
+        413,
+        "payload_too_large",
+    );
+    assert_problem(
+        &send("/sagas", Some(keys.operator("olga"))).await,
+        413,
+        "payload_too_large",
+    );
+    // Within the limit: the request goes on (a missing account is 404).
+    let fine = send_with(
+        h.state(std::time::Duration::from_millis(20)),
+        access.clone(),
+        Request::get(&missing)
+            .header("authorization", format!("Bearer {customer}"))
+            .header("content-length", 10)
+            .body(Body::from(vec![b' '; 10]))
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&fine, 404, "not_found");
+    h.drop().await;
+}

@@ -556,3 +556,52 @@ async fn metrics_health_and_openapi() {
     }
     h.drop().await;
 }
+
+/// Over HTTP, a real database error (the read model's table is gone) is a
+/// 500 whose body names no SQL, table or driver: a generic detail and the
+/// request id the cause was logged under, in the body and in
+/// `x-request-id`.
+#[tokio::test]
+async fn a_database_error_is_a_500_that_leaks_nothing_and_names_the_request() {
+    let h = Harness::new().await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
+    h.project_all().await;
+    let mut pipeline = test_support::pipeline::Pipeline::new();
+    let client = pipeline.query_api(&h.db.pool).await;
+    sqlx::raw_sql("ALTER TABLE read_models.accounts RENAME TO accounts_hidden_from_the_api")
+        .execute(&h.db.pool)
+        .await
+        .expect("rename");
+
+    let response = client
+        .http
+        .get(client.url(&format!("/accounts/{account}")))
+        .header("x-request-id", "leak-check-500")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-request-id"], "leak-check-500");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(problem["code"], "internal_error");
+    assert_eq!(problem["request_id"], "leak-check-500");
+    let text = problem.to_string();
+    for leak in [
+        "accounts",
+        "read_models",
+        "relation",
+        "does not exist",
+        "SELECT",
+        "sqlx",
+        "database",
+        "42P01",
+    ] {
+        assert!(!text.contains(leak), "{leak:?} leaks: {text}");
+    }
+    pipeline.stop().await;
+    h.drop().await;
+}
