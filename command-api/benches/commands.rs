@@ -3,6 +3,15 @@
 //!
 //! `cargo bench -p command-api --bench commands`
 //!
+//! Each account belongs to a customer of its own (1,000 customers); the
+//! Command API is driven twice in the same rounds: (d) with authentication,
+//! each request carrying its customer's bearer token (EdDSA, verified
+//! against a JWKS) under the default per-caller rate limit (200/s, burst
+//! 400: checked on every request, never reached here), and (b) the same
+//! server code under `--insecure-no-auth` (no token, no limiter). The ratio
+//! of the two is what authentication and rate limiting cost (target: at
+//! most 10%).
+//!
 //! 32 concurrent HTTP clients (reqwest, keep-alive, one connection each)
 //! post deposits round-robin over 1,000 accounts for a fixed time against
 //! (a) the real Command API (parse, load the account's stream, decide,
@@ -163,10 +172,12 @@ impl Run {
     }
 }
 
-/// `clients` loops posting deposits round-robin over `accounts` for `for_`.
+/// `clients` loops posting deposits round-robin over `accounts` for `for_`,
+/// each with its account's owner's token when `tokens` are given.
 async fn drive(
     address: SocketAddr,
     accounts: Arc<Vec<Uuid>>,
+    tokens: Option<Arc<Vec<String>>>,
     clients: usize,
     for_: Duration,
 ) -> Run {
@@ -174,6 +185,7 @@ async fn drive(
     let deadline = started + for_;
     let per_client = join_all((0..clients).map(|c| {
         let accounts = Arc::clone(&accounts);
+        let tokens = tokens.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
@@ -185,13 +197,15 @@ async fn drive(
             let mut i = c;
             while Instant::now() < deadline {
                 let account = accounts[i % accounts.len()];
+                let mut request = client
+                    .post(format!("http://{address}/accounts/{account}/deposits"))
+                    .json(&json!({"amount": 1}));
+                if let Some(tokens) = &tokens {
+                    request = request.bearer_auth(&tokens[i % tokens.len()]);
+                }
                 i += clients;
                 let sent = Instant::now();
-                let response = client
-                    .post(format!("http://{address}/accounts/{account}/deposits"))
-                    .json(&json!({"amount": 1}))
-                    .send()
-                    .await;
+                let response = request.send().await;
                 match response {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
@@ -260,13 +274,31 @@ async fn main() -> Result<(), BoxError> {
     let command_api = application.address();
     let stop = CancellationToken::new();
     let server = tokio::spawn(application.run(stop.clone()));
+    // The same Command API with authentication: a development key pair, the
+    // default per-caller rate limit, one token per customer.
+    let keys_dir = tempfile::tempdir()?;
+    let keys = service::auth::DevKeys::init(keys_dir.path())?;
+    let secured = Application::build(
+        &config,
+        pool(POOL_SIZE).await?,
+        keys.access(auth::RateLimitConfig {
+            per_second: 200,
+            burst: 400,
+        }),
+    )
+    .await?;
+    let secured_api = secured.address();
+    let secured_server = tokio::spawn(secured.run(stop.clone()));
     let setup = reqwest::Client::new();
     let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
-    for chunk in accounts.chunks(64) {
-        let opened = join_all(chunk.iter().map(|id| {
+    let customers: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
+    let tokens: Arc<Vec<String>> =
+        Arc::new(customers.iter().map(|c| keys.customer_token(*c)).collect());
+    for (chunk, owners) in accounts.chunks(64).zip(customers.chunks(64)) {
+        let opened = join_all(chunk.iter().zip(owners).map(|(id, customer)| {
             setup
                 .post(format!("http://{command_api}/accounts"))
-                .json(&json!({"account_id": id, "customer_id": Uuid::now_v7(), "currency": "EUR"}))
+                .json(&json!({"account_id": id, "customer_id": customer, "currency": "EUR"}))
                 .send()
         }))
         .await;
@@ -287,22 +319,43 @@ async fn main() -> Result<(), BoxError> {
          pools of {POOL_SIZE} connections",
         WARMUP.as_secs()
     );
-    let targets = [bare, command_api, append_only];
-    for target in targets {
-        drive(target, Arc::clone(&accounts), clients, WARMUP).await;
+    let targets = [
+        (bare, None),
+        (command_api, None),
+        (append_only, None),
+        (secured_api, Some(Arc::clone(&tokens))),
+    ];
+    for (target, tokens) in &targets {
+        drive(
+            *target,
+            Arc::clone(&accounts),
+            tokens.clone(),
+            clients,
+            WARMUP,
+        )
+        .await;
     }
-    let mut runs: [Vec<Run>; 3] = Default::default();
+    let mut runs: [Vec<Run>; 4] = Default::default();
     for i in 0..rounds as usize {
         for k in 0..targets.len() {
             let which = (i + k) % targets.len();
-            let run = drive(targets[which], Arc::clone(&accounts), clients, round).await;
+            let (target, tokens) = &targets[which];
+            let run = drive(
+                *target,
+                Arc::clone(&accounts),
+                tokens.clone(),
+                clients,
+                round,
+            )
+            .await;
             runs[which].push(run);
         }
     }
-    let [bare_runs, api_runs, append_runs] = runs;
+    let [bare_runs, api_runs, append_runs, secured_runs] = runs;
     let bare_run = Run::merge(bare_runs);
     let api_run = Run::merge(api_runs);
     let append_run = Run::merge(append_runs);
+    let secured_run = Run::merge(secured_runs);
 
     println!(
         "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
@@ -311,6 +364,7 @@ async fn main() -> Result<(), BoxError> {
     for (name, run) in [
         ("bare axum + sqlx insert", &bare_run),
         ("command API deposit", &api_run),
+        ("  with auth (1,000 tokens)", &secured_run),
     ] {
         println!(
             "{:<28} {:>10.0} {:>9.2} {:>9.2} {:>9} {:>7}",
@@ -330,6 +384,15 @@ async fn main() -> Result<(), BoxError> {
         p99_ratio
     );
     println!(
+        "authentication and rate limiting: deposits/s with auth {:.0} vs --insecure-no-auth {:.0}: \
+         {:.1}% of it (target >= 90%); p99 {:.2} ms vs {:.2} ms",
+        secured_run.throughput(),
+        api_run.throughput(),
+        secured_run.throughput() / api_run.throughput() * 100.0,
+        ms(secured_run.percentile(0.99)),
+        ms(api_run.percentile(0.99)),
+    );
+    println!(
         "for reference, the store's append alone (ExpectedVersion::Any): {:.0}% of bare; \
          the command API: {:.0}% of it",
         append_run.throughput() / bare_run.throughput() * 100.0,
@@ -342,10 +405,11 @@ async fn main() -> Result<(), BoxError> {
     )
     .fetch_one(&db.pool)
     .await?;
-    println!("events appended by the command API: {deposited}");
+    println!("events appended by the command API (with and without auth): {deposited}");
 
     stop.cancel();
     server.await??;
+    secured_server.await??;
     db.drop().await;
     Ok(())
 }
