@@ -20,6 +20,10 @@ pub enum Error {
     /// An append with an event id that is already stored; nothing was written.
     #[error("event {0} is already stored")]
     DuplicateEventId(Uuid),
+    /// An [`crate::Appends`] used after one of its appends was rejected
+    /// (its transaction is rolled back).
+    #[error("these appends were rolled back after a rejected append")]
+    RolledBack,
     /// `append` was called without events.
     #[error("an append needs at least one event")]
     NoEvents,

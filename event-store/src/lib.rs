@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
 pub use notify::CHANNEL as NOTIFY_CHANNEL;
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
-pub use store::EventStore;
+pub use store::{Appends, EventStore};
 pub use subscription::Subscription;
 pub use types::{
     Appended, Checkpoint, ExpectedVersion, Metadata, NewEvent, RawRecordedEvent, RecordedEvent,

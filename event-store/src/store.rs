@@ -137,6 +137,16 @@ impl EventStore {
         Ok(appended)
     }
 
+    /// Starts appends to several streams that commit together
+    /// ([`Appends`]).
+    pub async fn begin(&self) -> Result<Appends> {
+        Ok(Appends {
+            tx: Some(self.pool.begin().await?),
+            store: self.clone(),
+            wrote: false,
+        })
+    }
+
     /// Events of `stream` with version >= `from_version`, in version order
     /// (versions start at 1).
     #[tracing::instrument(skip_all, fields(stream = %stream, from_version), err)]
@@ -344,6 +354,83 @@ impl EventStore {
     /// that wrote events.
     pub(crate) fn notify_appended(&self) {
         self.notifier.poke(&self.pool);
+    }
+}
+
+/// Appends to several streams that commit together or not at all
+/// ([`EventStore::begin`]): a saga step that is a command on this database
+/// records itself and the command's events in one transaction.
+///
+/// Every expected version must have been read before [`EventStore::begin`]
+/// (as a load does): the transaction id is assigned at the first append, and
+/// a stream's next version must get a larger one than the version it
+/// follows (see the ordering note above `APPEND_ONE`). Dropped without
+/// [`Appends::commit`], nothing is written.
+pub struct Appends {
+    /// `None` once an append was rejected (rolled back).
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    store: EventStore,
+    wrote: bool,
+}
+
+impl std::fmt::Debug for Appends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appends")
+            .field("open", &self.tx.is_some())
+            .field("wrote", &self.wrote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Appends {
+    /// Appends `events` to `stream` at the `expected` version, in the
+    /// transaction. [`Error::Conflict`] (with the actual version) when the
+    /// stream is not there: the transaction is then rolled back (its
+    /// connection released before the actual version is read), and every
+    /// later call fails.
+    pub async fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        metadata: &Metadata,
+    ) -> Result<Appended> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(Error::RolledBack);
+        };
+        let rejection = match append_on(&mut **tx, stream, expected, events, metadata).await {
+            Ok(Ok(appended)) => {
+                self.wrote = true;
+                return Ok(appended);
+            }
+            Ok(Err(rejection)) => Ok(rejection),
+            Err(error) => Err(error),
+        };
+        if let Some(tx) = self.tx.take() {
+            // Best effort: a failed rollback closes the connection.
+            let _ = tx.rollback().await;
+        }
+        Err(match rejection {
+            Ok(rejection) => {
+                rejection
+                    .into_error(&self.store.pool, stream, expected, events)
+                    .await
+            }
+            Err(error) => error,
+        })
+    }
+
+    /// Commits every append, and wakes the subscribers.
+    pub async fn commit(self) -> Result<()> {
+        let Appends { tx, store, wrote } = self;
+        let Some(tx) = tx else {
+            return Err(Error::RolledBack);
+        };
+        tx.commit().await?;
+        if wrote {
+            store.notify_appended();
+        }
+        Ok(())
     }
 }
 

@@ -10,11 +10,15 @@
 //!   to start, advance or finish a saga (DESIGN.md point 10);
 //! - the [`Orchestrator`] claims due sagas with a lease and drives each one
 //!   step by step: it starts the saga from the order's own stream (at most
-//!   once: its stream is `saga-{order_id}`), records `StepStarted` (with a
-//!   persisted deadline), sends the step's command with an idempotency key derived from the saga
-//!   id, the operator-retry generation and the step, and records the
-//!   outcome. A crash anywhere in between is repaired by running the step
-//!   again under the same key, which has exactly one effect.
+//!   once: its stream is `saga-{order_id}`). A step that is a command on
+//!   this database (reserve, mark, charge, commit, refund, release, cancel)
+//!   is one transaction: `StepStarted`, the command's events and the
+//!   outcome commit together, at the saga's version the step was planned on
+//!   (DESIGN.md point 11), so a crash leaves all of it or nothing. A carrier
+//!   step, which leaves the database, records `StepStarted` (with a
+//!   persisted deadline), calls the carrier under an idempotency key
+//!   derived from the saga id, and records the outcome; a crash in between
+//!   is repaired by calling again under the same key.
 //!
 //! [`run`] runs both until shutdown.
 
@@ -36,7 +40,9 @@ pub use carrier::{
 pub use config::SagaConfig;
 pub use error::{Error, Result};
 pub use metrics::SagaMetrics;
-pub use orchestrator::{retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV, STEP_SCOPE};
+pub use orchestrator::{
+    retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV, STEP_SCOPE,
+};
 pub use queue::{Claimed, Queue};
 pub use trigger::{Trigger, TriggerOutcome, PAUSE_IN_TRIGGER};
 

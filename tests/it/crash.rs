@@ -1,10 +1,14 @@
-//! Kills `purser saga` (SIGKILL, a real process kill) right after a step's
-//! command was carried out and before the saga recorded its outcome, starts
-//! it again, and checks that the saga finishes with exactly one effect per
-//! step: one charge, one refund where due, exact stock.
+//! Kills `purser saga` (SIGKILL, a real process kill) in the middle of a
+//! step, starts it again, and checks that the saga finishes with exactly
+//! one effect per step: one charge, one refund where due, exact stock. A
+//! step on the database is killed inside its one transaction, after its
+//! appends and before the commit; a carrier step between the call and the
+//! record of its outcome, and between the record of its attempt and the
+//! call.
 //!
 //! The orchestrator is told where to stand still by `PURSER_SAGA_PAUSE_AFTER`
-//! (it only stops there and says so on stderr); the kill is the test's.
+//! or `PURSER_SAGA_PAUSE_BEFORE` (it only stops there and says so on
+//! stderr); the kill is the test's.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -86,13 +90,46 @@ async fn setup(country: &str) -> Setup {
     }
 }
 
-/// `purser saga` on the test's database; stderr piped. No broker: the saga
-/// needs none (the relay publishes for the read models only).
-fn orchestrator(setup: &Setup, pause_after: Option<&str>) -> Child {
-    orchestrator_with_metrics(setup, pause_after, "127.0.0.1:0")
+/// Where the orchestrator stands still: the variable and the step.
+#[derive(Debug, Clone, Copy)]
+enum Pause<'a> {
+    /// `PURSER_SAGA_PAUSE_AFTER`: a step on the database in its
+    /// transaction before the commit, a carrier step after the call.
+    After(&'a str),
+    /// `PURSER_SAGA_PAUSE_BEFORE`: a carrier step recorded, not called.
+    Before(&'a str),
 }
 
-fn orchestrator_with_metrics(setup: &Setup, pause_after: Option<&str>, metrics: &str) -> Child {
+impl<'a> Pause<'a> {
+    fn variable(self) -> &'static str {
+        match self {
+            Pause::After(_) => saga::PAUSE_AFTER_ENV,
+            Pause::Before(_) => saga::PAUSE_BEFORE_ENV,
+        }
+    }
+
+    fn step(self) -> &'a str {
+        match self {
+            Pause::After(step) | Pause::Before(step) => step,
+        }
+    }
+
+    /// What the orchestrator says on stderr when it stands still there.
+    fn marker(self) -> String {
+        match self {
+            Pause::After(step) => format!("paused after {step}"),
+            Pause::Before(step) => format!("paused before {step}"),
+        }
+    }
+}
+
+/// `purser saga` on the test's database; stderr piped. No broker: the saga
+/// needs none (the relay publishes for the read models only).
+fn orchestrator(setup: &Setup, pause: Option<Pause<'_>>) -> Child {
+    orchestrator_with_metrics(setup, pause, "127.0.0.1:0")
+}
+
+fn orchestrator_with_metrics(setup: &Setup, pause: Option<Pause<'_>>, metrics: &str) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_purser"));
     command
         .args(["saga", "--database-url", &setup.db.url])
@@ -101,31 +138,32 @@ fn orchestrator_with_metrics(setup: &Setup, pause_after: Option<&str>, metrics: 
         .args(["--saga-metrics-addr", metrics])
         .env("RUST_LOG", "warn")
         .env_remove(saga::PAUSE_AFTER_ENV)
+        .env_remove(saga::PAUSE_BEFORE_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(step) = pause_after {
-        command.env(saga::PAUSE_AFTER_ENV, step);
+    if let Some(pause) = pause {
+        command.env(pause.variable(), pause.step());
     }
     command.spawn().expect("purser saga starts")
 }
 
-/// Reads the child's stderr until it says it paused after `step`.
-async fn wait_for_pause(child: &mut Child, step: &str) {
+/// Reads the child's stderr until it says it paused there.
+async fn wait_for_pause(child: &mut Child, pause: Pause<'_>) {
     let stderr = child.stderr.take().expect("stderr piped");
     let mut lines = BufReader::new(stderr).lines();
-    let marker = format!("paused after {step}");
+    let marker = pause.marker();
     let found = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.expect("stderr") {
-            if line.contains(saga::PAUSE_AFTER_ENV) && line.contains(&marker) {
+            if line.contains(pause.variable()) && line.contains(&marker) {
                 return true;
             }
         }
         false
     })
     .await;
-    assert_eq!(found, Ok(true), "purser saga never paused after {step}");
+    assert_eq!(found, Ok(true), "purser saga never {marker}");
     // Keep draining, so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
@@ -166,15 +204,19 @@ async fn wait_until_over(setup: &Setup) -> SagaState {
     .await
 }
 
-/// Places an order (to `country`), kills the orchestrator paused after
-/// `step`, restarts it, and checks the outcome.
-async fn killed_after(step: &str, country: &str) {
-    let setup = setup(country).await;
-    let mut first = orchestrator(&setup, Some(step));
-    wait_for_pause(&mut first, step).await;
+/// The steps that call the carrier: recorded before they are carried out.
+fn leaves_the_database(step: &str) -> bool {
+    matches!(step, "ship" | "cancel_shipment")
+}
 
-    // Standing still between the command and its record: the step is
-    // started, not finished, in the saga's stream.
+/// Places an order (to `country`), kills the orchestrator standing still at
+/// `pause`, restarts it, and checks the outcome.
+async fn killed_at(pause: Pause<'_>, country: &str) {
+    let setup = setup(country).await;
+    let step = pause.step();
+    let mut first = orchestrator(&setup, Some(pause));
+    wait_for_pause(&mut first, pause).await;
+
     let paused = saga_of(&setup).await;
     let open: Vec<String> = paused
         .steps
@@ -182,8 +224,29 @@ async fn killed_after(step: &str, country: &str) {
         .filter(|r| r.status == StepStatus::Running)
         .map(|r| r.step.to_string())
         .collect();
-    assert_eq!(open.len(), 1, "one step in flight: {open:?}");
-    assert!(open[0].starts_with(step), "{open:?}");
+    if leaves_the_database(step) {
+        // Standing still before or after the call: the step is started,
+        // not finished, in the saga's stream.
+        assert_eq!(open.len(), 1, "one step in flight: {open:?}");
+        assert!(open[0].starts_with(step), "{open:?}");
+    } else {
+        // Standing still inside the step's transaction: nothing of the step
+        // is visible, neither in the saga's stream nor its command's
+        // effect.
+        assert!(open.is_empty(), "no step in flight: {open:?}");
+        let seen: Vec<String> = paused.steps.iter().map(|r| r.step.to_string()).collect();
+        assert!(
+            !seen.iter().any(|s| s.starts_with(step)),
+            "{step} not recorded yet: {seen:?}"
+        );
+        let account_stream = format!("account-{}", setup.account);
+        if step == "charge_payment" {
+            assert_eq!(count(&setup, &account_stream, "AccountCharged").await, 0);
+        }
+        if step == "refund_payment" {
+            assert_eq!(count(&setup, &account_stream, "ChargeRefunded").await, 0);
+        }
+    }
 
     first.kill().await.expect("SIGKILL");
     let mut second = orchestrator(&setup, None);
@@ -243,26 +306,28 @@ async fn killed_after(step: &str, country: &str) {
 }
 
 macro_rules! crash_tests {
-    ($($name:ident: $step:literal to $country:literal;)*) => {$(
+    ($($name:ident: $pause:ident $step:literal to $country:literal;)*) => {$(
         #[tokio::test]
         async fn $name() {
-            killed_after($step, $country).await;
+            killed_at(Pause::$pause($step), $country).await;
         }
     )*};
 }
 
 crash_tests! {
-    killed_after_reserve_stock: "reserve_stock" to "ES";
-    killed_after_mark_reserved: "mark_reserved" to "ES";
-    killed_after_charge_payment: "charge_payment" to "ES";
-    killed_after_mark_paid: "mark_paid" to "ES";
-    killed_after_ship: "ship" to "ES";
-    killed_after_mark_shipped: "mark_shipped" to "ES";
-    killed_after_commit_stock: "commit_stock" to "ES";
-    killed_after_cancel_shipment: "cancel_shipment" to "XX";
-    killed_after_refund_payment: "refund_payment" to "XX";
-    killed_after_release_stock: "release_stock" to "XX";
-    killed_after_cancel_order: "cancel_order" to "XX";
+    killed_after_reserve_stock: After "reserve_stock" to "ES";
+    killed_after_mark_reserved: After "mark_reserved" to "ES";
+    killed_after_charge_payment: After "charge_payment" to "ES";
+    killed_after_mark_paid: After "mark_paid" to "ES";
+    killed_after_ship: After "ship" to "ES";
+    killed_after_mark_shipped: After "mark_shipped" to "ES";
+    killed_after_commit_stock: After "commit_stock" to "ES";
+    killed_after_cancel_shipment: After "cancel_shipment" to "XX";
+    killed_after_refund_payment: After "refund_payment" to "XX";
+    killed_after_release_stock: After "release_stock" to "XX";
+    killed_after_cancel_order: After "cancel_order" to "XX";
+    killed_before_ship: Before "ship" to "ES";
+    killed_before_cancel_shipment: Before "cancel_shipment" to "XX";
 }
 
 /// The trigger killed in the middle of its step: it has read the order's
@@ -273,8 +338,8 @@ crash_tests! {
 #[tokio::test]
 async fn killed_in_the_trigger_before_its_checkpoint() {
     let setup = setup("ES").await;
-    let mut first = orchestrator(&setup, Some(saga::PAUSE_IN_TRIGGER));
-    wait_for_pause(&mut first, saga::PAUSE_IN_TRIGGER).await;
+    let mut first = orchestrator(&setup, Some(Pause::After(saga::PAUSE_IN_TRIGGER)));
+    wait_for_pause(&mut first, Pause::After(saga::PAUSE_IN_TRIGGER)).await;
     let mut second = orchestrator(&setup, None);
 
     // Nothing of the paused step is visible.

@@ -304,3 +304,67 @@ async fn a_multi_event_append_is_all_or_nothing() {
     );
     db.drop().await;
 }
+
+/// Appends to several streams commit together or not at all; a rejected
+/// one rolls the transaction back and releases its connection before the
+/// actual version is read (a pool of one connection is enough).
+#[tokio::test]
+async fn appends_to_several_streams_commit_together_or_not_at_all() {
+    let db = TestDatabase::create().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("pool of one");
+    let store = EventStore::new(pool);
+    let (_, first) = new_counter_stream();
+    let (_, second) = new_counter_stream();
+    let meta = Metadata::default();
+
+    let mut appends = store.begin().await.expect("begin");
+    appends
+        .append(&first, ExpectedVersion::NoStream, &[added(1)], &meta)
+        .await
+        .expect("first");
+    appends
+        .append(
+            &second,
+            ExpectedVersion::NoStream,
+            &[added(2), added(3)],
+            &meta,
+        )
+        .await
+        .expect("second");
+    // Not committed yet: nothing to see (on another connection).
+    let outside = EventStore::new(db.pool.clone());
+    assert!(outside
+        .read_stream(&first, 1)
+        .await
+        .expect("read")
+        .is_empty());
+    appends.commit().await.expect("commit");
+    assert_eq!(outside.read_stream(&first, 1).await.expect("read").len(), 1);
+    assert_eq!(
+        outside.read_stream(&second, 1).await.expect("read").len(),
+        2
+    );
+
+    // The second stream is not at version 1: neither append commits.
+    let mut appends = store.begin().await.expect("begin");
+    appends
+        .append(&first, ExpectedVersion::Exact(1), &[added(4)], &meta)
+        .await
+        .expect("first again");
+    let rejected = appends
+        .append(&second, ExpectedVersion::Exact(1), &[added(5)], &meta)
+        .await
+        .expect_err("second is at 2");
+    assert!(
+        matches!(rejected, Error::Conflict { actual: 2, .. }),
+        "{rejected:?}"
+    );
+    assert!(matches!(appends.commit().await, Err(Error::RolledBack)));
+    assert_eq!(store.read_stream(&first, 1).await.expect("read").len(), 1);
+    assert_eq!(store.read_stream(&second, 1).await.expect("read").len(), 2);
+    db.drop().await;
+}

@@ -1,19 +1,18 @@
 //! The driver loop: claims due sagas and drives each one as far as it goes
-//! now, one step at a time: records the attempt (with its deadline), has
-//! the step carried out (`steps`), and records its outcome.
+//! now, one step at a time. A step on this database is one transaction
+//! (`atomic`); a carrier step is recorded (with its deadline), carried out
+//! (`steps`), and its outcome recorded.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{
-    next_action, step_errors, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step,
-};
-use event_store::Metadata;
+use domain::{next_action, step_errors, Action, OrderId, SagaCommand, SagaStatus, Situation, Step};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::atomic::leaves_the_database;
 use super::steps::StepResult;
-use super::{Orchestrator, PAUSE_AFTER_ENV};
+use super::{Current, Orchestrator, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV};
 use crate::{Claimed, Result};
 
 /// How driving one saga ended.
@@ -102,12 +101,15 @@ impl Orchestrator {
     }
 
     /// Drives one claimed saga as far as it goes now: until it is over,
-    /// waits for a retry, or needs an operator.
+    /// waits for a retry, or needs an operator. The saga's stream is read
+    /// once, then followed by what this orchestrator appends to it (read
+    /// again only after it lost a race).
     #[tracing::instrument(skip_all, fields(order_id = %claimed.order_id), err)]
     pub async fn drive(&self, claimed: Claimed) -> Result<Drive> {
         let order_id = claimed.order_id;
         let config = &self.inner.config;
         let mut lost_races = 0u32;
+        let mut known: Option<Current> = None;
         loop {
             if !self
                 .inner
@@ -117,7 +119,11 @@ impl Orchestrator {
             {
                 return Ok(Drive::LostLease);
             }
-            let (state, metadata) = self.load(order_id).await?;
+            let current = match known.take() {
+                Some(current) => current,
+                None => self.load(order_id).await?,
+            };
+            let state = &current.state;
             if state.status == SagaStatus::NotStarted {
                 // Made due by the trigger (or woken before its start was
                 // recorded): start it from the order's own stream.
@@ -138,7 +144,7 @@ impl Orchestrator {
                     .is_some();
             let now_ms = Utc::now().timestamp_millis();
             let action = next_action(
-                &state,
+                state,
                 &Situation {
                     now_ms,
                     cancellation_requested,
@@ -146,7 +152,7 @@ impl Orchestrator {
                 },
             );
             tracing::debug!(?action, status = %state.status, "next action");
-            let recorded = match action {
+            let next = match action {
                 Action::Done => {
                     self.inner.queue.finish(claimed).await?;
                     return Ok(Drive::Finished(state.status));
@@ -162,59 +168,48 @@ impl Orchestrator {
                 }
                 Action::BeginCompensation(reason) => {
                     tracing::info!(%reason, "saga compensating");
-                    self.record(
-                        order_id,
-                        SagaCommand::BeginCompensation { reason },
-                        &metadata,
-                    )
-                    .await?
+                    self.record_on(&current, SagaCommand::BeginCompensation { reason })
+                        .await?
                 }
                 Action::Complete => {
-                    let done = self
-                        .record(order_id, SagaCommand::Complete, &metadata)
-                        .await?;
-                    if done {
+                    let next = self.record_on(&current, SagaCommand::Complete).await?;
+                    if next.is_some() {
                         self.inner.metrics.completed();
                         tracing::info!("saga completed");
                     }
-                    done
+                    next
                 }
                 Action::FinishCompensation => {
-                    let done = self
-                        .record(order_id, SagaCommand::FinishCompensation, &metadata)
+                    let next = self
+                        .record_on(&current, SagaCommand::FinishCompensation)
                         .await?;
-                    if done {
+                    if next.is_some() {
                         self.inner.metrics.compensated();
                         tracing::info!("saga compensated");
                     }
-                    done
+                    next
                 }
                 Action::NeedsAttention { step, error } => {
                     tracing::error!(%step, %error, "saga needs attention");
-                    let done = self
-                        .record(
-                            order_id,
-                            SagaCommand::NeedAttention { step, error },
-                            &metadata,
-                        )
+                    let next = self
+                        .record_on(&current, SagaCommand::NeedAttention { step, error })
                         .await?;
-                    if done {
+                    if next.is_some() {
                         self.inner.metrics.needs_attention();
                     }
-                    done
+                    next
                 }
                 Action::TimedOut { step, attempt } => {
                     let retry_at_ms = now_ms + millis(config.backoff(attempt));
                     tracing::warn!(%step, attempt, "step passed its deadline without an outcome");
-                    self.record(
-                        order_id,
+                    self.record_on(
+                        &current,
                         SagaCommand::FailStep {
                             step,
                             attempt,
                             error: step_errors::TIMEOUT.to_owned(),
                             retry_at_ms,
                         },
-                        &metadata,
                     )
                     .await?
                 }
@@ -225,16 +220,25 @@ impl Orchestrator {
                         }
                     }
                     let deadline_ms = now_ms + config.step_timeout_ms as i64;
-                    let command = SagaCommand::StartStep {
-                        step: step.clone(),
-                        attempt,
-                        deadline_ms,
-                    };
-                    if self.record(order_id, command, &metadata).await? {
-                        self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
-                            .await?
+                    if leaves_the_database(&step) {
+                        // Recorded before it is carried out: a crash after
+                        // the call is repaired by calling again under the
+                        // same key.
+                        let command = SagaCommand::StartStep {
+                            step: step.clone(),
+                            attempt,
+                            deadline_ms,
+                        };
+                        match self.record_on(&current, command).await? {
+                            Some(started) => {
+                                self.pause_before_if_asked(order_id, &step).await;
+                                self.run_step(started, step, attempt, deadline_ms).await?
+                            }
+                            None => None,
+                        }
                     } else {
-                        false
+                        self.step_in_one_transaction(&current, step, attempt, deadline_ms)
+                            .await?
                     }
                 }
                 Action::Resume {
@@ -242,13 +246,16 @@ impl Orchestrator {
                     attempt,
                     deadline_ms,
                 } => {
+                    // A call to the carrier cut short (or, from an earlier
+                    // version, any step recorded before it was carried
+                    // out): again, under the same key.
                     tracing::info!(%step, attempt, "resuming a step cut short");
-                    self.run_step(order_id, &state, step, attempt, deadline_ms, &metadata)
-                        .await?
+                    self.run_step(current, step, attempt, deadline_ms).await?
                 }
             };
-            if recorded {
+            if next.is_some() {
                 lost_races = 0;
+                known = next;
             } else {
                 // The saga moved under us (another orchestrator): look again,
                 // a few times, then leave it for later.
@@ -264,21 +271,22 @@ impl Orchestrator {
         }
     }
 
-    /// One attempt of `step`, within its deadline, and its outcome recorded.
+    /// One attempt of `step` recorded before it is carried out (the
+    /// carrier's, or one resumed), within its deadline, and its outcome
+    /// recorded. `None` when the saga moved meanwhile.
     async fn run_step(
         &self,
-        order_id: OrderId,
-        state: &SagaState,
+        current: Current,
         step: Step,
         attempt: u32,
         deadline_ms: i64,
-        metadata: &Metadata,
-    ) -> Result<bool> {
+    ) -> Result<Option<Current>> {
+        let order_id = current.order_id;
         let started = Instant::now();
         let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
         let result = match tokio::time::timeout(
             Duration::from_millis(left),
-            self.carry_out(state, &step, metadata),
+            self.carry_out(&current.state, &step, &current.metadata),
         )
         .await
         {
@@ -325,18 +333,31 @@ impl Orchestrator {
                 }
             }
         };
-        self.record(order_id, command, metadata).await
+        self.record_on(&current, command).await
     }
 
-    async fn pause_if_asked(&self, order_id: OrderId, step: &Step) {
+    /// With [`PAUSE_AFTER_ENV`] naming `step`, stands still for ever: a
+    /// step on this database inside its transaction, before the commit; a
+    /// carrier step after the call, before its outcome is recorded.
+    pub(super) async fn pause_if_asked(&self, order_id: OrderId, step: &Step) {
         if self.inner.pause_after.as_deref() == Some(step.name()) {
             eprintln!("{PAUSE_AFTER_ENV}: paused after {step} of order {order_id}");
             tracing::warn!(%order_id, %step, "paused ({PAUSE_AFTER_ENV})");
             std::future::pending::<()>().await;
         }
     }
+
+    /// With [`PAUSE_BEFORE_ENV`] naming `step` (a carrier step), stands still
+    /// for ever once its attempt is recorded, before the carrier is called.
+    async fn pause_before_if_asked(&self, order_id: OrderId, step: &Step) {
+        if self.inner.pause_before.as_deref() == Some(step.name()) {
+            eprintln!("{PAUSE_BEFORE_ENV}: paused before {step} of order {order_id}");
+            tracing::warn!(%order_id, %step, "paused ({PAUSE_BEFORE_ENV})");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

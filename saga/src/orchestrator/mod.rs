@@ -6,8 +6,11 @@
 //!   stream (start, attempts, outcomes) and reads it back;
 //! - `drive`: the driver loop (claim due sagas, drive each one step by
 //!   step, record each step's outcome);
-//! - `steps`: what each step does, the command it sends under the step's
-//!   idempotency key, and the record kept of it;
+//! - `atomic`: a step that is a command on this database, in one
+//!   transaction with its record in the saga's stream (DESIGN.md point 11);
+//! - `steps`: what each step does when it is recorded before it is carried
+//!   out (the carrier's, and a step resumed after a crash), the command it
+//!   sends under the step's idempotency key, and the record kept of it;
 //! - `retry`: an operator's retry of a saga that needs attention.
 
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use domain::{
     SagaOrder, SagaState, Step,
 };
 use event_store::{
-    EventStore, ExecuteError, ExecuteOptions, Executed, Metadata, Repository, StreamId,
+    EventStore, ExecuteError, ExecuteOptions, Executed, Loaded, Metadata, Repository, StreamId,
 };
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -25,6 +28,7 @@ use uuid::Uuid;
 
 use crate::{Carrier, Error, Queue, Result, SagaConfig, SagaMetrics};
 
+mod atomic;
 mod drive;
 mod retry;
 mod steps;
@@ -37,10 +41,17 @@ pub use retry::retry;
 pub const STEP_SCOPE: &str = "saga";
 
 /// Set to a step name (`charge_payment`, `ship`, ...), the orchestrator stops
-/// still, for ever, right after that step's command was carried out and
-/// before its outcome is recorded, and says so on stderr. For crash tests,
+/// still, for ever, right after that step was carried out and before it is
+/// committed or recorded (a step on this database: inside its transaction,
+/// after its appends, before the commit; a carrier step: after the call,
+/// before its outcome is recorded), and says so on stderr. For crash tests,
 /// which then kill the process.
 pub const PAUSE_AFTER_ENV: &str = "PURSER_SAGA_PAUSE_AFTER";
+
+/// Set to a carrier step's name (`ship`, `cancel_shipment`), the
+/// orchestrator stops still, for ever, once that step's attempt is recorded
+/// and before the carrier is called, and says so on stderr. For crash tests.
+pub const PAUSE_BEFORE_ENV: &str = "PURSER_SAGA_PAUSE_BEFORE";
 
 /// Called before each attempt of a step is recorded; answering `true` means
 /// "I held the saga up: look at it again" (it is planned anew). For tests
@@ -50,6 +61,19 @@ pub type BeforeStep = Arc<dyn Fn(&Step) -> BoxFuture<'static, bool> + Send + Syn
 /// Re-decisions after a version conflict for the saga's commands to accounts
 /// and items, which many sagas write to at once.
 const COMMAND_RETRIES: u32 = 20;
+
+/// A saga as this orchestrator knows it: read from its stream, then
+/// followed by what the orchestrator appended itself.
+#[derive(Debug, Clone)]
+pub(super) struct Current {
+    order_id: OrderId,
+    state: SagaState,
+    /// The stream's version `state` is at.
+    version: u64,
+    /// Of the saga's first event (the correlation id of the request that
+    /// placed the order).
+    metadata: Metadata,
+}
 
 /// The saga orchestrator. Cheap to clone: clones share everything.
 #[derive(Clone)]
@@ -69,6 +93,7 @@ struct Inner {
     metrics: Arc<SagaMetrics>,
     wake: Notify,
     pause_after: Option<String>,
+    pause_before: Option<String>,
     before_step: Option<BeforeStep>,
 }
 
@@ -88,9 +113,7 @@ impl Orchestrator {
         config: SagaConfig,
         metrics: Arc<SagaMetrics>,
     ) -> Self {
-        let pause_after = std::env::var(PAUSE_AFTER_ENV)
-            .ok()
-            .filter(|s| !s.is_empty());
+        let pause = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
         Orchestrator {
             inner: Arc::new(Inner {
                 sagas: Repository::new(store.clone()),
@@ -103,7 +126,8 @@ impl Orchestrator {
                 config,
                 metrics,
                 wake: Notify::new(),
-                pause_after,
+                pause_after: pause(PAUSE_AFTER_ENV),
+                pause_before: pause(PAUSE_BEFORE_ENV),
                 before_step: None,
             }),
         }
@@ -207,9 +231,58 @@ impl Orchestrator {
         }
     }
 
-    /// The saga's state, and the metadata of its first event (the
-    /// correlation id of the request that placed the order).
-    async fn load(&self, order_id: OrderId) -> Result<(SagaState, Metadata)> {
+    /// Records `command` in the saga's stream, decided on `current` (read
+    /// again when the stream moved on). The saga after it, or `None` when
+    /// the saga refused it (it moved meanwhile).
+    async fn record_on(&self, current: &Current, command: SagaCommand) -> Result<Option<Current>> {
+        let order_id = current.order_id;
+        let known = Loaded {
+            state: current.state.clone(),
+            version: current.version,
+            position: None,
+        };
+        let options = ExecuteOptions {
+            metadata: Metadata {
+                actor: Some(STEP_SCOPE.to_owned()),
+                ..current.metadata.clone()
+            },
+            ..ExecuteOptions::default()
+        };
+        match self
+            .inner
+            .sagas
+            .execute_from(
+                Some(known),
+                &order_id.to_string(),
+                &command,
+                options,
+                |_| (),
+            )
+            .await
+        {
+            Ok(Executed::Done(outcome)) if !outcome.events.is_empty() => Ok(Some(Current {
+                order_id,
+                state: outcome.state,
+                version: outcome.version,
+                metadata: current.metadata.clone(),
+            })),
+            Ok(Executed::Done(_)) => Ok(None),
+            Ok(Executed::Refused(refusal)) => {
+                tracing::warn!(%order_id, ?command, %refusal, "saga refused a record; looking again");
+                Ok(None)
+            }
+            Ok(Executed::Replayed(())) => Ok(None),
+            Err(ExecuteError::Store(error)) => Err(error.into()),
+            Err(error) => Err(Error::Saga {
+                order_id,
+                message: error.to_string(),
+            }),
+        }
+    }
+
+    /// The saga as its stream has it, with the metadata of its first event
+    /// (the correlation id of the request that placed the order).
+    async fn load(&self, order_id: OrderId) -> Result<Current> {
         let stream = StreamId::of::<FulfilmentSaga>(order_id);
         let recorded = self.inner.store.read_stream(&stream, 1).await?;
         let metadata = recorded
@@ -217,10 +290,17 @@ impl Orchestrator {
             .map(|e| e.metadata.clone())
             .unwrap_or_default();
         let mut state = FulfilmentSaga::initial();
+        let mut version = 0;
         for event in &recorded {
             state = FulfilmentSaga::evolve(state, &event.decode()?);
+            version = event.version;
         }
-        Ok((state, metadata))
+        Ok(Current {
+            order_id,
+            state,
+            version,
+            metadata,
+        })
     }
 
     /// Starts the saga of `order_id` from its `OrderPlaced` in the store

@@ -1,7 +1,10 @@
-//! What each step of the saga does: the command it sends (to an account,
-//! an item or the order) under the step's idempotency key, or the carrier
-//! call, and what it came to. A step run again after a crash gets the
-//! record of its first run back instead of acting twice.
+//! What a step recorded before it is carried out does: the carrier call,
+//! or (a step resumed after a crash, recorded by an earlier version that
+//! did every step this way) the command it sends to an account, an item or
+//! the order under the step's idempotency key, and what it came to. A step
+//! run again after a crash gets the record of its first run back instead of
+//! acting twice. A step that is a command on this database is otherwise
+//! one transaction (`atomic`).
 
 use domain::{
     step_errors, AccountCommand, Aggregate, Amount, DomainError, InventoryCommand, OrderCommand,
@@ -34,7 +37,7 @@ pub(super) enum StepResult {
 }
 
 impl StepResult {
-    const DONE: StepResult = StepResult::Done {
+    pub(super) const DONE: StepResult = StepResult::Done {
         tracking_number: None,
     };
 
@@ -300,7 +303,7 @@ fn shipment(state: &SagaState, order: &SagaOrder) -> Shipment {
 }
 
 /// Whether an order at `status` has got to `target` (or past it).
-fn reached(status: OrderStatus, target: OrderStatus) -> bool {
+pub(super) fn reached(status: OrderStatus, target: OrderStatus) -> bool {
     use OrderStatus as S;
     match target {
         S::Reserved => matches!(status, S::Reserved | S::Paid | S::Shipped),
