@@ -23,9 +23,12 @@ pub struct Subscription {
 }
 
 /// Re-read delays while committed events wait behind an older transaction
-/// still in flight: from 5 ms, doubling, up to 100 ms.
+/// still in flight: from 5 ms, doubling, up to 20 ms (an append commits in
+/// a few milliseconds; at 100 ms, one slow transaction anywhere on the
+/// server cost the relay up to 100 ms after it ended, which was the tail of
+/// the end-to-end lag under load).
 const RETRY_PENDING_FROM: Duration = Duration::from_millis(5);
-const RETRY_PENDING_UP_TO: Duration = Duration::from_millis(100);
+const RETRY_PENDING_UP_TO: Duration = Duration::from_millis(20);
 
 impl Subscription {
     /// Default polling fallback.

@@ -13,11 +13,12 @@ use crate::{Delivered, KafkaConfig, Result};
 /// How long the broker may hold a fetch that found nothing new
 /// (`fetch.wait.max.ms`, librdkafka's default 500). Apache Kafka answers a
 /// waiting fetch as soon as a message arrives, so this only bounds idle
-/// round trips there (at most 20 a second per broker); Tansu answers only
+/// round trips there (at most 50 a second per broker); Tansu answers only
 /// when the wait is over, so it is what a new event waits on its way to a
-/// consumer: with 500 ms, produce to consume took 160 to 230 ms at the
-/// median here, with 50 ms 23 to 29 ms (BENCHMARKS.md, end-to-end lag).
-const FETCH_WAIT_MAX_MS: u32 = 50;
+/// consumer, half of it on average: with 500 ms, produce to consume took 160
+/// to 230 ms at the median here, with 50 ms 23 to 29 ms, with 20 ms 15 to
+/// 21 ms (BENCHMARKS.md, end-to-end lag).
+const FETCH_WAIT_MAX_MS: u32 = 20;
 
 /// A member of a consumer group reading the topics of some stream types.
 ///

@@ -9,7 +9,7 @@
 //! port 0. Deposits are sent with reqwest at a fixed rate (a tokio interval
 //! ticks once per command, each command its own task) round-robin over
 //! `BENCH_ACCOUNTS` (default 200) accounts for `BENCH_SECONDS` (default 10)
-//! per rate in `BENCH_RATES` (default "100,500"). For each deposit, the time
+//! per rate in `BENCH_RATES` (default "500,2000"). For each deposit, the time
 //! from its answer to a `GET /accounts/{id}?min_version=<version>` that is
 //! satisfied (the server waits for the version; retried on 503) is the lag;
 //! the deposit's own latency is printed next to it as the reference.
@@ -124,7 +124,7 @@ async fn main() -> Result<(), BoxError> {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let accounts_n: usize = env_or("BENCH_ACCOUNTS", 200);
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| "100,500".to_owned())
+        .unwrap_or_else(|_| "500,2000".to_owned())
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();

@@ -27,6 +27,7 @@
 mod accounts;
 mod error;
 mod inventory;
+pub mod notification;
 pub mod operations;
 mod orders;
 mod projection;
@@ -55,7 +56,8 @@ use kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
 /// The channel of `pg_notify` sent after every committed batch, with the
-/// projection's name as payload.
+/// projection's name and the streams it moved as payload
+/// ([`notification`]).
 pub const NOTIFY_CHANNEL: &str = "purser_projection";
 
 /// Advisory lock class of a projection's apply lock (second key: the

@@ -1,14 +1,18 @@
 //! Read-your-writes: waiting until a read model has applied a version.
 //!
-//! Projection workers `pg_notify('purser_projection', <projection>)` after
-//! every committed batch. One LISTEN connection per process turns those into
-//! wake-ups ([`Progress::bump`]); a waiting request re-reads its row on a
-//! wake-up of its projection, or after a slow poll interval when no
-//! notification comes (listener down): never a busy loop.
+//! Projection workers `pg_notify('purser_projection', ...)` after every
+//! committed batch: the projection's name, then (when they fit in the
+//! payload) the stream ids the batch moved, one a line
+//! ([`projections::notification`]). One LISTEN connection per process turns
+//! those into wake-ups: a waiting request re-reads its row when its own
+//! stream moved, or on a notification that names no stream (then every
+//! waiter of the projection re-reads), or after a slow poll interval when no
+//! notification comes (listener down): never a busy loop, and no herd of
+//! every waiter re-reading on every batch.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -23,10 +27,17 @@ use crate::error::ApiError;
 pub const DEFAULT_WAIT: Duration = Duration::from_millis(2_000);
 pub const MAX_WAIT_MS: u64 = 10_000;
 
-/// Wake-ups per projection (a counter bumped on every notification).
+/// `(projection, stream id)` -> how many wait on that stream, and their
+/// wake-ups.
+type Waiting = Arc<Mutex<HashMap<(&'static str, String), (usize, watch::Sender<u64>)>>>;
+
+/// Wake-ups per projection (a counter bumped on a notification that names
+/// no stream), and per stream someone waits on.
 #[derive(Clone)]
 pub struct Progress {
     channels: Arc<HashMap<&'static str, watch::Sender<u64>>>,
+    /// `(projection, stream id)` -> the waiters' count and their wake-ups.
+    streams: Waiting,
     poll: Duration,
     /// One permit per request allowed to wait at once.
     waiters: Arc<Semaphore>,
@@ -42,6 +53,7 @@ impl Progress {
             .collect();
         Progress {
             channels: Arc::new(channels),
+            streams: Arc::default(),
             poll,
             waiters: Arc::new(Semaphore::new(crate::config::DEFAULT_MAX_WAITERS)),
             max_waiters: crate::config::DEFAULT_MAX_WAITERS,
@@ -61,6 +73,48 @@ impl Progress {
         if let Some(sender) = self.channels.get(projection) {
             sender.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Wakes whom a projection's notification concerns: the waiters of the
+    /// streams it names, or every waiter of the projection when it names
+    /// none.
+    pub fn notified(&self, payload: &str) {
+        let (projection, streams) = projections::notification::parse(payload);
+        if streams.is_empty() {
+            self.bump(projection);
+            return;
+        }
+        let Some((name, _)) = self.channels.get_key_value(projection) else {
+            return;
+        };
+        let waiting = self.streams.lock().expect("progress lock");
+        if waiting.is_empty() {
+            return;
+        }
+        for stream in streams {
+            if let Some((_, sender)) = waiting.get(&(*name, stream.to_owned())) {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// A wake-up of `stream`'s own, released when the guard is dropped.
+    fn watch_stream(&self, projection: &str, stream: &str) -> Option<StreamWatch> {
+        let (name, _) = self.channels.get_key_value(projection)?;
+        let key = (*name, stream.to_owned());
+        let receiver = {
+            let mut waiting = self.streams.lock().expect("progress lock");
+            let entry = waiting
+                .entry(key.clone())
+                .or_insert_with(|| (0, watch::channel(0u64).0));
+            entry.0 += 1;
+            entry.1.subscribe()
+        };
+        Some(StreamWatch {
+            streams: Arc::clone(&self.streams),
+            key,
+            receiver,
+        })
     }
 
     /// How many requests wait on `projection` now.
@@ -84,6 +138,7 @@ impl Progress {
     pub async fn wait_for<T, F, Fut>(
         &self,
         projection: &str,
+        stream: &str,
         min_version: u64,
         wait: Duration,
         mut read: F,
@@ -94,12 +149,16 @@ impl Progress {
     {
         let deadline = Instant::now() + wait;
         let mut receiver = self.channels.get(projection).map(watch::Sender::subscribe);
+        let mut own = self.watch_stream(projection, stream);
         let mut permit = None;
         loop {
             // Mark the current progress as seen *before* reading, so that a
             // notification arriving during the read is not missed.
             if let Some(receiver) = receiver.as_mut() {
                 receiver.borrow_and_update();
+            }
+            if let Some(own) = own.as_mut() {
+                own.receiver.borrow_and_update();
             }
             if let Some(found) = read().await? {
                 return Ok(found);
@@ -121,18 +180,19 @@ impl Progress {
                 });
             }
             let nap = self.poll.min(deadline - now);
-            match receiver.as_mut() {
-                Some(receiver) => {
+            match (receiver.as_mut(), own.as_mut()) {
+                (Some(receiver), Some(own)) => {
                     tokio::select! {
                         changed = receiver.changed() => {
                             if changed.is_err() {
                                 tokio::time::sleep(nap).await;
                             }
                         }
+                        _ = own.receiver.changed() => {}
                         () = tokio::time::sleep(nap) => {}
                     }
                 }
-                None => tokio::time::sleep(nap).await,
+                _ => tokio::time::sleep(nap).await,
             }
         }
     }
@@ -172,10 +232,29 @@ impl Progress {
         self.bump_all();
         loop {
             match listener.try_recv().await? {
-                Some(notification) => self.bump(notification.payload()),
+                Some(notification) => self.notified(notification.payload()),
                 // The connection was lost and re-established: notifications
                 // may have been missed.
                 None => self.bump_all(),
+            }
+        }
+    }
+}
+
+/// A waiter's interest in one stream; the last one out removes the entry.
+struct StreamWatch {
+    streams: Waiting,
+    key: (&'static str, String),
+    receiver: watch::Receiver<u64>,
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        let mut waiting = self.streams.lock().expect("progress lock");
+        if let Some(entry) = waiting.get_mut(&self.key) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                waiting.remove(&self.key);
             }
         }
     }

@@ -19,6 +19,10 @@ impl Projector {
         report: &BatchReport,
     ) -> Result<()> {
         let name = self.name();
+        // Names the streams that moved: the Query API wakes only their
+        // `min_version` waits.
+        let payload =
+            crate::notification::payload(name, applied.changed.iter().map(|(id, _)| id.as_str()));
         if !applied.changed.is_empty() {
             let (ids, versions): (Vec<String>, Vec<i64>) = applied.changed.into_iter().unzip();
             sqlx::query(
@@ -56,7 +60,7 @@ impl Projector {
             // Delivered on commit: wakes the Query API's `min_version` waits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
-                .bind(name)
+                .bind(&payload)
                 .execute(&mut **tx)
                 .await?;
         }

@@ -140,6 +140,7 @@ async fn read_account(
     read_entity(
         state,
         PROJECTION,
+        &format!("account-{account_id}"),
         consistency,
         || format!("no account {account_id}"),
         || fetch_account(&state.pool, account_id, owner),

@@ -76,6 +76,7 @@ pub async fn get_item(
     let item = read_entity(
         &state,
         PROJECTION,
+        &format!("inventory-{sku}"),
         consistency,
         || format!("no inventory item {sku}"),
         || fetch_item(&state.pool, sku.as_str()),

@@ -35,10 +35,12 @@ impl ReadParams {
 
 /// Reads an entity (with the version its read model is at), honouring
 /// `min_version`: without it a missing entity is a 404; with it, a missing
-/// or older entity is waited for, then a 503.
+/// or older entity is waited for (woken when its event stream `stream`
+/// moves in the read model), then a 503.
 pub(crate) async fn read_entity<T, F, Fut>(
     state: &AppState,
     projection: &str,
+    stream: &str,
     consistency: Consistency,
     not_found: impl FnOnce() -> String,
     mut read: F,
@@ -56,7 +58,7 @@ where
             let wanted = i64::try_from(min_version).unwrap_or(i64::MAX);
             state
                 .progress
-                .wait_for(projection, min_version, consistency.wait, || {
+                .wait_for(projection, stream, min_version, consistency.wait, || {
                     let fetched = read();
                     async move {
                         Ok(fetched

@@ -96,6 +96,7 @@ pub async fn get_order(
     let mut order = read_entity(
         &state,
         PROJECTION,
+        &format!("order-{order_id}"),
         consistency,
         || format!("no order {order_id}"),
         || fetch_order(&state.pool, order_id, owner_filter(&caller)),

@@ -115,6 +115,7 @@ pub async fn get_saga(
     let saga = read_entity(
         &state,
         PROJECTION,
+        &format!("saga-{order_id}"),
         consistency,
         || format!("no saga for order {order_id}"),
         || fetch_saga(&state.pool, order_id, owner_filter(&caller)),
