@@ -4,7 +4,8 @@
 //! `purser auth init` and `purser token`; relay failover between two
 //! `purser relay` processes; `purser serve` and its `--migrate`; the nginx
 //! gateway in front of the services; every component several times over
-//! behind it, killed one of each kind under load.
+//! behind it, killed one of each kind under load; the book's
+//! walkthrough, run as written.
 
 mod auth_cli;
 mod crash;
@@ -13,6 +14,7 @@ mod projections_cli;
 mod relay_failover;
 mod scale_out;
 mod serve;
+mod walkthrough;
 
 use std::process::Output;
 use std::time::Duration;
