@@ -572,8 +572,34 @@ ensure_test_tools() {
         log "installing cargo-nextest (one-time build)"
         cargo install --locked cargo-nextest
     fi
-    # The gateway tests run a real nginx, and openssl for its certificate.
+    # The gateway tests run a real nginx, and openssl for its certificate;
+    # the walkthrough's test runs curl and jq.
     ensure_nginx
     command -v openssl >/dev/null 2>&1 || apt_install openssl
     command -v curl >/dev/null 2>&1 || apt_install curl
+    command -v jq >/dev/null 2>&1 || apt_install jq
+    ensure_mdbook
+}
+
+# The book (docs/) is built with this mdBook; scripts/check-book (Python)
+# checks its links.
+MDBOOK_VERSION=0.5.4
+
+MDBOOK="${CARGO_HOME:-$HOME/.cargo}/bin/mdbook"
+
+ensure_mdbook() {
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    local have
+    have=$("$MDBOOK" --version 2>/dev/null || true)
+    if [[ $have != "mdbook v$MDBOOK_VERSION" ]]; then
+        log "installing mdbook $MDBOOK_VERSION into ${MDBOOK%/*} (one-time build; had: ${have:-none})"
+        # Its own temporary target dir: nothing of it in the project's.
+        env -u CARGO_TARGET_DIR cargo install --locked mdbook --version "$MDBOOK_VERSION" \
+            --no-default-features --features search
+    fi
+}
+
+# Builds the book into docs/book and checks its internal links.
+build_book() {
+    "$MDBOOK" build "$PURSER_ROOT/docs" && "$PURSER_ROOT/scripts/check-book" "$PURSER_ROOT/docs/book"
 }

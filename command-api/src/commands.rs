@@ -5,7 +5,7 @@
 //! record in the same transaction as the events), and turn the outcome into
 //! the HTTP answer.
 //!
-//! Under an `Idempotency-Key`, the record is the [`Answer`] itself (status
+//! Under an `Idempotency-Key`, the record is the `Answer` itself (status
 //! and JSON body): the first answer and every replay carry the same body.
 //!
 //! The fast path: the state a command left behind is remembered (under the

@@ -142,7 +142,7 @@ impl ApiError {
     }
 
     /// The problem details sent for this error. For 5xx the detail is
-    /// generic; [`ApiError::log`] records the cause.
+    /// generic; `ApiError::log` records the cause.
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let code = self.code();
