@@ -17,7 +17,7 @@ use std::time::Duration;
 use test_support::{eventually, TestDatabase};
 use tokio::process::Command;
 
-use crate::gateway::{free_port, Gateway, Settings};
+use test_support::gateway::{free_port, Gateway, Settings};
 use crate::{DEADLINE, PURSER};
 
 fn root() -> &'static Path {
