@@ -17,8 +17,8 @@ use std::time::Duration;
 use test_support::{eventually, TestDatabase};
 use tokio::process::Command;
 
-use test_support::gateway::{free_port, Gateway, Settings};
 use crate::{DEADLINE, PURSER};
+use test_support::gateway::{free_port, Gateway, Settings};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
