@@ -16,6 +16,8 @@
 //! No HTTP here: status codes and headers belong to the API crates, which
 //! map [`AuthError::code`] and a limiter's retry-after onto their answers.
 
+#![warn(unreachable_pub)]
+
 mod caller;
 mod config;
 mod keys;

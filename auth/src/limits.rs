@@ -16,9 +16,9 @@ use governor::{Quota, RateLimiter};
 const HOUSEKEEPING_EVERY: u64 = 4096;
 
 /// Failed authentications allowed per client address and second.
-pub const FAILED_AUTH_PER_SECOND: u32 = 20;
+pub(crate) const FAILED_AUTH_PER_SECOND: u32 = 20;
 /// Failed authentications a client address may burst.
-pub const FAILED_AUTH_BURST: u32 = 40;
+pub(crate) const FAILED_AUTH_BURST: u32 = 40;
 
 /// A token bucket per key, or no limit at all.
 pub struct KeyedLimiter<K: Hash + Eq + Clone> {

@@ -10,6 +10,8 @@
 //! [`Application`] binds and serves them with graceful shutdown, and
 //! purges expired idempotency keys in the background (`retention`).
 
+#![warn(unreachable_pub)]
+
 use std::net::SocketAddr;
 
 pub mod access;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::state::AppState;
 
 /// Rows deleted per statement.
-pub const PURGE_BATCH: u32 = 1000;
+pub(crate) const PURGE_BATCH: u32 = 1000;
 
 /// Purges expired idempotency keys of the state's store, on a timer.
 pub(crate) struct IdempotencySweep {

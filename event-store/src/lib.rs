@@ -18,6 +18,8 @@
 //!
 //! The tables are in the `event_store` schema (crate `migrations`).
 
+#![warn(unreachable_pub)]
+
 mod error;
 mod idempotency;
 mod notify;

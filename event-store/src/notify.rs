@@ -26,7 +26,7 @@ pub const CHANNEL: &str = "event_store_appended";
 /// Shortest time between two notifications from one `EventStore`: the most
 /// a wake-up can lag behind its append, beyond the notification's own
 /// round trip.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {

@@ -6,13 +6,13 @@ use rdkafka::ClientConfig;
 pub const STREAM_TYPES: &[&str] = &["account", "inventory", "order", "saga"];
 
 /// The local broker.
-pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// Topics are `purser.account`, `purser.order`...
-pub const DEFAULT_TOPIC_PREFIX: &str = "purser";
+pub(crate) const DEFAULT_TOPIC_PREFIX: &str = "purser";
 /// Partitions of each topic created at startup.
-pub const DEFAULT_PARTITIONS: i32 = 3;
+pub(crate) const DEFAULT_PARTITIONS: i32 = 3;
 /// Consumer group session timeout.
-pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 6000;
+pub(crate) const DEFAULT_SESSION_TIMEOUT_MS: u32 = 6000;
 
 /// Connection and topic settings shared by the relay and every consumer.
 ///

@@ -21,10 +21,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub const RELAY_LOCK_KEY: i64 = 0x7075_7273_6572_0001;
 
 /// How often a standby tries to take the lock.
-pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
 /// How often the active relay checks its lock connection.
-pub const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long one check may take before the lease counts as lost.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);

@@ -11,6 +11,8 @@
 //!
 //! This is the only crate that knows rdkafka.
 
+#![warn(unreachable_pub)]
+
 mod config;
 mod consumer;
 mod error;

@@ -6,6 +6,8 @@
 //! Schemas: `event_store` holds the events, idempotency records, snapshots and
 //! subscription checkpoints; `read_models` holds what projections build.
 
+#![warn(unreachable_pub)]
+
 /// The embedded migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 

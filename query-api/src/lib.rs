@@ -11,6 +11,8 @@
 //! `tower::ServiceExt::oneshot`); [`Application`] binds it and serves until
 //! the process's shutdown token is cancelled (a [`service::Component`]).
 
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -22,6 +22,8 @@
 //!
 //! [`run`] runs both until shutdown.
 
+#![warn(unreachable_pub)]
+
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;

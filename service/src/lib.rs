@@ -21,6 +21,8 @@
 //! - [`shutdown`]: the process's one signal handler (SIGTERM, ctrl-c), which
 //!   cancels the shutdown token.
 
+#![warn(unreachable_pub)]
+
 pub mod auth;
 pub mod component;
 pub mod duration;
