@@ -21,8 +21,9 @@ pub async fn build(
     config: &::command_api::Config,
     pool: sqlx::PgPool,
     access: service::auth::Access,
+    registry: &service::metrics::Registry,
 ) -> Result<::command_api::Application> {
-    ::command_api::Application::build(config, pool, access)
+    ::command_api::Application::build_in(config, pool, access, registry)
         .await
         .context("starting the command API")
 }
@@ -35,7 +36,9 @@ pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -
     let mut config = args.config;
     config.http = args.http;
     let pool = db::open(global, config.db_max_connections).await?;
-    build(&config, pool, access)
+    let registry = service::metrics::Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    build(&config, pool, access, &registry)
         .await?
         .run(shutdown)
         .await

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 mod auth;
 mod command_api;
 mod db;
+mod metrics;
 mod migrate;
 mod project;
 mod projection_ops;
@@ -74,7 +75,7 @@ enum Command {
     /// Serve the Command API (default 127.0.0.1:8080).
     CommandApi(command_api::Args),
     /// Publish the event log to Kafka (the relay).
-    Relay(relay::Args),
+    Relay(relay::RelayCommand),
     /// Run the projection workers that build the read models.
     Project(project::Args),
     /// Operate the projections: list, status, rebuild, reset, unpark.

@@ -1,7 +1,8 @@
 //! `purser project`: the projection workers that build the read models.
 
 use anyhow::{Context, Result};
-use service::Component;
+use service::metrics::Registry;
+use service::{Component, Components};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +11,9 @@ use crate::{db, relay, GlobalArgs};
 /// Connections the projection workers use.
 pub const POOL_SIZE: u32 = 10;
 
+/// Where `purser project` serves its admin listener by default.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8084";
+
 /// Options of `purser project`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -17,6 +21,8 @@ pub struct Args {
     pub kafka: kafka::KafkaConfig,
     #[command(flatten)]
     pub workers: WorkerArgs,
+    #[command(flatten)]
+    pub admin: crate::metrics::AdminArgs,
 }
 
 /// The workers' own options (`purser serve` has them too).
@@ -50,15 +56,28 @@ pub struct Workers {
     projections: Vec<String>,
     config: projections::WorkerConfig,
     ready: service::ReadyFlag,
+    metrics: projections::metrics::WorkerMetrics,
 }
 
 impl Workers {
-    pub fn build(kafka: kafka::KafkaConfig, args: WorkerArgs, pool: PgPool) -> Result<Workers> {
+    /// Registers their metrics in the process's `registry`, with the
+    /// projections' progress (consumer lag, parked streams: from the
+    /// database at each scrape) unless the process shows it already.
+    pub fn build(
+        kafka: kafka::KafkaConfig,
+        args: WorkerArgs,
+        pool: PgPool,
+        registry: &Registry,
+    ) -> Result<Workers> {
         // Unknown names fail here, before anything runs.
         for name in &args.projections {
             projections::by_name(name)?;
         }
+        let metrics = projections::metrics::WorkerMetrics::new();
+        registry.register(|r| metrics.register(r));
+        crate::metrics::register_projection_status(registry, &pool);
         Ok(Workers {
+            metrics,
             store: event_store::EventStore::new(pool),
             kafka,
             projections: args.projections,
@@ -129,11 +148,12 @@ impl Component for Workers {
             self.ready,
             shutdown.child_token(),
         ));
-        let ran = projections::run_workers(
+        let ran = projections::run_workers_with(
             &self.projections,
             self.store,
             &self.kafka,
             self.config,
+            self.metrics,
             shutdown.clone(),
         )
         .await
@@ -146,7 +166,14 @@ impl Component for Workers {
 /// `purser project`.
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
     let pool = db::open(global, POOL_SIZE).await?;
-    Workers::build(args.kafka, args.workers, pool)?
-        .run(shutdown)
-        .await
+    let registry = Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    let admin = crate::saga::admin(args.admin.or(DEFAULT_ADMIN_ADDR), &registry).await?;
+    let workers = Workers::build(args.kafka, args.workers, pool.clone(), &registry)?;
+    let mut components = Components::new(shutdown);
+    components.spawn(workers);
+    components.spawn(admin);
+    let stopped = components.wait().await;
+    pool.close().await;
+    Ok(stopped?)
 }

@@ -24,8 +24,9 @@ pub async fn build(
     config: &::query_api::QueryApiConfig,
     pool: sqlx::PgPool,
     access: service::auth::Access,
+    registry: &service::metrics::Registry,
 ) -> Result<::query_api::Application> {
-    ::query_api::Application::build(config, pool, access)
+    ::query_api::Application::build_in(config, pool, access, registry)
         .await
         .with_context(|| format!("binding the query API to {}", config.addr))
 }
@@ -38,7 +39,9 @@ pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -
     let mut config = args.config;
     config.http = args.http;
     let pool = db::open(global, POOL_SIZE).await?;
-    build(&config, pool, access)
+    let registry = service::metrics::Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    build(&config, pool, access, &registry)
         .await?
         .run(shutdown)
         .await

@@ -1,7 +1,10 @@
 //! `purser relay`: publishes the event log to Kafka.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use service::Component;
+use service::metrics::Registry;
+use service::{Component, Components};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -10,6 +13,9 @@ use crate::{db, GlobalArgs};
 /// Connections the relay uses.
 pub const POOL_SIZE: u32 = 4;
 
+/// Where `purser relay` serves its admin listener by default.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8083";
+
 /// Options of `purser relay`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -17,6 +23,15 @@ pub struct Args {
     pub kafka: kafka::KafkaConfig,
     #[command(flatten)]
     pub relay: kafka::RelayOptions,
+}
+
+/// `purser relay`'s own options.
+#[derive(Debug, clap::Args)]
+pub struct RelayCommand {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub admin: crate::metrics::AdminArgs,
 }
 
 /// The relay as a component: creates the topics (waiting for the broker if
@@ -29,13 +44,26 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn build(args: Args, pool: PgPool) -> Result<Relay> {
-        let relay = kafka::Relay::with_options(
-            event_store::EventStore::new(pool),
-            args.kafka.clone(),
-            args.relay,
-        )
-        .context("creating the Kafka producer")?;
+    /// Registers its metrics in the process's `registry` (how far it is
+    /// behind the store's head read at each scrape).
+    pub fn build(args: Args, pool: PgPool, registry: &Registry) -> Result<Relay> {
+        let store = event_store::EventStore::new(pool);
+        let metrics = kafka::RelayMetrics::new();
+        registry.register(|r| metrics.register(r));
+        {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            registry.on_scrape(Arc::new(move || {
+                let (metrics, store) = (metrics.clone(), store.clone());
+                Box::pin(async move {
+                    if let Err(error) = metrics.refresh(&store).await {
+                        tracing::warn!(%error, "cannot read the relay's lag for /metrics");
+                    }
+                })
+            }));
+        }
+        let relay = kafka::Relay::with_options(store, args.kafka.clone(), args.relay)
+            .context("creating the Kafka producer")?
+            .with_metrics(metrics);
         Ok(Relay {
             relay,
             kafka: args.kafka,
@@ -92,7 +120,20 @@ pub async fn wait_for_topics(
 }
 
 /// `purser relay`.
-pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    global: &GlobalArgs,
+    command: RelayCommand,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let pool = db::open(global, POOL_SIZE).await?;
-    Relay::build(args, pool)?.run(shutdown).await
+    let registry = Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    let admin = crate::saga::admin(command.admin.or(DEFAULT_ADMIN_ADDR), &registry).await?;
+    let relay = Relay::build(command.args, pool.clone(), &registry)?;
+    let mut components = Components::new(shutdown);
+    components.spawn(relay);
+    components.spawn(admin);
+    let stopped = components.wait().await;
+    pool.close().await;
+    Ok(stopped?)
 }

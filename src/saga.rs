@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::routing::get;
-use service::Component;
+use service::metrics::{AdminListener, Registry};
+use service::{Component, Components};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{db, GlobalArgs};
@@ -16,8 +15,8 @@ use crate::{db, GlobalArgs};
 /// Connections the orchestrator uses.
 pub const POOL_SIZE: u32 = 16;
 
-/// Where the orchestrator serves its metrics by default.
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:8082";
+/// Where the orchestrator's process serves its admin listener by default.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8082";
 
 /// Options of `purser saga`.
 #[derive(Debug, clap::Args)]
@@ -34,14 +33,16 @@ pub struct Args {
 pub struct OrchestratorArgs {
     #[command(flatten)]
     pub saga: ::saga::SagaConfig,
-    /// Where the orchestrator serves `GET /metrics` (Prometheus text) and
-    /// `GET /health/live` (port 0 picks a free one).
+    /// Where the process serves `GET /metrics` (OpenMetrics text of the
+    /// process's registry, no token: keep it on an address only the
+    /// scraper reaches) and `GET /health/live` (port 0 picks a free one).
     #[arg(
-        long = "saga-metrics-addr",
-        env = "PURSER_SAGA_METRICS_ADDR",
-        default_value = DEFAULT_METRICS_ADDR
+        long = "admin-addr",
+        visible_alias = "saga-metrics-addr",
+        env = "PURSER_ADMIN_ADDR",
+        default_value = DEFAULT_ADMIN_ADDR
     )]
-    pub metrics_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -55,29 +56,29 @@ pub enum Action {
 }
 
 /// The orchestrator as a component: tails the event store for the order
-/// events that start and wake sagas and drives them until shutdown, serving
-/// its metrics. PostgreSQL is all it needs: no broker.
+/// events that start and wake sagas and drives them until shutdown.
+/// PostgreSQL is all it needs: no broker.
 pub struct Orchestrator {
     store: event_store::EventStore,
     saga: ::saga::SagaConfig,
     metrics: Arc<::saga::SagaMetrics>,
-    listener: TcpListener,
     ready: service::ReadyFlag,
 }
 
 impl Orchestrator {
-    /// Binds the metrics address.
-    pub async fn build(args: OrchestratorArgs, pool: PgPool) -> Result<Orchestrator> {
-        let listener = TcpListener::bind(args.metrics_addr)
-            .await
-            .with_context(|| format!("binding the saga metrics to {}", args.metrics_addr))?;
-        Ok(Orchestrator {
+    /// Registers its metrics in the process's `registry` (and the sagas
+    /// per state, from the read model, unless the process shows them
+    /// already).
+    pub fn build(saga: ::saga::SagaConfig, pool: PgPool, registry: &Registry) -> Orchestrator {
+        let metrics = ::saga::SagaMetrics::new();
+        registry.register(|r| metrics.register(r));
+        crate::metrics::register_projection_status(registry, &pool);
+        Orchestrator {
             store: event_store::EventStore::new(pool),
-            saga: args.saga,
-            metrics: Arc::new(::saga::SagaMetrics::new()),
-            listener,
+            saga,
+            metrics: Arc::new(metrics),
             ready: service::ReadyFlag::detached(),
-        })
+        }
     }
 
     /// Set once the orchestrator runs (it needs nothing but the database,
@@ -96,24 +97,19 @@ impl Component for Orchestrator {
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "saga metrics listening");
-        let server = axum::serve(self.listener, metrics_router(Arc::clone(&self.metrics)))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let carrier = Arc::new(::saga::SimulatedCarrier::new(&self.saga.carrier));
         self.ready.set();
-        let (driven, served) = tokio::join!(
-            ::saga::run(
-                self.store,
-                self.saga,
-                carrier,
-                self.metrics,
-                shutdown.clone()
-            ),
-            server
-        );
-        driven.context("running the saga orchestrator")?;
-        served.context("serving the saga metrics")
+        ::saga::run(self.store, self.saga, carrier, self.metrics, shutdown)
+            .await
+            .context("running the saga orchestrator")
     }
+}
+
+/// Binds the admin listener (`/metrics`, `/health/live`) at `addr`.
+pub async fn admin(addr: SocketAddr, registry: &Registry) -> Result<AdminListener> {
+    AdminListener::bind(addr, registry.clone())
+        .await
+        .with_context(|| format!("binding the admin listener to {addr}"))
 }
 
 /// `purser saga`, or `purser saga retry ORDER_ID`.
@@ -122,31 +118,16 @@ pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -
     if let Some(Action::Retry { order_id }) = &args.action {
         return retry(&event_store::EventStore::new(pool), order_id).await;
     }
-    Orchestrator::build(args.orchestrator, pool)
-        .await?
-        .run(shutdown)
-        .await
-}
-
-/// `GET /metrics` and `GET /health/live` of the orchestrator.
-fn metrics_router(metrics: Arc<::saga::SagaMetrics>) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = Arc::clone(&metrics);
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/health/live", get(|| async { "ok" }))
+    let registry = Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    let admin = admin(args.orchestrator.admin_addr, &registry).await?;
+    let orchestrator = Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry);
+    let mut components = Components::new(shutdown);
+    components.spawn(orchestrator);
+    components.spawn(admin);
+    let stopped = components.wait().await;
+    pool.close().await;
+    Ok(stopped?)
 }
 
 /// `purser saga retry ORDER_ID`.

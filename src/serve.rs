@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use service::auth::Access;
+use service::metrics::Registry;
 use service::Components;
 use tokio_util::sync::CancellationToken;
 
@@ -61,23 +62,29 @@ pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToke
     args.command_api.http = args.http.clone();
     args.query_api.http = args.http.clone();
     let pool = db::open(global, args.pool_size()).await?;
-    let command_api = command_api::build(&args.command_api, pool.clone(), command_access).await?;
+    // One registry: both APIs' /metrics and the admin listener serve it.
+    let registry = Registry::new();
+    crate::metrics::register_pool(&registry, &pool);
+    let command_api =
+        command_api::build(&args.command_api, pool.clone(), command_access, &registry).await?;
     // Both APIs answer ready only once every component is.
     let readiness = command_api.readiness().clone();
-    let query_api = query_api::build(&args.query_api, pool.clone(), query_access)
+    let query_api = query_api::build(&args.query_api, pool.clone(), query_access, &registry)
         .await?
         .with_readiness(readiness.clone());
-    let orchestrator = saga::Orchestrator::build(args.orchestrator, pool.clone())
-        .await?
+    let admin = saga::admin(args.orchestrator.admin_addr, &registry).await?;
+    let orchestrator = saga::Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry)
         .with_ready(readiness.register("saga orchestrator"));
-    let workers = project::Workers::build(args.kafka.clone(), args.workers, pool.clone())?
-        .with_ready(readiness.register("projection workers"));
+    let workers =
+        project::Workers::build(args.kafka.clone(), args.workers, pool.clone(), &registry)?
+            .with_ready(readiness.register("projection workers"));
     let relay = relay::Relay::build(
         relay::Args {
             kafka: args.kafka,
             relay: args.relay,
         },
         pool.clone(),
+        &registry,
     )?
     .with_ready(readiness.register("relay"));
 
@@ -87,6 +94,7 @@ pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToke
     components.spawn(workers);
     components.spawn(orchestrator);
     components.spawn(query_api);
+    components.spawn(admin);
     let stopped = components.wait().await;
     pool.close().await;
     Ok(stopped?)

@@ -1,10 +1,10 @@
 //! The middleware stack, outermost first: request id, trace span, request id
-//! propagation, metrics, problem+json for bare errors, timeout, body limit.
+//! propagation, metrics (`service::metrics::record_requests`), problem+json for bare errors, timeout, body limit.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::trace::{MakeSpan, OnResponse};
@@ -15,7 +15,7 @@ use crate::extract::REQUEST_ID;
 use crate::state::AppState;
 
 /// The route label of a request that matched no route.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub use service::metrics::UNMATCHED_ROUTE;
 
 fn route_of<B>(request: &axum::http::Request<B>) -> &str {
     request
@@ -63,34 +63,6 @@ impl<B> OnResponse<B> for RequestEnd {
             tracing::info!(status, "request finished");
         }
     }
-}
-
-/// Counts the request by method, matched route and status, and times it.
-pub async fn record_metrics(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = route_of(&request).to_owned();
-    let method = match *request.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::PATCH
-        | Method::DELETE
-        | Method::HEAD
-        | Method::OPTIONS => request.method().as_str().to_owned(),
-        _ => "OTHER".to_owned(),
-    };
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics().record_request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 /// Answers 503 when the request takes longer than the configured timeout.

@@ -17,9 +17,7 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::middleware::{
-    not_found, problem_for_bare_errors, record_metrics, timeout, RequestEnd, RequestSpan,
-};
+use crate::middleware::{not_found, problem_for_bare_errors, timeout, RequestEnd, RequestSpan};
 use crate::retention::IdempotencySweep;
 use crate::routes::{accounts, health, inventory, orders, sagas};
 use crate::state::AppState;
@@ -44,7 +42,10 @@ pub fn router(state: AppState, access: Access) -> Router {
                 .on_response(RequestEnd)
                 .on_failure(()),
         )
-        .layer(from_fn_with_state(state.clone(), record_metrics))
+        .layer(from_fn_with_state(
+            state.metrics().http().clone(),
+            service::metrics::record_requests,
+        ))
         .layer(map_response_with_state(
             state.clone(),
             problem_for_bare_errors,
@@ -124,6 +125,17 @@ impl Application {
     /// Binds `config.bind` and serves with `pool`, which the caller has
     /// migrated and keeps owning (it is not closed on shutdown).
     pub async fn build(config: &Config, pool: PgPool, access: Access) -> Result<Application> {
+        Application::build_in(config, pool, access, &service::metrics::Registry::new()).await
+    }
+
+    /// As [`Application::build`], its metrics in `registry` (the process's
+    /// one registry, which its `/metrics` serves whole).
+    pub async fn build_in(
+        config: &Config,
+        pool: PgPool,
+        access: Access,
+        registry: &service::metrics::Registry,
+    ) -> Result<Application> {
         let listener = TcpListener::bind(config.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -134,7 +146,7 @@ impl Application {
             address: config.bind,
             source,
         })?;
-        let state = AppState::new(EventStore::new(pool), config);
+        let state = AppState::with_registry(EventStore::new(pool), config, registry);
         let sweep = IdempotencySweep::new(
             state.clone(),
             config.idempotency_ttl,

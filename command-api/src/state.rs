@@ -35,8 +35,19 @@ struct Inner {
 }
 
 impl AppState {
+    /// With a registry of its own (tests; a process passes its one
+    /// registry to [`AppState::with_registry`]).
     pub fn new(store: EventStore, config: &Config) -> AppState {
-        let metrics = Arc::new(Metrics::new());
+        AppState::with_registry(store, config, &service::metrics::Registry::new())
+    }
+
+    /// Its metrics registered in `registry`, the process's.
+    pub fn with_registry(
+        store: EventStore,
+        config: &Config,
+        registry: &service::metrics::Registry,
+    ) -> AppState {
+        let metrics = Arc::new(Metrics::new(registry));
         let retries = config.max_retries;
         AppState {
             inner: Arc::new(Inner {

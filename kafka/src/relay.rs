@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::leadership::{Leadership, Lease, RELAY_LOCK_KEY, STANDBY_RETRY};
 use crate::message::{Encoder, Messages};
+use crate::metrics::RelayMetrics;
 use crate::publisher::Pending;
 use crate::{Error, EventPublisher, KafkaConfig, Result};
 
@@ -150,6 +151,7 @@ pub struct Relay {
     interrupted: bool,
     /// Whether [`Relay::run`] holds the relay lock.
     role: watch::Sender<RelayRole>,
+    metrics: RelayMetrics,
 }
 
 /// A batch handed to the producer.
@@ -281,7 +283,19 @@ impl Relay {
             in_flight: VecDeque::new(),
             interrupted: false,
             role: watch::Sender::new(RelayRole::Stopped),
+            metrics: RelayMetrics::default(),
         })
+    }
+
+    /// Counts what it does in `metrics` (the process's).
+    pub fn with_metrics(mut self, metrics: RelayMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn set_role(&self, role: RelayRole) -> RelayRole {
+        self.metrics.set_active(role == RelayRole::Active);
+        self.role.send_replace(role)
     }
 
     /// Whether this relay is active or standing by, as [`Relay::run`] goes
@@ -368,7 +382,9 @@ impl Relay {
             };
             let Batch { messages, to } = next.ok_or(Error::ReaderStopped)??;
             let events = messages.len();
-            let pending = self.publisher.send(messages).await?;
+            let pending = self.publisher.send(messages).await.inspect_err(|_| {
+                self.metrics.broker_error();
+            })?;
             self.in_flight.push_back(InFlight {
                 events,
                 to,
@@ -396,6 +412,7 @@ impl Relay {
         span.record("events", events);
         span.record("to_position", to.position);
         if let Err(error) = pending.wait().await {
+            self.metrics.broker_error();
             if let Some(fatal) = self.publisher.fatal_error() {
                 tracing::warn!(%fatal, "producer failed fatally; starting a new one");
                 self.publisher =
@@ -405,6 +422,7 @@ impl Relay {
         }
         self.store.save_checkpoint(CHECKPOINT_NAME, to).await?;
         self.checkpoint = Some(to);
+        self.metrics.published(events);
         tracing::debug!(events, position = to.position, "batch relayed");
         Ok(Some(RelayOutcome::Published {
             events,
@@ -449,7 +467,7 @@ impl Relay {
             let Some(lease) = self.take_lock(&mut leadership, &shutdown).await else {
                 break;
             };
-            self.role.send_replace(RelayRole::Active);
+            self.set_role(RelayRole::Active);
             tracing::info!(
                 active = true,
                 "relay active: holding the relay lock, publishing"
@@ -457,7 +475,7 @@ impl Relay {
             let end = self.publish_while_held(&lease, &shutdown).await;
             match end {
                 TermEnd::Lost => {
-                    self.role.send_replace(RelayRole::Standby);
+                    self.set_role(RelayRole::Standby);
                     tracing::warn!(active = false, "relay lock lost: stopped publishing");
                     self.forget()?;
                     // A standby gets the first chance to take over.
@@ -473,7 +491,7 @@ impl Relay {
                 }
             }
         }
-        self.role.send_replace(RelayRole::Stopped);
+        self.set_role(RelayRole::Stopped);
         tracing::info!("relay stopped");
         Ok(())
     }
@@ -495,7 +513,7 @@ impl Relay {
                 Ok(Some(lease)) => return Some(lease),
                 Ok(None) => {
                     failing = false;
-                    if self.role.send_replace(RelayRole::Standby) != RelayRole::Standby {
+                    if self.set_role(RelayRole::Standby) != RelayRole::Standby {
                         tracing::info!(
                             active = false,
                             "relay standby: another relay holds the relay lock; trying again every second"
@@ -562,6 +580,7 @@ impl Relay {
                     continue;
                 }
                 Err(error) => {
+                    self.metrics.step_failed();
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "relay step failed");
                     let pause = backoff;
                     backoff = (backoff * 2).min(max_backoff);

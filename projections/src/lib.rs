@@ -27,6 +27,7 @@
 mod accounts;
 mod error;
 mod inventory;
+pub mod metrics;
 pub mod notification;
 pub mod operations;
 mod orders;
@@ -102,6 +103,19 @@ pub async fn run_workers(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let metrics = metrics::WorkerMetrics::default();
+    run_workers_with(names, store, kafka, config, metrics, shutdown).await
+}
+
+/// As [`run_workers`], the workers counting in `metrics`.
+pub async fn run_workers_with(
+    names: &[String],
+    store: EventStore,
+    kafka: &KafkaConfig,
+    config: WorkerConfig,
+    metrics: metrics::WorkerMetrics,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let projections = if names.is_empty() {
         all()
     } else {
@@ -112,7 +126,8 @@ pub async fn run_workers(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for projection in projections {
-        let worker = Worker::new(projection, store.clone(), kafka, config.clone())?;
+        let worker = Worker::new(projection, store.clone(), kafka, config.clone())?
+            .with_metrics(metrics.clone());
         tasks.spawn(worker.run(shutdown.clone()));
     }
     let mut result = Ok(());

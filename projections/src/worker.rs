@@ -7,6 +7,7 @@ use event_store::EventStore;
 use kafka::{Delivered, EventConsumer, KafkaConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::WorkerMetrics;
 use crate::{BatchReport, Projection, Projector, Result, DEFAULT_MAX_ATTEMPTS};
 
 /// Default most events per batch of a worker.
@@ -115,6 +116,7 @@ pub struct Worker {
     /// A batch that failed to apply (transient error), retried before
     /// anything new is fetched.
     pending: Option<Vec<Delivered>>,
+    metrics: WorkerMetrics,
 }
 
 impl Worker {
@@ -136,7 +138,14 @@ impl Worker {
             consumer,
             config,
             pending: None,
+            metrics: WorkerMetrics::default(),
         })
+    }
+
+    /// Counts its batches in `metrics` (the process's).
+    pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn projector(&self) -> &Projector {
@@ -173,13 +182,23 @@ impl Worker {
                 "delivered"
             );
         }
+        let started = Instant::now();
         match self
             .projector
             .apply_batch(deliveries.iter().map(|d| &d.event))
             .await
         {
-            Ok(report) => Ok(Some(AppliedBatch { deliveries, report })),
+            Ok(report) => {
+                self.metrics.applied(
+                    self.projector.name(),
+                    deliveries.len(),
+                    &report,
+                    started.elapsed(),
+                );
+                Ok(Some(AppliedBatch { deliveries, report }))
+            }
             Err(error) => {
+                self.metrics.failed(self.projector.name());
                 self.pending = Some(deliveries);
                 Err(error)
             }

@@ -46,6 +46,7 @@ pub fn router(state: AppState, access: Access) -> Router {
     // the route's role (API.md's order: 401, 403, then 400/413).
     let limit = || from_fn_with_state(BODY_LIMIT, service::middleware::content_length_limit);
     let concurrency = state.concurrency.clone();
+    let http_metrics = state.http_metrics.clone();
     Router::new()
         .route(
             "/accounts/{id}",
@@ -98,6 +99,10 @@ pub fn router(state: AppState, access: Access) -> Router {
             ServiceBuilder::new()
                 .layer(from_fn(service::middleware::request_id))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span))
+                .layer(from_fn_with_state(
+                    http_metrics,
+                    service::metrics::record_requests,
+                ))
                 .layer(axum::middleware::from_fn_with_state(
                     concurrency,
                     service::middleware::shed_load,
@@ -162,10 +167,22 @@ impl Application {
         pool: PgPool,
         access: Access,
     ) -> std::io::Result<Application> {
+        Application::build_in(config, pool, access, &service::metrics::Registry::new()).await
+    }
+
+    /// As [`Application::build`], its metrics in `registry` (the process's
+    /// one registry, which its `/metrics` serves whole).
+    pub async fn build_in(
+        config: &QueryApiConfig,
+        pool: PgPool,
+        access: Access,
+        registry: &service::metrics::Registry,
+    ) -> std::io::Result<Application> {
         let listener = TcpListener::bind(config.addr).await?;
         let address = listener.local_addr()?;
         let progress = Progress::new(config.poll_interval()).with_max_waiters(config.max_waiters);
         let state = AppState::new(pool, progress)
+            .with_registry(registry)
             .with_request_timeout(config.request_timeout())
             .with_max_concurrent_requests(config.max_concurrent_requests());
         Ok(Application {

@@ -1,34 +1,49 @@
-//! The orchestrator's Prometheus metrics, hand-rolled like the Command API's:
-//! sagas started, completed, compensated and sent to `needs_attention`, and a
-//! latency histogram per step name. Rendered in the text format 0.0.4.
+//! The orchestrator's metrics (`prometheus-client`), registered by the
+//! process in its one registry ([`SagaMetrics::register`]): sagas started,
+//! completed, compensated and sent to `needs_attention`, and a latency
+//! histogram of step attempts by step and outcome (its `_count` is the
+//! attempts). Sagas per state come from the sagas read model
+//! (`projections::metrics::StatusMetrics`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the step latency histogram, in seconds.
 const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
-    buckets: [u64; BUCKETS.len() + 1],
-    sum: f64,
-    count: u64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+    outcome: &'static str,
 }
 
-#[derive(Debug, Default)]
+/// Cheap to clone: clones count together.
+#[derive(Debug, Clone)]
 pub struct SagaMetrics {
-    started: AtomicU64,
-    completed: AtomicU64,
-    compensated: AtomicU64,
-    needs_attention: AtomicU64,
-    /// By (step name, outcome).
-    steps: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    started: Counter,
+    completed: Counter,
+    compensated: Counter,
+    needs_attention: Counter,
+    steps: Family<StepLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for SagaMetrics {
+    fn default() -> Self {
+        SagaMetrics {
+            started: Counter::default(),
+            completed: Counter::default(),
+            compensated: Counter::default(),
+            needs_attention: Counter::default(),
+            steps: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+        }
+    }
 }
 
 impl SagaMetrics {
@@ -36,100 +51,66 @@ impl SagaMetrics {
         SagaMetrics::default()
     }
 
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "purser_sagas_started",
+            "Sagas started by this orchestrator",
+            self.started.clone(),
+        );
+        r.register(
+            "purser_sagas_completed",
+            "Sagas that shipped their order",
+            self.completed.clone(),
+        );
+        r.register(
+            "purser_sagas_compensated",
+            "Sagas that undid their steps and cancelled their order",
+            self.compensated.clone(),
+        );
+        r.register(
+            "purser_sagas_needs_attention",
+            "Times a saga stopped for an operator",
+            self.needs_attention.clone(),
+        );
+        r.register(
+            "purser_saga_step_duration_seconds",
+            "Duration of one attempt of a saga step, by step and outcome (succeeded, refused, failed)",
+            self.steps.clone(),
+        );
+    }
+
     pub fn started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started.inc();
     }
 
     pub fn completed(&self) {
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.completed.inc();
     }
 
     pub fn compensated(&self) {
-        self.compensated.fetch_add(1, Ordering::Relaxed);
+        self.compensated.inc();
     }
 
     pub fn needs_attention(&self) {
-        self.needs_attention.fetch_add(1, Ordering::Relaxed);
+        self.needs_attention.inc();
     }
 
     /// One attempt of `step` ended with `outcome` (`succeeded`, `refused`,
     /// `failed`).
     pub fn step(&self, step: &'static str, outcome: &'static str, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len());
-        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        let histogram = steps.entry((step, outcome)).or_default();
-        histogram.buckets[bucket] += 1;
-        histogram.sum += seconds;
-        histogram.count += 1;
+        self.steps
+            .get_or_create(&StepLabels { step, outcome })
+            .observe(latency.as_secs_f64());
     }
 
     /// `(started, completed, compensated, needs_attention)` so far.
     pub fn counts(&self) -> (u64, u64, u64, u64) {
         (
-            self.started.load(Ordering::Relaxed),
-            self.completed.load(Ordering::Relaxed),
-            self.compensated.load(Ordering::Relaxed),
-            self.needs_attention.load(Ordering::Relaxed),
+            self.started.get(),
+            self.completed.get(),
+            self.compensated.get(),
+            self.needs_attention.get(),
         )
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let (started, completed, compensated, attention) = self.counts();
-        for (name, help, value) in [
-            (
-                "purser_sagas_started_total",
-                "Sagas started by this orchestrator.",
-                started,
-            ),
-            (
-                "purser_sagas_completed_total",
-                "Sagas that shipped their order.",
-                completed,
-            ),
-            (
-                "purser_sagas_compensated_total",
-                "Sagas that undid their steps and cancelled their order.",
-                compensated,
-            ),
-            (
-                "purser_sagas_needs_attention_total",
-                "Times a saga stopped for an operator.",
-                attention,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let name = "purser_saga_step_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Duration of one attempt of a saga step, by step and outcome.\n# TYPE {name} histogram"
-        );
-        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        for ((step, outcome), histogram) in steps.iter() {
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += histogram.buckets[i];
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{step=\"{step}\",outcome=\"{outcome}\",le=\"+Inf\"}} {}\n{name}_sum{{step=\"{step}\",outcome=\"{outcome}\"}} {}\n{name}_count{{step=\"{step}\",outcome=\"{outcome}\"}} {}",
-                histogram.count, histogram.sum, histogram.count
-            );
-        }
-        out
     }
 }
 
@@ -140,24 +121,22 @@ mod tests {
     #[test]
     fn renders_counters_and_cumulative_step_buckets() {
         let metrics = SagaMetrics::new();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
         metrics.started();
         metrics.completed();
         metrics.step("ship", "succeeded", Duration::from_millis(3));
         metrics.step("ship", "succeeded", Duration::from_secs(20));
-        let text = metrics.render();
-        assert!(text.contains("purser_sagas_started_total 1"), "{text}");
-        assert!(text.contains("purser_sagas_compensated_total 0"), "{text}");
-        assert!(
-            text.contains(
-                "purser_saga_step_duration_seconds_bucket{step=\"ship\",outcome=\"succeeded\",le=\"0.005\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "purser_saga_step_duration_seconds_bucket{step=\"ship\",outcome=\"succeeded\",le=\"+Inf\"} 2"
-            ),
-            "{text}"
-        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "purser_sagas_started_total 1",
+            "purser_sagas_compensated_total 0",
+            "purser_saga_step_duration_seconds_bucket{le=\"0.005\",step=\"ship\",outcome=\"succeeded\"} 1",
+            "purser_saga_step_duration_seconds_bucket{le=\"+Inf\",step=\"ship\",outcome=\"succeeded\"} 2",
+            "purser_saga_step_duration_seconds_count{step=\"ship\",outcome=\"succeeded\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -11,6 +11,9 @@
 //!   graceful shutdown ([`http::serve`]), configured by [`HttpConfig`].
 //! - [`middleware`]: the request id rule and load shedding, the same in
 //!   both APIs.
+//! - [`metrics`]: the process's one metrics registry (`prometheus-client`),
+//!   `/metrics`, the APIs' RED metrics, and the admin listener of the
+//!   processes without an API.
 //! - [`component`]: the one shape every long-running part of `purser` has
 //!   (built with the process's pool, then run until the shutdown token is
 //!   cancelled), and [`Components`], which runs several as tasks of their
@@ -27,6 +30,7 @@ pub mod auth;
 pub mod component;
 pub mod duration;
 pub mod http;
+pub mod metrics;
 pub mod middleware;
 pub mod problem;
 pub mod readiness;

@@ -135,7 +135,7 @@ fn orchestrator_with_metrics(setup: &Setup, pause: Option<Pause<'_>>, metrics: &
         .args(["saga", "--database-url", &setup.db.url])
         .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "2000"])
         .args(["--saga-poll-ms", "50", "--saga-backoff-ms", "50"])
-        .args(["--saga-metrics-addr", metrics])
+        .args(["--admin-addr", metrics])
         .env("RUST_LOG", "warn")
         .env_remove(saga::PAUSE_AFTER_ENV)
         .env_remove(saga::PAUSE_BEFORE_ENV)
@@ -446,7 +446,7 @@ async fn a_step_deadline_survives_a_restart() {
         command
             .args(["saga", "--database-url", &setup.db.url])
             .args(["--saga-lease-ms", "500", "--saga-step-timeout-ms", "4000"])
-            .args(["--saga-metrics-addr", "127.0.0.1:0", "--carrier-hang"])
+            .args(["--admin-addr", "127.0.0.1:0", "--carrier-hang"])
             .env("RUST_LOG", "warn")
             .env_remove(saga::PAUSE_AFTER_ENV)
             .stdin(Stdio::null())

@@ -21,6 +21,7 @@ fn relay(db: &TestDatabase, kafka: &KafkaConfig) -> Child {
         .args(["--kafka-brokers", &kafka.brokers])
         .args(["--kafka-topic-prefix", &kafka.topic_prefix])
         .args(["--relay-batch-size", "10", "--relay-idle-wait-ms", "200"])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -93,11 +93,13 @@ impl Fleet {
             let child = match name {
                 "command-api" => self.spawn(&["command-api", "--bind", &address]),
                 "query-api" => self.spawn(&["query-api", "--query-api-addr", &address]),
-                "relay" => self.spawn(&[&["relay"][..], &kafka].concat()),
-                "project" => self.spawn(&[&["project"][..], &kafka].concat()),
+                "relay" => self.spawn(&[&["relay", "--admin-addr", &address][..], &kafka].concat()),
+                "project" => {
+                    self.spawn(&[&["project", "--admin-addr", &address][..], &kafka].concat())
+                }
                 "saga" => self.spawn(&[
                     "saga",
-                    "--saga-metrics-addr",
+                    "--admin-addr",
                     &address,
                     "--saga-lease-ms",
                     "1000",
@@ -111,7 +113,8 @@ impl Fleet {
             role.children.push(child);
             role.ports.push(port);
         }
-        if matches!(name, "command-api" | "query-api" | "saga") {
+        // Every role listens: the APIs, and the others' admin listener.
+        {
             for port in &role.ports {
                 wait_live(*port).await;
             }

@@ -40,7 +40,7 @@ fn serve_on(
         .args(["serve", "--database-url", &db.url, "--log-format", "json"])
         .args(["--bind", "127.0.0.1:0"])
         .args(["--query-api-addr", "127.0.0.1:0"])
-        .args(["--saga-metrics-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .args(["--kafka-brokers", &kafka.brokers])
         .args(["--kafka-topic-prefix", &kafka.topic_prefix])
         .env("RUST_LOG", "info,sqlx=warn")

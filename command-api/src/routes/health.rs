@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+
+use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -93,18 +93,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
     }
 }
 
-/// Prometheus text format.
+/// The process's metrics, OpenMetrics text (operators only).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition format", body = String,
-               content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text exposition of the process's one registry", body = String,
+               content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-        )],
-        state.metrics().render(),
-    )
-        .into_response()
+    service::metrics::metrics(State(state.metrics().registry().clone())).await
 }

@@ -107,7 +107,7 @@ async fn health_metrics_and_openapi() {
     assert!(response.headers()[CONTENT_TYPE]
         .to_str()
         .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+        .starts_with("application/openmetrics-text; version=1.0.0"));
     let metrics = response.text().await.unwrap();
     for line in [
         "command_api_http_requests_total{method=\"POST\",route=\"/accounts\",status=\"201\"} 1",
@@ -117,7 +117,9 @@ async fn health_metrics_and_openapi() {
         "command_api_events_appended_total{stream_type=\"account\"} 3",
         "command_api_idempotent_replays_total 1",
         "# TYPE command_api_http_request_duration_seconds histogram",
-        "# TYPE command_api_concurrency_conflicts_total counter",
+        "# TYPE command_api_concurrency_conflicts counter",
+        "command_api_concurrency_conflicts_total{outcome=\"exhausted\"} 0",
+        "# EOF",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }

@@ -1,13 +1,9 @@
-//! `GET /projections` and `GET /metrics`: each projection's progress
-//! ([`projections::status`]: head and lag computed from the event store, not
-//! from Kafka watermarks), and (`/metrics`) the sagas per state.
-
-use std::fmt::Write as _;
-use std::time::Instant;
+//! `GET /projections`: each projection's progress ([`projections::status`]:
+//! head and lag computed from the event store, not from Kafka watermarks);
+//! `GET /metrics`: the process's registry (`service::metrics`).
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use projections::status::ProjectionStatus;
 use serde::{Deserialize, Serialize};
@@ -99,108 +95,13 @@ fn database(error: projections::Error) -> crate::error::ApiError {
     }
 }
 
+/// The process's metrics, OpenMetrics text (operators only): the
+/// projections' progress and sagas per state read from the database now,
+/// and whatever else the process counts.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"))
+    responses((status = 200, description = "OpenMetrics text exposition of the process's one registry", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
 )]
-pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
-    let views = statuses(&state.pool).await?;
-    let sagas = crate::routes::sagas::counts_by_state(&state.pool).await?;
-    let now = Instant::now();
-    let rates: Vec<f64> = {
-        let mut samples = state
-            .applied_samples
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        views
-            .iter()
-            .map(|v| {
-                let previous = samples.insert(v.name.clone(), (now, v.events_applied));
-                match previous {
-                    Some((then, applied)) if now > then => {
-                        (v.events_applied - applied).max(0) as f64 / (now - then).as_secs_f64()
-                    }
-                    _ => 0.0,
-                }
-            })
-            .collect()
-    };
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> String| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (i, v) in views.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{projection=\"{}\"}} {}", v.name, value(i));
-        }
-    };
-    family(
-        "purser_projection_lag_events",
-        "gauge",
-        "Events of the projection's stream types in the event store not yet applied.",
-        &|i| views[i].lag_events.to_string(),
-    );
-    family(
-        "purser_projection_checkpoint_position",
-        "gauge",
-        "Highest global event-store position the projection has applied.",
-        &|i| views[i].checkpoint.to_string(),
-    );
-    family(
-        "purser_projection_head_position",
-        "gauge",
-        "Highest global event-store position among the projection's stream types.",
-        &|i| views[i].head.to_string(),
-    );
-    family(
-        "purser_projection_events_applied_total",
-        "counter",
-        "Events applied to the read model.",
-        &|i| views[i].events_applied.to_string(),
-    );
-    family(
-        "purser_projection_apply_rate",
-        "gauge",
-        "Events applied per second since the previous scrape.",
-        &|i| format!("{:.3}", rates[i]),
-    );
-    family(
-        "purser_projection_rebuild_running",
-        "gauge",
-        "1 while a rebuild of the projection runs.",
-        &|i| u8::from(views[i].rebuild.as_ref().is_some_and(|r| r.running)).to_string(),
-    );
-    family(
-        "purser_projection_rebuild_events_done",
-        "gauge",
-        "Events replayed by the projection's rebuild not swapped in yet (0 without one).",
-        &|i| {
-            views[i]
-                .rebuild
-                .as_ref()
-                .map_or(0, |r| r.events_done)
-                .to_string()
-        },
-    );
-    family(
-        "purser_projection_parked_streams",
-        "gauge",
-        "Streams parked by a poison event (their later events wait).",
-        &|i| views[i].parked_streams.to_string(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP purser_sagas Order-fulfilment sagas per state, from the sagas read model."
-    );
-    let _ = writeln!(out, "# TYPE purser_sagas gauge");
-    for (saga_state, count) in sagas {
-        let _ = writeln!(out, "purser_sagas{{state=\"{saga_state}\"}} {count}");
-    }
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        out,
-    )
-        .into_response())
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    service::metrics::metrics(State(state.registry.clone())).await
 }

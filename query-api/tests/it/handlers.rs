@@ -493,12 +493,13 @@ async fn metrics_health_and_openapi() {
         .unwrap()
         .to_str()
         .unwrap()
-        .starts_with("text/plain"));
+        .starts_with("application/openmetrics-text"));
     for line in [
         "purser_projection_lag_events{projection=\"accounts\"} 0",
         "purser_projection_events_applied_total{projection=\"accounts\"} 2",
         "purser_projection_parked_streams{projection=\"orders\"} 0",
-        "# TYPE purser_projection_apply_rate gauge",
+        "# TYPE purser_projection_events_applied counter",
+        "# HELP purser_projection_lag_events Events of the projection's stream types in the event store not yet applied.",
     ] {
         assert!(
             metrics.text.lines().any(|l| l == line),
