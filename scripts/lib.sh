@@ -578,6 +578,8 @@ ensure_test_tools() {
     command -v openssl >/dev/null 2>&1 || apt_install openssl
     command -v curl >/dev/null 2>&1 || apt_install curl
     command -v jq >/dev/null 2>&1 || apt_install jq
+    # promtool checks the shipped alerting rules (deploy/prometheus).
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
     ensure_mdbook
 }
 

@@ -250,6 +250,8 @@ impl WorkerMetrics {
         self.parked
             .get_or_create(&l)
             .inc_by(report.parked.len() as u64);
+        // Shown at 0 from the first batch on, so a rate() over it exists.
+        let _ = self.failed.get_or_create(&l);
     }
 
     /// A batch failed (it is retried).

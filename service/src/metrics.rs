@@ -304,7 +304,7 @@ impl Component for AdminListener {
     }
 
     async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "admin listening (/metrics, /health/live)");
+        tracing::info!(address = %self.listener.local_addr()?, "admin listening");
         axum::serve(self.listener, admin_router(self.registry))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

@@ -10,6 +10,7 @@
 mod auth_cli;
 mod crash;
 mod gateway;
+mod metrics;
 mod projections_cli;
 mod relay_failover;
 mod scale_out;

@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStderr, Command};
 use crate::{DEADLINE, PURSER};
 
 /// A development key pair, as `scripts/up` makes one.
-fn keys() -> tempfile::TempDir {
+pub(crate) fn keys() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     auth::init_keys(dir.path()).expect("auth init");
     dir
@@ -29,7 +29,7 @@ fn serve(db: &TestDatabase, migrate: bool, keys: &std::path::Path) -> Child {
 }
 
 /// [`serve`] on the brokers and topics of `kafka`.
-fn serve_on(
+pub(crate) fn serve_on(
     db: &TestDatabase,
     migrate: bool,
     keys: &std::path::Path,
@@ -70,7 +70,7 @@ async fn tables(db: &TestDatabase) -> Vec<String> {
 /// Reads JSON log lines until every one of `messages` was seen, and returns
 /// the `address` each carried, in the order of `messages`. The components
 /// start in tasks of their own, so they log in any order.
-async fn addresses_logged<const N: usize>(
+pub(crate) async fn addresses_logged<const N: usize>(
     lines: &mut Lines<BufReader<ChildStderr>>,
     messages: [&str; N],
 ) -> [String; N] {
@@ -220,11 +220,16 @@ async fn serve_with_migrate_migrates_serves_and_stops_on_sigterm() {
 
 /// A customer's token signed with the key pair in `keys`.
 fn customer_token(keys: &std::path::Path) -> String {
+    token(keys, &auth::Subject::Customer(uuid::Uuid::now_v7()))
+}
+
+/// A token for `subject` signed with the key pair in `keys`.
+pub(crate) fn token(keys: &std::path::Path, subject: &auth::Subject) -> String {
     let signing_key =
         std::fs::read_to_string(keys.join(auth::SIGNING_KEY_FILE)).expect("signing key");
     auth::issue_token(
         &signing_key,
-        &auth::Subject::Customer(uuid::Uuid::now_v7()),
+        subject,
         Duration::from_secs(600),
         auth::DEFAULT_ISSUER,
         auth::DEFAULT_AUDIENCE,
@@ -233,7 +238,7 @@ fn customer_token(keys: &std::path::Path) -> String {
 }
 
 /// Waits until `url` answers 200, polling; the last answer on failure.
-async fn wait_ready(http: &reqwest::Client, url: &str) {
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) {
     eventually(url, DEADLINE, Duration::from_millis(20), || async {
         match http.get(url).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
