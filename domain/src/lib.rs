@@ -1,10 +1,62 @@
-//! Purser's domain: the three aggregates (`BankAccount`, `Inventory`, `Order`)
-//! as pure deciders, and the order-fulfilment saga (`FulfilmentSaga`) as a
-//! decider over its own stream plus a pure planner (`next_action`).
+//! Purser's domain: the three aggregates ([`BankAccount`], [`Inventory`],
+//! [`Order`]) as pure deciders, and the order-fulfilment saga
+//! ([`FulfilmentSaga`]) as a decider over its own stream plus a pure planner
+//! ([`next_action`]).
 //!
 //! Nothing here performs I/O, awaits, or reads a clock: facts a decision needs
-//! from outside are carried in the command. That is what makes the property
-//! tests in `tests/` cheap and exhaustive.
+//! from outside are carried in the command (an order's lines carry what the
+//! catalog said of each SKU, [`LineToPlace`]). That is what makes the
+//! property tests in `tests/` cheap and exhaustive, and what lets the same
+//! rules run in the Command API, in the saga and in a replay.
+//!
+//! # How to use it
+//!
+//! Every aggregate implements [`Aggregate`]: a decision is a function call,
+//! and a state is a fold of events. Values ([`Money`], [`Amount`], [`Sku`],
+//! [`Currency`], the ids) can only be built valid, through `new` or `parse`;
+//! serde goes through the same checks.
+//!
+//! ```
+//! use domain::{
+//!     AccountCommand, AccountEvent, AccountId, Aggregate, Amount, BankAccount, Currency,
+//!     CustomerId, DomainError, DomainEvent, Money,
+//! };
+//! use uuid::Uuid;
+//!
+//! // Open an account: decide on the initial state, then fold the events.
+//! let open = AccountCommand::Open {
+//!     account_id: AccountId::new(Uuid::now_v7()),
+//!     customer_id: CustomerId::new(Uuid::now_v7()),
+//!     currency: Currency::parse("EUR")?,
+//! };
+//! let events = BankAccount::decide(&BankAccount::initial(), &open)?;
+//! let account = BankAccount::fold(BankAccount::initial(), &events);
+//!
+//! // A deposit is one event, carrying the new balance.
+//! let deposit = AccountCommand::Deposit { amount: Amount::new(250_000)? };
+//! let events = BankAccount::decide(&account, &deposit)?;
+//! assert!(matches!(events[..], [AccountEvent::MoneyDeposited { .. }]));
+//! let account = BankAccount::fold(account, &events);
+//! assert_eq!(account.balance, Money::new(250_000)?);
+//!
+//! // A refusal is a value with a stable code, and nothing to append.
+//! let withdraw = AccountCommand::Withdraw { amount: Amount::new(1_000_000)? };
+//! let refusal = BankAccount::decide(&account, &withdraw).unwrap_err();
+//! assert_eq!(refusal.code(), "insufficient_funds");
+//!
+//! // An event is stored as a type name, a schema version and a JSON payload,
+//! // and read back (older schema versions upcast) by `from_stored`.
+//! let event = &events[0];
+//! let stored = (event.event_type(), event.schema_version(), event.to_payload());
+//! assert_eq!(&AccountEvent::from_stored(stored.0, stored.1, stored.2)?, event);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The saga's policy is one pure function too: [`next_action`] takes the
+//! saga's folded [`SagaState`] and the [`Situation`] (the clock, whether the
+//! customer asked to cancel) and answers what to do next ([`Action`]). The
+//! `saga` crate carries it out; the `event-store` crate's `Repository` runs
+//! any [`Aggregate`] against PostgreSQL.
 
 #![warn(unreachable_pub)]
 

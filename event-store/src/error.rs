@@ -2,6 +2,7 @@ use uuid::Uuid;
 
 use crate::ExpectedVersion;
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything the event store can fail with.
@@ -27,6 +28,7 @@ pub enum Error {
     /// `append` was called without events.
     #[error("an append needs at least one event")]
     NoEvents,
+    /// A stored event is not a valid domain event of its type and schema version.
     #[error("cannot decode stored event: {0}")]
     Decode(#[from] domain::DecodeError),
     /// Stored JSON (metadata, a snapshot) does not have the expected shape.
@@ -36,6 +38,7 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -24,11 +24,14 @@ pub struct IdempotencyKey {
     /// Whose key it is: the Command API's caller (its `sub`), `saga` for
     /// the saga's steps.
     pub scope: String,
+    /// The key the caller sent.
     pub key: String,
+    /// What identifies the request that carried it: the same key with another fingerprint is a reuse.
     pub fingerprint: String,
 }
 
 impl IdempotencyKey {
+    /// A key `key` of `scope`, carried by the request with `fingerprint`.
     pub fn new(
         scope: impl Into<String>,
         key: impl Into<String>,

@@ -17,6 +17,60 @@
 //!   polling as fallback, and persisted [`Checkpoint`]s.
 //!
 //! The tables are in the `event_store` schema (crate `migrations`).
+//!
+//! # How to use it
+//!
+//! Give the store a pool on a migrated database, and run commands of any
+//! [`domain::Aggregate`] through a [`Repository`]: it loads the stream,
+//! asks the decider, appends what it decided with the version it read as
+//! the expected one, and decides again on a conflict.
+//!
+//! ```no_run
+//! use domain::{AccountCommand, AccountId, Amount, BankAccount, Currency, CustomerId};
+//! use event_store::{EventStore, ExecuteOptions, Executed, IdempotencyKey, Repository};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/purser").await?;
+//! let accounts = Repository::<BankAccount>::new(EventStore::new(pool));
+//!
+//! let id = AccountId::new(uuid::Uuid::now_v7());
+//! let open = AccountCommand::Open {
+//!     account_id: id,
+//!     customer_id: CustomerId::new(uuid::Uuid::now_v7()),
+//!     currency: Currency::parse("EUR")?,
+//! };
+//! // Without an idempotency key there is no record to keep: `|_| ()`.
+//! match accounts.execute(&id.to_string(), &open, ExecuteOptions::default(), |_| ()).await? {
+//!     Executed::Done(outcome) => println!("account at version {}", outcome.version),
+//!     Executed::Refused(refusal) => println!("refused: {refusal}"),
+//!     Executed::Replayed(()) => unreachable!("no key, no replay"),
+//! }
+//!
+//! // Under a key, the caller's record of what happened (here the version, or
+//! // the refusal's code) is stored in the same transaction as the events,
+//! // and a repeat with the same key gets it back instead of executing again.
+//! let options = ExecuteOptions {
+//!     idempotency: Some(IdempotencyKey::new("customer-1", "deposit-1", "fingerprint")),
+//!     ..ExecuteOptions::default()
+//! };
+//! let deposit = AccountCommand::Deposit { amount: Amount::new(10_000)? };
+//! let executed = accounts
+//!     .execute(&id.to_string(), &deposit, options, |decided| match decided {
+//!         Ok(outcome) => Ok(outcome.version),
+//!         Err(refusal) => Err(domain::DomainError::code(refusal).to_owned()),
+//!     })
+//!     .await?;
+//! if let Executed::Replayed(record) = executed {
+//!     println!("answered before: {record:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Readers that must see every event once, in order, tail the store with
+//! [`EventStore::read_all`] or a [`Subscription`] from a saved
+//! [`Checkpoint`]; neither ever skips an event that a slower transaction
+//! commits late.
 
 #![warn(unreachable_pub)]
 

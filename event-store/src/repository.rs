@@ -50,6 +50,7 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
 
 /// An aggregate's state as folded from its stream.
 pub struct Loaded<A: Aggregate> {
+    /// The state folded from the stream (or a snapshot and the events after it).
     pub state: A::State,
     /// The stream's version (0: no event yet).
     pub version: u64,
@@ -121,6 +122,7 @@ impl<A: Aggregate> Repository<A> {
     /// Default number of re-decisions after a conflict.
     pub const DEFAULT_MAX_RETRIES: u32 = 5;
 
+    /// A repository of `A` on `store`, retrying conflicts [`Repository::DEFAULT_MAX_RETRIES`] times.
     pub fn new(store: EventStore) -> Self {
         Repository {
             store,
@@ -151,6 +153,7 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
+    /// The store it reads and appends to.
     pub fn store(&self) -> &EventStore {
         &self.store
     }

@@ -93,6 +93,7 @@ pub struct EventStore {
 }
 
 impl EventStore {
+    /// The store on `pool`, a pool on a database with the migrations applied.
     pub fn new(pool: PgPool) -> Self {
         EventStore {
             pool,
@@ -100,6 +101,7 @@ impl EventStore {
         }
     }
 
+    /// Its pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -49,6 +49,7 @@ pub struct StreamId {
 }
 
 impl StreamId {
+    /// The stream `"{stream_type}-{id}"`.
     pub fn new(stream_type: &str, id: impl fmt::Display) -> Self {
         StreamId {
             full: format!("{stream_type}-{id}"),
@@ -61,6 +62,7 @@ impl StreamId {
         StreamId::new(A::STREAM_TYPE, id)
     }
 
+    /// The stream type, the part before the first `-`.
     pub fn stream_type(&self) -> &str {
         &self.full[..self.type_len]
     }
@@ -86,19 +88,26 @@ impl fmt::Display for StreamId {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The request that caused it (the Command API's `x-request-id`), shared by everything that followed.
     pub correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The message or event that caused it directly.
     pub causation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Who: the caller's `sub`, or `saga`.
     pub actor: Option<String>,
 }
 
 /// An event about to be appended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
+    /// Its id (a fresh UUID v7 from [`NewEvent::from_domain`]).
     pub event_id: Uuid,
+    /// The type name, e.g. `MoneyDeposited`.
     pub event_type: String,
+    /// The schema version of the payload.
     pub schema_version: u32,
+    /// The payload, without the type name.
     pub payload: serde_json::Value,
 }
 
@@ -120,7 +129,9 @@ impl NewEvent {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 pub struct Checkpoint {
+    /// The transaction id of the last event read (`xid8`).
     pub transaction_id: u64,
+    /// The position of the last event read.
     pub position: i64,
 }
 
@@ -135,17 +146,27 @@ impl Checkpoint {
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
+    /// Global position: the order of appends (a `bigint identity`; see [`Checkpoint`] for the order readers use).
     pub position: i64,
+    /// The id of the transaction that appended it (`xid8`), first key of the global read order.
     pub transaction_id: u64,
+    /// The stream type, e.g. `account` (the aggregate's `STREAM_TYPE`).
     pub stream_type: String,
     /// The full `"{stream_type}-{id}"`.
     pub stream_id: String,
+    /// Its version in its stream: 1, 2, 3... without gaps.
     pub version: u64,
+    /// Unique id of the event (a UUID v7).
     pub event_id: Uuid,
+    /// The event's type name, e.g. `MoneyDeposited`.
     pub event_type: String,
+    /// The schema version of its payload.
     pub schema_version: u32,
+    /// The payload, as stored.
     pub payload: serde_json::Value,
+    /// Correlation, causation and actor.
     pub metadata: Metadata,
+    /// When it was appended (the database's clock).
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -175,18 +196,27 @@ impl RecordedEvent {
 /// [`RecordedEvent`] it is, which deserialises from it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RawRecordedEvent {
+    /// Global position: the order of appends (a `bigint identity`; see [`Checkpoint`] for the order readers use).
     pub position: i64,
+    /// The id of the transaction that appended it (`xid8`), first key of the global read order.
     pub transaction_id: u64,
+    /// The stream type, e.g. `account` (the aggregate's `STREAM_TYPE`).
     pub stream_type: String,
     /// The full `"{stream_type}-{id}"`.
     pub stream_id: String,
+    /// Its version in its stream: 1, 2, 3... without gaps.
     pub version: u64,
+    /// Unique id of the event (a UUID v7).
     pub event_id: Uuid,
+    /// The event's type name, e.g. `MoneyDeposited`.
     pub event_type: String,
+    /// The schema version of its payload.
     pub schema_version: u32,
     /// The payload's JSON text, as PostgreSQL renders the stored `jsonb`.
     pub payload: Box<RawValue>,
+    /// Correlation, causation and actor.
     pub metadata: Metadata,
+    /// When it was appended (the database's clock).
     pub recorded_at: DateTime<Utc>,
 }
 

@@ -15,6 +15,7 @@ use crate::{ApplyError, Projection, Table};
 pub struct Accounts;
 
 impl Accounts {
+    /// The projection's name, `accounts`.
     pub const NAME: &'static str = "accounts";
 }
 

@@ -6,10 +6,13 @@
 pub enum Error {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The event store failed.
     #[error("event store: {0}")]
     Store(#[from] event_store::Error),
+    /// The broker failed.
     #[error("kafka: {0}")]
     Kafka(#[from] kafka::Error),
+    /// An event could not be applied (and its stream is not parked yet).
     #[error("applying {event_id} of {stream_id}: {source}")]
     Apply {
         stream_id: String,
@@ -17,6 +20,7 @@ pub enum Error {
         #[source]
         source: ApplyError,
     },
+    /// No projection has this name.
     #[error("unknown projection {0:?} (known: {known})", known = crate::names().join(", "))]
     UnknownProjection(String),
     /// Another rebuild of this projection holds its rebuild lock.
@@ -36,6 +40,7 @@ pub enum Error {
     /// The read model's tables cannot be copied into a shadow schema.
     #[error("cannot rebuild {projection}: {reason}")]
     Unsupported { projection: String, reason: String },
+    /// A stream id of a stream type the projection does not follow.
     #[error("stream id {0:?} is not of a stream type this projection follows")]
     InvalidStreamId(String),
     /// The event store does not hold the versions a gap needs (never expected:
@@ -48,6 +53,7 @@ pub enum Error {
     },
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why one event could not be applied to a read model.

@@ -15,6 +15,7 @@ use crate::{ApplyError, Projection, Table};
 pub struct Inventory;
 
 impl Inventory {
+    /// The projection's name, `inventory`.
     pub const NAME: &'static str = "inventory";
 }
 

@@ -21,6 +21,47 @@
 //!   `/health/ready`).
 //! - [`status`]: where each projection stands (checkpoint, head, lag,
 //!   parked streams, rebuild in progress), for the Query API and the CLI.
+//!
+//! # How to use it
+//!
+//! The projections are known by name; each says which stream types it
+//! follows and which tables of `read_models` it writes:
+//!
+//! ```
+//! let names: Vec<_> = projections::all().iter().map(|p| p.name()).collect();
+//! assert_eq!(names, ["accounts", "inventory", "orders", "sagas"]);
+//!
+//! let orders = projections::by_name("orders")?;
+//! assert_eq!(orders.stream_types(), ["order"]);
+//! assert!(projections::by_name("nope").is_err());
+//! # Ok::<(), projections::Error>(())
+//! ```
+//!
+//! A [`Projector`] applies events to one projection, idempotently: feed it
+//! what the event store holds (as the workers feed it what Kafka delivers),
+//! and ask [`status`] where the read models stand.
+//!
+//! ```no_run
+//! use event_store::{Checkpoint, EventStore};
+//! use projections::Projector;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/purser").await?;
+//! let store = EventStore::new(pool.clone());
+//! let accounts = Projector::new(projections::by_name("accounts")?, store.clone());
+//!
+//! let events = store.read_all(Checkpoint::default(), 500).await?;
+//! // Applied in one transaction with the stream versions it applied: a
+//! // second call with the same events changes nothing.
+//! accounts.apply_batch(&events).await?;
+//! accounts.apply_batch(&events).await?;
+//!
+//! for projection in projections::status::all(&pool).await? {
+//!     println!("{}: {} events behind", projection.name, projection.lag_events);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(unreachable_pub)]
 

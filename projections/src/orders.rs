@@ -15,6 +15,7 @@ use crate::{ApplyError, Projection, Table};
 pub struct Orders;
 
 impl Orders {
+    /// The projection's name, `orders`.
     pub const NAME: &'static str = "orders";
 }
 

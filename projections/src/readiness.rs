@@ -44,6 +44,7 @@ impl Readiness {
         }
     }
 
+    /// Whether the projection is ready.
     pub fn is_ready(&self) -> bool {
         *self == Readiness::Ready
     }

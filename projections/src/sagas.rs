@@ -28,6 +28,7 @@ use crate::{ApplyError, Projection, Table};
 pub struct Sagas;
 
 impl Sagas {
+    /// The projection's name, `sagas`.
     pub const NAME: &'static str = "sagas";
 }
 

@@ -12,6 +12,7 @@ use crate::{Projection, Result};
 /// A projection's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectionStatus {
+    /// The projection's name.
     pub name: String,
     /// Highest global position applied.
     pub checkpoint: i64,
@@ -20,6 +21,7 @@ pub struct ProjectionStatus {
     pub head: i64,
     /// Events of the projection's stream types not yet applied.
     pub lag_events: i64,
+    /// Up to date, catching up, or degraded.
     pub health: Health,
     /// Streams parked by a poison event.
     pub parked_streams: i64,
@@ -76,12 +78,17 @@ pub struct RebuildStatus {
 /// A stream parked by a poison event.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ParkedStream {
+    /// The parked stream.
     pub stream_id: String,
     /// The version of the event that failed.
     pub version: i64,
+    /// The event that failed.
     pub event_id: uuid::Uuid,
+    /// Why it failed, the last time.
     pub error: String,
+    /// How many times it was tried.
     pub attempts: i32,
+    /// When the stream was parked.
     pub parked_at: DateTime<Utc>,
 }
 

@@ -54,10 +54,12 @@ pub enum Outcome {
 #[must_use = "offsets are committed by Worker::commit"]
 pub struct AppliedBatch {
     deliveries: Vec<Delivered>,
+    /// What the projector did with the batch.
     pub report: BatchReport,
 }
 
 impl AppliedBatch {
+    /// The Kafka messages of the batch, whose offsets are still to commit.
     pub fn deliveries(&self) -> &[Delivered] {
         &self.deliveries
     }

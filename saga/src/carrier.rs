@@ -11,12 +11,17 @@ use sha2::{Digest, Sha256};
 /// saga's shipment: a carrier that honours it ships once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shipment {
+    /// The same for every attempt of one saga's shipment: a carrier that honours it ships once.
     pub key: String,
+    /// The order shipped.
     pub order_id: OrderId,
+    /// Where to.
     pub address: ShippingAddress,
+    /// What: the order's lines.
     pub lines: Vec<OrderLine>,
 }
 
+/// Why a carrier did not ship (or cancel) a shipment.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CarrierError {
     /// The carrier will not take this shipment (a business refusal: the
@@ -84,6 +89,7 @@ pub struct CarrierControls {
 }
 
 impl CarrierControls {
+    /// Every call takes `delay` from now on.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -116,6 +122,7 @@ impl SimulatedCarrier {
     /// The country code the simulated carrier never delivers to.
     pub const REFUSED_COUNTRY: &'static str = "XX";
 
+    /// A carrier that behaves as `config` says.
     pub fn new(config: &SimulatedCarrierConfig) -> Self {
         let carrier = SimulatedCarrier::default();
         carrier
@@ -126,6 +133,7 @@ impl SimulatedCarrier {
         carrier
     }
 
+    /// The knobs of this carrier, to change its behaviour while it runs.
     pub fn controls(&self) -> Arc<CarrierControls> {
         Arc::clone(&self.controls)
     }

@@ -21,6 +21,69 @@
 //!   is repaired by calling again under the same key.
 //!
 //! [`run`] runs both until shutdown.
+//!
+//! # How to use it
+//!
+//! `purser saga` (and `purser serve`) runs [`run`] with the simulated
+//! carrier. An embedding service runs it with its own [`Carrier`], the port
+//! through which the saga ships: a shipment carries a key that is the same
+//! for every attempt of one saga's shipment, and a carrier that honours it
+//! ships once however often the saga retries.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use saga::{SagaConfig, SagaMetrics, SimulatedCarrier, SimulatedCarrierConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/purser").await?;
+//! let store = event_store::EventStore::new(pool);
+//! let carrier = Arc::new(SimulatedCarrier::new(&SimulatedCarrierConfig::default()));
+//! let shutdown = CancellationToken::new();
+//! // Until `shutdown` is cancelled: every placed order is driven to
+//! // `shipped`, or compensated and cancelled.
+//! saga::run(store, SagaConfig::default(), carrier, Arc::new(SagaMetrics::default()), shutdown)
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The simulated carrier answers a tracking number derived from the
+//! shipment's key, and refuses every shipment to the country `XX`, which is
+//! how a demo or a test reaches the `shipping_failed` compensation:
+//!
+//! ```
+//! use domain::{CountryCode, OrderId, ShippingAddress};
+//! use saga::{Carrier, CarrierError, Shipment, SimulatedCarrier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let carrier = SimulatedCarrier::default();
+//! let to = |country| {
+//!     ShippingAddress::new(
+//!         "Ana".into(), "Calle Mayor 1".into(), None, "Madrid".into(), "28013".into(),
+//!         CountryCode::parse(country)?,
+//!     )
+//! };
+//! let shipment = |key: &str, country| -> Result<Shipment, domain::ValueError> {
+//!     Ok(Shipment {
+//!         key: key.to_owned(),
+//!         order_id: OrderId::new(uuid::Uuid::now_v7()),
+//!         address: to(country)?,
+//!         lines: Vec::new(),
+//!     })
+//! };
+//!
+//! let tracking = carrier.ship(&shipment("saga-1 0 ship", "ES")?).await?;
+//! assert_eq!(tracking, SimulatedCarrier::tracking_number("saga-1 0 ship"));
+//! assert!(matches!(
+//!     carrier.ship(&shipment("saga-2 0 ship", "XX")?).await,
+//!     Err(CarrierError::Refused(_))
+//! ));
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(unreachable_pub)]
 

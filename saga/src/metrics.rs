@@ -24,7 +24,8 @@ struct StepLabels {
     outcome: &'static str,
 }
 
-/// Cheap to clone: clones count together.
+/// The orchestrator's Prometheus metrics (served by `purser saga` on
+/// `--saga-metrics-addr`). Cheap to clone: clones count together.
 #[derive(Debug, Clone)]
 pub struct SagaMetrics {
     started: Counter,
@@ -47,6 +48,7 @@ impl Default for SagaMetrics {
 }
 
 impl SagaMetrics {
+    /// Metrics at zero.
     pub fn new() -> SagaMetrics {
         SagaMetrics::default()
     }
@@ -83,14 +85,17 @@ impl SagaMetrics {
         self.started.inc();
     }
 
+    /// A saga shipped its order.
     pub fn completed(&self) {
         self.completed.inc();
     }
 
+    /// A saga undid its steps and cancelled its order.
     pub fn compensated(&self) {
         self.compensated.inc();
     }
 
+    /// A saga stopped for an operator.
     pub fn needs_attention(&self) {
         self.needs_attention.inc();
     }

@@ -11,6 +11,7 @@ use crate::Result;
 /// A saga taken from the queue, leased to one orchestrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
+    /// The order whose saga it is.
     pub order_id: OrderId,
     /// The wake-up count when claimed (see [`Queue::reschedule`]).
     pub wakeups: i64,
@@ -24,6 +25,7 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// The queue on `pool`, seen by a new owner (a fresh id for its leases).
     pub fn new(pool: PgPool) -> Self {
         Queue {
             pool,

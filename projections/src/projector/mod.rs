@@ -96,6 +96,7 @@ enum Attempt {
 }
 
 impl Projector {
+    /// A projector of `projection` on the live read models, reading gaps from `store`.
     pub fn new(projection: Arc<dyn Projection>, store: EventStore) -> Self {
         Projector {
             projection,
@@ -119,14 +120,17 @@ impl Projector {
         self
     }
 
+    /// The projection it applies.
     pub fn projection(&self) -> &Arc<dyn Projection> {
         &self.projection
     }
 
+    /// The projection's name.
     pub fn name(&self) -> &'static str {
         self.projection.name()
     }
 
+    /// The event store it fills gaps from.
     pub fn store(&self) -> &EventStore {
         &self.store
     }

@@ -142,6 +142,7 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase's name, as `GET /projections` shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Replay => "replay",

@@ -107,6 +107,7 @@ impl std::fmt::Debug for Orchestrator {
 }
 
 impl Orchestrator {
+    /// An orchestrator on `store`, shipping through `carrier`. Cheap to clone: clones share everything.
     pub fn new(
         store: EventStore,
         carrier: Arc<dyn Carrier>,
@@ -141,18 +142,22 @@ impl Orchestrator {
         self
     }
 
+    /// The work queue (`saga.due`) it claims sagas from.
     pub fn queue(&self) -> &Queue {
         &self.inner.queue
     }
 
+    /// Its metrics.
     pub fn metrics(&self) -> &Arc<SagaMetrics> {
         &self.inner.metrics
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &SagaConfig {
         &self.inner.config
     }
 
+    /// The event store it records sagas in and sends commands through.
     pub fn store(&self) -> &EventStore {
         &self.inner.store
     }
