@@ -11,8 +11,11 @@ pub enum Error {
     /// The stream was not at the expected version; nothing was written.
     #[error("version conflict on {stream}: expected {expected}, actual {actual}")]
     Conflict {
+        /// The stream appended to.
         stream: String,
+        /// The version the append expected.
         expected: ExpectedVersion,
+        /// The stream's version.
         actual: u64,
     },
     /// An idempotency key came back with a different request fingerprint.
@@ -34,7 +37,9 @@ pub enum Error {
     /// Stored JSON (metadata, a snapshot) does not have the expected shape.
     #[error("cannot decode stored {what}: {source}")]
     Json {
+        /// What was being decoded.
         what: &'static str,
+        /// Why it could not be.
         #[source]
         source: serde_json::Error,
     },

@@ -72,6 +72,7 @@
 //! [`Checkpoint`]; neither ever skips an event that a slower transaction
 //! commits late.
 
+#![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
 mod error;

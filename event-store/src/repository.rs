@@ -105,10 +105,18 @@ pub enum Executed<A: Aggregate, R = ()> {
 pub enum ExecuteError<E> {
     /// The pinned version (`If-Match`) is not the stream's.
     #[error("expected version {expected}, stream is at {actual}")]
-    PreconditionFailed { expected: u64, actual: u64 },
+    PreconditionFailed {
+        /// The version the caller pinned.
+        expected: u64,
+        /// The stream's version.
+        actual: u64,
+    },
     /// Every attempt lost a race for the stream's next version.
     #[error("conflict persisted after {attempts} attempts")]
-    ConflictRetriesExhausted { attempts: u32 },
+    ConflictRetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+    },
     /// `IdempotencyKeyReused`, `Database`, `Decode`...
     #[error(transparent)]
     Store(#[from] Error),

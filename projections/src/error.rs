@@ -4,6 +4,7 @@
 /// the worker's point of view: the batch is retried, nothing is committed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// The event store failed.
@@ -15,8 +16,11 @@ pub enum Error {
     /// An event could not be applied (and its stream is not parked yet).
     #[error("applying {event_id} of {stream_id}: {source}")]
     Apply {
+        /// The event's stream.
         stream_id: String,
+        /// The event.
         event_id: uuid::Uuid,
+        /// Why it could not be applied.
         #[source]
         source: ApplyError,
     },
@@ -30,16 +34,28 @@ pub enum Error {
     /// run resumes from there.
     #[error("rebuild of {projection} interrupted after {events_done} events; run it again to resume (or with --restart to start over)")]
     Interrupted {
+        /// The projection rebuilt.
         projection: String,
+        /// Events replayed so far.
         events_done: u64,
     },
     /// A projection wrote to `read_models` by name while rebuilding into its
     /// shadow schema (its SQL must name its tables unqualified).
     #[error("projection {projection} wrote to read_models.{table} during a rebuild: it must name its tables unqualified")]
-    WritesLiveTables { projection: String, table: String },
+    WritesLiveTables {
+        /// The projection.
+        projection: String,
+        /// The table it wrote by name.
+        table: String,
+    },
     /// The read model's tables cannot be copied into a shadow schema.
     #[error("cannot rebuild {projection}: {reason}")]
-    Unsupported { projection: String, reason: String },
+    Unsupported {
+        /// The projection.
+        projection: String,
+        /// Why its tables cannot be copied.
+        reason: String,
+    },
     /// A stream id of a stream type the projection does not follow.
     #[error("stream id {0:?} is not of a stream type this projection follows")]
     InvalidStreamId(String),
@@ -47,8 +63,11 @@ pub enum Error {
     /// a version is only appended after the previous one committed).
     #[error("stream {stream_id}: the event store lacks versions {from}..={to}")]
     Gap {
+        /// The stream.
         stream_id: String,
+        /// The first version missing.
         from: i64,
+        /// The last version missing.
         to: i64,
     },
 }
@@ -66,6 +85,7 @@ pub enum ApplyError {
     /// that was never opened).
     #[error("{0}")]
     Invalid(String),
+    /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }

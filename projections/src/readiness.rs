@@ -28,7 +28,12 @@ pub enum Readiness {
     NoWorker,
     /// A member consumes, but the projection has not applied what the store
     /// held when it started (`checkpoint < start_head`).
-    CatchingUp { checkpoint: i64, start_head: i64 },
+    CatchingUp {
+        /// How far the projection has applied.
+        checkpoint: i64,
+        /// What the store held when the member started.
+        start_head: i64,
+    },
     /// A member consumes and the projection applied what the store held
     /// when it started.
     Ready,

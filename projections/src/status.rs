@@ -70,6 +70,7 @@ pub struct RebuildStatus {
     pub phase: String,
     /// Events replayed so far, by every run of this rebuild.
     pub events_done: i64,
+    /// When the rebuild started.
     pub started_at: DateTime<Utc>,
     /// When it last committed progress.
     pub updated_at: DateTime<Utc>,
@@ -97,8 +98,11 @@ pub struct ParkedStream {
 pub struct RebuildState {
     /// `replay` or `catch_up`.
     pub phase: String,
+    /// Events replayed so far, by every run.
     pub events_done: i64,
+    /// When the rebuild started.
     pub started_at: DateTime<Utc>,
+    /// When it last committed progress.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -44,6 +44,9 @@ pub struct SagaConfig {
     #[arg(long = "saga-poll-ms", env = "PURSER_SAGA_POLL_MS", default_value_t = DEFAULT.poll_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_ms: u64,
+    // The simulated carrier's own options (a doc comment here would be
+    // taken by clap as help text).
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub carrier: SimulatedCarrierConfig,
 }

@@ -15,7 +15,12 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     /// A saga's stream could not be recorded or read as expected.
     #[error("saga of order {order_id}: {message}")]
-    Saga { order_id: OrderId, message: String },
+    Saga {
+        /// The order whose saga it is.
+        order_id: OrderId,
+        /// What went wrong.
+        message: String,
+    },
     /// The order a saga was asked for does not exist.
     #[error("no order {0}")]
     OrderNotFound(OrderId),
@@ -23,7 +28,12 @@ pub enum Error {
         "saga of order {order_id} is {state}: only a saga that needs attention can be retried"
     )]
     /// An operator's retry of a saga that does not need attention.
-    NotRetryable { order_id: OrderId, state: String },
+    NotRetryable {
+        /// The order whose saga it is.
+        order_id: OrderId,
+        /// The saga's state.
+        state: String,
+    },
     /// A task of the orchestrator panicked or was cancelled.
     #[error("task failed: {0}")]
     Task(String),

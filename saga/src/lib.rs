@@ -85,6 +85,7 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
 use std::sync::Arc;

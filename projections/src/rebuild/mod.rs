@@ -155,7 +155,9 @@ impl Phase {
 /// Reported after every batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
+    /// The projection rebuilt.
     pub projection: &'static str,
+    /// The phase the rebuild is in.
     pub phase: Phase,
     /// Events replayed so far, by this run and the interrupted ones before.
     pub events_done: u64,
@@ -193,6 +195,7 @@ impl Progress {
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildReport {
+    /// The projection rebuilt.
     pub projection: &'static str,
     /// Events replayed into the new read model (all runs).
     pub events: u64,

@@ -23,7 +23,10 @@ pub enum Drive {
     /// Stopped for an operator.
     NeedsAttention,
     /// A retry is due then.
-    Waiting { until_ms: i64 },
+    Waiting {
+        /// When, in milliseconds since the Unix epoch.
+        until_ms: i64,
+    },
     /// Woken for an order that does not exist.
     NoOrder,
     /// Another orchestrator took the saga over (this one's lease ran out).
