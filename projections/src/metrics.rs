@@ -24,8 +24,10 @@ use sqlx::PgPool;
 
 use crate::{BatchReport, Result};
 
+/// The `projection` label of the projections' metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProjectionLabel {
+    /// The projection's name.
     pub projection: String,
 }
 
@@ -67,10 +69,12 @@ const SAGA_STATES: [&str; 5] = [
 ];
 
 impl StatusMetrics {
+    /// Metrics at zero.
     pub fn new() -> StatusMetrics {
         StatusMetrics::default()
     }
 
+    /// Registers every metric in the process's registry `r`.
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "purser_projection_lag_events",
@@ -193,10 +197,12 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// Metrics at zero.
     pub fn new() -> WorkerMetrics {
         WorkerMetrics::default()
     }
 
+    /// Registers every metric in the process's registry `r`.
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "purser_projection_batch_events",

@@ -150,6 +150,7 @@ impl Worker {
         self
     }
 
+    /// The projector it feeds.
     pub fn projector(&self) -> &Projector {
         &self.projector
     }

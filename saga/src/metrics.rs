@@ -53,6 +53,7 @@ impl SagaMetrics {
         SagaMetrics::default()
     }
 
+    /// Registers every metric in the process's registry `r`.
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "purser_sagas_started",
@@ -81,6 +82,7 @@ impl SagaMetrics {
         );
     }
 
+    /// A saga was started.
     pub fn started(&self) {
         self.started.inc();
     }
