@@ -134,8 +134,18 @@ impl<A: Owned> Aggregate for Guarded<A> {
     type Event = A::Event;
     type Error = A::Error;
 
+    const STATE_SCHEMA: u32 = A::STATE_SCHEMA;
+
     fn initial() -> A::State {
         A::initial()
+    }
+
+    fn recall_key(state: &A::State, guarded: &Self::Command) -> Option<domain::OrderId> {
+        A::recall_key(state, &guarded.command)
+    }
+
+    fn recall(state: A::State, past: &[A::Event]) -> A::State {
+        A::recall(state, past)
     }
 
     fn decide(state: &A::State, guarded: &Self::Command) -> Result<Vec<A::Event>, A::Error> {

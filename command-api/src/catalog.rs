@@ -21,9 +21,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(store: EventStore) -> Catalog {
+    /// Loads from a snapshot of each stream taken every `snapshot_every`
+    /// events (0: folds every stream from its start).
+    pub fn new(store: EventStore, snapshot_every: u64) -> Catalog {
         Catalog {
-            repository: Repository::new(store),
+            repository: Repository::new(store).with_snapshots(snapshot_every),
         }
     }
 

@@ -33,8 +33,8 @@ use tracing::Instrument;
 use crate::access::{Guarded, GuardedCommand, Owned, Rule};
 use crate::error::{problem_response, ApiError};
 use crate::extract::{CommandMeta, IDEMPOTENT_REPLAYED};
-use crate::lock::StreamLocks;
 use crate::metrics::{Conflict, Metrics};
+use event_store::StreamLocks;
 
 /// What the Command API keeps under an `Idempotency-Key`: the answer it
 /// sent, replayed as it was.
@@ -103,16 +103,20 @@ impl<A: Owned> Commands<A> {
     /// `max_retries`: re-decisions after a conflict before a 409.
     /// `remember` is how many aggregates' states each of the lock's stripes
     /// keeps for the fast path (0: none; the lock has 1,024 stripes).
+    /// `snapshot_every`: a stream's state is saved every that many events
+    /// and loaded from there (0: never).
     pub fn new(
         store: EventStore,
         max_retries: u32,
         remember: usize,
+        snapshot_every: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         let retries = Arc::clone(&metrics);
         Commands {
             repository: Repository::new(store)
                 .with_max_retries(max_retries)
+                .with_snapshots(snapshot_every)
                 .on_retry(move || retries.record_conflict(Conflict::Retried)),
             locks: StreamLocks::new(remember),
             metrics,

@@ -29,6 +29,16 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// The default retries of a command after a concurrency conflict.
 pub const DEFAULT_MAX_RETRIES: u32 = 10;
 
+/// Orders allowed to wait for their saga by default before `POST /orders`
+/// answers 503.
+pub const DEFAULT_SAGA_BACKLOG_LIMIT: u64 = 10_000;
+
+/// How often the saga backlog is measured at most by default.
+pub const DEFAULT_SAGA_BACKLOG_REFRESH: Duration = Duration::from_secs(1);
+
+/// A stream's state is snapshotted every this many events by default.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
@@ -68,6 +78,31 @@ pub struct Config {
     )]
     pub max_retries: u32,
 
+    /// A stream's state is saved every this many events (and when a load
+    /// had to read more), and loads read the snapshot and the events after
+    /// it: the cost of a command does not grow with its stream. 0: never.
+    #[arg(
+        long = "snapshot-every",
+        env = "PURSER_SNAPSHOT_EVERY",
+        default_value_t = DEFAULT_SNAPSHOT_EVERY
+    )]
+    pub snapshot_every: u64,
+
+    /// Orders placed whose saga has not started yet, past which
+    /// `POST /orders` answers 503 `saga_backlog` with `Retry-After` and
+    /// appends nothing. 0: no bound.
+    #[arg(
+        long = "saga-backlog-limit",
+        env = "PURSER_SAGA_BACKLOG_LIMIT",
+        default_value_t = DEFAULT_SAGA_BACKLOG_LIMIT
+    )]
+    pub saga_backlog_limit: u64,
+
+    /// How often the saga backlog is measured at most (requests meanwhile
+    /// take the last measure).
+    #[arg(skip = DEFAULT_SAGA_BACKLOG_REFRESH)]
+    pub saga_backlog_refresh: Duration,
+
     /// How long the answer to a request with an `Idempotency-Key` is kept
     /// at least (a repeat within it is replayed): `24h`, `90m`, `3600s`.
     /// Older keys are purged by a sweep every minute.
@@ -102,6 +137,9 @@ impl Default for Config {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_retries: DEFAULT_MAX_RETRIES,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            saga_backlog_limit: DEFAULT_SAGA_BACKLOG_LIMIT,
+            saga_backlog_refresh: DEFAULT_SAGA_BACKLOG_REFRESH,
             idempotency_ttl: service::duration::parse_duration(DEFAULT_IDEMPOTENCY_TTL)
                 .expect("the default TTL is a duration"),
             idempotency_sweep_every: DEFAULT_IDEMPOTENCY_SWEEP_EVERY,

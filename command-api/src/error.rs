@@ -56,6 +56,10 @@ pub enum ApiError {
     /// The `Idempotency-Key` was used before for another request (422 `idempotency_key_reused`).
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// Too many orders wait for their saga to start (503 `saga_backlog`,
+    /// `Retry-After`): a new order is not accepted.
+    #[error("{orders} orders wait for their saga to start (the limit is {limit}); retry later")]
+    Backlogged { orders: u64, limit: u64 },
     /// The request did not finish in time (503 `timeout`).
     #[error("the request did not complete within {0:?}")]
     Timeout(Duration),
@@ -116,7 +120,9 @@ impl ApiError {
             },
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Timeout(_) | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) | ApiError::Unavailable { .. } | ApiError::Backlogged { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Status { status, .. } => *status,
         }
@@ -135,6 +141,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "concurrency_conflict",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Timeout(_) => "timeout",
+            ApiError::Backlogged { .. } => "saga_backlog",
             ApiError::Unavailable { .. } => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
             ApiError::Status { status, .. } => status_code_name(*status),
@@ -181,6 +188,9 @@ impl ApiError {
             }
             ApiError::Unavailable { detail, .. } => tracing::warn!(detail, "unavailable"),
             ApiError::Timeout(limit) => tracing::warn!(?limit, "request timed out"),
+            ApiError::Backlogged { orders, limit } => {
+                tracing::warn!(orders, limit, "order refused: saga backlog");
+            }
             _ => {}
         }
     }

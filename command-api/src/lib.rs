@@ -15,13 +15,13 @@
 use std::net::SocketAddr;
 
 pub mod access;
+pub mod backlog;
 pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod dto;
 pub mod error;
 pub mod extract;
-pub mod lock;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

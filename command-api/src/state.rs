@@ -6,11 +6,12 @@ use std::time::Duration;
 use domain::{BankAccount, FulfilmentSaga, Inventory, Order};
 use event_store::EventStore;
 
+use crate::backlog::BacklogGate;
 use crate::catalog::Catalog;
 use crate::commands::Commands;
 use crate::config::Config;
-use crate::lock::DEFAULT_ENTRIES_PER_STRIPE;
 use crate::metrics::Metrics;
+use event_store::DEFAULT_ENTRIES_PER_STRIPE;
 
 /// Cheap to clone: everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -25,6 +26,7 @@ struct Inner {
     orders: Commands<Order>,
     sagas: Commands<FulfilmentSaga>,
     catalog: Catalog,
+    backlog: BacklogGate,
     metrics: Arc<Metrics>,
     body_limit: usize,
     request_timeout: Duration,
@@ -49,26 +51,34 @@ impl AppState {
     ) -> AppState {
         let metrics = Arc::new(Metrics::new(registry));
         let retries = config.max_retries;
+        let every = config.snapshot_every;
         AppState {
             inner: Arc::new(Inner {
                 accounts: Commands::new(
                     store.clone(),
                     retries,
                     DEFAULT_ENTRIES_PER_STRIPE,
+                    every,
                     Arc::clone(&metrics),
                 ),
                 inventory: Commands::new(
                     store.clone(),
                     retries,
                     DEFAULT_ENTRIES_PER_STRIPE,
+                    every,
                     Arc::clone(&metrics),
                 ),
                 // An order gets one command over HTTP after it is placed (a
                 // cancellation), and its state can be large: not remembered.
-                orders: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
+                orders: Commands::new(store.clone(), retries, 0, every, Arc::clone(&metrics)),
                 // Operators retry a saga now and then: nothing to remember.
-                sagas: Commands::new(store.clone(), retries, 0, Arc::clone(&metrics)),
-                catalog: Catalog::new(store.clone()),
+                sagas: Commands::new(store.clone(), retries, 0, every, Arc::clone(&metrics)),
+                catalog: Catalog::new(store.clone(), every),
+                backlog: BacklogGate::new(
+                    store.pool().clone(),
+                    config.saga_backlog_limit,
+                    config.saga_backlog_refresh,
+                ),
                 store,
                 metrics,
                 body_limit: config.body_limit,
@@ -107,6 +117,11 @@ impl AppState {
     /// Prices, read from the inventory streams.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// The saga backlog new orders are admitted against.
+    pub fn backlog(&self) -> &BacklogGate {
+        &self.inner.backlog
     }
 
     pub fn metrics(&self) -> &Metrics {

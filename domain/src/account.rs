@@ -6,6 +6,10 @@
 //! only to an account of the same customer and currency; a refund returns
 //! exactly what that order was charged, once; an account closes only at a
 //! zero balance.
+//!
+//! The state keeps no record of the orders charged, so it does not grow with
+//! them: a charge or a refund recalls that one order's past in the stream
+//! ([`Aggregate::recall`]).
 
 use std::collections::BTreeMap;
 
@@ -128,6 +132,14 @@ impl DomainEvent for AccountEvent {
         }
     }
 
+    fn order_id(&self) -> Option<OrderId> {
+        match self {
+            AccountEvent::AccountCharged { order_id, .. }
+            | AccountEvent::ChargeRefunded { order_id, .. } => Some(*order_id),
+            _ => None,
+        }
+    }
+
     fn schema_version(&self) -> u32 {
         match self {
             AccountEvent::AccountOpened { .. } => Self::ACCOUNT_OPENED_SCHEMA_VERSION,
@@ -201,7 +213,10 @@ pub struct AccountState {
     pub customer_id: Option<CustomerId>,
     pub currency: Option<Currency>,
     pub balance: Money,
-    /// Every order ever charged to this account.
+    /// The charges of the orders recalled for the decision at hand
+    /// ([`Aggregate::recall`]). Never folded, never snapshotted: an account
+    /// does not keep every order it paid for.
+    #[serde(skip)]
     pub charges: BTreeMap<OrderId, Charge>,
 }
 
@@ -261,8 +276,53 @@ impl Aggregate for BankAccount {
     type Event = AccountEvent;
     type Error = AccountError;
 
+    /// 2: `charges` (every order ever charged) is no longer folded.
+    const STATE_SCHEMA: u32 = 2;
+
     fn initial() -> AccountState {
         AccountState::default()
+    }
+
+    /// A charge or a refund needs what the order was charged, if anything.
+    fn recall_key(_state: &AccountState, command: &AccountCommand) -> Option<OrderId> {
+        match command {
+            AccountCommand::Charge { order_id, .. } | AccountCommand::Refund { order_id } => {
+                Some(*order_id)
+            }
+            _ => None,
+        }
+    }
+
+    fn recall(mut state: AccountState, past: &[AccountEvent]) -> AccountState {
+        for event in past {
+            match event {
+                AccountEvent::AccountCharged {
+                    order_id, amount, ..
+                } => {
+                    state.charges.insert(
+                        *order_id,
+                        Charge {
+                            amount: *amount,
+                            refunded: false,
+                        },
+                    );
+                }
+                AccountEvent::ChargeRefunded {
+                    order_id, amount, ..
+                } => {
+                    state
+                        .charges
+                        .entry(*order_id)
+                        .and_modify(|c| c.refunded = true)
+                        .or_insert(Charge {
+                            amount: *amount,
+                            refunded: true,
+                        });
+                }
+                _ => {}
+            }
+        }
+        state
     }
 
     fn decide(
@@ -303,37 +363,10 @@ impl Aggregate for BankAccount {
                 state.currency = Some(*currency);
             }
             AccountEvent::MoneyDeposited { balance_after, .. }
-            | AccountEvent::MoneyWithdrawn { balance_after, .. } => {
+            | AccountEvent::MoneyWithdrawn { balance_after, .. }
+            | AccountEvent::AccountCharged { balance_after, .. }
+            | AccountEvent::ChargeRefunded { balance_after, .. } => {
                 state.balance = *balance_after;
-            }
-            AccountEvent::AccountCharged {
-                order_id,
-                amount,
-                balance_after,
-            } => {
-                state.balance = *balance_after;
-                state.charges.insert(
-                    *order_id,
-                    Charge {
-                        amount: *amount,
-                        refunded: false,
-                    },
-                );
-            }
-            AccountEvent::ChargeRefunded {
-                order_id,
-                amount,
-                balance_after,
-            } => {
-                state.balance = *balance_after;
-                state
-                    .charges
-                    .entry(*order_id)
-                    .and_modify(|c| c.refunded = true)
-                    .or_insert(Charge {
-                        amount: *amount,
-                        refunded: true,
-                    });
             }
             AccountEvent::AccountClosed => state.status = AccountStatus::Closed,
         }

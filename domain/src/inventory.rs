@@ -11,8 +11,13 @@
 //! after a release or a commit, appends nothing); releasing an unknown,
 //! released or committed reservation appends nothing; a commit drops both
 //! `on_hand` and `reserved` by the reserved quantity.
+//!
+//! The state keeps the open reservations only, so it does not grow with the
+//! orders an item served: a reserve or a commit for an order without an
+//! open reservation recalls that order's past in the stream
+//! ([`Aggregate::recall`]) to tell a finished reservation from none.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,6 +131,17 @@ impl DomainEvent for InventoryEvent {
         }
     }
 
+    fn order_id(&self) -> Option<OrderId> {
+        match self {
+            InventoryEvent::StockReserved { order_id, .. }
+            | InventoryEvent::ReservationReleased { order_id, .. }
+            | InventoryEvent::ReservationCommitted { order_id, .. } => Some(*order_id),
+            InventoryEvent::ItemCreated { .. }
+            | InventoryEvent::ItemRestocked { .. }
+            | InventoryEvent::PriceChanged { .. } => None,
+        }
+    }
+
     fn schema_version(&self) -> u32 {
         match self {
             InventoryEvent::ItemCreated { .. } => Self::ITEM_CREATED_SCHEMA_VERSION,
@@ -189,10 +205,18 @@ pub struct InventoryState {
     pub reserved: u64,
     /// Open reservations: order -> quantity.
     pub reservations: BTreeMap<OrderId, Quantity>,
-    /// Orders whose reservation was committed (shipped).
-    pub committed: BTreeSet<OrderId>,
-    /// Orders whose reservation was released.
-    pub released: BTreeSet<OrderId>,
+    /// How the reservations of the orders recalled for the decision at hand
+    /// ended ([`Aggregate::recall`]). Never folded, never snapshotted: an
+    /// item does not keep every order it served.
+    #[serde(skip)]
+    pub ended: BTreeMap<OrderId, ReservationEnd>,
+}
+
+/// How a reservation that is no longer open ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationEnd {
+    Released,
+    Committed,
 }
 
 impl InventoryState {
@@ -213,11 +237,10 @@ impl InventoryState {
         }
     }
 
-    /// Whether `order_id` ever reserved here (open, released or committed).
+    /// Whether `order_id` ever reserved here (open, or released or
+    /// committed as recalled).
     pub fn has_seen(&self, order_id: &OrderId) -> bool {
-        self.reservations.contains_key(order_id)
-            || self.committed.contains(order_id)
-            || self.released.contains(order_id)
+        self.reservations.contains_key(order_id) || self.ended.contains_key(order_id)
     }
 }
 
@@ -268,8 +291,39 @@ impl Aggregate for Inventory {
     type Event = InventoryEvent;
     type Error = InventoryError;
 
+    /// 2: `committed` and `released` (every order ever served) are gone.
+    const STATE_SCHEMA: u32 = 2;
+
     fn initial() -> InventoryState {
         InventoryState::default()
+    }
+
+    /// A reserve or a commit for an order without an open reservation needs
+    /// to know whether that order's reservation ended (and how).
+    fn recall_key(state: &InventoryState, command: &InventoryCommand) -> Option<OrderId> {
+        match command {
+            InventoryCommand::Reserve { order_id, .. } | InventoryCommand::Commit { order_id }
+                if !state.reservations.contains_key(order_id) =>
+            {
+                Some(*order_id)
+            }
+            _ => None,
+        }
+    }
+
+    fn recall(mut state: InventoryState, past: &[InventoryEvent]) -> InventoryState {
+        for event in past {
+            match event {
+                InventoryEvent::ReservationReleased { order_id, .. } => {
+                    state.ended.insert(*order_id, ReservationEnd::Released);
+                }
+                InventoryEvent::ReservationCommitted { order_id, .. } => {
+                    state.ended.insert(*order_id, ReservationEnd::Committed);
+                }
+                _ => {}
+            }
+        }
+        state
     }
 
     fn decide(
@@ -353,7 +407,7 @@ impl Aggregate for Inventory {
                     order_id: *order_id,
                     quantity: *quantity,
                 }]),
-                None if state.committed.contains(order_id) => Ok(vec![]),
+                None if state.ended.get(order_id) == Some(&ReservationEnd::Committed) => Ok(vec![]),
                 None => Err(InventoryError::ReservationNotFound {
                     order_id: *order_id,
                 }),
@@ -386,13 +440,11 @@ impl Aggregate for Inventory {
             InventoryEvent::ReservationReleased { order_id, quantity } => {
                 state.reserved = state.reserved.saturating_sub(u64::from(*quantity));
                 state.reservations.remove(order_id);
-                state.released.insert(*order_id);
             }
             InventoryEvent::ReservationCommitted { order_id, quantity } => {
                 state.on_hand = state.on_hand.saturating_sub(u64::from(*quantity));
                 state.reserved = state.reserved.saturating_sub(u64::from(*quantity));
                 state.reservations.remove(order_id);
-                state.committed.insert(*order_id);
             }
         }
         state

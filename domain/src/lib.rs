@@ -74,6 +74,7 @@ pub use account::{
 };
 pub use inventory::{
     CatalogPrice, Inventory, InventoryCommand, InventoryError, InventoryEvent, InventoryState,
+    ReservationEnd,
 };
 pub use order::{
     check_skus, order_total, CancellationReason, InvalidOrder, LineToPlace, Order, OrderCommand,
@@ -112,6 +113,29 @@ pub trait Aggregate {
     ) -> Result<Vec<Self::Event>, Self::Error>;
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 
+    /// The schema of `State` as snapshots keep it. Bump it whenever the
+    /// state's shape or meaning changes: a snapshot of another schema is
+    /// ignored (the stream is folded from its first event) and rewritten.
+    const STATE_SCHEMA: u32 = 1;
+
+    /// The order whose past in this stream deciding `command` needs beyond
+    /// `state`, which keeps only what is open (an item's open reservations,
+    /// not every order it ever served). `None`, the default: the state is
+    /// enough. The event store reads that order's events of the stream (an
+    /// indexed lookup by [`DomainEvent::order_id`]) and hands them to
+    /// [`Aggregate::recall`], so the cost stays that of one order, not of
+    /// the stream's history.
+    fn recall_key(_state: &Self::State, _command: &Self::Command) -> Option<OrderId> {
+        None
+    }
+
+    /// `state` with what `past` (this stream's events of the order
+    /// [`Aggregate::recall_key`] named, oldest first) says of that order:
+    /// the state one decision is taken on. Never folded or snapshotted.
+    fn recall(state: Self::State, _past: &[Self::Event]) -> Self::State {
+        state
+    }
+
     /// Folds events onto a state.
     fn fold<'a>(
         state: Self::State,
@@ -140,6 +164,36 @@ pub trait DomainEvent: Clone + Debug + PartialEq + Send + Sync + 'static {
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, DecodeError>;
+
+    /// The order this event concerns, in a stream that is not the order's
+    /// (an item's reservation, an account's charge): its payload's
+    /// `order_id`, the key [`Aggregate::recall`]'s past is looked up by.
+    fn order_id(&self) -> Option<OrderId> {
+        None
+    }
+}
+
+/// Decides `command` on `state` as the event store's repository does:
+/// with the past the command needs ([`Aggregate::recall_key`]) recalled
+/// from `history`, every event of the stream so far (the repository reads
+/// only the recalled order's, by index). For tests and simulations that
+/// keep a stream's events in memory.
+pub fn decide_recalling<A: Aggregate>(
+    state: &A::State,
+    history: &[A::Event],
+    command: &A::Command,
+) -> Result<Vec<A::Event>, A::Error> {
+    match A::recall_key(state, command) {
+        None => A::decide(state, command),
+        Some(order_id) => {
+            let past: Vec<A::Event> = history
+                .iter()
+                .filter(|event| event.order_id() == Some(order_id))
+                .cloned()
+                .collect();
+            A::decide(&A::recall(state.clone(), &past), command)
+        }
+    }
 }
 
 /// How a domain refusal maps onto the HTTP contract.

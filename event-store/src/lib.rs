@@ -11,6 +11,9 @@
 //!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the
 //!   caller's own idempotency record, any serialisable type, in the same
 //!   transaction as the events. It knows nothing of HTTP.
+//! - [`StreamLocks`]: commands to one stream serialised within a process
+//!   (striped, bounded), with the state each left behind, so that writers
+//!   in one process queue instead of colliding on the version.
 //! - [`EventStore::purge_idempotency`]: idempotency records are kept for a
 //!   time to live, then deleted in batches.
 //! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
@@ -77,6 +80,7 @@
 
 mod error;
 mod idempotency;
+mod locks;
 mod notify;
 mod repository;
 mod retention;
@@ -86,6 +90,7 @@ mod types;
 
 pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
+pub use locks::{StreamLocks, Stripe, DEFAULT_ENTRIES_PER_STRIPE};
 pub use notify::CHANNEL as NOTIFY_CHANNEL;
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
 pub use store::{Appends, EventStore};

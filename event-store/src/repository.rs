@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -180,13 +181,59 @@ impl<A: Aggregate> Repository<A> {
             version: 0,
             position: None,
         });
-        for recorded in self.store.read_stream(&stream, loaded.version + 1).await? {
+        let tail = self.store.read_stream(&stream, loaded.version + 1).await?;
+        for recorded in &tail {
             let event = recorded.decode::<A::Event>()?;
             loaded.state = A::evolve(loaded.state, &event);
             loaded.version = recorded.version;
             loaded.position = Some(recorded.position);
         }
+        // A long tail (no snapshot yet, or one of another state schema, or
+        // snapshots just enabled): the next load starts from here.
+        if let (Some(every), Some(position)) = (self.snapshot_every, loaded.position) {
+            if tail.len() as u64 >= every {
+                self.save_snapshot(&stream, loaded.version, position, &loaded.state)
+                    .await;
+            }
+        }
         Ok(loaded)
+    }
+
+    /// Decides `command` on `state` (aggregate `id`'s, as loaded), with
+    /// the past of the order it needs recalled from the stream
+    /// ([`Aggregate::recall_key`], read by index): the decision
+    /// [`Repository::execute`] takes, for a caller that appends itself.
+    pub async fn decide(
+        &self,
+        id: &str,
+        state: &A::State,
+        command: &A::Command,
+    ) -> Result<Result<Vec<A::Event>, A::Error>> {
+        let stream = StreamId::of::<A>(id);
+        let decided_on = self.recall(&stream, state, command).await?;
+        Ok(A::decide(&decided_on, command))
+    }
+
+    /// The state `command` is decided on: `state`, with the past of the
+    /// order it needs recalled from the stream ([`Aggregate::recall_key`]),
+    /// read by index.
+    async fn recall<'s>(
+        &self,
+        stream: &StreamId,
+        state: &'s A::State,
+        command: &A::Command,
+    ) -> Result<Cow<'s, A::State>> {
+        let Some(order_id) = A::recall_key(state, command) else {
+            return Ok(Cow::Borrowed(state));
+        };
+        let past = self
+            .store
+            .read_stream_of_order(stream, &order_id.to_string())
+            .await?
+            .iter()
+            .map(|recorded| recorded.decode::<A::Event>())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Cow::Owned(A::recall(state.clone(), &past)))
     }
 
     /// Runs `command` against aggregate `id`: load, decide, append; on a
@@ -266,7 +313,7 @@ impl<A: Aggregate> Repository<A> {
                     });
                 }
             }
-            let events = match A::decide(&loaded.state, command) {
+            let events = match self.decide(id, &loaded.state, command).await? {
                 Ok(events) if !events.is_empty() => events,
                 // Decided on a remembered state: settle it on a fresh load.
                 _ if !fresh => continue,
@@ -417,15 +464,22 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>> {
-        let row: Option<(i64, i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT version, position, state FROM event_store.snapshots WHERE stream_id = $1",
+        let row: Option<(i64, i64, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT version, position, state_schema, state FROM event_store.snapshots \
+             WHERE stream_id = $1",
         )
         .bind(stream.as_str())
         .fetch_optional(self.store.pool())
         .await?;
-        let Some((version, position, state)) = row else {
+        let Some((version, position, schema, state)) = row else {
             return Ok(None);
         };
+        if u32::try_from(schema).ok() != Some(A::STATE_SCHEMA) {
+            // Taken by another version of the state: fold from the start
+            // (`load` writes it anew).
+            tracing::debug!(%stream, schema, current = A::STATE_SCHEMA, "ignoring snapshot of another state schema");
+            return Ok(None);
+        }
         match serde_json::from_value::<A::State>(state) {
             Ok(state) => Ok(Some(Loaded {
                 state,
@@ -449,12 +503,27 @@ impl<A: Aggregate> Repository<A> {
         if previous_version / every == outcome.version / every {
             return;
         }
+        self.save_snapshot(stream, outcome.version, position, &outcome.state)
+            .await;
+    }
+
+    /// Saves `state` as the snapshot of `stream` at `version`, unless a
+    /// later one of the same state schema is there. Best effort: a snapshot
+    /// is only an optimisation.
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        version: u64,
+        position: i64,
+        state: &A::State,
+    ) {
         if let Err(error) = save_snapshot(
             &self.store,
             stream,
-            outcome.version,
+            A::STATE_SCHEMA,
+            version,
             position,
-            &outcome.state,
+            state,
         )
         .await
         {
@@ -475,6 +544,7 @@ enum Committed<A: Aggregate, R> {
 async fn save_snapshot<S: serde::Serialize>(
     store: &EventStore,
     stream: &StreamId,
+    schema: u32,
     version: u64,
     position: i64,
     state: &S,
@@ -484,18 +554,21 @@ async fn save_snapshot<S: serde::Serialize>(
         source,
     })?;
     sqlx::query(
-        "INSERT INTO event_store.snapshots (stream_id, stream_type, version, position, state) \
-         VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO event_store.snapshots \
+             (stream_id, stream_type, version, position, state_schema, state) \
+         VALUES ($1, $2, $3, $4, $6, $5) \
          ON CONFLICT (stream_id) DO UPDATE \
-         SET version = excluded.version, position = excluded.position, state = excluded.state, \
-             taken_at = now() \
-         WHERE snapshots.version < excluded.version",
+         SET version = excluded.version, position = excluded.position, \
+             state_schema = excluded.state_schema, state = excluded.state, taken_at = now() \
+         WHERE snapshots.version < excluded.version \
+            OR snapshots.state_schema <> excluded.state_schema",
     )
     .bind(stream.as_str())
     .bind(stream.stream_type())
     .bind(i64::try_from(version).unwrap_or(i64::MAX))
     .bind(position)
     .bind(&state)
+    .bind(i32::try_from(schema).unwrap_or(i32::MAX))
     .execute(store.pool())
     .await?;
     Ok(())

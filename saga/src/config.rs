@@ -44,6 +44,16 @@ pub struct SagaConfig {
     #[arg(long = "saga-poll-ms", env = "PURSER_SAGA_POLL_MS", default_value_t = DEFAULT.poll_ms,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_ms: u64,
+    /// The state of an item, an account, an order or a saga is saved every
+    /// this many events of its stream (and when a load had to read more):
+    /// loading costs the same however long the stream. 0: never.
+    #[arg(
+        id = "saga_snapshot_every",
+        long = "saga-snapshot-every",
+        env = "PURSER_SAGA_SNAPSHOT_EVERY",
+        default_value_t = DEFAULT.snapshot_every
+    )]
+    pub snapshot_every: u64,
     // The simulated carrier's own options (a doc comment here would be
     // taken by clap as help text).
     #[allow(missing_docs)]
@@ -60,6 +70,7 @@ const DEFAULT: SagaConfig = SagaConfig {
     lease_ms: 30_000,
     concurrency: 32,
     poll_ms: 200,
+    snapshot_every: 100,
     carrier: SimulatedCarrierConfig {
         delay_ms: 0,
         fail_first: 0,

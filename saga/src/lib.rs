@@ -92,6 +92,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+mod backlog;
 mod carrier;
 mod config;
 mod error;
@@ -100,6 +101,7 @@ mod orchestrator;
 mod queue;
 mod trigger;
 
+pub use backlog::Backlog;
 pub use carrier::{
     Carrier, CarrierControls, CarrierError, Shipment, SimulatedCarrier, SimulatedCarrierConfig,
 };

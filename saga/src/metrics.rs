@@ -32,6 +32,7 @@ pub struct SagaMetrics {
     completed: Counter,
     compensated: Counter,
     needs_attention: Counter,
+    conflicts_retried: Counter,
     steps: Family<StepLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -42,6 +43,7 @@ impl Default for SagaMetrics {
             completed: Counter::default(),
             compensated: Counter::default(),
             needs_attention: Counter::default(),
+            conflicts_retried: Counter::default(),
             steps: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
         }
     }
@@ -76,6 +78,11 @@ impl SagaMetrics {
             self.needs_attention.clone(),
         );
         r.register(
+            "purser_saga_command_conflicts_retried",
+            "Commands to items and accounts decided again after losing a version race",
+            self.conflicts_retried.clone(),
+        );
+        r.register(
             "purser_saga_step_duration_seconds",
             "Duration of one attempt of a saga step, by step and outcome (succeeded, refused, failed)",
             self.steps.clone(),
@@ -100,6 +107,17 @@ impl SagaMetrics {
     /// A saga stopped for an operator.
     pub fn needs_attention(&self) {
         self.needs_attention.inc();
+    }
+
+    /// A command to an item or an account lost the race for the stream's
+    /// next version (another process wrote it) and was decided again.
+    pub fn conflict_retried(&self) {
+        self.conflicts_retried.inc();
+    }
+
+    /// Conflicts retried so far.
+    pub fn conflicts_retried(&self) -> u64 {
+        self.conflicts_retried.get()
     }
 
     /// One attempt of `step` ended with `outcome` (`succeeded`, `refused`,

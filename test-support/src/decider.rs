@@ -5,27 +5,34 @@ use std::fmt::Debug;
 
 use domain::{Aggregate, DomainError, DomainEvent, ErrorKind};
 
-/// Starts a scenario from the state that folding `events` gives.
+/// Starts a scenario from the state that folding `events` gives; a command
+/// is decided as the repository decides it, with the past it needs
+/// recalled from `events` (`domain::decide_recalling`).
 pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     let events: Vec<A::Event> = events.into_iter().collect();
     Given {
         state: A::fold(A::initial(), &events),
+        history: events,
     }
 }
 
 /// Starts a scenario from an explicit state (one no short event history
-/// reaches, e.g. a balance next to `i64::MAX`).
+/// reaches, e.g. a balance next to `i64::MAX`), with no past to recall.
 pub fn given_state<A: Aggregate>(state: A::State) -> Given<A> {
-    Given { state }
+    Given {
+        state,
+        history: Vec::new(),
+    }
 }
 
 pub struct Given<A: Aggregate> {
     state: A::State,
+    history: Vec<A::Event>,
 }
 
 impl<A: Aggregate> Given<A> {
     pub fn when(self, command: A::Command) -> Then<A> {
-        let result = A::decide(&self.state, &command);
+        let result = domain::decide_recalling::<A>(&self.state, &self.history, &command);
         Then {
             state: self.state,
             command,
@@ -124,6 +131,14 @@ pub fn assert_round_trips<E: DomainEvent>(event: &E) {
         payload.get("event_type").is_none(),
         "payload of {event:?} leaks the tag: {payload}"
     );
+    // The event store recalls an order's past by the payload's `order_id`.
+    if let Some(order_id) = event.order_id() {
+        assert_eq!(
+            payload.get("order_id").and_then(serde_json::Value::as_str),
+            Some(order_id.to_string().as_str()),
+            "payload of {event:?} is not found by its order"
+        );
+    }
     let text = serde_json::to_string(&payload).expect("payload serialises");
     let reparsed: serde_json::Value = serde_json::from_str(&text).expect("payload parses");
     let decoded = E::from_stored(event.event_type(), event.schema_version(), reparsed)

@@ -31,6 +31,8 @@ use crate::state::AppState;
         (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's `unit_price` is not the catalog's), `invalid_order` (also a total past `i64`), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`saga_backlog`: `PURSER_SAGA_BACKLOG_LIMIT` orders already wait for their saga to start; nothing appended, retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn place(
@@ -40,6 +42,8 @@ pub async fn place(
 ) -> Result<Response, ApiError> {
     let order = PlaceOrder::try_from(request.body)?;
     let customer_id = customer_for(&caller, order.customer_id)?;
+    // Before any work: an order the sagas cannot start soon is not taken.
+    state.backlog().admit().await?;
     charged_account_is_the_callers(&state, &caller, order.account_id).await?;
     let order_id = OrderId::new(Uuid::now_v7());
     let command = OrderCommand::Place {

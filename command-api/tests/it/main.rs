@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod backlog;
 mod callers;
 mod concurrency;
 mod connection;

@@ -2,6 +2,7 @@
 //! in its own database (`test_support::TestDatabase`).
 
 mod append;
+mod bounded;
 mod counter;
 mod idempotency;
 mod read_all;

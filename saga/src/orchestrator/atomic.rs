@@ -78,6 +78,13 @@ impl Orchestrator {
         };
         let running = FulfilmentSaga::fold(current.state.clone(), &step_started);
         let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
+        // The step's aggregate's turn in this process, until the commit:
+        // the sagas of one hot item queue here instead of colliding on its
+        // version (across processes, the version check stays the guard).
+        let _turn = tokio::time::timeout(Duration::from_millis(left), self.turn(current, &step))
+            .await
+            .ok()
+            .flatten();
         let attempted = tokio::time::timeout(
             Duration::from_millis(left),
             self.prepare_step(current, &running, &step, &step_started),
@@ -197,6 +204,7 @@ impl Orchestrator {
                     Ok(_) => {}
                     Err(event_store::Error::Conflict { .. }) => {
                         tracing::debug!(%step, "the step's aggregate moved; deciding again");
+                        self.inner.metrics.conflict_retried();
                         continue;
                     }
                     Err(error) => {
@@ -297,6 +305,25 @@ impl Orchestrator {
         }
     }
 
+    /// Waits for the turn of `step`'s aggregate among this process's
+    /// commands to it (`None`: the step has no aggregate here).
+    async fn turn(&self, current: &Current, step: &Step) -> Option<Box<dyn Send + '_>> {
+        let order = current.state.order.as_ref()?;
+        let inner = &self.inner;
+        Some(match step {
+            Step::ReserveStock { sku } | Step::CommitStock { sku } | Step::ReleaseStock { sku } => {
+                inner.inventory.turn(sku.as_str()).await
+            }
+            Step::ChargePayment | Step::RefundPayment => {
+                inner.accounts.turn(&order.account_id.to_string()).await
+            }
+            Step::MarkReserved | Step::MarkPaid | Step::MarkShipped | Step::CancelOrder => {
+                inner.orders.turn(&order.order_id.to_string()).await
+            }
+            Step::Ship | Step::CancelShipment => return None,
+        })
+    }
+
     /// What `step`'s command decides on its aggregate as it is now.
     async fn decide_step(&self, state: &SagaState, step: &Step) -> Decided {
         let Some(order) = state.order.as_ref() else {
@@ -317,11 +344,17 @@ impl Orchestrator {
                     order_id,
                     quantity: line.quantity,
                 };
-                decide(&inner.inventory, sku.as_str(), &command, |_, _| false).await
+                decide(
+                    inner.inventory.repository(),
+                    sku.as_str(),
+                    &command,
+                    |_, _| false,
+                )
+                .await
             }
             Step::MarkReserved => {
                 mark(
-                    &inner.orders,
+                    inner.orders.repository(),
                     &order_key,
                     OrderCommand::MarkReserved,
                     OrderStatus::Reserved,
@@ -340,7 +373,7 @@ impl Orchestrator {
                     amount,
                 };
                 decide(
-                    &inner.accounts,
+                    inner.accounts.repository(),
                     &order.account_id.to_string(),
                     &command,
                     |_, _| false,
@@ -349,7 +382,7 @@ impl Orchestrator {
             }
             Step::MarkPaid => {
                 mark(
-                    &inner.orders,
+                    inner.orders.repository(),
                     &order_key,
                     OrderCommand::MarkPaid,
                     OrderStatus::Paid,
@@ -360,18 +393,30 @@ impl Orchestrator {
                 let command = OrderCommand::MarkShipped {
                     tracking_number: state.tracking_number.clone().unwrap_or_default(),
                 };
-                mark(&inner.orders, &order_key, command, OrderStatus::Shipped).await
+                mark(
+                    inner.orders.repository(),
+                    &order_key,
+                    command,
+                    OrderStatus::Shipped,
+                )
+                .await
             }
             Step::CommitStock { sku } => {
                 let command = InventoryCommand::Commit { order_id };
-                decide(&inner.inventory, sku.as_str(), &command, |_, _| false).await
+                decide(
+                    inner.inventory.repository(),
+                    sku.as_str(),
+                    &command,
+                    |_, _| false,
+                )
+                .await
             }
             Step::RefundPayment => {
                 let command = AccountCommand::Refund { order_id };
                 // Nothing was charged (the charge was refused, or never made
                 // it): nothing to give back.
                 decide(
-                    &inner.accounts,
+                    inner.accounts.repository(),
                     &order.account_id.to_string(),
                     &command,
                     |_, refusal| matches!(refusal.code(), "charge_not_found" | "account_not_found"),
@@ -381,9 +426,12 @@ impl Orchestrator {
             Step::ReleaseStock { sku } => {
                 let command = InventoryCommand::Release { order_id };
                 // No such item: nothing was reserved.
-                decide(&inner.inventory, sku.as_str(), &command, |_, refusal| {
-                    refusal.code() == "item_not_found"
-                })
+                decide(
+                    inner.inventory.repository(),
+                    sku.as_str(),
+                    &command,
+                    |_, refusal| refusal.code() == "item_not_found",
+                )
                 .await
             }
             Step::CancelOrder => {
@@ -391,7 +439,7 @@ impl Orchestrator {
                     .compensation_reason
                     .unwrap_or(domain::CancellationReason::CustomerRequest);
                 decide(
-                    &inner.orders,
+                    inner.orders.repository(),
                     &order_key,
                     &OrderCommand::Cancel { reason },
                     |_, _| false,
@@ -462,7 +510,13 @@ async fn decide<A: Aggregate>(
         Ok(loaded) => loaded,
         Err(error) => return Decided::transient(store_error_code(&error), error),
     };
-    match A::decide(&loaded.state, command) {
+    // With the past of the order the command needs (a repeat for a
+    // finished order changes nothing): the repository recalls it by index.
+    let decision = match repository.decide(id, &loaded.state, command).await {
+        Ok(decision) => decision,
+        Err(error) => return Decided::transient(store_error_code(&error), error),
+    };
+    match decision {
         Ok(events) if events.is_empty() => Decided::DONE,
         Ok(events) => Decided {
             append: Some((

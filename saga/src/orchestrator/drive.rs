@@ -140,6 +140,7 @@ impl Orchestrator {
                 && self
                     .inner
                     .orders
+                    .repository()
                     .load(&order_id.to_string())
                     .await?
                     .state

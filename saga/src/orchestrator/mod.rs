@@ -21,6 +21,7 @@ use domain::{
 };
 use event_store::{
     EventStore, ExecuteError, ExecuteOptions, Executed, Loaded, Metadata, Repository, StreamId,
+    DEFAULT_ENTRIES_PER_STRIPE,
 };
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -32,9 +33,11 @@ mod atomic;
 mod drive;
 mod retry;
 mod steps;
+mod writer;
 
 pub use drive::Drive;
 pub use retry::retry;
+use writer::Writer;
 
 /// The idempotency scope of the saga's steps (a client's keys are in the
 /// scope of its caller's `sub`), and the `actor` its events record.
@@ -84,9 +87,9 @@ pub struct Orchestrator {
 struct Inner {
     store: EventStore,
     sagas: Repository<FulfilmentSaga>,
-    orders: Repository<Order>,
-    accounts: Repository<BankAccount>,
-    inventory: Repository<Inventory>,
+    orders: Writer<Order>,
+    accounts: Writer<BankAccount>,
+    inventory: Writer<Inventory>,
     carrier: Arc<dyn Carrier>,
     queue: Queue,
     config: SagaConfig,
@@ -115,12 +118,23 @@ impl Orchestrator {
         metrics: Arc<SagaMetrics>,
     ) -> Self {
         let pause = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+        let every = config.snapshot_every;
         Orchestrator {
             inner: Arc::new(Inner {
-                sagas: Repository::new(store.clone()),
-                orders: Repository::new(store.clone()),
-                accounts: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
-                inventory: Repository::new(store.clone()).with_max_retries(COMMAND_RETRIES),
+                sagas: Repository::new(store.clone()).with_snapshots(every),
+                orders: Writer::new(
+                    Repository::new(store.clone()).with_snapshots(every),
+                    // One order gets a handful of commands: nothing to remember.
+                    0,
+                ),
+                accounts: Writer::new(
+                    contended(&store, every, &metrics),
+                    DEFAULT_ENTRIES_PER_STRIPE,
+                ),
+                inventory: Writer::new(
+                    contended(&store, every, &metrics),
+                    DEFAULT_ENTRIES_PER_STRIPE,
+                ),
                 queue: Queue::new(store.pool().clone()),
                 store,
                 carrier,
@@ -327,6 +341,20 @@ impl Orchestrator {
         self.record_start(order, metadata).await?;
         Ok(true)
     }
+}
+
+/// A repository for an aggregate many sagas write at once (an item, an
+/// account): generous retries, and each conflict counted.
+fn contended<A: Aggregate>(
+    store: &EventStore,
+    snapshot_every: u64,
+    metrics: &Arc<SagaMetrics>,
+) -> Repository<A> {
+    let metrics = Arc::clone(metrics);
+    Repository::new(store.clone())
+        .with_max_retries(COMMAND_RETRIES)
+        .with_snapshots(snapshot_every)
+        .on_retry(move || metrics.conflict_retried())
 }
 
 /// The saga of a placed order, from its `OrderPlaced`.

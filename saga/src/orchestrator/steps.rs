@@ -10,12 +10,10 @@ use domain::{
     step_errors, AccountCommand, Aggregate, Amount, DomainError, InventoryCommand, OrderCommand,
     OrderId, OrderStatus, SagaOrder, SagaState, Step,
 };
-use event_store::{
-    ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome, Repository,
-};
+use event_store::{ExecuteError, ExecuteOptions, Executed, IdempotencyKey, Metadata, Outcome};
 use serde::{Deserialize, Serialize};
 
-use super::{Orchestrator, STEP_SCOPE};
+use super::{Orchestrator, Writer, STEP_SCOPE};
 use crate::{CarrierError, Shipment};
 
 /// What one attempt of a step came to.
@@ -247,7 +245,7 @@ impl Orchestrator {
         if !matches!(result, StepResult::Refused { .. }) {
             return result;
         }
-        match self.inner.orders.load(&id).await {
+        match self.inner.orders.repository().load(&id).await {
             Ok(loaded) if reached(loaded.state.status, target) => StepResult::DONE,
             Ok(_) => result,
             Err(error) => StepResult::transient(step_errors::UNAVAILABLE, error.to_string()),
@@ -258,7 +256,7 @@ impl Orchestrator {
 /// Sends `command` to aggregate `id` under `key`: a repeat of the same step
 /// (after a crash) gets the first answer back and changes nothing.
 async fn send<A: Aggregate>(
-    repository: &Repository<A>,
+    writer: &Writer<A>,
     id: &str,
     command: &A::Command,
     key: String,
@@ -273,7 +271,7 @@ async fn send<A: Aggregate>(
         Ok(_) => StepRecord::Done,
         Err(refusal) => StepRecord::refused(refusal),
     };
-    match repository.execute(id, command, options, record).await {
+    match writer.execute(id, command, options, record).await {
         Ok(Executed::Done(_)) => StepResult::DONE,
         Ok(Executed::Refused(refusal)) => StepRecord::refused(&refusal).into(),
         Ok(Executed::Replayed(record)) => record.into(),

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use domain::{
-    AccountCommand as C, AccountId, AccountState, AccountStatus, Aggregate, Amount, BankAccount,
-    Currency, CustomerId, OrderId,
+    decide_recalling, AccountCommand as C, AccountEvent as E, AccountId, AccountState,
+    AccountStatus, Aggregate, Amount, BankAccount, Currency, CustomerId, OrderId,
 };
 use proptest::prelude::*;
 
@@ -155,7 +155,7 @@ impl Model {
     }
 }
 
-fn check_invariants(state: &AccountState, model: &Model) {
+fn check_invariants(state: &AccountState, model: &Model, log: &[E]) {
     assert!(state.balance.amount() >= 0, "negative balance {state:?}");
     assert_eq!(i128::from(state.balance.amount()), model.balance, "balance");
     let expected_status = match model.status {
@@ -170,7 +170,10 @@ fn check_invariants(state: &AccountState, model: &Model) {
     if state.status != AccountStatus::NotOpened {
         assert!(state.customer_id.is_some() && state.currency.is_some());
     }
-    let charges: BTreeMap<_, _> = state
+    assert!(state.charges.is_empty(), "the folded state keeps no charge");
+    // Recalling the whole log recalls every order's charge.
+    let recalled = BankAccount::recall(state.clone(), log);
+    let charges: BTreeMap<_, _> = recalled
         .charges
         .iter()
         .map(|(order, charge)| {
@@ -192,7 +195,7 @@ proptest! {
         let mut model = Model::default();
         let mut log = Vec::new();
         for command in &commands {
-            let result = BankAccount::decide(&state, command);
+            let result = decide_recalling::<BankAccount>(&state, &log, command);
             let expected = model.step(command);
             prop_assert_eq!(Expect::of(&result), expected, "{:?} on {:?}", command, state);
             if let Ok(events) = result {
@@ -206,7 +209,7 @@ proptest! {
                 log.extend(events);
             }
             // A refusal carries no events: the state is left as it was.
-            check_invariants(&state, &model);
+            check_invariants(&state, &model, &log);
         }
         prop_assert_eq!(&refold_from_stored::<BankAccount>(&log), &state);
         assert_state_round_trips::<BankAccount>(&state);

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use domain::{
-    Aggregate, CatalogPrice, Currency, Inventory, InventoryCommand as C, InventoryState, OrderId,
-    Price, Quantity, Sku, UnitPrice,
+    decide_recalling, Aggregate, CatalogPrice, Currency, Inventory, InventoryCommand as C,
+    InventoryEvent, InventoryState, OrderId, Price, Quantity, ReservationEnd, Sku, UnitPrice,
 };
 use proptest::prelude::*;
 
@@ -165,7 +165,7 @@ impl Model {
     }
 }
 
-fn check_invariants(state: &InventoryState, model: &Model) {
+fn check_invariants(state: &InventoryState, model: &Model, log: &[InventoryEvent]) {
     assert!(
         state.reserved <= state.on_hand,
         "reserved > on_hand: {state:?}"
@@ -189,7 +189,18 @@ fn check_invariants(state: &InventoryState, model: &Model) {
         .map(|(order, q)| (*order, i128::from(q.get())))
         .collect();
     assert_eq!(open, model.open, "open reservations");
-    assert_eq!(state.committed, model.committed, "committed orders");
+    assert!(
+        state.ended.is_empty(),
+        "the folded state keeps no ended order"
+    );
+    // Recalling the whole log recalls how every ended reservation ended.
+    let committed: BTreeSet<OrderId> = Inventory::recall(state.clone(), log)
+        .ended
+        .into_iter()
+        .filter(|(_, end)| *end == ReservationEnd::Committed)
+        .map(|(order, _)| order)
+        .collect();
+    assert_eq!(committed, model.committed, "committed orders");
     let price = state.price.map(|p| (p.unit_price.amount(), p.currency));
     assert_eq!(price, model.price, "price");
     assert!(price.is_none_or(|(p, _)| p > 0), "a price is always > 0");
@@ -209,7 +220,7 @@ proptest! {
         let mut model = Model::default();
         let mut log = Vec::new();
         for command in &commands {
-            let result = Inventory::decide(&state, command);
+            let result = decide_recalling::<Inventory>(&state, &log, command);
             let expected = model.step(command);
             prop_assert_eq!(Expect::of(&result), expected, "{:?} on {:?}", command, state);
             if let Ok(events) = result {
@@ -220,7 +231,7 @@ proptest! {
                 log.extend(events);
             }
             // A refusal carries no events: the state is left as it was.
-            check_invariants(&state, &model);
+            check_invariants(&state, &model, &log);
         }
         prop_assert_eq!(&refold_from_stored::<Inventory>(&log), &state);
         assert_state_round_trips::<Inventory>(&state);

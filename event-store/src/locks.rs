@@ -1,5 +1,5 @@
 //! In-process serialisation of commands per aggregate, with a cache of the
-//! last state each command left behind.
+//! last state each command left behind (the Command API's and the saga's).
 //!
 //! Optimistic concurrency in the event store is what keeps every stream
 //! consistent; serialising here only keeps requests to one aggregate that
@@ -25,6 +25,8 @@ const STRIPES: usize = 1024;
 /// How many streams one stripe remembers by default (16 Ki in all).
 pub const DEFAULT_ENTRIES_PER_STRIPE: usize = 16;
 
+/// Striped per-stream locks, each stripe remembering a bounded number of
+/// streams' values.
 #[derive(Debug)]
 pub struct StreamLocks<V> {
     stripes: Box<[Mutex<Stripe<V>>]>,
@@ -39,6 +41,7 @@ pub struct Stripe<V> {
 }
 
 impl<V> Stripe<V> {
+    /// What `stream` left, if remembered.
     pub fn get(&self, stream: &str) -> Option<&V> {
         self.entries.get(stream)
     }
@@ -61,6 +64,7 @@ impl<V> Stripe<V> {
         self.entries.insert(stream.to_owned(), value);
     }
 
+    /// Forgets what `stream` left.
     pub fn remove(&mut self, stream: &str) {
         self.entries.remove(stream);
     }
