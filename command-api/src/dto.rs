@@ -51,14 +51,20 @@ impl<'de> Deserialize<'de> for Int {
             }
 
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int, E> {
-                // serde_json reads integers beyond u64/i64 as floats.
-                // Every integer in the i64 range arrives through visit_i64 or
-                // visit_u64, so a float at or beyond +-2^63 is out of range.
+                // serde_json reads a number with a fraction or an exponent
+                // (`10.0`, `1e3`), and integers beyond u64/i64, as floats.
+                // JSON Schema counts a number with a zero fraction as an
+                // integer, so the document's `integer` does too: it is that
+                // integer (its float value past 2^53). One at or beyond
+                // +-2^63 is out of range; a real fraction is a type error.
                 const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
-                if v.is_finite() && v.fract() == 0.0 && (v >= LIMIT || v <= -LIMIT) {
+                if !v.is_finite() || v.fract() != 0.0 {
+                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                } else if v >= LIMIT || v <= -LIMIT {
                     Ok(Int::OutOfRange)
                 } else {
-                    Err(E::invalid_type(de::Unexpected::Float(v), &self))
+                    #[allow(clippy::cast_possible_truncation)]
+                    Ok(Int::Value(v as i64))
                 }
             }
         }
@@ -130,16 +136,34 @@ fn country(value: &str) -> Result<CountryCode, ApiError> {
     CountryCode::parse(value).map_err(|e| ApiError::validation("invalid_country", e.to_string()))
 }
 
+/// A free text: the domain's rule (not blank, at most 200 characters) and
+/// no NUL, which the event store's JSON cannot hold (the document's
+/// pattern says both).
+fn text(field: &'static str, value: &str, code: &'static str) -> Result<(), ApiError> {
+    no_nul(field, value, code)?;
+    validate_text(field, value).map_err(|e| ApiError::validation(code, e.to_string()))
+}
+
+fn no_nul(field: &str, value: &str, code: &'static str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::validation(
+            code,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// A uuid from the body; an invalid id is a 400 (API.md).
 fn uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(value)
-        .map_err(|_| ApiError::InvalidId(format!("{field} must be a uuid, got {value:?}")))
+    service::openapi::parse_uuid(value)
+        .ok_or_else(|| ApiError::InvalidId(format!("{field} must be a uuid, got {value:?}")))
 }
 
 /// A path id: a uuid...
 pub fn path_uuid(what: &str, value: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(value)
-        .map_err(|_| ApiError::InvalidId(format!("{what} must be a uuid, got {value:?}")))
+    service::openapi::parse_uuid(value)
+        .ok_or_else(|| ApiError::InvalidId(format!("{what} must be a uuid, got {value:?}")))
 }
 
 /// ...or a SKU (the inventory item's id): a malformed one is a bad id, 400.
@@ -190,8 +214,8 @@ pub struct OpenAccountRequest {
     #[serde(default)]
     #[schema(format = Uuid)]
     pub customer_id: Option<String>,
-    /// ISO 4217 code, e.g. `EUR`.
-    #[schema(example = "EUR")]
+    /// ISO 4217 code, e.g. `EUR`: three capital letters.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// The new account's id; the server makes a uuid v7 when absent.
     #[serde(default)]
@@ -229,7 +253,7 @@ impl TryFrom<OpenAccountRequest> for OpenAccount {
 #[serde(deny_unknown_fields)]
 pub struct MoneyRequest {
     /// Minor units (cents), `> 0`.
-    #[schema(value_type = i64, example = 10000)]
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 9223372036854775807i64, example = 10000)]
     pub amount: Int,
 }
 
@@ -261,19 +285,24 @@ pub struct AccountResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateItemRequest {
-    /// `[A-Z0-9-]{1,64}`.
-    #[schema(example = "LAPTOP-15")]
+    /// `[A-Z0-9-]{1,64}` (else 400 `invalid_id`).
+    #[schema(example = "LAPTOP-15", pattern = "^[A-Z0-9-]{1,64}$")]
     pub sku: String,
-    /// 1 to 200 characters, not blank.
+    /// 1 to 200 characters, not blank, no NUL.
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
-    /// Initial stock, `> 0`.
-    #[schema(value_type = i64, example = 10)]
+    /// Initial stock, 1 to 1 000 000 000.
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 1000000000, example = 10)]
     pub quantity: Int,
     /// The price of one unit in minor units, `> 0`.
-    #[schema(value_type = i64, example = 99999)]
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 9223372036854775807i64, example = 99999)]
     pub unit_price: Int,
     /// ISO 4217 code of `unit_price`, e.g. `EUR`.
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
@@ -290,8 +319,7 @@ impl TryFrom<CreateItemRequest> for CreateItem {
     type Error = ApiError;
     fn try_from(r: CreateItemRequest) -> Result<Self, ApiError> {
         let sku = sku("sku", &r.sku)?;
-        validate_text("name", &r.name)
-            .map_err(|e| ApiError::validation("invalid_name", e.to_string()))?;
+        text("name", &r.name, "invalid_name")?;
         Ok(CreateItem {
             sku,
             name: r.name,
@@ -309,13 +337,13 @@ impl TryFrom<CreateItemRequest> for CreateItem {
 #[serde(deny_unknown_fields)]
 pub struct SetPriceRequest {
     /// The new price of one unit in minor units, `> 0`.
-    #[schema(value_type = i64, example = 89999)]
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 9223372036854775807i64, example = 89999)]
     pub unit_price: Int,
     /// ISO 4217 code; by default the item's current currency. Required
     /// only for an item without a price yet (one created before prices
     /// existed): `currency_required` otherwise.
     #[serde(default)]
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
 }
 
@@ -332,8 +360,8 @@ impl SetPriceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
-    /// `> 0`.
-    #[schema(value_type = i64, example = 5)]
+    /// 1 to 1 000 000 000.
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 1000000000, example = 5)]
     pub quantity: Int,
 }
 
@@ -363,11 +391,16 @@ pub struct PlaceOrderRequest {
     #[serde(default)]
     #[schema(format = Uuid)]
     pub customer_id: Option<String>,
+    /// The account charged: the caller's own (else 404
+    /// `account_not_found`).
     #[schema(format = Uuid)]
     pub account_id: String,
-    #[schema(example = "EUR")]
+    /// ISO 4217 code; every line's item must be priced in it.
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    /// 1 to 100 lines, each SKU at most once.
+    /// 1 to 100 lines, each SKU at most once (a repeated SKU is 422
+    /// `invalid_order`).
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<OrderLineRequest>,
     pub shipping_address: ShippingAddressRequest,
 }
@@ -376,29 +409,59 @@ pub struct PlaceOrderRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineRequest {
+    /// `[A-Z0-9-]{1,64}` (else 400 `invalid_id`).
+    #[schema(example = "LAPTOP-15", pattern = "^[A-Z0-9-]{1,64}$")]
     pub sku: String,
-    /// `>= 1`.
-    #[schema(value_type = i64)]
+    /// 1 to 1 000 000 000.
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 1000000000)]
     pub quantity: Int,
     /// The unit price (minor units, `> 0`) the client showed its user.
     /// Optional: the order takes the catalog's price; when this one is
     /// sent and differs, 422 `price_changed` and nothing is placed.
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 9223372036854775807i64)]
     pub unit_price: Option<Int>,
 }
 
+/// Where an order ships. Every text is 1 to 200 characters, not blank, no
+/// NUL (else 422 `invalid_address`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddressRequest {
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: String,
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub line1: String,
     #[serde(default)]
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub line2: Option<String>,
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub city: String,
+    #[schema(
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub postal_code: String,
-    /// ISO 3166-1 alpha-2 (`XX` makes the simulated carrier refuse).
-    #[schema(example = "ES")]
+    /// ISO 3166-1 alpha-2: two capital letters (`XX` makes the simulated
+    /// carrier refuse; else 422 `invalid_country`).
+    #[schema(example = "ES", pattern = "^[A-Z]{2}$")]
     pub country: String,
 }
 
@@ -458,6 +521,17 @@ impl TryFrom<PlaceOrderRequest> for PlaceOrder {
         domain::check_skus(lines.iter().map(|line| &line.sku))
             .map_err(|e| ApiError::validation("invalid_order", format!("invalid order: {e}")))?;
         let a = r.shipping_address;
+        for (field, value) in [
+            ("shipping_address.name", Some(&a.name)),
+            ("shipping_address.line1", Some(&a.line1)),
+            ("shipping_address.line2", a.line2.as_ref()),
+            ("shipping_address.city", Some(&a.city)),
+            ("shipping_address.postal_code", Some(&a.postal_code)),
+        ] {
+            if let Some(value) = value {
+                no_nul(field, value, "invalid_address")?;
+            }
+        }
         let shipping_address = ShippingAddress::new(
             a.name,
             a.line1,
@@ -481,10 +555,15 @@ impl TryFrom<PlaceOrderRequest> for PlaceOrder {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOrderRequest {
-    /// Why the customer cancels (1 to 200 characters); defaults to
-    /// `customer_request`.
+    /// Why the customer cancels (1 to 200 characters, not blank, no NUL);
+    /// defaults to `customer_request`.
     #[serde(default)]
-    #[schema(example = "changed my mind")]
+    #[schema(
+        example = "changed my mind",
+        pattern = "^[^\\x00]*[^\\x00\\t-\\r \\x85\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub reason: Option<String>,
 }
 
@@ -493,8 +572,7 @@ impl CancelOrderRequest {
         match self.reason {
             None => Ok("customer_request".to_owned()),
             Some(reason) => {
-                validate_text("reason", &reason)
-                    .map_err(|e| ApiError::validation("invalid_reason", e.to_string()))?;
+                text("reason", &reason, "invalid_reason")?;
                 Ok(reason)
             }
         }
@@ -562,7 +640,11 @@ mod tests {
         assert_eq!(int("-9223372036854775809").ok(), Some(Int::OutOfRange));
         assert_eq!(int("99999999999999999999999").ok(), Some(Int::OutOfRange));
         assert_eq!(int("1e30").ok(), Some(Int::OutOfRange));
-        for type_error in ["1.5", "10.0", "\"10\"", "null", "true", "[1]"] {
+        // JSON Schema's integers: a zero fraction is still an integer.
+        assert_eq!(int("10.0").ok(), Some(Int::Value(10)));
+        assert_eq!(int("1e3").ok(), Some(Int::Value(1000)));
+        assert_eq!(int("-0.0").ok(), Some(Int::Value(0)));
+        for type_error in ["1.5", "1e-3", "\"10\"", "null", "true", "[1]"] {
             assert!(
                 matches!(int(type_error), Err(ApiError::InvalidBody(_))),
                 "{type_error} accepted"

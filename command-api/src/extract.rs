@@ -113,8 +113,13 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// The most digits a version in `If-Match` may have (every such number
+/// fits in a `u64`).
+pub const IF_MATCH_MAX_DIGITS: usize = 19;
+
 /// `If-Match: "<version>"` (a weak `W/"<version>"` or a bare number are
-/// accepted too; `*` pins nothing).
+/// accepted too; `*` pins nothing): exactly the document's pattern
+/// `^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$`.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let mut values = headers.get_all(header::IF_MATCH).iter();
     let Some(value) = values.next() else {
@@ -124,19 +129,25 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     if values.next().is_some() {
         return Err(invalid());
     }
-    let text = value.to_str().map_err(|_| invalid())?.trim();
+    let text = value.to_str().map_err(|_| invalid())?;
     if text == "*" {
         return Ok(None);
     }
-    let tag = text.strip_prefix("W/").unwrap_or(text);
-    let tag = tag
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(tag);
-    if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_digit()) {
+    let (weak, tag) = match text.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let digits = match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner,
+        None if !weak => tag,
+        None => return Err(invalid()),
+    };
+    let valid = (1..=IF_MATCH_MAX_DIGITS).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    if !valid {
         return Err(invalid());
     }
-    tag.parse::<u64>().map(Some).map_err(|_| invalid())
+    digits.parse::<u64>().map(Some).map_err(|_| invalid())
 }
 
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -256,11 +267,19 @@ mod tests {
         assert_eq!(parse(b"W/\"3\"").ok(), Some(Some(3)));
         assert_eq!(parse(b"7").ok(), Some(Some(7)));
         assert_eq!(parse(b"*").ok(), Some(None));
+        assert_eq!(
+            parse(b"\"9999999999999999999\"").ok(),
+            Some(Some(9_999_999_999_999_999_999))
+        );
         for bad in [
             &b"\"\""[..],
             b"\"-1\"",
             b"\"x\"",
             b"\"99999999999999999999999\"",
+            b"\"10000000000000000000\"",
+            b"W/7",
+            b"\"7",
+            b" \"7\"",
             b"",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");

@@ -14,7 +14,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "Purser Command API",
-        description = "Commands for accounts, inventory and orders, and the saga retry of operators. Errors are RFC 9457 problem details."
+        description = "Commands for accounts, inventory and orders, and the saga retry of operators. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`; each answer lists the codes it can carry (`x-purser-codes`). Each operation names the roles that may call it (`x-purser-roles`); a customer acts only on what it owns: another customer's account or order answers as a missing one (404)."
     ),
     paths(
         routes::accounts::open,
@@ -72,20 +72,25 @@ pub fn document() -> Document {
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyKeyHeader {
-    /// 1 to 255 visible ASCII characters. A repeat with the same request
-    /// gets the stored answer (`Idempotent-Replayed: true`); with another
-    /// request, 422 `idempotency_key_reused`.
-    #[param(rename = "Idempotency-Key", value_type = String, required = false)]
+    /// 1 to 255 visible ASCII characters (else 400 `invalid_header`). A
+    /// repeat by the same caller with the same request gets the stored
+    /// answer (`Idempotent-Replayed: true`); with another request, 422
+    /// `idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false,
+            pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)]
     #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
 
-/// `If-Match`, accepted by every command on an existing aggregate.
+/// `If-Match`, accepted by every command.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IfMatchHeader {
-    /// `"<version>"`: append only at that version, else 412 `version_mismatch`.
-    #[param(rename = "If-Match", value_type = String, required = false)]
+    /// `"<version>"` (also `W/"<version>"` or a bare number; `*` pins
+    /// nothing; anything else 400 `invalid_header`): append only at that
+    /// version, else 412 `version_mismatch`.
+    #[param(rename = "If-Match", value_type = String, required = false,
+            pattern = "^(\\*|(W/)?\"[0-9]{1,19}\"|[0-9]{1,19})$")]
     #[allow(dead_code)]
     if_match: Option<String>,
 }
@@ -93,6 +98,6 @@ pub struct IfMatchHeader {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
-pub async fn openapi_json() -> Json<Document> {
-    Json(document())
+pub async fn openapi_json() -> Json<serde_json::Value> {
+    Json(service::openapi::render(&document()))
 }

@@ -17,7 +17,9 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
     info(
         title = "Purser Query API",
         description = "Read models of Purser, eventually consistent; single-entity reads accept \
-                       `min_version` to read one's own writes."
+                       `min_version` to read one's own writes. Errors are RFC 9457 problem \
+                       details. A customer token reads only what its customer owns (anything \
+                       else answers as missing, 404); an operator reads everything."
     ),
     paths(
         accounts::get_account,
@@ -32,6 +34,7 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
         projections::metrics,
         health::live,
         health::ready,
+        openapi_json,
     ),
     components(schemas(
         AccountView, TransactionView, TransactionPage, InventoryView, InventoryPage,
@@ -49,7 +52,9 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 )]
 pub struct ApiDoc;
 
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(service::openapi::render(&ApiDoc::openapi()))
 }

@@ -28,7 +28,12 @@ pub fn decode_cursor<T>(
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Result<T, ApiError> {
     let invalid = || ApiError::InvalidCursor(format!("{cursor:?} is not a cursor of this list"));
-    if cursor.is_empty() || cursor.len() % 2 != 0 || cursor.len() > 512 {
+    // Lowercase hex only, as [`encode_cursor`] writes it (and each list's
+    // pattern in the document says).
+    let lowercase_hex = cursor
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if cursor.is_empty() || cursor.len() % 2 != 0 || cursor.len() > 512 || !lowercase_hex {
         return Err(invalid());
     }
     let bytes = (0..cursor.len())
@@ -74,7 +79,8 @@ mod tests {
 
     #[test]
     fn bad_cursors_are_refused() {
-        for cursor in ["", "abc", "zz", "ff", &"00".repeat(300)] {
+        let upper = encode_cursor("LAPTOP-15").to_ascii_uppercase();
+        for cursor in ["", "abc", "zz", "ff", &"00".repeat(300), &upper] {
             let decoded = decode_cursor(cursor, |k| Some(k.to_owned()));
             assert!(
                 matches!(decoded, Err(ApiError::InvalidCursor(_))),

@@ -27,6 +27,10 @@ use crate::error::ApiError;
 pub const DEFAULT_WAIT: Duration = Duration::from_millis(2_000);
 pub const MAX_WAIT_MS: u64 = 10_000;
 
+/// The largest `min_version`: a stream's version is an `i64`, so a larger
+/// one can never be reached (400, not a wait).
+pub const MAX_MIN_VERSION: u64 = i64::MAX as u64;
+
 /// `(projection, stream id)` -> how many wait on that stream, and their
 /// wake-ups.
 type Waiting = Arc<Mutex<HashMap<(&'static str, String), (usize, watch::Sender<u64>)>>>;
@@ -133,8 +137,10 @@ impl Progress {
 
     /// Runs `read` until it yields `Some`, re-running it when `projection`
     /// progresses (or every poll interval), until `wait` has elapsed: then
-    /// 503 `min_version_timeout`. A request that has to wait while the cap
-    /// of waiters is reached is answered 503 `overloaded` at once.
+    /// 503 `min_version_timeout`, at the deadline even if a re-read is in
+    /// flight (only the first read, which a `wait` of 0 still makes, is
+    /// never cut short). A request that has to wait while the cap of waiters
+    /// is reached is answered 503 `overloaded` at once.
     pub async fn wait_for<T, F, Fut>(
         &self,
         projection: &str,
@@ -148,6 +154,11 @@ impl Progress {
         Fut: Future<Output = Result<Option<T>, ApiError>>,
     {
         let deadline = Instant::now() + wait;
+        let mut first = true;
+        let timeout = || ApiError::MinVersionTimeout {
+            min_version,
+            waited: wait,
+        };
         let mut receiver = self.channels.get(projection).map(watch::Sender::subscribe);
         let mut own = self.watch_stream(projection, stream);
         let mut permit = None;
@@ -160,7 +171,14 @@ impl Progress {
             if let Some(own) = own.as_mut() {
                 own.receiver.borrow_and_update();
             }
-            if let Some(found) = read().await? {
+            let found = if std::mem::take(&mut first) {
+                read().await?
+            } else {
+                tokio::time::timeout_at(deadline, read())
+                    .await
+                    .map_err(|_| timeout())??
+            };
+            if let Some(found) = found {
                 return Ok(found);
             }
             if permit.is_none() {
@@ -174,10 +192,7 @@ impl Progress {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ApiError::MinVersionTimeout {
-                    min_version,
-                    waited: wait,
-                });
+                return Err(timeout());
             }
             let nap = self.poll.min(deadline - now);
             match (receiver.as_mut(), own.as_mut()) {
@@ -278,9 +293,73 @@ impl Consistency {
                 )))
             }
         };
+        if let Some(version) = min_version.filter(|&v| v > MAX_MIN_VERSION) {
+            return Err(ApiError::InvalidQuery(format!(
+                "min_version must be at most {MAX_MIN_VERSION} (no stream's version can be \
+                 higher), got {version}"
+            )));
+        }
         Ok(Consistency {
             min_version: min_version.filter(|&v| v > 0),
             wait,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_version_is_at_most_the_largest_version() {
+        let at = |v: u64| Consistency::new(Some(v), None);
+        assert_eq!(at(0).unwrap().min_version, None);
+        assert_eq!(
+            at(MAX_MIN_VERSION).unwrap().min_version,
+            Some(MAX_MIN_VERSION)
+        );
+        assert!(matches!(
+            at(MAX_MIN_VERSION + 1),
+            Err(ApiError::InvalidQuery(_))
+        ));
+        assert!(matches!(
+            Consistency::new(None, Some(MAX_WAIT_MS + 1)),
+            Err(ApiError::InvalidQuery(_))
+        ));
+    }
+
+    /// A re-read that never finishes (a stuck database) does not hold the
+    /// answer past the deadline: the wait ends with `min_version_timeout`.
+    #[tokio::test]
+    async fn a_wait_ends_at_its_deadline_even_with_a_read_in_flight() {
+        let progress = Progress::new(Duration::from_millis(5));
+        let mut reads = 0;
+        let outcome = progress
+            .wait_for(
+                "accounts",
+                "account-1",
+                7,
+                Duration::from_millis(50),
+                || {
+                    reads += 1;
+                    let first = reads == 1;
+                    async move {
+                        if first {
+                            Ok(None)
+                        } else {
+                            std::future::pending::<Result<Option<()>, ApiError>>().await
+                        }
+                    }
+                },
+            )
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ApiError::MinVersionTimeout { min_version: 7, .. })
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(reads, 2, "the first read, then one cut short");
     }
 }

@@ -24,9 +24,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::OpenApi;
 
-use crate::problem::{Problem, PROBLEM_JSON};
+use crate::problem::Problem;
 
 /// The name of the bearer scheme in the OpenAPI documents.
 pub const BEARER_SCHEME: &str = "bearer";
@@ -334,9 +334,10 @@ pub fn is_open_path(path: &str) -> bool {
     path.starts_with("/health/") || path == "/openapi.json" || path.starts_with("/console")
 }
 
-/// Declares the bearer scheme (JWT) in an OpenAPI document, and on every
-/// operation of a path that is not open: the security requirement and the
-/// 401, 403 and 429 answers. The document must have a `Problem` schema.
+/// Declares the bearer scheme (JWT) in an OpenAPI document, and the
+/// security requirement on every operation of a path that is not open.
+/// The answers that follow from it (401, 403, 429) are written in by
+/// [`crate::openapi::render`].
 pub struct BearerSecurity;
 
 impl utoipa::Modify for BearerSecurity {
@@ -349,24 +350,14 @@ impl utoipa::Modify for BearerSecurity {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "A JWT from the token issuer (`purser token` in development)",
+                        "A JWT from the token issuer (`purser token` in development). Its \
+                         `roles` claim holds `customer` and/or `operator`; each operation \
+                         says which it needs (`x-purser-roles`). A customer acts only on \
+                         what it owns: anything else answers as missing (404).",
                     ))
                     .build(),
             ),
         );
-        let problem = |description: &str| -> RefOr<utoipa::openapi::Response> {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(description)
-                    .content(
-                        PROBLEM_JSON,
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("Problem")))
-                            .build(),
-                    )
-                    .build(),
-            )
-        };
         for (path, item) in document.paths.paths.iter_mut() {
             if is_open_path(path) {
                 continue;
@@ -389,16 +380,6 @@ impl utoipa::Modify for BearerSecurity {
                         BEARER_SCHEME,
                         Vec::<String>::new(),
                     ));
-                let responses = &mut operation.responses.responses;
-                responses.entry("401".into()).or_insert_with(|| {
-                    problem("`unauthenticated` (no token) or `invalid_token`, with `WWW-Authenticate: Bearer`")
-                });
-                responses
-                    .entry("403".into())
-                    .or_insert_with(|| problem("`forbidden`: the caller's role may not do this"));
-                responses
-                    .entry("429".into())
-                    .or_insert_with(|| problem("`rate_limited`, with `Retry-After` (seconds)"));
             }
         }
     }

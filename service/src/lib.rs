@@ -14,6 +14,8 @@
 //! - [`metrics`]: the process's one metrics registry (`prometheus-client`),
 //!   `/metrics`, the APIs' RED metrics, and the admin listener of the
 //!   processes without an API.
+//! - [`openapi`]: what both OpenAPI documents say beyond each handler's
+//!   annotations (the shared headers, answers, codes and uuid form).
 //! - [`component`]: the one shape every long-running part of `purser` has
 //!   (built with the process's pool, then run until the shutdown token is
 //!   cancelled), and [`Components`], which runs several as tasks of their
@@ -32,6 +34,7 @@ pub mod duration;
 pub mod http;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod problem;
 pub mod readiness;
 pub mod shutdown;

@@ -47,11 +47,13 @@ fn account_id(PathParam(id): &PathParam) -> Result<AccountId, ApiError> {
     responses(
         (status = 201, description = "Opened", body = AccountResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`account_already_exists`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid value or refused", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: customer_id or account_id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not a customer, or another customer's customer_id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`account_already_exists`; `concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_currency`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer"])))
 )]
 pub async fn open(
     State(state): State<AppState>,
@@ -90,12 +92,13 @@ pub async fn open(
     responses(
         (status = 200, description = "Deposited", body = AccountResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`account_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_amount`, `account_closed`, `balance_overflow`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: the account id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount`, `account_closed`, `balance_overflow`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer"])))
 )]
 pub async fn deposit(
     State(state): State<AppState>,
@@ -127,12 +130,13 @@ pub async fn deposit(
     responses(
         (status = 200, description = "Withdrawn", body = AccountResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`account_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`insufficient_funds`, `invalid_amount`, `account_closed`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: the account id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`insufficient_funds`, `invalid_amount`, `account_closed`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer"])))
 )]
 pub async fn withdraw(
     State(state): State<AppState>,
@@ -164,11 +168,13 @@ pub async fn withdraw(
     responses(
         (status = 200, description = "Closed", body = AccountResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`account_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`account_not_empty`, `account_closed`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: the account id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`account_not_empty` (a balance is left), `account_closed`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer"])))
 )]
 pub async fn close(
     State(state): State<AppState>,

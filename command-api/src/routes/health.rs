@@ -40,7 +40,7 @@ pub async fn live() -> Json<Health> {
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "A dependency is down, or (`purser serve`) a component is not ready; `checks` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`service_unavailable`: a dependency is down, or (purser serve) a component is not ready; checks names it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let check = tokio::time::timeout(
@@ -96,7 +96,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
 /// The process's metrics, OpenMetrics text (operators only).
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "OpenMetrics text exposition of the process's one registry", body = String,
-               content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
+               content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+    extensions(("x-purser-roles" = json!(["operator"]))))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     service::metrics::metrics(State(state.metrics().registry().clone())).await
 }

@@ -39,10 +39,12 @@ fn answer(
     responses(
         (status = 201, description = "Created", body = ItemResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`item_already_exists`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_name`, `invalid_quantity`, `invalid_amount` (a price not `> 0`), `invalid_currency`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: a malformed SKU; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`item_already_exists`; `concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_name`, `invalid_quantity`, `invalid_amount` (a price not `> 0`), `invalid_currency`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -72,17 +74,18 @@ pub async fn create(
 #[utoipa::path(
     post, path = "/inventory/{sku}/restock", tag = "inventory",
     request_body = RestockRequest,
-    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}`"),
+    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}` (else 400 `invalid_id`)", pattern = "^[A-Z0-9-]{1,64}$"),
            crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
     responses(
         (status = 200, description = "Restocked", body = ItemResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request or SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_id`: a malformed SKU; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`item_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_quantity`, `stock_overflow`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_quantity`, `stock_overflow`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn restock(
     State(state): State<AppState>,
@@ -110,17 +113,18 @@ pub async fn restock(
 #[utoipa::path(
     post, path = "/inventory/{sku}/price", tag = "inventory",
     request_body = SetPriceRequest,
-    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}`"),
+    params(("sku" = String, Path, description = "SKU, `[A-Z0-9-]{1,64}` (else 400 `invalid_id`)", pattern = "^[A-Z0-9-]{1,64}$"),
            crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
     responses(
         (status = 200, description = "Priced (setting the current price appends nothing)", body = ItemResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request or SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_id`: a malformed SKU; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`item_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflict after retries", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_amount` (not `> 0`), `invalid_currency`, `currency_required` (an item without a price needs one)", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_amount` (not `> 0`), `invalid_currency`, `currency_required` (an item without a price needs one); `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn set_price(
     State(state): State<AppState>,

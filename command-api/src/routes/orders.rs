@@ -23,17 +23,20 @@ use crate::state::AppState;
 #[utoipa::path(
     post, path = "/orders", tag = "orders",
     request_body = PlaceOrderRequest,
-    params(crate::openapi::IdempotencyKeyHeader),
+    params(crate::openapi::IdempotencyKeyHeader, crate::openapi::IfMatchHeader),
     responses(
         (status = 202, description = "Placed; the saga takes it from here", body = OrderPlacedResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request, id or SKU (`invalid_id`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not a customer, or another customer's `customer_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_id`: customer_id or account_id not a uuid, or a malformed SKU; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not a customer, or another customer's customer_id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`account_not_found`: no such account, or not the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's `unit_price` is not the catalog's), `invalid_order` (also a total past `i64`), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`saga_backlog`: `PURSER_SAGA_BACKLOG_LIMIT` orders already wait for their saga to start; nothing appended, retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version (a new order is at version 0)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_sku`, `item_not_priced`, `currency_mismatch`, `price_changed` (a line's unit_price is not the catalog's), `invalid_order` (a SKU twice, or a total past i64), `invalid_quantity`, `invalid_amount`, `invalid_currency`, `invalid_country`, `invalid_address`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`saga_backlog`: PURSER_SAGA_BACKLOG_LIMIT orders already wait for their saga to start; nothing appended, retry after Retry-After seconds", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-    )
+    ),
+    extensions(("x-purser-roles" = json!(["customer"])))
 )]
 pub async fn place(
     State(state): State<AppState>,
@@ -87,11 +90,13 @@ pub async fn place(
     responses(
         (status = 202, description = "Cancellation requested", body = OrderResponse,
          headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`order_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`order_not_cancellable` once shipped, `invalid_reason`", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id`: the order id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`order_not_found`: no such order, or (a customer) not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`order_not_cancellable` once shipped, `invalid_reason`; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn cancel(
     State(state): State<AppState>,

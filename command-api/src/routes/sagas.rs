@@ -23,11 +23,13 @@ use crate::state::AppState;
     responses(
         (status = 202, description = "Retried; the orchestrator resumes the saga", body = SagaRetriedResponse,
          headers(("ETag" = String, description = "\"<version>\" of the saga stream"))),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_id`: the order id is not a uuid; or a malformed body or header", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`saga_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "`If-Match` mismatch", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`saga_not_retryable`: the saga does not need attention", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 409, description = "`concurrency_conflict`: concurrent writers won every retry", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`version_mismatch`: `If-Match` is not the current version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`saga_not_retryable`: the saga does not need attention; `idempotency_key_reused`: this key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn retry(
     State(state): State<AppState>,

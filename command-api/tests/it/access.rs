@@ -640,3 +640,53 @@ async fn a_body_over_the_limit_is_413_only_after_credentials_and_role() {
     assert_eq!(app.event_count().await, before, "a refusal appended");
     app.stop().await;
 }
+
+/// Each protected operation of the document names its roles
+/// (`x-purser-roles`), and the server enforces exactly those: a token
+/// without one of them is 403 `forbidden` (before the request is looked
+/// at), a token with one is not.
+#[tokio::test]
+async fn the_document_names_the_roles_the_server_enforces() {
+    let keys = Keys::new();
+    let app = TestApp::spawn_with_access(keys.access(generous())).await;
+    let customer = keys.customer(Uuid::now_v7());
+    let operator = keys.operator("olga");
+    let document = assert_json(app.get("/openapi.json").await, StatusCode::OK).await;
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("operations") {
+            if operation["security"].is_null() {
+                continue;
+            }
+            let roles = operation["x-purser-roles"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} names no roles"));
+            let url = path
+                .replace("{id}", &Uuid::now_v7().to_string())
+                .replace("{order_id}", &Uuid::now_v7().to_string())
+                .replace("{sku}", "NO-SUCH-SKU");
+            for (role, token) in [("customer", &customer), ("operator", &operator)] {
+                let request = match method.as_str() {
+                    "post" => app.post(&url).json(&json!({})),
+                    "get" => reqwest::Client::new().get(app.url(&url)),
+                    other => panic!("{other} {path}: no such method here"),
+                };
+                let status = request
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("request sent")
+                    .status();
+                let allowed = roles.iter().any(|r| r == role);
+                assert_eq!(
+                    status == StatusCode::FORBIDDEN,
+                    !allowed,
+                    "{method} {path} as {role}: {status}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} checked");
+    app.stop().await;
+}

@@ -60,12 +60,17 @@ pub struct TransactionPage {
 #[into_params(parameter_in = Query)]
 pub struct TransactionParams {
     /// Page size, 1..=500 (default 50).
+    #[param(format = Int64, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (else 400 `invalid_cursor`).
+    #[param(pattern = "^(3[0-9]){1,19}$")]
     pub after: Option<String>,
-    /// Wait until the account's read model has applied this version.
+    /// Wait until the account's read model has applied this version (0:
+    /// do not wait; at most 2^63 - 1).
+    #[param(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 9223372036854775807i64)]
     pub min_version: Option<u64>,
     /// How long to wait for `min_version`, in ms (default 2000, at most 10000).
+    #[param(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 10000)]
     pub wait_ms: Option<u64>,
 }
 
@@ -74,10 +79,11 @@ pub struct TransactionParams {
     params(("id" = Uuid, Path, description = "Account id"), ReadParams),
     responses(
         (status = 200, description = "The account", body = AccountView),
-        (status = 400, description = "Invalid id or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown account", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id` (not a uuid), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such account, or (a customer) not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_version_timeout`: min_version not reached within wait_ms", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn get_account(
     State(state): State<AppState>,
@@ -96,10 +102,11 @@ pub async fn get_account(
     params(("id" = Uuid, Path, description = "Account id"), TransactionParams),
     responses(
         (status = 200, description = "The account's ledger, oldest first", body = TransactionPage),
-        (status = 400, description = "Invalid id, parameter or cursor", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown account", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id` (not a uuid), `invalid_query`, `invalid_cursor`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such account, or (a customer) not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_version_timeout`: min_version not reached within wait_ms", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn list_transactions(
     State(state): State<AppState>,
@@ -110,7 +117,13 @@ pub async fn list_transactions(
     let account_id = parse_uuid("account id", &id)?;
     let limit = limit(params.limit)?;
     let after = match &params.after {
-        Some(cursor) => decode_cursor(cursor, |key| key.parse::<i64>().ok())?,
+        // Up to 19 digits, as the pattern says; past i64, nothing is after.
+        Some(cursor) => decode_cursor(cursor, |key| {
+            (key.len() <= 19 && key.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| key.parse::<u64>().ok())
+                .flatten()
+                .map(|seq| i64::try_from(seq).unwrap_or(i64::MAX))
+        })?,
         None => 0,
     };
     let consistency = Consistency::new(params.min_version, params.wait_ms)?;

@@ -36,8 +36,8 @@ pub async fn live() -> Json<Health> {
 #[utoipa::path(
     get, path = "/health/ready", tag = "operations",
     responses(
-        (status = 200, description = "The database answers, and every projection has a worker consuming that has applied what the event store held when it joined (in `purser serve`, every component is ready too)", body = Health),
-        (status = 503, description = "A check failed; `checks` says which (`database`, each projection: `no_worker` or `catching_up`, each component of the process)", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The database answers, and every projection has a worker consuming that has applied what the event store held when it joined (in purser serve, every component is ready too)", body = Health),
+        (status = 503, description = "`service_unavailable`: a check failed; checks says which (database, each projection: no_worker or catching_up, each component of the process)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>> {

@@ -47,8 +47,10 @@ pub struct InventoryPage {
 #[into_params(parameter_in = Query)]
 pub struct InventoryParams {
     /// Page size, 1..=500 (default 50).
+    #[param(format = Int64, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (else 400 `invalid_cursor`).
+    #[param(pattern = "^(3[0-9]|4[1-9a-f]|5[0-9a]|2d){1,64}$")]
     pub after: Option<String>,
 }
 
@@ -57,13 +59,14 @@ const COLUMNS: &str =
 
 #[utoipa::path(
     get, path = "/inventory/{sku}", tag = "inventory",
-    params(("sku" = String, Path, description = "SKU, [A-Z0-9-]{1,64}"), ReadParams),
+    params(("sku" = String, Path, description = "SKU, [A-Z0-9-]{1,64} (else 400 `invalid_id`)", pattern = "^[A-Z0-9-]{1,64}$"), ReadParams),
     responses(
         (status = 200, description = "The SKU's stock and price", body = InventoryView),
-        (status = 400, description = "Invalid SKU or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown SKU", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id` (a malformed SKU), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_version_timeout`: min_version not reached within wait_ms", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn get_item(
     State(state): State<AppState>,
@@ -90,8 +93,9 @@ pub async fn get_item(
     params(InventoryParams),
     responses(
         (status = 200, description = "Inventory items by SKU", body = InventoryPage),
-        (status = 400, description = "Invalid parameter or cursor", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_query`, `invalid_cursor`", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn list_items(
     State(state): State<AppState>,

@@ -21,9 +21,13 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
-    /// Wait until the entity's read model has applied this version.
+    /// Wait until the entity's read model has applied this version (0: do
+    /// not wait). A version is at most 2^63 - 1; above, 400 `invalid_query`.
+    #[param(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 9223372036854775807i64)]
     pub min_version: Option<u64>,
-    /// How long to wait for `min_version`, in ms (default 2000, at most 10000).
+    /// How long to wait for `min_version`, in ms (default 2000, at most
+    /// 10000; above, 400 `invalid_query`).
+    #[param(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 10000)]
     pub wait_ms: Option<u64>,
 }
 
@@ -85,8 +89,9 @@ pub(crate) fn owner_filter(caller: &auth::Caller) -> Option<uuid::Uuid> {
     }
 }
 
-/// A path UUID, or 400 `invalid_id`.
+/// A path UUID (hyphenated, as the document's pattern says), or 400
+/// `invalid_id`.
 pub(crate) fn parse_uuid(what: &str, raw: &str) -> Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(raw)
-        .map_err(|_| ApiError::InvalidId(format!("{raw:?} is not a valid {what} (a UUID)")))
+    service::openapi::parse_uuid(raw)
+        .ok_or_else(|| ApiError::InvalidId(format!("{raw:?} is not a valid {what} (a UUID)")))
 }

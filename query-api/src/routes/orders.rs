@@ -57,18 +57,36 @@ pub struct OrderPage {
     pub next: Option<String>,
 }
 
+/// An order status, as `GET /orders?status=` takes it.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum OrderStatusName {
+    Placed,
+    Reserved,
+    Paid,
+    Shipped,
+    Cancelled,
+}
+
 /// `?customer_id=&status=&limit=&after=`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct OrderParams {
-    /// Only this customer's orders.
+    /// Only this customer's orders (a customer: its own only, else 403).
+    #[param(value_type = Option<String>, format = Uuid)]
     pub customer_id: Option<String>,
     /// Only orders in this status.
+    #[param(inline, value_type = Option<OrderStatusName>)]
     pub status: Option<String>,
     /// Page size, 1..=500 (default 50).
+    #[param(format = Int64, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (else 400 `invalid_cursor`).
+    #[param(
+        pattern = "^(3[0-9]|[46][1-6]){8}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){12}$"
+    )]
     pub after: Option<String>,
 }
 
@@ -80,10 +98,11 @@ const COLUMNS: &str = "order_id, customer_id, account_id, currency, status, tota
     params(("id" = Uuid, Path, description = "Order id"), ReadParams),
     responses(
         (status = 200, description = "The order", body = OrderView),
-        (status = 400, description = "Invalid id or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown order", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id` (not a uuid), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no such order, or (a customer) not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_version_timeout`: min_version not reached within wait_ms", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn get_order(
     State(state): State<AppState>,
@@ -111,8 +130,10 @@ pub async fn get_order(
     params(OrderParams),
     responses(
         (status = 200, description = "Orders by id (placement order for v7 ids)", body = OrderPage),
-        (status = 400, description = "Invalid filter, parameter or cursor", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_query`, `invalid_cursor`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: a customer asked for another customer's orders", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn list_orders(
     State(state): State<AppState>,
@@ -122,7 +143,7 @@ pub async fn list_orders(
     let limit = limit(params.limit)?;
     let customer_id =
         match &params.customer_id {
-            Some(raw) => Some(Uuid::parse_str(raw).map_err(|_| {
+            Some(raw) => Some(service::openapi::parse_uuid(raw).ok_or_else(|| {
                 ApiError::InvalidQuery(format!("customer_id {raw:?} is not a UUID"))
             })?),
             None => None,
@@ -150,7 +171,7 @@ pub async fn list_orders(
         None => None,
     };
     let after = match &params.after {
-        Some(cursor) => Some(decode_cursor(cursor, |key| Uuid::parse_str(key).ok())?),
+        Some(cursor) => Some(decode_cursor(cursor, service::openapi::parse_uuid)?),
         None => None,
     };
     let rows: Vec<OrderView> = sqlx::query_as(&format!(

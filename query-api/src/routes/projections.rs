@@ -52,7 +52,8 @@ pub struct RebuildView {
 
 #[utoipa::path(
     get, path = "/projections", tag = "projections",
-    responses((status = 200, description = "Every projection's progress", body = [ProjectionView]))
+    responses((status = 200, description = "Every projection's progress", body = [ProjectionView])),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn list_projections(State(state): State<AppState>) -> Result<Json<Vec<ProjectionView>>> {
     let statuses = statuses(&state.pool).await?;
@@ -100,7 +101,8 @@ fn database(error: projections::Error) -> crate::error::ApiError {
 /// and whatever else the process counts.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "OpenMetrics text exposition of the process's one registry", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+    responses((status = 200, description = "OpenMetrics text exposition of the process's one registry", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     service::metrics::metrics(State(state.registry.clone())).await

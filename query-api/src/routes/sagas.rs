@@ -78,16 +78,33 @@ pub struct SagaPage {
     pub next: Option<String>,
 }
 
+/// A saga state, as `GET /sagas?state=` takes it.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum SagaStateName {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    NeedsAttention,
+}
+
 /// `?state=&limit=&after=`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SagaParams {
     /// Only sagas in this state.
+    #[param(inline, value_type = Option<SagaStateName>)]
     pub state: Option<String>,
     /// Page size, 1..=500 (default 50).
+    #[param(format = Int64, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page (else 400 `invalid_cursor`).
+    #[param(
+        pattern = "^(3[0-9]|[46][1-6]){8}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){4}2d(3[0-9]|[46][1-6]){12}$"
+    )]
     pub after: Option<String>,
 }
 
@@ -99,10 +116,11 @@ const COLUMNS: &str = "saga_id, order_id, state, steps, compensation_reason, tra
     params(("order_id" = Uuid, Path, description = "The saga's order id"), ReadParams),
     responses(
         (status = 200, description = "The order's fulfilment saga", body = SagaView),
-        (status = 400, description = "Invalid id or parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No saga for this order", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "min_version not reached in time", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_id` (not a uuid), `invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no saga for this order, or (a customer) not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`min_version_timeout`: min_version not reached within wait_ms", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["customer", "operator"])))
 )]
 pub async fn get_saga(
     State(state): State<AppState>,
@@ -129,8 +147,9 @@ pub async fn get_saga(
     params(SagaParams),
     responses(
         (status = 200, description = "Sagas by order id (placement order for v7 ids)", body = SagaPage),
-        (status = 400, description = "Invalid state, parameter or cursor", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 400, description = "`invalid_query`, `invalid_cursor`", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
 )]
 pub async fn list_sagas(
     State(state): State<AppState>,
@@ -142,7 +161,7 @@ pub async fn list_sagas(
         None => None,
     };
     let after = match &params.after {
-        Some(cursor) => Some(decode_cursor(cursor, |key| Uuid::parse_str(key).ok())?),
+        Some(cursor) => Some(decode_cursor(cursor, service::openapi::parse_uuid)?),
         None => None,
     };
     let rows: Vec<SagaView> = sqlx::query_as(&format!(

@@ -327,3 +327,75 @@ async fn a_body_over_the_limit_is_413_only_after_credentials_and_role() {
     assert_problem(&fine, 404, "not_found");
     h.drop().await;
 }
+
+/// Each protected operation of the document names its roles
+/// (`x-purser-roles`), and the server enforces exactly those: a token
+/// without one of them is 403 `forbidden`, a token with one is not.
+#[tokio::test]
+async fn the_document_names_the_roles_the_server_enforces() {
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    let customer = keys.customer(Uuid::now_v7());
+    let operator = keys.operator("olga");
+    let document = get(&h, &access, "/openapi.json", None).await;
+    let mut checked = 0;
+    for (path, item) in document.json["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("operations") {
+            if operation["security"].is_null() {
+                continue;
+            }
+            assert_eq!(method, "get", "{path}");
+            let roles = operation["x-purser-roles"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} names no roles"));
+            let uri = path
+                .replace("{id}", &Uuid::now_v7().to_string())
+                .replace("{order_id}", &Uuid::now_v7().to_string())
+                .replace("{sku}", "NO-SUCH-SKU");
+            for (role, token) in [("customer", &customer), ("operator", &operator)] {
+                let status = get(&h, &access, &uri, Some(token)).await.status;
+                let allowed = roles.iter().any(|r| r == role);
+                assert_eq!(
+                    status == 403,
+                    !allowed,
+                    "{method} {path} as {role}: {status}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} checked");
+    h.drop().await;
+}
+
+/// A `min_version` no stream can reach (past `i64`) is a bad request, not a
+/// wait; the largest possible one is waited for (and times out here).
+#[tokio::test]
+async fn min_version_past_any_version_is_400() {
+    let h = Harness::new().await;
+    let keys = Keys::new();
+    let access = keys.access(generous());
+    let operator = keys.operator("olga");
+    let id = Uuid::now_v7();
+    for uri in [
+        format!("/accounts/{id}?min_version=9223372036854775808"),
+        format!("/accounts/{id}?min_version=18446744073709551616"),
+        format!("/orders/{id}?min_version=9223372036854775808&wait_ms=10"),
+        format!("/sagas/{id}?min_version=9223372036854775808"),
+        "/inventory/NO-SUCH-SKU?min_version=9223372036854775808".to_owned(),
+        format!("/accounts/{id}/transactions?min_version=9223372036854775808"),
+    ] {
+        let response = get(&h, &access, &uri, Some(&operator)).await;
+        assert_problem(&response, 400, "invalid_query");
+    }
+    let response = get(
+        &h,
+        &access,
+        &format!("/accounts/{id}?min_version=9223372036854775807&wait_ms=0"),
+        Some(&operator),
+    )
+    .await;
+    assert_problem(&response, 503, "min_version_timeout");
+    h.drop().await;
+}
