@@ -12,8 +12,9 @@
 //!   [`crate::auth::BearerSecurity`]) answers 401 and 429, and 403 unless
 //!   both roles may call it; its roles ([`ROLES`], an extension each
 //!   handler's annotation sets) are repeated in its description.
-//! - An operation with a request body answers 400, 413 and 415; every
-//!   operation may answer 503 (load shedding, the request timeout).
+//! - An operation with a request body answers 400 and 415; every operation
+//!   may answer 413 (a body over the limit) and 503 (load shedding, the
+//!   request timeout).
 //! - Every problem answer's schema is the `Problem` schema with its
 //!   `status` fixed and its `code` one of the codes the answer can carry:
 //!   those its description names in backticks (`` `insufficient_funds` ``),
@@ -156,12 +157,13 @@ fn complete_operation(method: &str, operation: &mut Map<String, Value>) {
             .entry(status.to_owned())
             .or_insert_with(|| problem_response(description));
     };
+    // Every route refuses a body over the limit, one that takes none too.
+    add(
+        "413",
+        "`payload_too_large`: the body is larger than the limit.",
+    );
     if has_body {
         add("400", "The request is malformed.");
-        add(
-            "413",
-            "`payload_too_large`: the body is larger than the limit.",
-        );
         add(
             "415",
             "`unsupported_media_type`: the body is not declared as JSON.",
