@@ -344,24 +344,24 @@ async fn customer(
 /// after the kills, the surviving workers and the standby relay are still
 /// catching up).
 async fn get(http: &reqwest::Client, url: &str, token: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "GET {url} never answered"
-        );
-        if let Ok(response) = http.get(url).bearer_auth(token).send().await {
-            if response.status() == StatusCode::OK {
-                return response.json().await.expect("JSON");
-            }
-            assert!(
-                matches!(response.status().as_u16(), 404 | 502..=504),
-                "GET {url}: {}",
-                response.status()
-            );
+    eventually(url, DEADLINE, Duration::from_millis(50), || async {
+        let response = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status == StatusCode::OK {
+            return Ok(response.json::<Value>().await.expect("JSON"));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        assert!(
+            matches!(status.as_u16(), 404 | 502..=504),
+            "GET {url}: {status}"
+        );
+        Err(status.to_string())
+    })
+    .await
 }
 
 /// The version of a stream in the store.
