@@ -24,61 +24,111 @@ use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BankAccount;
 
+/// What may be asked of a [`BankAccount`]. Sums are [`Amount`]s: integer
+/// minor units of the account's currency, always `> 0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
+    /// Opens the account with a zero balance. On a stream that already has
+    /// an account, open or closed: `account_already_exists`.
     Open {
+        /// The account's id; its stream is `account-{account_id}`.
         account_id: AccountId,
+        /// Who owns it: only this customer's orders may be charged to it.
         customer_id: CustomerId,
+        /// The currency of its balance, for good: only orders in it may be
+        /// charged to it.
         currency: Currency,
     },
+    /// Pays money in (`balance_overflow` if the balance would pass
+    /// [`Money::MAX`]).
     Deposit {
+        /// How much, in minor units.
         amount: Amount,
     },
+    /// Pays money out (`insufficient_funds` if the balance is smaller: it
+    /// never goes negative).
     Withdraw {
+        /// How much, in minor units.
         amount: Amount,
     },
     /// Sent by the order saga only. The customer and currency are the
-    /// order's, checked against the account's.
+    /// order's, checked against the account's (`customer_mismatch`,
+    /// `currency_mismatch`), then the balance (`insufficient_funds`). An
+    /// order is charged at most once: charging it again, even after a
+    /// refund, appends nothing.
     Charge {
+        /// The order paid for.
         order_id: OrderId,
+        /// The order's customer.
         customer_id: CustomerId,
+        /// The order's currency.
         currency: Currency,
+        /// The order's total, in minor units.
         amount: Amount,
     },
     /// Sent by the order saga only: gives back what `order_id` was charged.
+    /// An order never charged here is `charge_not_found`; a second refund
+    /// appends nothing.
     Refund {
+        /// The order whose charge is given back.
         order_id: OrderId,
     },
+    /// Closes the account for good, at a zero balance only
+    /// (`account_not_empty` otherwise). After it, every command but `Open`
+    /// is refused with `account_closed`.
     Close,
 }
 
+/// What happened to a [`BankAccount`], as stored. Every event that moves
+/// money carries the balance after it, so a reader (a projection, `evolve`)
+/// never does arithmetic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type")]
 pub enum AccountEvent {
+    /// The account exists, with a zero balance.
+    ///
     /// Schema version 2. Version 1 had no `currency` and meant EUR.
     AccountOpened {
+        /// The account's id.
         account_id: AccountId,
+        /// Its owner.
         customer_id: CustomerId,
+        /// The currency of its balance.
         currency: Currency,
     },
+    /// Money was paid in.
     MoneyDeposited {
+        /// How much, in minor units.
         amount: Amount,
+        /// The balance afterwards, in minor units.
         balance_after: Money,
     },
+    /// Money was paid out.
     MoneyWithdrawn {
+        /// How much, in minor units.
         amount: Amount,
+        /// The balance afterwards, in minor units.
         balance_after: Money,
     },
+    /// An order was paid for from the account, by its saga.
     AccountCharged {
+        /// The order paid for.
         order_id: OrderId,
+        /// What it was charged (its total), in minor units.
         amount: Amount,
+        /// The balance afterwards, in minor units.
         balance_after: Money,
     },
+    /// An order's charge was given back in full, by its saga compensating.
     ChargeRefunded {
+        /// The order whose charge was given back.
         order_id: OrderId,
+        /// What was given back: exactly what the order was charged.
         amount: Amount,
+        /// The balance afterwards, in minor units.
         balance_after: Money,
     },
+    /// The account closed at a zero balance; nothing happens to it after.
     AccountClosed,
 }
 
@@ -180,16 +230,22 @@ fn upcast_account_opened_v1(payload: Value) -> Value {
     }
 }
 
+/// Where an account is in its life: `not_opened -> open -> closed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountStatus {
+    /// No account in this stream yet: the initial state.
     #[default]
     NotOpened,
+    /// Takes deposits, withdrawals, charges and refunds.
     Open,
+    /// Closed at a zero balance, for good.
     Closed,
 }
 
 impl AccountStatus {
+    /// The status in snake case, as serde writes it: `not_opened`, `open`,
+    /// `closed`.
     pub fn as_str(self) -> &'static str {
         match self {
             AccountStatus::NotOpened => "not_opened",
@@ -202,16 +258,25 @@ impl AccountStatus {
 /// What an order was charged, and whether it was refunded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charge {
+    /// What the order was charged, in minor units.
     pub amount: Amount,
+    /// Whether the charge was given back (it is, at most once).
     pub refunded: bool,
 }
 
+/// A bank account as its events leave it. The ids and the currency are
+/// `None` until the account is opened.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AccountState {
+    /// Where the account is in its life.
     pub status: AccountStatus,
+    /// The account's id.
     pub account_id: Option<AccountId>,
+    /// Its owner, the only customer whose orders it pays for.
     pub customer_id: Option<CustomerId>,
+    /// The currency of its balance and of the orders it pays for.
     pub currency: Option<Currency>,
+    /// The balance, in minor units of `currency`; never negative.
     pub balance: Money,
     /// The charges of the orders recalled for the decision at hand
     /// ([`Aggregate::recall`]). Never folded, never snapshotted: an account
@@ -220,27 +285,58 @@ pub struct AccountState {
     pub charges: BTreeMap<OrderId, Charge>,
 }
 
+/// Why a [`BankAccount`] refuses a command; nothing is appended. Each
+/// variant's doc starts with its [`DomainError::code`]. `NotFound` is of
+/// [`ErrorKind::NotFound`], `AlreadyExists` of [`ErrorKind::AlreadyExists`],
+/// every other of [`ErrorKind::Rejected`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
+    /// `account_not_found`: no account in this stream (any command but
+    /// `Open`).
     #[error("account not found")]
     NotFound,
+    /// `account_already_exists`: `Open` where an account, open or closed,
+    /// exists.
     #[error("account already exists")]
     AlreadyExists,
+    /// `insufficient_funds`: a withdrawal or a charge larger than the
+    /// balance.
     #[error("insufficient funds: balance {balance}, requested {requested}")]
-    InsufficientFunds { balance: Money, requested: Amount },
+    InsufficientFunds {
+        /// The balance, in minor units.
+        balance: Money,
+        /// What was asked for, in minor units.
+        requested: Amount,
+    },
+    /// `account_closed`: any command but `Open` on a closed account.
     #[error("account is closed")]
     Closed,
+    /// `account_not_empty`: `Close` while money is left.
     #[error("account balance is {balance}, it must be zero to close")]
-    NotEmpty { balance: Money },
+    NotEmpty {
+        /// The balance left, in minor units.
+        balance: Money,
+    },
+    /// `currency_mismatch`: a charge for an order in another currency than
+    /// the account's.
     #[error("currency mismatch: account is in {account}, charge is in {requested}")]
     CurrencyMismatch {
+        /// The account's currency.
         account: Currency,
+        /// The order's currency.
         requested: Currency,
     },
+    /// `customer_mismatch`: a charge for another customer's order.
     #[error("the order's customer does not own this account")]
     CustomerMismatch,
+    /// `charge_not_found`: a refund for an order never charged here.
     #[error("order {order_id} was never charged to this account")]
-    ChargeNotFound { order_id: OrderId },
+    ChargeNotFound {
+        /// The order the refund named.
+        order_id: OrderId,
+    },
+    /// `balance_overflow`: a deposit or a refund that would take the
+    /// balance past [`Money::MAX`].
     #[error("balance would overflow")]
     BalanceOverflow,
 }

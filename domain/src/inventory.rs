@@ -32,65 +32,117 @@ use crate::{Aggregate, DecodeError, DomainError, DomainEvent, ErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inventory;
 
+/// What may be asked of an [`Inventory`] item. Quantities are
+/// [`Quantity`]s: whole units, `1..=`[`Quantity::MAX`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InventoryCommand {
+    /// Creates the item, with `quantity` units on hand and none reserved
+    /// (`item_already_exists` if the SKU has one).
     /// `name` is 1..=200 characters and not blank (`invalid_name` otherwise).
     Create {
+        /// The item's id; its stream is `inventory-{sku}`.
         sku: Sku,
+        /// What the item is called, for people.
         name: String,
+        /// Units on hand to start with.
         quantity: Quantity,
+        /// What one unit costs, in the only currency it can be ordered in.
         price: Price,
     },
+    /// Adds units on hand (`stock_overflow` past
+    /// [`InventoryState::MAX_ON_HAND`]).
     Restock {
+        /// Units received.
         quantity: Quantity,
     },
     /// Sets the item's unit price; in `currency` when given, else in the
     /// currency the item is priced in (an unpriced item needs one:
     /// `currency_required`). Setting the current price appends nothing.
+    /// Orders placed before keep the prices they recorded.
     SetPrice {
+        /// The price of one unit, in minor units.
         unit_price: UnitPrice,
+        /// The price's currency; `None` keeps the item's.
         currency: Option<Currency>,
     },
+    /// Sent by the order saga: holds units for an order out of what is
+    /// available (`insufficient_stock` if fewer are). An order reserves at
+    /// most once: reserving again, even after a release or a commit,
+    /// appends nothing.
     Reserve {
+        /// The order the units are held for.
         order_id: OrderId,
+        /// How many: the order's line for this SKU.
         quantity: Quantity,
     },
+    /// Sent by the order saga when it compensates: the order's reserved
+    /// units are available again. A reservation that is unknown, released
+    /// or committed is left alone (nothing is appended).
     Release {
+        /// The order whose reservation ends.
         order_id: OrderId,
     },
+    /// Sent by the order saga once the order shipped: the reserved units
+    /// leave the stock. Committing again appends nothing; an order that
+    /// holds no reservation here (none, or released) is
+    /// `reservation_not_found`.
     Commit {
+        /// The order whose reservation is sold.
         order_id: OrderId,
     },
 }
 
+/// What happened to an [`Inventory`] item, as stored. Quantities are whole
+/// units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type")]
 pub enum InventoryEvent {
+    /// The item exists, with `quantity` units on hand and none reserved.
+    ///
     /// Schema version 2. Version 1 had no `price`: it upcasts to an item
     /// without one (`price: null`).
     ItemCreated {
+        /// The item's SKU.
         sku: Sku,
+        /// Its name.
         name: String,
+        /// Units on hand to start with.
         quantity: Quantity,
+        /// Its price; `None` only for an item created before prices
+        /// existed (schema version 1).
         price: Option<Price>,
     },
+    /// Units were added on hand.
     ItemRestocked {
+        /// How many.
         quantity: Quantity,
     },
     /// The item's price from now on.
     PriceChanged {
+        /// The unit price and its currency.
         price: Price,
     },
+    /// Units were held for an order: `reserved` grows, `on_hand` stays.
     StockReserved {
+        /// The order they are held for.
         order_id: OrderId,
+        /// How many.
         quantity: Quantity,
     },
+    /// An order's reservation ended unsold (its saga compensated): the
+    /// units are available again.
     ReservationReleased {
+        /// The order whose reservation ended.
         order_id: OrderId,
+        /// Every unit it had reserved.
         quantity: Quantity,
     },
+    /// An order shipped: its reserved units left the stock, and `on_hand`
+    /// and `reserved` both dropped by them.
     ReservationCommitted {
+        /// The order that shipped.
         order_id: OrderId,
+        /// Every unit it had reserved.
         quantity: Quantity,
     },
 }
@@ -190,18 +242,27 @@ pub enum CatalogPrice {
     Unknown,
     /// The item exists but has no price yet.
     Unpriced,
+    /// The item's current price.
     Priced(Price),
 }
 
+/// An inventory item as its events leave it. Counts are units, and always
+/// `reserved <= on_hand`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InventoryState {
+    /// Whether the item was created.
     pub exists: bool,
+    /// Its SKU; `None` until created.
     pub sku: Option<Sku>,
+    /// Its name; `None` until created.
     pub name: Option<String>,
     /// `None` for an item created before prices existed, until it is priced.
     #[serde(default)]
     pub price: Option<Price>,
+    /// Units in stock, reserved or not; at most
+    /// [`InventoryState::MAX_ON_HAND`].
     pub on_hand: u64,
+    /// Units held for orders not shipped yet: the sum of `reservations`.
     pub reserved: u64,
     /// Open reservations: order -> quantity.
     pub reservations: BTreeMap<OrderId, Quantity>,
@@ -215,7 +276,9 @@ pub struct InventoryState {
 /// How a reservation that is no longer open ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationEnd {
+    /// The order's saga gave the units back.
     Released,
+    /// The order shipped and the units left the stock.
     Committed,
 }
 
@@ -244,20 +307,45 @@ impl InventoryState {
     }
 }
 
+/// Why an [`Inventory`] item refuses a command; nothing is appended. Each
+/// variant's doc starts with its [`DomainError::code`]. `NotFound` is of
+/// [`ErrorKind::NotFound`], `AlreadyExists` of [`ErrorKind::AlreadyExists`],
+/// every other of [`ErrorKind::Rejected`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InventoryError {
+    /// `item_not_found`: no item with this SKU (any command but `Create`).
     #[error("item not found")]
     NotFound,
+    /// `item_already_exists`: `Create` for a SKU that has an item.
     #[error("item already exists")]
     AlreadyExists,
+    /// `insufficient_stock`: a reservation of more units than are
+    /// available; the saga cancels the order as `out_of_stock`.
     #[error("insufficient stock: {available} available, {requested} requested")]
-    InsufficientStock { available: u64, requested: Quantity },
+    InsufficientStock {
+        /// Units available: `on_hand - reserved`.
+        available: u64,
+        /// Units asked for.
+        requested: Quantity,
+    },
+    /// `reservation_not_found`: a commit for an order that holds no
+    /// reservation here and never committed one.
     #[error("no reservation for order {order_id}")]
-    ReservationNotFound { order_id: OrderId },
+    ReservationNotFound {
+        /// The order the commit named.
+        order_id: OrderId,
+    },
+    /// `stock_overflow`: a restock that would take `on_hand` past
+    /// [`InventoryState::MAX_ON_HAND`].
     #[error("stock would exceed {max}", max = InventoryState::MAX_ON_HAND)]
     StockOverflow,
+    /// `invalid_name`: a blank name, or one over
+    /// [`TEXT_MAX_CHARS`](crate::TEXT_MAX_CHARS) characters, as the
+    /// [`ValueError`] says.
     #[error("invalid name: {0}")]
     InvalidName(ValueError),
+    /// `currency_required`: `SetPrice` without a currency for an item that
+    /// has no price yet.
     #[error("the item has no price yet: its first price needs a currency")]
     CurrencyRequired,
 }

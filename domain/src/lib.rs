@@ -101,16 +101,33 @@ pub trait Aggregate {
     /// The stream type, e.g. `"account"`. Stream ids are
     /// `"{STREAM_TYPE}-{id}"` and Kafka topics are named after it.
     const STREAM_TYPE: &'static str;
+    /// The folded state of one stream: what `decide` needs to know, and
+    /// what a snapshot stores (see [`Aggregate::STATE_SCHEMA`]).
     type State: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What a caller asks of the aggregate. Commands are never stored: only
+    /// the events decided from them are.
     type Command: Debug + Send + Sync;
+    /// What happened, as appended to the stream: the aggregate's persisted
+    /// record.
     type Event: DomainEvent;
+    /// Why a command is refused; a refusal appends nothing.
     type Error: DomainError;
 
+    /// The state of a stream without events: the aggregate does not exist
+    /// yet, and every command but the one that creates it is refused as
+    /// not found.
     fn initial() -> Self::State;
+    /// Decides `command` on `state`: the events to append, oldest first, or
+    /// why the command is refused. Pure, so deciding again on the same state
+    /// gives the same answer. `Ok` with no events means the command is
+    /// accepted and changes nothing (a repeated charge, reservation or
+    /// cancellation), which is what makes retrying a command harmless.
     fn decide(
         state: &Self::State,
         command: &Self::Command,
     ) -> Result<Vec<Self::Event>, Self::Error>;
+    /// Applies one event to a state. It never fails and checks no rule:
+    /// the event has happened, and was decided under the rules of its time.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 
     /// The schema of `State` as snapshots keep it. Bump it whenever the
@@ -207,24 +224,39 @@ pub enum ErrorKind {
     Rejected,
 }
 
-/// A domain refusal with a stable machine-readable code (API.md).
+/// A domain refusal with a stable machine-readable code: the `code` of the
+/// HTTP problem document that reports it (the book's "Errors and problem
+/// codes" lists them all).
 pub trait DomainError: std::error::Error + Send + Sync + 'static {
     /// Stable code, e.g. `"insufficient_funds"`.
     fn code(&self) -> &'static str;
+    /// Which family of refusal this is, and so which HTTP status reports
+    /// it: not found, already exists, or rejected.
     fn kind(&self) -> ErrorKind;
 }
 
 /// A stored event could not be turned back into a domain event.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// This event type does not exist in this event enum at that schema
+    /// version: an event of another aggregate's stream, or one written by
+    /// a newer Purser than this code.
     #[error("unknown event type {event_type} (schema version {schema_version})")]
     UnknownType {
+        /// The stored type name.
         event_type: String,
+        /// The stored schema version.
         schema_version: u32,
     },
+    /// The type and version are known, but the payload (after upcasting)
+    /// does not decode: a missing or mistyped field, or a value that fails
+    /// its check (a negative balance, a malformed SKU), since values are
+    /// parsed on the way in here too.
     #[error("invalid payload for {event_type}: {source}")]
     Payload {
+        /// The stored type name.
         event_type: String,
+        /// What `serde_json` found wrong.
         #[source]
         source: serde_json::Error,
     },

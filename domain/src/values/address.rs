@@ -31,6 +31,11 @@ struct ShippingAddressFields {
 }
 
 impl ShippingAddress {
+    /// Checks every text field with [`validate_text`](super::validate_text)
+    /// (not blank, at most [`TEXT_MAX_CHARS`](super::TEXT_MAX_CHARS)
+    /// characters), `line2` too when present: an empty `line2` is refused,
+    /// not taken as none. The error names the field, e.g.
+    /// `shipping_address.city`.
     pub fn new(
         name: String,
         line1: String,
@@ -56,26 +61,34 @@ impl ShippingAddress {
         })
     }
 
+    /// Who receives the parcel.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The first address line: street and number.
     pub fn line1(&self) -> &str {
         &self.line1
     }
 
+    /// The second address line (floor, door...), if any.
     pub fn line2(&self) -> Option<&str> {
         self.line2.as_deref()
     }
 
+    /// The city or town.
     pub fn city(&self) -> &str {
         &self.city
     }
 
+    /// The postal code, as free text: its format is the country's and is
+    /// not checked here.
     pub fn postal_code(&self) -> &str {
         &self.postal_code
     }
 
+    /// The destination country. `XX` is accepted here; the carrier refuses
+    /// it.
     pub fn country(&self) -> CountryCode {
         self.country
     }

@@ -13,8 +13,12 @@ use super::ValueError;
 pub struct Sku(String);
 
 impl Sku {
+    /// The longest SKU, in characters (ASCII, so also in bytes).
     pub const MAX_LEN: usize = 64;
 
+    /// Accepts 1 to [`Sku::MAX_LEN`] characters of `[A-Z0-9-]`, as given
+    /// (nothing is trimmed or upper-cased); anything else is
+    /// [`ValueError::InvalidSku`].
     pub fn parse(value: &str) -> Result<Sku, ValueError> {
         let valid = (1..=Self::MAX_LEN).contains(&value.len())
             && value
@@ -26,6 +30,8 @@ impl Sku {
         Ok(Sku(value.to_owned()))
     }
 
+    /// The SKU as text, e.g. `LAPTOP-15`: the item's id, in its stream id
+    /// `inventory-{sku}` too.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -87,15 +93,22 @@ fn ascii_str(bytes: &[u8]) -> &str {
 pub struct Currency([u8; 3]);
 
 impl Currency {
+    /// The euro; also the currency of an account opened before accounts
+    /// had one ([`AccountEvent::V1_CURRENCY`](crate::AccountEvent::V1_CURRENCY)).
     pub const EUR: Currency = Currency(*b"EUR");
+    /// The US dollar.
     pub const USD: Currency = Currency(*b"USD");
 
+    /// Accepts exactly 3 ASCII uppercase letters (`EUR`), otherwise
+    /// [`ValueError::InvalidCurrency`]. The shape is checked, not whether
+    /// ISO 4217 assigns the code.
     pub fn parse(value: &str) -> Result<Currency, ValueError> {
         upper_letters(value)
             .map(Currency)
             .ok_or_else(|| ValueError::InvalidCurrency(value.to_owned()))
     }
 
+    /// The three-letter code, e.g. `EUR`.
     pub fn as_str(&self) -> &str {
         ascii_str(&self.0)
     }
@@ -148,12 +161,16 @@ impl fmt::Display for Currency {
 pub struct CountryCode([u8; 2]);
 
 impl CountryCode {
+    /// Accepts exactly 2 ASCII uppercase letters (`ES`), otherwise
+    /// [`ValueError::InvalidCountryCode`]. The shape is checked, not
+    /// whether ISO 3166-1 assigns the code.
     pub fn parse(value: &str) -> Result<CountryCode, ValueError> {
         upper_letters(value)
             .map(CountryCode)
             .ok_or_else(|| ValueError::InvalidCountryCode(value.to_owned()))
     }
 
+    /// The two-letter code, e.g. `ES`.
     pub fn as_str(&self) -> &str {
         ascii_str(&self.0)
     }

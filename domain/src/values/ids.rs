@@ -16,6 +16,8 @@ macro_rules! uuid_id {
         pub struct $name(Uuid);
 
         impl $name {
+            /// Wraps `id`: any uuid is a valid id. Purser makes v7 ones
+            /// (`Uuid::now_v7()`), which sort by creation time.
             pub fn new(id: Uuid) -> Self {
                 Self(id)
             }
@@ -28,6 +30,7 @@ macro_rules! uuid_id {
                 })
             }
 
+            /// The uuid inside.
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }

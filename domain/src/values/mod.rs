@@ -22,28 +22,58 @@ pub use price::{Price, UnitPrice};
 /// A value could not be parsed. The message names the field problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
+    /// A [`Money`] below zero, in minor units as given.
     #[error("money must not be negative, got {0}")]
     NegativeMoney(i64),
+    /// An [`Amount`] or a [`UnitPrice`] of zero or less, in minor units as
+    /// given.
     #[error("amount must be greater than zero, got {0}")]
     NonPositiveAmount(i64),
+    /// A [`Quantity`] outside `1..=`[`Quantity::MAX`].
     #[error("quantity must be between 1 and {max}, got {value}", max = Quantity::MAX)]
-    QuantityOutOfRange { value: i64 },
+    QuantityOutOfRange {
+        /// The number given.
+        value: i64,
+    },
+    /// A [`Sku`] that is not 1 to 64 of `[A-Z0-9-]`; the text given.
     #[error("sku must match [A-Z0-9-]{{1,64}}, got {0:?}")]
     InvalidSku(String),
+    /// A [`Currency`] that is not 3 ASCII uppercase letters; the text given.
     #[error("currency must be an ISO 4217 code (3 uppercase letters), got {0:?}")]
     InvalidCurrency(String),
+    /// A [`CountryCode`] that is not 2 ASCII uppercase letters; the text
+    /// given.
     #[error("country must be an ISO 3166-1 alpha-2 code (2 uppercase letters), got {0:?}")]
     InvalidCountryCode(String),
+    /// An id ([`AccountId`], [`CustomerId`], [`OrderId`]) that is not a uuid.
     #[error("{kind} must be a uuid, got {value:?}")]
-    InvalidId { kind: &'static str, value: String },
+    InvalidId {
+        /// Which id: `account_id`, `customer_id` or `order_id`.
+        kind: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// A free text field that is empty or only whitespace.
     #[error("{field} must not be blank")]
-    BlankText { field: &'static str },
+    BlankText {
+        /// The field's name, e.g. `name` or `shipping_address.city`.
+        field: &'static str,
+    },
+    /// A free text field longer than [`TEXT_MAX_CHARS`] characters.
     #[error("{field} must be at most {max} characters, got {len}", max = TEXT_MAX_CHARS)]
-    TextTooLong { field: &'static str, len: usize },
+    TextTooLong {
+        /// The field's name, e.g. `name` or `shipping_address.city`.
+        field: &'static str,
+        /// Its length in characters (not bytes).
+        len: usize,
+    },
 }
 
 impl ValueError {
-    /// Stable machine-readable code (API.md).
+    /// Stable machine-readable code: `invalid_value`, whichever the
+    /// variant. A caller that knows which field it parsed may answer with a
+    /// more precise code of its own (the Command API says `invalid_amount`,
+    /// `invalid_currency`...).
     pub fn code(&self) -> &'static str {
         "invalid_value"
     }

@@ -14,7 +14,10 @@ use super::ValueError;
 pub struct Money(i64);
 
 impl Money {
+    /// No money: a new account's balance.
     pub const ZERO: Money = Money(0);
+    /// The largest sum there is, `i64::MAX` minor units; a balance or an
+    /// order total that would pass it is refused, never wrapped.
     pub const MAX: Money = Money(i64::MAX);
 
     /// Refuses negative sums.
@@ -30,6 +33,7 @@ impl Money {
         self.0
     }
 
+    /// Whether the sum is zero (an account closes only then).
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
@@ -84,6 +88,7 @@ impl Amount {
         Ok(Amount(Money(minor_units)))
     }
 
+    /// The same sum as a [`Money`], to add to or take from a balance.
     pub fn money(self) -> Money {
         self.0
     }
@@ -144,6 +149,7 @@ impl Quantity {
         }
     }
 
+    /// The count, `1..=`[`Quantity::MAX`].
     pub fn get(self) -> u32 {
         self.0
     }

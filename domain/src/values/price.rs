@@ -26,6 +26,7 @@ impl UnitPrice {
         self.0
     }
 
+    /// The same price as a [`Money`], to multiply and add up.
     pub fn money(self) -> Money {
         Money::new(self.0).expect("a unit price is positive")
     }
@@ -65,11 +66,16 @@ impl fmt::Display for UnitPrice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
+    /// What one unit costs, in minor units of `currency`.
     pub unit_price: UnitPrice,
+    /// The currency the item is priced in; an order in another currency
+    /// cannot buy it.
     pub currency: Currency,
 }
 
 impl Price {
+    /// `unit_price` minor units of `currency`. Both are valid already, so
+    /// any pair is a valid price.
     pub fn new(unit_price: UnitPrice, currency: Currency) -> Price {
         Price {
             unit_price,
