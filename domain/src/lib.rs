@@ -58,6 +58,7 @@
 //! `saga` crate carries it out; the `event-store` crate's `Repository` runs
 //! any [`Aggregate`] against PostgreSQL.
 
+#![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
 use std::fmt::Debug;

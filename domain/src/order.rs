@@ -32,27 +32,61 @@ pub struct Order;
 /// The most lines one order may have.
 pub const MAX_ORDER_LINES: usize = 100;
 
+/// What may be asked of an [`Order`]. The customer places it and may ask
+/// to cancel it; the fulfilment saga sends everything else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {
+    /// Places the order: checks the lines' shape ([`check_skus`]:
+    /// `invalid_order`), prices each line at the catalog's price
+    /// ([`LineToPlace::price`]: `unknown_sku`, `item_not_priced`,
+    /// `currency_mismatch`, `price_changed`) and adds them up
+    /// ([`order_total`]: `invalid_order` on overflow).
+    /// `order_already_exists` if the stream has an order.
     Place {
+        /// The order's id; its stream is `order-{order_id}`, its saga's
+        /// `saga-{order_id}`.
         order_id: OrderId,
+        /// Who orders.
         customer_id: CustomerId,
+        /// The account the saga charges the total to. The account checks,
+        /// when charged, that it is this customer's and in this currency.
         account_id: AccountId,
+        /// The order's currency: every line's item must be priced in it.
         currency: Currency,
+        /// What is ordered, with the catalog's answer for each SKU: 1 to
+        /// [`MAX_ORDER_LINES`] lines, each SKU on one line only.
         lines: Vec<LineToPlace>,
+        /// Where the carrier delivers.
         shipping_address: ShippingAddress,
     },
+    /// Sent by the saga once every line is reserved: `placed -> reserved`
+    /// (`invalid_transition` from any other status).
     MarkReserved,
+    /// Sent by the saga once the total was charged (or there was nothing to
+    /// charge): `reserved -> paid` (`invalid_transition` from any other
+    /// status).
     MarkPaid,
+    /// Sent by the saga once the carrier took the parcel: `paid -> shipped`.
+    /// Refused (`invalid_transition`) once a cancellation was requested:
+    /// that is how a cancellation wins a race with shipping.
     MarkShipped {
+        /// The carrier's tracking number.
         tracking_number: String,
     },
     /// The customer asks to cancel; the saga compensates and then sends
-    /// `Cancel { reason: CustomerRequest }`.
+    /// `Cancel { reason: CustomerRequest }`. A shipped order is
+    /// `order_not_cancellable`; asking again, or about a cancelled order,
+    /// appends nothing.
     RequestCancellation {
+        /// The customer's reason, free text kept for people (the domain
+        /// does not check it; the Command API does).
         reason: String,
     },
+    /// Sent by the saga at the end of its compensation: the order is
+    /// `cancelled`, for good. A shipped order is `order_not_cancellable`; a
+    /// cancelled one appends nothing.
     Cancel {
+        /// Why the order could not be fulfilled.
         reason: CancellationReason,
     },
 }
@@ -61,7 +95,9 @@ pub enum OrderCommand {
 /// SKU when the order was placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineToPlace {
+    /// The item ordered.
     pub sku: Sku,
+    /// How many units.
     pub quantity: Quantity,
     /// The unit price the client showed its user, if it sent one: the order
     /// is refused (`price_changed`) when the catalog's differs.
@@ -113,16 +149,25 @@ impl LineToPlace {
     }
 }
 
+/// Why an order was cancelled: which step of its saga was refused, or the
+/// customer's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancellationReason {
+    /// A line's stock could not be reserved (typically
+    /// `insufficient_stock`).
     OutOfStock,
+    /// The account refused the charge (`insufficient_funds`,
+    /// `account_closed`, `currency_mismatch`, `customer_mismatch`).
     PaymentDeclined,
+    /// The carrier refused the shipment (`shipment_refused`).
     ShippingFailed,
+    /// The customer asked to cancel before the order was marked shipped.
     CustomerRequest,
 }
 
 impl CancellationReason {
+    /// Every reason, in declaration order.
     pub const ALL: [CancellationReason; 4] = [
         CancellationReason::OutOfStock,
         CancellationReason::PaymentDeclined,
@@ -130,6 +175,9 @@ impl CancellationReason {
         CancellationReason::CustomerRequest,
     ];
 
+    /// The reason in snake case, as serde writes it and an order's
+    /// `cancellation_reason` shows it: `out_of_stock`, `payment_declined`,
+    /// `shipping_failed`, `customer_request`.
     pub fn as_str(self) -> &'static str {
         match self {
             CancellationReason::OutOfStock => "out_of_stock",
@@ -146,19 +194,29 @@ impl fmt::Display for CancellationReason {
     }
 }
 
+/// Where an order is in its life: `placed -> reserved -> paid -> shipped`,
+/// or `cancelled` from any of the first three ([`OrderStatus::can_become`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// No order in this stream yet: the initial state.
     #[default]
     NotPlaced,
+    /// Placed; its saga reserves the lines.
     Placed,
+    /// Every line is reserved; payment is next.
     Reserved,
+    /// The total was charged (or was zero); shipping is next.
     Paid,
+    /// Handed to the carrier, for good: it can no longer be cancelled.
     Shipped,
+    /// Cancelled, for good, with a [`CancellationReason`].
     Cancelled,
 }
 
 impl OrderStatus {
+    /// The status in snake case, as serde writes it: `not_placed`,
+    /// `placed`, `reserved`, `paid`, `shipped`, `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::NotPlaced => "not_placed",
@@ -196,27 +254,47 @@ impl fmt::Display for OrderStatus {
     }
 }
 
+/// What happened to an [`Order`], as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type")]
 pub enum OrderEvent {
+    /// The order was placed at the catalog's prices of that moment; its
+    /// saga starts from this event.
     OrderPlaced {
+        /// The order's id.
         order_id: OrderId,
+        /// Who ordered.
         customer_id: CustomerId,
+        /// The account to charge.
         account_id: AccountId,
+        /// The order's currency.
         currency: Currency,
+        /// The lines, each with the unit price it was placed at.
         lines: Vec<OrderLine>,
+        /// The sum of the lines, in minor units of `currency`: what the
+        /// saga charges.
         total: Money,
+        /// Where it goes.
         shipping_address: ShippingAddress,
     },
+    /// Every line's stock is reserved.
     OrderReserved,
+    /// The account was charged the total (or there was nothing to charge).
     OrderPaid,
+    /// The carrier took the order; nothing changes afterwards.
     OrderShipped {
+        /// The carrier's tracking number.
         tracking_number: String,
     },
+    /// The customer asked to cancel: shipping is blocked from now on, and
+    /// the saga compensates, then cancels the order.
     CancellationRequested {
+        /// The customer's reason, as given.
         reason: String,
     },
+    /// The order was cancelled; nothing changes afterwards.
     OrderCancelled {
+        /// Why.
         reason: CancellationReason,
     },
 }
@@ -265,64 +343,112 @@ impl DomainEvent for OrderEvent {
     }
 }
 
+/// An order as its events leave it. What `OrderPlaced` sets is empty or
+/// `None` until the order is placed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct OrderState {
+    /// Where the order is in its life.
     pub status: OrderStatus,
+    /// The order's id.
     pub order_id: Option<OrderId>,
+    /// Who ordered.
     pub customer_id: Option<CustomerId>,
+    /// The account charged.
     pub account_id: Option<AccountId>,
+    /// The order's currency.
     pub currency: Option<Currency>,
+    /// The lines, at the prices they were placed at.
     pub lines: Vec<OrderLine>,
+    /// The sum of the lines, in minor units of `currency`.
     pub total: Money,
+    /// Where it goes.
     pub shipping_address: Option<ShippingAddress>,
     /// The customer's reason, once a cancellation was requested.
     pub cancellation_requested: Option<String>,
+    /// Why it was cancelled, once it was.
     pub cancellation_reason: Option<CancellationReason>,
+    /// The carrier's tracking number, once shipped.
     pub tracking_number: Option<String>,
 }
 
 /// Why an order cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidOrder {
+    /// No lines at all.
     #[error("an order needs at least one line")]
     NoLines,
+    /// More than [`MAX_ORDER_LINES`] lines; how many there were.
     #[error("an order has at most {max} lines, got {0}", max = MAX_ORDER_LINES)]
     TooManyLines(usize),
+    /// The first SKU found on a second line.
     #[error("sku {0} appears on more than one line")]
     DuplicateSku(Sku),
+    /// A line's total, or the order's, would pass [`Money::MAX`].
     #[error("the order total overflows")]
     TotalOverflow,
 }
 
+/// Why an [`Order`] refuses a command; nothing is appended. Each variant's
+/// doc starts with its [`DomainError::code`]. `NotFound` is of
+/// [`ErrorKind::NotFound`], `AlreadyExists` of [`ErrorKind::AlreadyExists`],
+/// every other of [`ErrorKind::Rejected`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
+    /// `order_not_found`: no order in this stream (any command but
+    /// `Place`).
     #[error("order not found")]
     NotFound,
+    /// `order_already_exists`: `Place` where an order exists.
     #[error("order already exists")]
     AlreadyExists,
+    /// `invalid_order`: the lines do not make an order.
     #[error("invalid order: {0}")]
     InvalidOrder(#[from] InvalidOrder),
+    /// `unknown_sku`: no item has this SKU.
     #[error("unknown sku {0}")]
     UnknownSku(Sku),
+    /// `item_not_priced`: the item has no price yet (it was created before
+    /// prices existed).
     #[error("sku {0} has no price yet")]
     ItemNotPriced(Sku),
+    /// `currency_mismatch`: the item is priced in another currency than
+    /// the order.
     #[error("sku {sku} is priced in {item}, the order is in {order}")]
     CurrencyMismatch {
+        /// The line's SKU.
         sku: Sku,
+        /// The item's currency.
         item: Currency,
+        /// The order's currency.
         order: Currency,
     },
+    /// `price_changed`: the unit price the client showed is no longer the
+    /// catalog's.
     #[error("the unit price of sku {sku} is now {current}, not {expected}")]
     PriceChanged {
+        /// The line's SKU.
         sku: Sku,
+        /// The price the client sent, in minor units.
         expected: UnitPrice,
+        /// The catalog's price, in minor units.
         current: UnitPrice,
     },
+    /// `order_not_cancellable`: a cancellation, requested or decided, of a
+    /// shipped order.
     #[error("order is {status} and can no longer be cancelled")]
-    NotCancellable { status: OrderStatus },
+    NotCancellable {
+        /// The order's status: `shipped`.
+        status: OrderStatus,
+    },
+    /// `invalid_transition`: a saga's command that the order's status does
+    /// not allow (marking paid an order that is not reserved, marking
+    /// shipped one whose cancellation was requested).
     #[error("cannot {command} an order that is {status}")]
     InvalidTransition {
+        /// The order's status.
         status: OrderStatus,
+        /// What was asked, in words: `mark reserved`, `mark paid` or
+        /// `mark shipped`.
         command: &'static str,
     },
 }

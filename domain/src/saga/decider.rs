@@ -9,61 +9,124 @@ use super::{
 use crate::order::CancellationReason;
 use crate::{Aggregate, DomainError, ErrorKind};
 
+/// What the orchestrator records in a saga's stream: that the saga
+/// started, each attempt of each step before it acts, and each outcome.
+/// Times are milliseconds since the Unix epoch, read by the orchestrator
+/// (the domain reads no clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SagaCommand {
+    /// Starts the saga of an order. Starting it again appends nothing: one
+    /// saga per order.
     Start {
+        /// The saga's own id: with the operator retries and the step, it
+        /// makes the idempotency key of each step's command.
         saga_id: Uuid,
+        /// What the saga needs of its order.
         order: SagaOrder,
     },
+    /// Records that an attempt of `step` begins, before it acts.
+    /// `invalid_transition` if the step succeeded already or an attempt of
+    /// it is running (that one is resumed or timed out first).
     StartStep {
+        /// The step attempted.
         step: Step,
+        /// The attempt's number, from 1.
         attempt: u32,
+        /// When the attempt counts as timed out; persisted, so that a
+        /// restarted orchestrator honours it.
         deadline_ms: i64,
     },
+    /// Records that the running attempt of `step` succeeded
+    /// (`step_not_running` if no attempt of it is running).
     SucceedStep {
+        /// The step that succeeded.
         step: Step,
+        /// For [`Step::Ship`]: the carrier's tracking number.
         tracking_number: Option<String>,
     },
+    /// Records a transient failure of the running attempt of `step`
+    /// (`step_not_running` if none runs); the next attempt is due at
+    /// `retry_at_ms`.
     FailStep {
+        /// The step that failed.
         step: Step,
+        /// The attempt that failed.
         attempt: u32,
+        /// The failure's code ([`step_errors`](crate::step_errors):
+        /// `timeout`, `carrier_unavailable`...).
         error: String,
+        /// When the next attempt is due.
         retry_at_ms: i64,
     },
     /// A business refusal: a forward step turns the saga to compensation,
     /// a compensation (or a step whose refusal has no business meaning)
     /// needs an operator.
     RefuseStep {
+        /// The step refused; an attempt of it must be running.
         step: Step,
+        /// The refusing aggregate's or the carrier's code, e.g.
+        /// `insufficient_funds`: what the saga shows.
         code: String,
+        /// The refusal's message, for operators reading the stream.
         error: String,
     },
+    /// Turns a running saga to compensation: the customer asked to cancel.
+    /// `invalid_transition` once the order was marked shipped, or if the
+    /// saga is not running.
     BeginCompensation {
+        /// What the order will be cancelled as.
         reason: CancellationReason,
     },
+    /// Ends a running saga whose forward steps all succeeded
+    /// (`invalid_transition` otherwise).
     Complete,
+    /// Ends a compensating saga whose compensations all succeeded
+    /// (`invalid_transition` otherwise).
     FinishCompensation,
+    /// Stops the saga until an operator retries it: `step` ran out of
+    /// retries.
     NeedAttention {
+        /// The step that stopped the saga.
         step: Step,
+        /// The code of its last failure.
         error: String,
     },
-    /// An operator resumes a saga in `needs_attention`.
+    /// An operator resumes a saga in `needs_attention`
+    /// (`saga_not_retryable` in any other status).
     Retry,
 }
 
+/// Why a saga refuses to record a command; nothing is appended. Each
+/// variant's doc starts with its [`DomainError::code`]. `NotFound` is of
+/// [`ErrorKind::NotFound`], every other of [`ErrorKind::Rejected`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SagaError {
+    /// `saga_not_found`: no saga in this stream (any command but `Start`).
     #[error("saga not found")]
     NotFound,
+    /// `invalid_transition`: a command that the saga's status or steps do
+    /// not allow (a step started twice, completing with steps left, most
+    /// commands on a saga that is over or needs attention).
     #[error("saga is {status}: {command} is not possible")]
     InvalidTransition {
+        /// The saga's status.
         status: SagaStatus,
+        /// What was asked, in words, e.g. `start a running step`.
         command: &'static str,
     },
+    /// `step_not_running`: an outcome for a step with no attempt running.
     #[error("step {step} is not running")]
-    StepNotRunning { step: String },
+    StepNotRunning {
+        /// The step, as `name` or `name:SKU`.
+        step: String,
+    },
+    /// `saga_not_retryable`: `Retry` of a saga that does not need
+    /// attention.
     #[error("saga is {status}, only a saga that needs attention can be retried")]
-    NotRetryable { status: SagaStatus },
+    NotRetryable {
+        /// The saga's status.
+        status: SagaStatus,
+    },
 }
 
 impl DomainError for SagaError {

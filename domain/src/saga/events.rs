@@ -9,22 +9,35 @@ use crate::codec;
 use crate::order::CancellationReason;
 use crate::{DecodeError, DomainEvent};
 
+/// What a saga recorded, step by step: an audit trail of what the
+/// orchestrator did, and where a restarted orchestrator carries on from.
+/// Times are milliseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type")]
 pub enum SagaEvent {
+    /// The saga of an order began, forward.
     SagaStarted {
+        /// The saga's own id.
         saga_id: Uuid,
+        /// What it knows of its order.
         order: SagaOrder,
     },
     /// An attempt of `step` begins; it counts as timed out at `deadline_ms`
     /// (milliseconds since the Unix epoch), even across a restart.
     StepStarted {
+        /// The step attempted.
         step: Step,
+        /// The attempt's number, from 1, counted across operator retries.
         attempt: u32,
+        /// When the attempt times out.
         deadline_ms: i64,
     },
+    /// The running attempt of `step` succeeded: the step is done.
     StepSucceeded {
+        /// The step.
         step: Step,
+        /// For [`Step::Ship`], the carrier's tracking number; absent
+        /// otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tracking_number: Option<String>,
     },
@@ -33,29 +46,46 @@ pub enum SagaEvent {
     /// `carrier_unavailable`...); sagas recorded before codes have free text
     /// there, which [`codes::error_code`](super::codes::error_code) maps.
     StepFailed {
+        /// The step.
         step: Step,
+        /// The attempt that failed.
         attempt: u32,
+        /// The failure's code.
         error: String,
+        /// When the next attempt is due.
         retry_at_ms: i64,
     },
     /// A business refusal, with the refusing aggregate's code (what the
     /// saga shows) and its message (for operators reading the stream).
     StepRefused {
+        /// The step.
         step: Step,
+        /// The refusing aggregate's or the carrier's code, e.g.
+        /// `insufficient_stock`.
         code: String,
+        /// The refusal's message.
         error: String,
     },
+    /// The saga turned to undoing every step it attempted, in reverse,
+    /// and then cancelling the order.
     CompensationStarted {
+        /// What the order will be cancelled as.
         reason: CancellationReason,
     },
+    /// Every forward step succeeded: the order shipped and its stock is
+    /// committed. Nothing happens afterwards.
     SagaCompleted,
+    /// Every compensation succeeded: the order is cancelled, its charge
+    /// refunded and its stock released. Nothing happens afterwards.
     SagaCompensated,
     /// A step ran out of retries, or a compensation was refused: nothing
     /// happens until an operator retries. `error` is the code of the last
     /// failure or refusal (free text before codes, mapped like
     /// `StepFailed`'s).
     SagaNeedsAttention {
+        /// The step that stopped the saga.
         step: Step,
+        /// The code of its last failure or refusal.
         error: String,
     },
     /// An operator resumes a saga that needed attention; the step that

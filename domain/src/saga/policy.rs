@@ -20,33 +20,49 @@ pub struct Situation {
 pub enum Action {
     /// Start attempt `attempt` of `step` (record `StepStarted`, then act).
     Attempt {
+        /// The step to attempt.
         step: Step,
+        /// The attempt's number: 1, or one more than the attempts so far.
         attempt: u32,
     },
     /// The attempt in progress has no recorded outcome (the orchestrator
     /// stopped while it ran) and its deadline has not passed: act again
     /// under the same idempotency key, within the persisted deadline.
     Resume {
+        /// The step in progress.
         step: Step,
+        /// The attempt in progress.
         attempt: u32,
+        /// Its persisted deadline, in milliseconds since the Unix epoch.
         deadline_ms: i64,
     },
     /// The attempt in progress passed its persisted deadline.
     TimedOut {
+        /// The step in progress.
         step: Step,
+        /// The attempt that timed out: record it as failed (`timeout`).
         attempt: u32,
     },
     /// Nothing to do before `until_ms`.
     Wait {
+        /// When the failed step's next attempt is due, in milliseconds
+        /// since the Unix epoch.
         until_ms: i64,
     },
+    /// The customer asked to cancel before the order was marked shipped:
+    /// record `BeginCompensation` with this reason
+    /// ([`CancellationReason::CustomerRequest`]).
     BeginCompensation(CancellationReason),
+    /// Every forward step succeeded: record `Complete`.
     Complete,
+    /// Every compensation succeeded: record `FinishCompensation`.
     FinishCompensation,
     /// The step ran out of retries: `error` is the code of its last
     /// failure ([`codes`](super::codes)).
     NeedsAttention {
+        /// The step that ran out of retries.
         step: Step,
+        /// The code of its last failure.
         error: String,
     },
     /// Waiting for an operator.

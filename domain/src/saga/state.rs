@@ -8,19 +8,33 @@ use uuid::Uuid;
 use super::{SagaOrder, Step};
 use crate::order::CancellationReason;
 
+/// Where a saga is: `running`, then `completed`; or, once a step is
+/// refused or the customer cancels, `compensating`, then `compensated`.
+/// Either live status may stop at `needs_attention` until an operator
+/// retries the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {
+    /// No saga in this stream yet: the initial state.
     #[default]
     NotStarted,
+    /// Carrying out the forward steps.
     Running,
+    /// Undoing the steps attempted, then cancelling the order.
     Compensating,
+    /// The order shipped; nothing happens afterwards.
     Completed,
+    /// The order is cancelled and what the saga did is undone; nothing
+    /// happens afterwards.
     Compensated,
+    /// Stopped until an operator retries it: a step ran out of retries, or
+    /// a compensation (or a step whose refusal has no business meaning)
+    /// was refused.
     NeedsAttention,
 }
 
 impl SagaStatus {
+    /// Every status a started saga can have (all but `NotStarted`).
     pub const ALL: [SagaStatus; 5] = [
         SagaStatus::Running,
         SagaStatus::Compensating,
@@ -29,6 +43,9 @@ impl SagaStatus {
         SagaStatus::NeedsAttention,
     ];
 
+    /// The status in snake case, as serde writes it: `not_started`,
+    /// `running`, `compensating`, `completed`, `compensated`,
+    /// `needs_attention`.
     pub fn as_str(self) -> &'static str {
         match self {
             SagaStatus::NotStarted => "not_started",
@@ -52,11 +69,13 @@ impl fmt::Display for SagaStatus {
     }
 }
 
+/// The last thing a saga recorded about one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// An attempt was started and has no outcome yet.
     Running,
+    /// An attempt succeeded: the step is done.
     Succeeded,
     /// The last attempt failed transiently; another one is due at `retry_at_ms`.
     Failed,
@@ -65,6 +84,8 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// The status in snake case, as serde writes it: `running`,
+    /// `succeeded`, `failed`, `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Running => "running",
@@ -78,7 +99,9 @@ impl StepStatus {
 /// One step as the saga has seen it so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// The step.
     pub step: Step,
+    /// Its last outcome, or `Running` while an attempt has none.
     pub status: StepStatus,
     /// Attempts started, in all.
     pub attempts: u32,
@@ -101,10 +124,15 @@ impl StepRecord {
     }
 }
 
+/// A saga as its events leave it: what [`next_action`](super::next_action)
+/// plans from.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SagaState {
+    /// Where the saga is.
     pub status: SagaStatus,
+    /// Its own id; `None` until started.
     pub saga_id: Option<Uuid>,
+    /// Its order; `None` until started.
     pub order: Option<SagaOrder>,
     /// In the order each step was first attempted.
     pub steps: Vec<StepRecord>,
@@ -116,10 +144,12 @@ pub struct SagaState {
     /// How many times an operator retried the saga; part of the idempotency
     /// keys, so a retried step may act again where its refusal was stored.
     pub retries: u32,
+    /// The carrier's tracking number, once `Ship` succeeded.
     pub tracking_number: Option<String>,
 }
 
 impl SagaState {
+    /// What the saga knows of `step`; `None` if it was never attempted.
     pub fn record(&self, step: &Step) -> Option<&StepRecord> {
         self.steps.iter().find(|r| &r.step == step)
     }
@@ -128,6 +158,7 @@ impl SagaState {
         self.steps.iter_mut().find(|r| &r.step == step)
     }
 
+    /// Whether `step` is done.
     pub fn succeeded(&self, step: &Step) -> bool {
         self.record(step)
             .is_some_and(|r| r.status == StepStatus::Succeeded)

@@ -13,17 +13,45 @@ use crate::values::{
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum Step {
-    ReserveStock { sku: Sku },
+    /// Reserve a line's quantity of `sku` for the order
+    /// ([`InventoryCommand::Reserve`](crate::InventoryCommand::Reserve)).
+    ReserveStock {
+        /// The line's SKU.
+        sku: Sku,
+    },
+    /// Mark the order reserved.
     MarkReserved,
+    /// Charge the order's total to its account
+    /// ([`AccountCommand::Charge`](crate::AccountCommand::Charge));
+    /// skipped for a zero total.
     ChargePayment,
+    /// Mark the order paid.
     MarkPaid,
+    /// Hand the order to the carrier, which answers with a tracking number.
     Ship,
+    /// Mark the order shipped, with the tracking number. After it there is
+    /// nothing to compensate.
     MarkShipped,
-    CommitStock { sku: Sku },
+    /// Commit a line's reservation: the units leave the stock
+    /// ([`InventoryCommand::Commit`](crate::InventoryCommand::Commit)).
+    CommitStock {
+        /// The line's SKU.
+        sku: Sku,
+    },
     // Compensations.
+    /// Ask the carrier to cancel the shipment.
     CancelShipment,
+    /// Give back the order's charge
+    /// ([`AccountCommand::Refund`](crate::AccountCommand::Refund)).
     RefundPayment,
-    ReleaseStock { sku: Sku },
+    /// Release a line's reservation
+    /// ([`InventoryCommand::Release`](crate::InventoryCommand::Release)).
+    ReleaseStock {
+        /// The line's SKU.
+        sku: Sku,
+    },
+    /// Cancel the order with the compensation's reason
+    /// ([`OrderCommand::Cancel`](crate::OrderCommand::Cancel)).
     CancelOrder,
 }
 
@@ -94,12 +122,20 @@ impl fmt::Display for Step {
 /// What the saga knows of its order, copied from `OrderPlaced`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaOrder {
+    /// The order.
     pub order_id: OrderId,
+    /// Who ordered: the charge is checked against the account's owner.
     pub customer_id: CustomerId,
+    /// The account charged.
     pub account_id: AccountId,
+    /// The order's currency.
     pub currency: Currency,
+    /// The lines, at the prices they were placed at: one reservation each.
     pub lines: Vec<OrderLine>,
+    /// What is charged, in minor units of `currency`; zero skips
+    /// [`Step::ChargePayment`].
     pub total: Money,
+    /// Where the carrier delivers.
     pub shipping_address: ShippingAddress,
 }
 
