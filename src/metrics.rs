@@ -48,6 +48,12 @@ pub fn register_pool(registry: &Registry, pool: &PgPool) {
     }));
 }
 
+/// The saga backlog's gauges (orders waiting for their saga, and the age
+/// of the oldest), measured at each scrape, once per process.
+pub fn register_saga_backlog(registry: &Registry, pool: &PgPool) {
+    ::command_api::backlog::register_metrics(registry, pool);
+}
+
 /// Registers the projections' progress and sagas per state (from the
 /// database, at each scrape), once per process.
 pub fn register_projection_status(registry: &Registry, pool: &PgPool) {

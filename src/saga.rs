@@ -73,6 +73,7 @@ impl Orchestrator {
         let metrics = ::saga::SagaMetrics::new();
         registry.register(|r| metrics.register(r));
         crate::metrics::register_projection_status(registry, &pool);
+        crate::metrics::register_saga_backlog(registry, &pool);
         Orchestrator {
             store: event_store::EventStore::new(pool),
             saga,

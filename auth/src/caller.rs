@@ -186,7 +186,7 @@ impl AuthError {
         AuthError::InvalidToken(reason.into())
     }
 
-    /// The stable code of API.md: `unauthenticated` or `invalid_token`.
+    /// The stable code of the API guide: `unauthenticated` or `invalid_token`.
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Unauthenticated => "unauthenticated",

@@ -1,5 +1,5 @@
-//! Identity and access for Purser's services (API.md, "Identity and
-//! access"; DESIGN.md point 9).
+//! Identity and access for Purser's services (the API guide, "Identity and
+//! access"; design decision 9).
 //!
 //! - [`Verifier`] turns an `Authorization` header into a [`Caller`] or an
 //!   [`AuthError`] with a stable `code()`: bearer JWTs signed with EdDSA,

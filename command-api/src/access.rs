@@ -1,5 +1,5 @@
-//! Who may act on which aggregate (API.md, "Identity and access"; DESIGN.md
-//! point 9): a customer acts only on what it owns, read from the state the
+//! Who may act on which aggregate (the API guide, "Identity and access";
+//! design decision 9): a customer acts only on what it owns, read from the state the
 //! decision loads (an account's `customer_id`, an order's), and anything
 //! else answers exactly as a missing aggregate does.
 //!

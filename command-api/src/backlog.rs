@@ -7,9 +7,13 @@
 //! The backlog is measured at most once per `refresh` (one query, bounded by
 //! the backlog itself), and requests meanwhile take that measure.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use saga::Backlog;
+use service::metrics::Registry;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
@@ -67,4 +71,43 @@ impl BacklogGate {
         }
         Ok(())
     }
+}
+
+/// `purser_saga_backlog_orders` and `purser_saga_backlog_oldest_seconds`:
+/// the orders placed whose saga has not started yet, and how long the
+/// oldest has waited ([`Backlog`], measured at each scrape), once per
+/// process.
+pub fn register_metrics(registry: &Registry, pool: &PgPool) {
+    let orders = Gauge::<i64>::default();
+    let oldest = Gauge::<f64, AtomicU64>::default();
+    let registered = registry.register_group("saga_backlog", |r| {
+        r.register(
+            "purser_saga_backlog_orders",
+            "Orders placed whose saga has not started yet",
+            orders.clone(),
+        );
+        r.register(
+            "purser_saga_backlog_oldest_seconds",
+            "How long the oldest order waiting for its saga has waited (0 when none waits)",
+            oldest.clone(),
+        );
+    });
+    if !registered {
+        return;
+    }
+    let pool = pool.clone();
+    registry.on_scrape(Arc::new(move || {
+        let (orders, oldest, pool) = (orders.clone(), oldest.clone(), pool.clone());
+        Box::pin(async move {
+            match Backlog::measure(&pool).await {
+                Ok(backlog) => {
+                    orders.set(i64::try_from(backlog.orders).unwrap_or(i64::MAX));
+                    oldest.set(backlog.oldest.as_secs_f64());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot measure the saga backlog for /metrics")
+                }
+            }
+        })
+    }));
 }

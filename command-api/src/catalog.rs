@@ -1,8 +1,8 @@
 //! The catalog as the command side sees it: each SKU's current price, read
 //! by folding its inventory stream from the event store (never a read
 //! model's copy, which may lag), so that an order is placed at the price in
-//! force when it is decided (API.md "Inventory"). The facts go into the
-//! command; the order's decider stays pure (DESIGN.md point 1).
+//! force when it is decided (the API guide "Inventory"). The facts go into the
+//! command; the order's decider stays pure (design decision 1).
 
 use domain::{CatalogPrice, Inventory, LineToPlace};
 use event_store::{EventStore, Repository};

@@ -1,7 +1,7 @@
 //! Request and response bodies, and the parsing of requests into domain
 //! commands: this is the edge where raw JSON becomes domain newtypes.
 //!
-//! Status rules (API.md): a body that is not JSON, has the wrong types,
+//! Status rules (the API guide): a body that is not JSON, has the wrong types,
 //! unknown or missing fields, or an invalid id (a uuid, or a SKU: the
 //! inventory item's id, in a path or in a body) is a 400; a well-formed
 //! value the domain does not accept (zero or negative amounts and prices,
@@ -119,7 +119,7 @@ fn unit_price(field: &str, value: Int) -> Result<UnitPrice, ApiError> {
 }
 
 /// A SKU from the body: the inventory item's id, so a malformed one is a
-/// bad id, 400 (API.md).
+/// bad id, 400 (the API guide).
 fn sku(field: &str, value: &str) -> Result<Sku, ApiError> {
     Sku::parse(value).map_err(|_| {
         ApiError::InvalidId(format!(
@@ -154,7 +154,7 @@ fn no_nul(field: &str, value: &str, code: &'static str) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// A uuid from the body; an invalid id is a 400 (API.md).
+/// A uuid from the body; an invalid id is a 400 (the API guide).
 fn uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
     service::openapi::parse_uuid(value)
         .ok_or_else(|| ApiError::InvalidId(format!("{field} must be a uuid, got {value:?}")))

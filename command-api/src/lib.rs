@@ -1,4 +1,4 @@
-//! Purser's Command API: every command of API.md over HTTP.
+//! Purser's Command API: every command of the API guide over HTTP.
 //!
 //! A request is parsed at the edge into domain newtypes ([`dto`],
 //! [`extract`]), run through the event store's repository (load, decide,

@@ -1,5 +1,5 @@
 //! The sweep that keeps `Idempotency-Key`s for `PURSER_IDEMPOTENCY_TTL`
-//! (API.md: "kept at least ... and purged after it"): every
+//! (the API guide: "kept at least ... and purged after it"): every
 //! `idempotency_sweep_every` (a minute), the keys older than the TTL are
 //! deleted, [`PURGE_BATCH`] rows per statement until none is left, and
 //! counted in `command_api_idempotency_keys_purged_total`. Every Command

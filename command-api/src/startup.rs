@@ -31,7 +31,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 ///
 /// Every route but `/health/*` and `/openapi.json` needs a caller that
 /// `access` lets in (401, 429); each route's role is checked next (403),
-/// before its handler looks at the request (API.md's table).
+/// before its handler looks at the request (the API guide's table).
 pub fn router(state: AppState, access: Access) -> Router {
     let middleware = ServiceBuilder::new()
         .layer(from_fn(service::middleware::request_id))
@@ -58,7 +58,7 @@ pub fn router(state: AppState, access: Access) -> Router {
         // The body limit is enforced where a command reads its body (the
         // `Command` extractor: 413 from the declared length, or once a
         // streamed body passes it), so after authentication (401) and the
-        // route's role (403), as API.md orders the checks.
+        // route's role (403), as the API guide orders the checks.
         .layer(DefaultBodyLimit::max(state.body_limit()));
 
     let customer = || from_fn(customer_only);

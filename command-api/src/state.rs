@@ -50,6 +50,7 @@ impl AppState {
         registry: &service::metrics::Registry,
     ) -> AppState {
         let metrics = Arc::new(Metrics::new(registry));
+        crate::backlog::register_metrics(registry, store.pool());
         let retries = config.max_retries;
         let every = config.snapshot_every;
         AppState {

@@ -5,7 +5,7 @@
 //!   `UNIQUE (stream_id, version)` underneath; one SQL statement.
 //! - [`EventStore::read_stream`], and [`EventStore::read_all`] in the global
 //!   `(transaction_id, position)` order that never skips an event committed
-//!   late by a concurrent transaction (DESIGN.md point 3).
+//!   late by a concurrent transaction (design decision 3).
 //! - [`Repository`]: load (optionally from a snapshot), decide, append;
 //!   re-decide on conflict (the one place that retries); answers with a
 //!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the

@@ -198,7 +198,7 @@ impl EventStore {
     /// order, taking only events whose writing transaction is older than
     /// every transaction still in flight.
     ///
-    /// Why this never skips an event (DESIGN.md point 3): every transaction
+    /// Why this never skips an event (design decision 3): every transaction
     /// with an id below the snapshot's xmin has finished, so no event can
     /// appear later with a `(transaction_id, position)` below one returned
     /// here; a transaction still open, or one that commits later, has an id

@@ -124,7 +124,7 @@ impl NewEvent {
 }
 
 /// A place in the global read order, which is `(transaction_id, position)`
-/// (DESIGN.md point 3; see [`crate::EventStore::read_all`]).
+/// (design decision 3; see [`crate::EventStore::read_all`]).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]

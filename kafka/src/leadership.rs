@@ -1,4 +1,4 @@
-//! One active relay at a time (DESIGN.md point 12): the relay that holds a
+//! One active relay at a time (design decision 12): the relay that holds a
 //! PostgreSQL advisory lock publishes; the others stand by and try to take
 //! the lock every second.
 //!

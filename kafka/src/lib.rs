@@ -1,4 +1,4 @@
-//! Purser's Kafka side (DESIGN.md points 4 and 5).
+//! Purser's Kafka side (design decisions 4 and 5).
 //!
 //! - [`ensure_topics`] creates one topic per stream type, `{prefix}.{stream_type}`.
 //! - [`Relay`] tails the event store gap-safely and publishes every event

@@ -123,7 +123,7 @@ pub enum RelayOutcome {
     Idle,
 }
 
-/// Publishes the event log to Kafka (DESIGN.md point 4).
+/// Publishes the event log to Kafka (design decision 4).
 ///
 /// Batches come, in the store's gap-safe `(transaction_id, position)` order,
 /// from a [`Subscription`] running in a task of its own a few batches ahead.
@@ -446,7 +446,7 @@ impl Relay {
     }
 
     /// Publishes while this relay is the active one, until `shutdown` is
-    /// cancelled (DESIGN.md point 12).
+    /// cancelled (design decision 12).
     ///
     /// A relay first takes the relay lock, a PostgreSQL advisory lock held on
     /// a connection of its own; while another relay holds it, this one

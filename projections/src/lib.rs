@@ -6,7 +6,7 @@
 //! stream version applied (`read_models.applied`), so a redelivered or
 //! replayed event changes nothing; a gap is filled from the event store, never
 //! applied out of order; an event that keeps failing parks its stream
-//! (`read_models.parked`) while the other streams flow on (DESIGN.md point 5).
+//! (`read_models.parked`) while the other streams flow on (design decision 5).
 //!
 //! - [`Projection`]: one read model ([`Accounts`], [`Inventory`], [`Orders`],
 //!   [`Sagas`]).
@@ -14,7 +14,7 @@
 //! - [`Worker`]: a consumer group member feeding a projector, step by step
 //!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
 //! - [`rebuild`]: replays the event store into shadow tables and swaps them
-//!   in while the live workers and the Query API go on (DESIGN.md point 6);
+//!   in while the live workers and the Query API go on (design decision 6);
 //!   [`operations`]: reset, unpark, rebuild of one stream.
 //! - [`readiness`]: which projections have a worker consuming that has
 //!   applied what the store held when it joined (the Query API's

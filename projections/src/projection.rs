@@ -18,7 +18,7 @@ use crate::ApplyError;
 /// `read_models.accounts`) and lists them in [`Projection::tables`]: the
 /// caller sets the transaction's `search_path` to the schema being built,
 /// `read_models` for the live workers, a shadow schema while
-/// `purser projections rebuild` replays the event store (DESIGN.md point 6).
+/// `purser projections rebuild` replays the event store (design decision 6).
 /// A rebuild refuses a projection that writes to `read_models` by name.
 ///
 /// A new projection plugs in by implementing this trait, adding its tables

@@ -1,5 +1,5 @@
 //! Purser's Query API: the read models built by the projection workers, over
-//! HTTP (API.md, "Query API").
+//! HTTP (the API guide, "Query API").
 //!
 //! Single-entity reads accept `?min_version=N&wait_ms=`: the handler waits
 //! until the read model has applied version N, woken by the projections'

@@ -43,7 +43,7 @@ pub fn router(state: AppState, access: Access) -> Router {
     let timeout = state.request_timeout;
     let operator = || from_fn(operator_only);
     // The body limit is checked on each route, inside authentication and
-    // the route's role (API.md's order: 401, 403, then 400/413).
+    // the route's role (the API guide's order: 401, 403, then 400/413).
     let limit = || from_fn_with_state(BODY_LIMIT, service::middleware::content_length_limit);
     let concurrency = state.concurrency.clone();
     let http_metrics = state.http_metrics.clone();

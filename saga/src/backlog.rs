@@ -1,6 +1,6 @@
 //! The saga backlog: orders placed whose saga has not started yet, and how
 //! long the oldest has waited. What `/metrics` shows and what the Command
-//! API refuses new orders over (API.md, 503 `saga_backlog`).
+//! API refuses new orders over (the API guide, 503 `saga_backlog`).
 //!
 //! Bounded by the backlog itself, never by the log: the candidates are the
 //! `OrderPlaced` events the trigger has not passed yet (a range scan of

@@ -69,7 +69,7 @@ pub struct SimulatedCarrierConfig {
     pub hang: bool,
 }
 
-/// The built-in carrier: refuses every shipment to country `XX` (API.md) and
+/// The built-in carrier: refuses every shipment to country `XX` (the API guide) and
 /// otherwise answers a tracking number derived from the shipment key, so a
 /// repeated shipment gets the same one. Its behaviour can be changed while it
 /// runs ([`SimulatedCarrier::controls`]), for tests and demos.

@@ -1,4 +1,4 @@
-//! The order-fulfilment saga orchestrator (DESIGN.md point 7).
+//! The order-fulfilment saga orchestrator (design decision 7).
 //!
 //! The policy is pure and lives in `domain::saga` ([`domain::next_action`]);
 //! this crate carries it out:
@@ -7,14 +7,14 @@
 //!   polling fallback) for `OrderPlaced`, `CancellationRequested` and
 //!   `SagaRetried`, and makes their sagas due in the work queue `saga.due`,
 //!   recording its checkpoint in the same transaction; no broker is needed
-//!   to start, advance or finish a saga (DESIGN.md point 10);
+//!   to start, advance or finish a saga (design decision 10);
 //! - the [`Orchestrator`] claims due sagas with a lease and drives each one
 //!   step by step: it starts the saga from the order's own stream (at most
 //!   once: its stream is `saga-{order_id}`). A step that is a command on
 //!   this database (reserve, mark, charge, commit, refund, release, cancel)
 //!   is one transaction: `StepStarted`, the command's events and the
 //!   outcome commit together, at the saga's version the step was planned on
-//!   (DESIGN.md point 11), so a crash leaves all of it or nothing. A carrier
+//!   (design decision 11), so a crash leaves all of it or nothing. A carrier
 //!   step, which leaves the database, records `StepStarted` (with a
 //!   persisted deadline), calls the carrier under an idempotency key
 //!   derived from the saga id, and records the outcome; a crash in between

@@ -1,5 +1,5 @@
 //! What starts and wakes sagas: `OrderPlaced`, `CancellationRequested` and
-//! `SagaRetried`, read from the event store itself (DESIGN.md point 10). No
+//! `SagaRetried`, read from the event store itself (design decision 10). No
 //! broker sits between an order's append and its saga, and nothing a saga
 //! does comes from a message: the trigger only makes the order's saga due in
 //! `saga.due`; the orchestrator then starts it from the order's own stream
@@ -35,7 +35,7 @@
 //! # Ahead of the horizon
 //!
 //! The checkpoint only moves over events whose transaction is older than
-//! every transaction still in flight on the server (DESIGN.md point 3,
+//! every transaction still in flight on the server (design decision 3,
 //! `EventStore::read_all`), so it never skips one committed late. But the
 //! horizon is server-wide: any transaction elsewhere on the server holds it
 //! back. Since acting twice on an event is harmless, the trigger does not

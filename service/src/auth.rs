@@ -1,4 +1,4 @@
-//! The authentication layer both APIs install (API.md, "Identity and
+//! The authentication layer both APIs install (the API guide, "Identity and
 //! access"): every protected route needs a valid bearer token, the verified
 //! [`Caller`] goes into the request's extensions (`Extension<Caller>` in a
 //! handler), and the per-caller and per-address abuse limits answer 429.

@@ -84,7 +84,7 @@ async fn with_request_id(response: Response, id: &HeaderValue) -> Response {
 /// `limit` (`from_fn_with_state(limit, content_length_limit)`): for routes
 /// that never read a body. Installed on each route inside authentication
 /// and the route's role check, so credentials (401) and role (403) are
-/// answered first (API.md's order); a route that reads its body enforces
+/// answered first (the API guide's order); a route that reads its body enforces
 /// the limit where it reads it (axum's `DefaultBodyLimit`).
 pub async fn content_length_limit(
     State(limit): State<usize>,

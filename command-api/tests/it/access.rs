@@ -1,4 +1,4 @@
-//! Identity and access over HTTP (API.md, "Identity and access"): real
+//! Identity and access over HTTP (the API guide, "Identity and access"): real
 //! tokens from a real JWKS, the role of every route, bad tokens, and the
 //! abuse limits. Every refusal appends nothing.
 
@@ -556,7 +556,7 @@ async fn failed_authentication_behind_a_trusted_proxy_is_limited_per_forwarded_c
     app.stop().await;
 }
 
-/// API.md's order of checks: credentials (401), then role (403), then shape
+/// The API guide's order of checks: credentials (401), then role (403), then shape
 /// (413 for a body over 64 KiB), then existence and ownership (404). Each
 /// refusal appends nothing.
 #[tokio::test]

@@ -115,7 +115,7 @@ async fn past_the_backlog_limit_an_order_is_refused_with_retry_after_and_appends
 }
 
 #[tokio::test]
-async fn without_a_limit_the_backlog_is_only_measured() {
+async fn without_a_limit_the_backlog_is_only_measured_and_shown_in_metrics() {
     let app = TestApp::spawn_with(|config| {
         config.saga_backlog_limit = 0;
         config.saga_backlog_refresh = Duration::ZERO;
@@ -130,5 +130,19 @@ async fn without_a_limit_the_backlog_is_only_measured() {
         .await;
     }
     assert_eq!(backlog(&app).await, 4);
+
+    // And /metrics shows it: how many wait, and for how long the oldest.
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.expect("metrics text");
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    assert_eq!(sample("purser_saga_backlog_orders"), 4.0);
+    assert!(sample("purser_saga_backlog_oldest_seconds") > 0.0);
     app.stop().await;
 }

@@ -1,4 +1,4 @@
-//! API.md's access table, command side: for each route, a customer who owns
+//! The API guide's access table, command side: for each route, a customer who owns
 //! the thing, a customer who does not (404, the very body a missing id
 //! gets), an operator and no token; every refusal appends nothing. And the
 //! caller's `sub` as the `actor` of what its request appends.

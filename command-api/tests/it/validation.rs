@@ -239,7 +239,7 @@ async fn bad_inputs_are_refused_and_append_nothing() {
             UNPROCESSABLE,
             "invalid_currency",
         ),
-        // A SKU is the item's id: malformed, it is a 400 (API.md).
+        // A SKU is the item's id: malformed, it is a 400 (the API guide).
         case(
             "bad sku",
             "/inventory",

@@ -1,4 +1,4 @@
-//! The stable codes a saga step's `error` is shown as (API.md: never an
+//! The stable codes a saga step's `error` is shown as (the API guide: never an
 //! internal message, always a code such as `insufficient_funds` or
 //! `carrier_unavailable`).
 //!

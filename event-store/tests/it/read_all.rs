@@ -49,7 +49,7 @@ async fn read_until(store: &EventStore, after: Checkpoint, count: usize) -> Vec<
     }
 }
 
-/// DESIGN.md point 3: a transaction holds a lower position open while a
+/// Design decision 3: a transaction holds a lower position open while a
 /// later one commits a higher position. The reader delivers neither until
 /// the first commits, then both, in order, exactly once.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Rebuilding a projection from the event store, never from Kafka
-//! (DESIGN.md point 6), without taking the Query API down.
+//! (design decision 6), without taking the Query API down.
 //!
 //! A rebuild of projection `p`:
 //!

@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 const PROJECTION: &str = projections::Orders::NAME;
 
-/// The order statuses of API.md.
+/// The order statuses of the API guide.
 pub const STATUSES: &[&str] = &["placed", "reserved", "paid", "shipped", "cancelled"];
 
 /// An order as the read model holds it.

@@ -180,7 +180,7 @@ pub async fn list_sagas(
     Ok(Json(SagaPage { items, next }))
 }
 
-/// A saga state of API.md, or 400.
+/// A saga state of the API guide, or 400.
 fn parse_state(raw: &str) -> Result<&'static str> {
     SagaStatus::ALL
         .into_iter()
@@ -219,7 +219,7 @@ async fn fetch_saga(
 impl SagaView {
     /// Every `error` as a code: a row the projection wrote before it
     /// recorded codes may hold an old free-text message, which is never
-    /// shown (API.md: a saga step's `error` is a stable code).
+    /// shown (the API guide: a saga step's `error` is a stable code).
     fn with_codes(mut self) -> SagaView {
         for step in &mut self.steps {
             if let Some(error) = &step.error {
@@ -233,7 +233,7 @@ impl SagaView {
     }
 }
 
-/// Sagas per state, every state of API.md included (for `/metrics`).
+/// Sagas per state, every state of the API guide included (for `/metrics`).
 pub async fn counts_by_state(pool: &PgPool) -> Result<Vec<(&'static str, i64)>> {
     let counted: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM read_models.sagas GROUP BY state")

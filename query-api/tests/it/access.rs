@@ -1,4 +1,4 @@
-//! Who may read what (API.md's access table, query side): a customer reads
+//! Who may read what (the API guide's access table, query side): a customer reads
 //! only its own accounts, ledgers and orders (another's is exactly a
 //! missing one, `min_version` waits included), lists only its own orders;
 //! operators read anything; the operator-only routes are 403 to customers;
@@ -271,7 +271,7 @@ async fn a_saga_is_read_by_its_orders_customer_from_its_own_row() {
     h.drop().await;
 }
 
-/// API.md's order of checks on the query side too: credentials (401), role
+/// The API guide's order of checks on the query side too: credentials (401), role
 /// (403), then a body over 64 KiB (413), then existence (404).
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_only_after_credentials_and_role() {

@@ -388,7 +388,7 @@ async fn sagas_through_the_broker_read_your_writes_and_a_republish_changes_nothi
     h.drop().await;
 }
 
-/// API.md: a saga step's `error` is a stable code, never an internal
+/// The API guide: a saga step's `error` is a stable code, never an internal
 /// message. The orchestrator records codes; a saga recorded before it did
 /// (a driver's message, a refusal's figures, "N attempts failed...") is
 /// shown by its code too, in `GET /sagas/{id}` and in `GET /sagas`.

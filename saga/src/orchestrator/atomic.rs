@@ -1,5 +1,5 @@
 //! A step that is a command on this database, in one transaction
-//! (DESIGN.md point 11): the command's events and the step's record in the
+//! (design decision 11): the command's events and the step's record in the
 //! saga's stream (`StepStarted` and its outcome) commit together or not at
 //! all. No idempotency key is needed: the saga's stream, appended at the
 //! version the step was planned on, lets exactly one orchestrator's

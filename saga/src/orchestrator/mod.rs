@@ -7,7 +7,7 @@
 //! - `drive`: the driver loop (claim due sagas, drive each one step by
 //!   step, record each step's outcome);
 //! - `atomic`: a step that is a command on this database, in one
-//!   transaction with its record in the saga's stream (DESIGN.md point 11);
+//!   transaction with its record in the saga's stream (design decision 11);
 //! - `steps`: what each step does when it is recorded before it is carried
 //!   out (the carrier's, and a step resumed after a crash), the command it
 //!   sends under the step's idempotency key, and the record kept of it;
@@ -323,7 +323,7 @@ impl Orchestrator {
     }
 
     /// Starts the saga of `order_id` from its `OrderPlaced` in the store
-    /// (never from a message: DESIGN.md point 10), while driving it (the
+    /// (never from a message: design decision 10), while driving it (the
     /// caller holds its `saga.due` row). `false` when there is no such order.
     async fn start_from_order(&self, order_id: OrderId) -> Result<bool> {
         let stream = StreamId::of::<Order>(order_id);

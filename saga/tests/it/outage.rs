@@ -51,7 +51,7 @@ async fn read_models(
     (statuses, balances, stock)
 }
 
-/// DESIGN.md point 10: the saga acts on the log, not on the broker. Orders
+/// Design decision 10: the saga acts on the log, not on the broker. Orders
 /// placed while the broker is frozen start their sagas from the event store
 /// and ship during the freeze (before issue 13 they waited for the broker:
 /// their sagas started from Kafka); only the read models, which Kafka feeds,

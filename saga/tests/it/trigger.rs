@@ -1,4 +1,4 @@
-//! The trigger takes its facts from the event store (DESIGN.md point 10):
+//! The trigger takes its facts from the event store (design decision 10):
 //! a message on the broker starts nothing, a re-read of the log starts
 //! nothing twice, and a transaction left open elsewhere on the server holds
 //! back the trigger's checkpoint but not the sagas.
