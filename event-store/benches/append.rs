@@ -1,6 +1,6 @@
 //! Event store append throughput and latency next to a raw INSERT baseline
 //! of the same row shape, at the same concurrency, measured in the same run
-//! (the book\'s design page, "How the numbers are taken").
+//! (the book's design page, "How the numbers are taken").
 //!
 //! ```text
 //! cargo bench -p event-store --bench append

@@ -1,5 +1,5 @@
 //! Relay throughput against a bare producer of the same messages through the
-//! same broker, in one run (the book\'s design page, "How the numbers are taken").
+//! same broker, in one run (the book's design page, "How the numbers are taken").
 //!
 //! `cargo bench -p kafka --bench relay`; needs Postgres at `DATABASE_URL` and a
 //! broker at `KAFKA_BROKERS`. `RELAY_BENCH_EVENTS` (default 50000),
