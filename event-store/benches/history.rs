@@ -28,17 +28,10 @@ use event_store::{
     EventStore, ExecuteOptions, Executed, ExpectedVersion, Metadata, NewEvent, Repository, StreamId,
 };
 use test_support::fixtures::{catalog_price, quantity_of, sku_of};
-use test_support::TestDatabase;
+use test_support::{env_or, TestDatabase};
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn create(sku: &str) -> InventoryCommand {
     InventoryCommand::Create {
@@ -149,10 +142,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let history = env_or("BENCH_HISTORY", 100_000);
-    let pairs = env_or("BENCH_COMMANDS", 500) / 2;
-    let rounds = env_or("BENCH_ROUNDS", 4).max(1);
-    let every = env_or("BENCH_SNAPSHOT_EVERY", 100);
+    let history = env_or("BENCH_HISTORY", 100_000u64);
+    let pairs = env_or("BENCH_COMMANDS", 500u64) / 2;
+    let rounds = env_or("BENCH_ROUNDS", 4u64).max(1);
+    let every = env_or("BENCH_SNAPSHOT_EVERY", 100u64);
 
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());

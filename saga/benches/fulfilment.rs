@@ -26,6 +26,12 @@
 //! are committed after the order is marked shipped), so a round never
 //! inherits the previous one's tail.
 //!
+//! Hot-SKU rounds (`BENCH_HOT`, 1 by default; 0 leaves them out): after
+//! each saga round, one where every order is for the same SKU, the flash
+//! sale's load, next to the rounds whose orders spread over the SKUs. With
+//! them on, every order of either kind has one line, so the two differ only
+//! in how many items their reservations share.
+//!
 //! Deposit rounds, the baseline: the same clients post `{"amount": 1}`
 //! deposits round-robin over the accounts for `BENCH_DEPOSIT_SECONDS` (5)
 //! per round, against the same Command API while the relay and the
@@ -126,17 +132,24 @@ struct Shop {
     base: String,
     accounts: Vec<(Uuid, Uuid)>,
     skus: Vec<String>,
+    /// Most lines per order (1 or 2).
+    lines: usize,
     waiting: Waiting,
 }
 
 impl Shop {
     /// Places order number `n` and waits until it is shipped: the
     /// placement-to-shipped time and the placement's own latency.
-    async fn order_shipped(&self, n: usize) -> Result<(Duration, Duration), BoxError> {
+    /// Its lines are for `skus` only.
+    async fn order_shipped(
+        &self,
+        n: usize,
+        skus: &[String],
+    ) -> Result<(Duration, Duration), BoxError> {
         let (account, customer) = self.accounts[n % self.accounts.len()];
-        let lines: Vec<Value> = (0..1 + n % 2)
+        let lines: Vec<Value> = (0..1 + n % self.lines)
             .map(|k| {
-                let sku = &self.skus[(n + k * 7) % self.skus.len()];
+                let sku = &skus[(n + k * 7) % skus.len()];
                 json!({"sku": sku, "quantity": 1, "unit_price": 100})
             })
             .collect();
@@ -223,8 +236,15 @@ impl Round {
     }
 }
 
-/// `clients` closed loops of orders, placed to shipped, for `for_`.
-async fn saga_round(shop: &Arc<Shop>, clients: usize, for_: Duration, first: usize) -> Round {
+/// `clients` closed loops of orders, placed to shipped, for `for_`; every
+/// order for the first SKU when `hot`.
+async fn saga_round(
+    shop: &Arc<Shop>,
+    clients: usize,
+    for_: Duration,
+    first: usize,
+    hot: bool,
+) -> Round {
     let started = Instant::now();
     let deadline = started + for_;
     let loops = futures::future::join_all((0..clients).map(|c| {
@@ -233,7 +253,8 @@ async fn saga_round(shop: &Arc<Shop>, clients: usize, for_: Duration, first: usi
             let mut round = Round::default();
             let mut n = first + c;
             while Instant::now() < deadline {
-                match shop.order_shipped(n).await {
+                let skus = if hot { &shop.skus[..1] } else { &shop.skus[..] };
+                match shop.order_shipped(n, skus).await {
                     Ok((shipped, placed)) => {
                         round.done += 1;
                         round.latencies.push(shipped);
@@ -434,6 +455,7 @@ async fn main() -> Result<(), BoxError> {
     let clients: usize = env_or("BENCH_CLIENTS", 16).max(1);
     let account_count: usize = env_or("BENCH_ACCOUNTS", 200).max(1);
     let sku_count: usize = env_or("BENCH_SKUS", 50).max(1);
+    let hot_rounds = env_or("BENCH_HOT", 1u8) != 0;
 
     let db = TestDatabase::create().await;
     let kafka = test_support::kafka::isolated("saga-bench");
@@ -556,12 +578,14 @@ async fn main() -> Result<(), BoxError> {
         base,
         accounts,
         skus,
+        lines: if hot_rounds { 1 } else { 2 },
         waiting,
     });
 
     // Warm-up: connections open, the trigger starts listening.
     let warmup = Instant::now();
-    futures::future::try_join_all((0..WARMUP_ORDERS).map(|n| shop.order_shipped(n))).await?;
+    futures::future::try_join_all((0..WARMUP_ORDERS).map(|n| shop.order_shipped(n, &shop.skus)))
+        .await?;
     sagas_settled(&watcher_pool).await?;
     deposit_round(&shop, clients, Duration::from_secs(2)).await;
     println!(
@@ -577,6 +601,7 @@ async fn main() -> Result<(), BoxError> {
     let since = Utc::now();
     measuring.store(true, Ordering::SeqCst);
     let mut sagas = Vec::new();
+    let mut hot = Vec::new();
     let mut deposits = Vec::new();
     let mut next_order = WARMUP_ORDERS;
     for i in 0..rounds {
@@ -588,13 +613,33 @@ async fn main() -> Result<(), BoxError> {
                 deposits.push(round);
             } else {
                 sampling.store(true, Ordering::SeqCst);
-                let round =
-                    saga_round(&shop, clients, Duration::from_secs(seconds), next_order).await;
+                let round = saga_round(
+                    &shop,
+                    clients,
+                    Duration::from_secs(seconds),
+                    next_order,
+                    false,
+                )
+                .await;
                 sampling.store(false, Ordering::SeqCst);
                 next_order += round.done + round.errors + clients;
                 print_round("orders", &round);
                 sagas.push(round);
                 sagas_settled(&watcher_pool).await?;
+                if hot_rounds {
+                    let round = saga_round(
+                        &shop,
+                        clients,
+                        Duration::from_secs(seconds),
+                        next_order,
+                        true,
+                    )
+                    .await;
+                    next_order += round.done + round.errors + clients;
+                    print_round("hot SKU", &round);
+                    hot.push(round);
+                    sagas_settled(&watcher_pool).await?;
+                }
             }
         }
     }
@@ -612,6 +657,13 @@ async fn main() -> Result<(), BoxError> {
         deposit_rates.iter().copied().fold(0.0, f64::max),
     );
     let order_median = median(&mut order_rates);
+    let mut hot_rates: Vec<f64> = hot.iter().map(Round::rate).collect();
+    let hot_median = if hot_rates.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut hot_rates)
+    };
+    let hot_orders = Round::merge(&hot);
     let deposit_median = median(&mut deposit_rates);
 
     let (started, completed) = sagas_settled(&watcher_pool).await?;
@@ -645,6 +697,27 @@ async fn main() -> Result<(), BoxError> {
         baseline.done,
         baseline.errors
     );
+    if hot_rounds {
+        println!(
+            "{:<34} {:>10.1} {:>16} {:>9.1} {:>9.1} {:>8} {:>7}",
+            "hot SKU: every order one item",
+            hot_median,
+            format!(
+                "{:.1}-{:.1}",
+                hot_rates.iter().copied().fold(f64::MAX, f64::min),
+                hot_rates.iter().copied().fold(0.0, f64::max)
+            ),
+            ms(percentile(&hot_orders.latencies, 0.50)),
+            ms(percentile(&hot_orders.latencies, 0.99)),
+            hot_orders.done,
+            hot_orders.errors
+        );
+        println!(
+            "ratio: hot SKU orders/s = {:.1}% of orders/s spread over {sku_count} SKUs \
+             (one line per order in both)",
+            hot_median / order_median * 100.0
+        );
+    }
     println!(
         "ratio: orders shipped/s = {:.1}% of deposits/s; POST /orders itself: p50 {:.1} ms, \
          p99 {:.1} ms; {started} sagas started, {completed} completed; \
