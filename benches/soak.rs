@@ -1,0 +1,367 @@
+//! A soak: `purser serve` under a steady mixed load for ten minutes, one
+//! popular SKU taking every order, to show that throughput holds as the
+//! streams grow, that the sagas keep up, and that memory stays flat.
+//!
+//! `cargo bench -p purser --bench soak` (or `scripts/bench soak`)
+//!
+//! One `purser serve` (release build, `--insecure-no-auth`, the simulated
+//! carrier answering at once) on a fresh database and topics of its own.
+//! `BENCH_ACCOUNTS` (100) accounts with money to spare and one SKU with
+//! stock to spare. Open-loop load for `BENCH_SECONDS` (600): deposits at
+//! `BENCH_DEPOSIT_RATE` (300/s) round-robin over the accounts and one-line
+//! orders for the one SKU at `BENCH_ORDER_RATE` (20/s), each request sent on
+//! its tick whatever the answers before it (at most 256 in flight; a tick
+//! with none free is counted as missed). Every `BENCH_WINDOW` (60) seconds
+//! it prints the window's accepted deposits and orders per second, their
+//! p99, the orders shipped per second (from the `OrderShipped` events'
+//! `recorded_at`) and the process's resident memory. When the load stops it
+//! waits for every order placed to ship and prints how long that took.
+//!
+//! What it shows: the last window's rates next to the first's (the
+//! baseline of the same run), the drain time, and the resident memory of
+//! the second window next to the last (after warm-up).
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_support::gateway::free_port;
+use test_support::{env_or, eventually, TestDatabase};
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+const PURSER: &str = env!("CARGO_BIN_EXE_purser");
+const IN_FLIGHT: usize = 256;
+const SKU: &str = "FLASH-1";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `purser serve` on `db`; the Command API's base URL.
+async fn serve(db: &TestDatabase) -> Result<(Child, String), BoxError> {
+    let kafka = test_support::kafka::isolated("soak");
+    let port = free_port();
+    let child = Command::new(PURSER)
+        .args(["serve", "--insecure-no-auth", "--migrate"])
+        .args(["--database-url", &db.url])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--query-api-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--kafka-brokers", &kafka.brokers])
+        .args(["--kafka-topic-prefix", &kafka.topic_prefix])
+        .env("RUST_LOG", "error")
+        .env_remove("PURSER_CARRIER_DELAY_MS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let ready = format!("{base}/health/ready");
+    eventually(
+        "purser serve to be ready",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            let request = http.get(&ready).send();
+            async move {
+                match request.await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    Ok((child, base))
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// What one window of the load saw, per kind of request.
+#[derive(Default)]
+struct Window {
+    deposits: Vec<Duration>,
+    orders: Vec<Duration>,
+    errors: usize,
+}
+
+fn p99(latencies: &mut [Duration]) -> f64 {
+    latencies.sort_unstable();
+    let i = ((latencies.len() as f64 - 1.0) * 0.99).round() as usize;
+    latencies.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+/// Sends one request on each tick of `rate` per second until `until`.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    http: reqwest::Client,
+    base: Arc<String>,
+    accounts: Arc<Vec<(Uuid, Uuid)>>,
+    rate: f64,
+    orders: bool,
+    started: Instant,
+    until: Instant,
+    window: Duration,
+    windows: Arc<Mutex<Vec<Window>>>,
+    missed: Arc<AtomicUsize>,
+) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut n = 0usize;
+    while Instant::now() < until {
+        ticks.tick().await;
+        n += 1;
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            missed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (account, customer) = accounts[n % accounts.len()];
+        let request = if orders {
+            http.post(format!("{base}/orders")).json(&json!({
+                "customer_id": customer,
+                "account_id": account,
+                "currency": "EUR",
+                "lines": [{"sku": SKU, "quantity": 1}],
+                "shipping_address": {"name": "Ana", "line1": "Calle Mayor 1", "city": "Madrid",
+                                     "postal_code": "28013", "country": "ES"}
+            }))
+        } else {
+            http.post(format!("{base}/accounts/{account}/deposits"))
+                .json(&json!({"amount": 1}))
+        };
+        let windows = Arc::clone(&windows);
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = request.send().await;
+            let latency = sent.elapsed();
+            let ok = answer.is_ok_and(|r| r.status().is_success());
+            let index =
+                (sent.duration_since(started).as_secs_f64() / window.as_secs_f64()) as usize;
+            let mut windows = windows.lock().expect("windows");
+            if windows.len() <= index {
+                windows.resize_with(index + 1, Window::default);
+            }
+            let w = &mut windows[index];
+            match (ok, orders) {
+                (true, true) => w.orders.push(latency),
+                (true, false) => w.deposits.push(latency),
+                (false, _) => w.errors += 1,
+            }
+            drop(permit);
+        });
+    }
+    // The requests still in flight finish (or time out).
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        permits.acquire_many(IN_FLIGHT as u32),
+    )
+    .await;
+}
+
+async fn count(pool: &sqlx::PgPool, event_type: &str) -> Result<i64, BoxError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM event_store.events WHERE event_type = $1")
+            .bind(event_type)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 600);
+    let window = Duration::from_secs(env_or("BENCH_WINDOW", 60u64).max(1));
+    let deposit_rate: f64 = env_or("BENCH_DEPOSIT_RATE", 300.0);
+    let order_rate: f64 = env_or("BENCH_ORDER_RATE", 20.0);
+    let account_count: usize = env_or("BENCH_ACCOUNTS", 100);
+
+    let db = TestDatabase::create().await;
+    let (child, base) = serve(&db).await?;
+    let pid = child.id().ok_or("no pid")?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+
+    let mut accounts = Vec::with_capacity(account_count);
+    for _ in 0..account_count {
+        let customer = Uuid::now_v7();
+        let opened: Value = http
+            .post(format!("{base}/accounts"))
+            .json(&json!({"customer_id": customer, "currency": "EUR"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let account: Uuid = opened["account_id"]
+            .as_str()
+            .ok_or("no account_id")?
+            .parse()?;
+        let funded = http
+            .post(format!("{base}/accounts/{account}/deposits"))
+            .json(&json!({"amount": 1_000_000_000_000i64}))
+            .send()
+            .await?;
+        if !funded.status().is_success() {
+            return Err(format!("funding answered {}", funded.status()).into());
+        }
+        accounts.push((account, customer));
+    }
+    let created = http
+        .post(format!("{base}/inventory"))
+        .json(
+            &json!({"sku": SKU, "name": "Flash sale", "quantity": 1_000_000_000,
+                      "unit_price": 100, "currency": "EUR"}),
+        )
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        return Err(format!("creating {SKU} answered {}", created.status()).into());
+    }
+    println!(
+        "soak: purser serve, {seconds} s of {deposit_rate}/s deposits over {account_count} \
+         accounts and {order_rate}/s one-line orders for one SKU, open loop; windows of {} s",
+        window.as_secs()
+    );
+
+    let started = Instant::now();
+    let wall_start: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
+        .fetch_one(&db.pool)
+        .await?;
+    let until = started + Duration::from_secs(seconds);
+    let windows: Arc<Mutex<Vec<Window>>> = Arc::default();
+    let missed = Arc::new(AtomicUsize::new(0));
+    let (base, accounts) = (Arc::new(base), Arc::new(accounts));
+    let loads: Vec<_> = [(deposit_rate, false), (order_rate, true)]
+        .into_iter()
+        .map(|(rate, orders)| {
+            tokio::spawn(open_loop(
+                http.clone(),
+                Arc::clone(&base),
+                Arc::clone(&accounts),
+                rate,
+                orders,
+                started,
+                until,
+                window,
+                Arc::clone(&windows),
+                Arc::clone(&missed),
+            ))
+        })
+        .collect();
+    let mut memory = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(window.min(until - Instant::now())).await;
+        memory.push(rss_mib(pid));
+    }
+    for load in loads {
+        load.await?;
+    }
+    let stopped = Instant::now();
+    let placed = count(&db.pool, "OrderPlaced").await?;
+    let drained = loop {
+        let shipped = count(&db.pool, "OrderShipped").await?;
+        if shipped >= placed {
+            break Some(stopped.elapsed());
+        }
+        if stopped.elapsed() > Duration::from_secs(300) {
+            println!("  after 300 s only {shipped} of {placed} orders shipped");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let shipped_per_window: Vec<(f64, i64)> = sqlx::query_as(
+        "SELECT floor((extract(epoch FROM recorded_at) - $1) / $2)::float8, count(*) \
+         FROM event_store.events WHERE event_type = 'OrderShipped' GROUP BY 1 ORDER BY 1",
+    )
+    .bind(wall_start)
+    .bind(window.as_secs_f64())
+    .fetch_all(&db.pool)
+    .await?;
+    let shipped_in = |i: usize| {
+        shipped_per_window
+            .iter()
+            .find(|(w, _)| *w as usize == i)
+            .map_or(0, |(_, n)| *n)
+    };
+
+    let secs = window.as_secs_f64();
+    let mut windows = std::mem::take(&mut *windows.lock().expect("windows"));
+    let full = (seconds as f64 / secs).floor() as usize;
+    windows.truncate(full.max(1));
+    println!(
+        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9}",
+        "window",
+        "deposits/s",
+        "dep p99 ms",
+        "orders/s",
+        "ord p99",
+        "shipped/s",
+        "errors",
+        "RSS MiB"
+    );
+    let mut rows = Vec::new();
+    for (i, w) in windows.iter_mut().enumerate() {
+        let row = (
+            w.deposits.len() as f64 / secs,
+            p99(&mut w.deposits),
+            w.orders.len() as f64 / secs,
+            p99(&mut w.orders),
+            shipped_in(i) as f64 / secs,
+            w.errors,
+            memory.get(i).copied().unwrap_or(f64::NAN),
+        );
+        println!(
+            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1}",
+            i + 1,
+            row.0,
+            row.1,
+            row.2,
+            row.3,
+            row.4,
+            row.5,
+            row.6
+        );
+        rows.push(row);
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        let warm = rows.get(1).unwrap_or(first);
+        println!(
+            "last window vs first (the baseline): deposits {:.0}%, orders placed {:.0}%, \
+             orders shipped {:.0}%; resident memory {:.1} MiB in window 2, {:.1} MiB in the last \
+             ({:+.1}%); {} ticks missed (256 requests in flight)",
+            last.0 / first.0 * 100.0,
+            last.2 / first.2 * 100.0,
+            last.4 / first.4 * 100.0,
+            warm.6,
+            last.6,
+            (last.6 / warm.6 - 1.0) * 100.0,
+            missed.load(Ordering::Relaxed)
+        );
+    }
+    match drained {
+        Some(took) => println!(
+            "after the load stopped, all {placed} orders placed had shipped within {:.1} s",
+            took.as_secs_f64()
+        ),
+        None => println!("after the load stopped, the orders did not all ship within 300 s"),
+    }
+    drop(child);
+    db.drop().await;
+    Ok(())
+}
