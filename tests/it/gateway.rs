@@ -101,6 +101,11 @@ fn request_id(headers: &HeaderMap) -> String {
 /// Checks a gateway answer is the problem+json of `status`, with an
 /// x-request-id; returns the request id.
 async fn assert_problem(response: reqwest::Response, status: StatusCode) -> String {
+    problem_of(response, status).await.0
+}
+
+/// [`assert_problem`], returning the request id and the problem's `code`.
+async fn problem_of(response: reqwest::Response, status: StatusCode) -> (String, String) {
     assert_eq!(response.status(), status);
     let headers = response.headers().clone();
     assert_eq!(
@@ -120,7 +125,7 @@ async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Stri
             "Retry-After on {status}"
         );
     }
-    id
+    (id, body["code"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The upstream address(es) nginx tried, from a log line.
@@ -319,7 +324,9 @@ async fn requests_over_an_address_rate_are_a_429_problem_and_other_addresses_go_
             .expect("request");
         statuses.push(response.status().as_u16());
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert_problem(response, StatusCode::TOO_MANY_REQUESTS).await;
+            // The services' code for "slow down": one code, whoever limits.
+            let (_, code) = problem_of(response, StatusCode::TOO_MANY_REQUESTS).await;
+            assert_eq!(code, "rate_limited");
         }
     }
     // One request and a burst of two pass (to a service that is down).
