@@ -8,14 +8,14 @@
 //! Under an `Idempotency-Key`, the record is the `Answer` itself (status
 //! and JSON body): the first answer and every replay carry the same body.
 //!
-//! The fast path: the state a command left behind is remembered (under the
-//! aggregate's in-process lock). The next command without an idempotency
-//! key hands it to the repository (`Repository::execute_from`), which
-//! decides on it and appends with the remembered version as the expected
-//! one, saving the read of the stream; the append's version check proves the
-//! state was current. If another process wrote meanwhile, the append
-//! conflicts and the repository decides again on a fresh load, as it does
-//! for a refusal or a no-op on the remembered state (they prove nothing
+//! The fast path: commands to one aggregate run one at a time in this
+//! process and decide on the state the previous one left behind
+//! ([`event_store::AggregateCache`], bounded by
+//! `PURSER_AGGREGATE_CACHE_SIZE`), appending with its version as the
+//! expected one, which saves reading the stream; the append's version check
+//! proves the state was current. If another process wrote meanwhile, the
+//! append conflicts and the repository decides again on a fresh load, as it
+//! does for a refusal or a no-op on the remembered state (they prove nothing
 //! about its freshness).
 
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use domain::{Aggregate, DomainError};
 use event_store::{
-    EventStore, ExecuteError, ExecuteOptions, Executed, Loaded, Metadata, Outcome, Repository,
-    StreamId,
+    AggregateCache, EventStore, ExecuteError, ExecuteOptions, Executed, Metadata, Outcome,
+    Repository, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -34,7 +34,6 @@ use crate::access::{Guarded, GuardedCommand, Owned, Rule};
 use crate::error::{problem_response, ApiError};
 use crate::extract::{CommandMeta, IDEMPOTENT_REPLAYED};
 use crate::metrics::{Conflict, Metrics};
-use event_store::StreamLocks;
 
 /// What the Command API keeps under an `Idempotency-Key`: the answer it
 /// sent, replayed as it was.
@@ -93,16 +92,16 @@ pub type CommandOutcome<A> = Outcome<Guarded<A>>;
 
 /// Runs commands of one aggregate type.
 pub struct Commands<A: Owned> {
-    repository: Repository<Guarded<A>>,
-    /// The state each command left its aggregate in (the fast path).
-    locks: StreamLocks<Loaded<Guarded<A>>>,
+    /// The repository, with the state each command left its aggregate in
+    /// (the fast path).
+    cache: AggregateCache<Guarded<A>>,
     metrics: Arc<Metrics>,
 }
 
 impl<A: Owned> Commands<A> {
     /// `max_retries`: re-decisions after a conflict before a 409.
-    /// `remember` is how many aggregates' states each of the lock's stripes
-    /// keeps for the fast path (0: none; the lock has 1,024 stripes).
+    /// `remember` is how many aggregates' states are kept for the fast path
+    /// (0: none).
     /// `snapshot_every`: a stream's state is saved every that many events
     /// and loaded from there (0: never).
     pub fn new(
@@ -113,12 +112,12 @@ impl<A: Owned> Commands<A> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let retries = Arc::clone(&metrics);
+        let repository = Repository::new(store)
+            .with_max_retries(max_retries)
+            .with_snapshots(snapshot_every)
+            .on_retry(move || retries.record_conflict(Conflict::Retried));
         Commands {
-            repository: Repository::new(store)
-                .with_max_retries(max_retries)
-                .with_snapshots(snapshot_every)
-                .on_retry(move || retries.record_conflict(Conflict::Retried)),
-            locks: StreamLocks::new(remember),
+            cache: AggregateCache::new(repository, remember, metrics.caches()),
             metrics,
         }
     }
@@ -126,7 +125,7 @@ impl<A: Owned> Commands<A> {
     /// The aggregate's state as folded from its stream (for a check that
     /// needs another aggregate than the command's).
     pub async fn load(&self, id: &str) -> Result<A::State, ApiError> {
-        Ok(self.repository.load(id).await?.state)
+        Ok(self.cache.repository().load(id).await?.state)
     }
 
     /// Executes `command` on aggregate `id` for the caller in `meta`, if
@@ -172,17 +171,9 @@ impl<A: Owned> Commands<A> {
                 },
                 idempotency: meta.idempotency,
             };
-            let mut stripe = self.locks.lock(stream.as_str()).await;
-            // A command with a key is looked up first and decided fresh.
-            let known = match options.idempotency {
-                None => stripe.get(stream.as_str()).cloned(),
-                Some(_) => None,
-            };
             let result = self
-                .repository
-                .execute_from(known, id, command, options, |result| {
-                    Answer::of(result, &success)
-                })
+                .cache
+                .execute(id, command, options, |result| Answer::of(result, &success))
                 .await;
 
             let span = tracing::Span::current();
@@ -194,14 +185,6 @@ impl<A: Owned> Commands<A> {
                         span.record("position", position);
                     }
                     span.record("outcome", "done");
-                    stripe.insert(
-                        stream.as_str(),
-                        Loaded {
-                            state: outcome.state.clone(),
-                            version: outcome.version,
-                            position: outcome.position,
-                        },
-                    );
                     let (status, body) = success(&outcome);
                     Ok(json_response(status, &body, Some(outcome.version)))
                 }
@@ -225,7 +208,6 @@ impl<A: Owned> Commands<A> {
                         _ => {}
                     }
                     span.record("outcome", "error");
-                    stripe.remove(stream.as_str());
                     Err(error.into())
                 }
             }

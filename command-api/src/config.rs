@@ -88,6 +88,17 @@ pub struct Config {
     )]
     pub snapshot_every: u64,
 
+    /// How many aggregates of each type (accounts, items) the Command API
+    /// remembers the state of, the least recently used forgotten first: a
+    /// command on one of them decides on it without reading its stream
+    /// (the append's expected version proves it current). 0: none.
+    #[arg(
+        long = "aggregate-cache-size",
+        env = "PURSER_AGGREGATE_CACHE_SIZE",
+        default_value_t = event_store::DEFAULT_CACHE_SIZE
+    )]
+    pub aggregate_cache_size: usize,
+
     /// Orders placed whose saga has not started yet, past which
     /// `POST /orders` answers 503 `saga_backlog` with `Retry-After` and
     /// appends nothing. 0: no bound.
@@ -138,6 +149,7 @@ impl Default for Config {
             body_limit: DEFAULT_BODY_LIMIT,
             max_retries: DEFAULT_MAX_RETRIES,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            aggregate_cache_size: event_store::DEFAULT_CACHE_SIZE,
             saga_backlog_limit: DEFAULT_SAGA_BACKLOG_LIMIT,
             saga_backlog_refresh: DEFAULT_SAGA_BACKLOG_REFRESH,
             idempotency_ttl: service::duration::parse_duration(DEFAULT_IDEMPOTENCY_TTL)

@@ -2,8 +2,9 @@
 //! ([`service::metrics::Registry`]): its RED metrics
 //! (`command_api_http_requests_total`,
 //! `command_api_http_request_duration_seconds`), appended events,
-//! concurrency conflicts, idempotent replays and expired idempotency keys
-//! purged.
+//! concurrency conflicts, idempotent replays, expired idempotency keys
+//! purged, and the aggregate caches' hits, misses, evictions and size
+//! (`command_api_aggregate_cache_*`, by stream type).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +57,7 @@ pub struct Metrics {
     conflicts: Family<OutcomeLabel, Counter>,
     idempotent_replays: Counter,
     idempotency_purged: Counter,
+    caches: event_store::CacheMetrics,
 }
 
 impl Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             conflicts: Family::default(),
             idempotent_replays: Counter::default(),
             idempotency_purged: Counter::default(),
+            caches: event_store::CacheMetrics::new(),
         };
         // Every outcome is shown, at 0 until it happens.
         for conflict in Conflict::ALL {
@@ -96,6 +99,7 @@ impl Metrics {
                 "Idempotency keys deleted by the sweep once older than PURSER_IDEMPOTENCY_TTL",
                 metrics.idempotency_purged.clone(),
             );
+            metrics.caches.register(r, "command_api");
         });
         metrics
     }
@@ -108,6 +112,12 @@ impl Metrics {
     /// The RED metrics, recorded by [`service::metrics::record_requests`].
     pub fn http(&self) -> &HttpMetrics {
         &self.http
+    }
+
+    /// The aggregate caches' metrics, which every cache of the Command API
+    /// counts in.
+    pub fn caches(&self) -> &event_store::CacheMetrics {
+        &self.caches
     }
 
     pub fn record_appended(&self, stream_type: &'static str, events: usize) {

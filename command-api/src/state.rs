@@ -11,7 +11,6 @@ use crate::catalog::Catalog;
 use crate::commands::Commands;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use event_store::DEFAULT_ENTRIES_PER_STRIPE;
 
 /// Cheap to clone: everything lives behind one `Arc`.
 #[derive(Clone)]
@@ -58,14 +57,14 @@ impl AppState {
                 accounts: Commands::new(
                     store.clone(),
                     retries,
-                    DEFAULT_ENTRIES_PER_STRIPE,
+                    config.aggregate_cache_size,
                     every,
                     Arc::clone(&metrics),
                 ),
                 inventory: Commands::new(
                     store.clone(),
                     retries,
-                    DEFAULT_ENTRIES_PER_STRIPE,
+                    config.aggregate_cache_size,
                     every,
                     Arc::clone(&metrics),
                 ),

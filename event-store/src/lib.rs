@@ -11,9 +11,12 @@
 //!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the
 //!   caller's own idempotency record, any serialisable type, in the same
 //!   transaction as the events. It knows nothing of HTTP.
-//! - [`StreamLocks`]: commands to one stream serialised within a process
-//!   (striped, bounded), with the state each left behind, so that writers
-//!   in one process queue instead of colliding on the version.
+//! - [`AggregateCache`]: a [`Repository`] whose commands to one stream are
+//!   serialised within the process ([`StreamLocks`], striped), each deciding
+//!   on the state the previous one left (a bounded LRU cache, counted in
+//!   [`CacheMetrics`]): writers in one process queue instead of colliding on
+//!   the version, and a hot aggregate's stream is not read again; the
+//!   append's expected version proves the remembered state current.
 //! - [`EventStore::purge_idempotency`]: idempotency records are kept for a
 //!   time to live, then deleted in batches.
 //! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
@@ -78,6 +81,7 @@
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
 
+mod cache;
 mod error;
 mod idempotency;
 mod locks;
@@ -88,9 +92,10 @@ mod store;
 mod subscription;
 mod types;
 
+pub use cache::{AggregateCache, CacheMetrics, DEFAULT_CACHE_SIZE};
 pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
-pub use locks::{StreamLocks, Stripe, DEFAULT_ENTRIES_PER_STRIPE};
+pub use locks::{StreamLocks, StreamTurn};
 pub use notify::CHANNEL as NOTIFY_CHANNEL;
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
 pub use store::{Appends, EventStore};

@@ -2,7 +2,7 @@
 //! process in its one registry ([`SagaMetrics::register`]): sagas started,
 //! completed, compensated and sent to `needs_attention`, and a latency
 //! histogram of step attempts by step and outcome (its `_count` is the
-//! attempts). Sagas per state come from the sagas read model
+//! attempts), and the aggregate caches of its commands. Sagas per state come from the sagas read model
 //! (`projections::metrics::StatusMetrics`).
 
 use std::time::Duration;
@@ -34,6 +34,7 @@ pub struct SagaMetrics {
     needs_attention: Counter,
     conflicts_retried: Counter,
     steps: Family<StepLabels, Histogram, fn() -> Histogram>,
+    caches: event_store::CacheMetrics,
 }
 
 impl Default for SagaMetrics {
@@ -45,6 +46,7 @@ impl Default for SagaMetrics {
             needs_attention: Counter::default(),
             conflicts_retried: Counter::default(),
             steps: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            caches: event_store::CacheMetrics::new(),
         }
     }
 }
@@ -87,6 +89,13 @@ impl SagaMetrics {
             "Duration of one attempt of a saga step, by step and outcome (succeeded, refused, failed)",
             self.steps.clone(),
         );
+        self.caches.register(r, "purser_saga_commands");
+    }
+
+    /// The metrics of the caches of the items and accounts the sagas'
+    /// commands act on (`purser_saga_commands_aggregate_cache_*`).
+    pub fn caches(&self) -> &event_store::CacheMetrics {
+        &self.caches
     }
 
     /// A saga was started.

@@ -4,6 +4,7 @@
 mod access;
 mod accounts;
 mod backlog;
+mod cache;
 mod callers;
 mod concurrency;
 mod connection;

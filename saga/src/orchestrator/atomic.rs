@@ -312,13 +312,13 @@ impl Orchestrator {
         let inner = &self.inner;
         Some(match step {
             Step::ReserveStock { sku } | Step::CommitStock { sku } | Step::ReleaseStock { sku } => {
-                inner.inventory.turn(sku.as_str()).await
+                Box::new(inner.inventory.turn(sku.as_str()).await)
             }
             Step::ChargePayment | Step::RefundPayment => {
-                inner.accounts.turn(&order.account_id.to_string()).await
+                Box::new(inner.accounts.turn(&order.account_id.to_string()).await)
             }
             Step::MarkReserved | Step::MarkPaid | Step::MarkShipped | Step::CancelOrder => {
-                inner.orders.turn(&order.order_id.to_string()).await
+                Box::new(inner.orders.turn(&order.order_id.to_string()).await)
             }
             Step::Ship | Step::CancelShipment => return None,
         })

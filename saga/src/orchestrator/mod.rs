@@ -21,7 +21,7 @@ use domain::{
 };
 use event_store::{
     EventStore, ExecuteError, ExecuteOptions, Executed, Loaded, Metadata, Repository, StreamId,
-    DEFAULT_ENTRIES_PER_STRIPE,
+    DEFAULT_CACHE_SIZE,
 };
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -126,14 +126,17 @@ impl Orchestrator {
                     Repository::new(store.clone()).with_snapshots(every),
                     // One order gets a handful of commands: nothing to remember.
                     0,
+                    metrics.caches(),
                 ),
                 accounts: Writer::new(
                     contended(&store, every, &metrics),
-                    DEFAULT_ENTRIES_PER_STRIPE,
+                    DEFAULT_CACHE_SIZE,
+                    metrics.caches(),
                 ),
                 inventory: Writer::new(
                     contended(&store, every, &metrics),
-                    DEFAULT_ENTRIES_PER_STRIPE,
+                    DEFAULT_CACHE_SIZE,
+                    metrics.caches(),
                 ),
                 queue: Queue::new(store.pool().clone()),
                 store,
