@@ -7,7 +7,12 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# rdkafka builds its bundled librdkafka: a C compiler and make (in this image).
+# rdkafka builds its bundled librdkafka with TLS: a C compiler, make,
+# pkg-config and OpenSSL's headers (libssl-dev; installed in case the image
+# lacks them). The runtime image has OpenSSL's library (libssl3).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends pkg-config libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -16,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home purser
 COPY --from=build /usr/local/bin/purser /usr/local/bin/purser

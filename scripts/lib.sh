@@ -557,6 +557,11 @@ ensure_build_tools() {
     if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
         apt_install build-essential
     fi
+    # librdkafka is built with TLS (Kafka's ssl and sasl_ssl): OpenSSL's
+    # headers, found through pkg-config.
+    if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl 2>/dev/null; then
+        apt_install pkg-config libssl-dev
+    fi
 }
 
 ensure_test_tools() {
@@ -576,6 +581,9 @@ ensure_test_tools() {
     # the walkthrough's test runs curl and jq.
     ensure_nginx
     command -v openssl >/dev/null 2>&1 || apt_install openssl
+    # The TLS tests of DATABASE_URL run a throwaway cluster of their own
+    # (initdb, pg_ctl), whatever server answers at DATABASE_URL.
+    ensure_pg_packages
     command -v curl >/dev/null 2>&1 || apt_install curl
     command -v jq >/dev/null 2>&1 || apt_install jq
     # promtool checks the shipped alerting rules (deploy/prometheus).

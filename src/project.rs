@@ -165,6 +165,8 @@ impl Component for Workers {
 
 /// `purser project`.
 pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -> Result<()> {
+    // Bad Kafka settings are refused before anything starts.
+    args.kafka.validate()?;
     let pool = db::open(global, POOL_SIZE).await?;
     let registry = Registry::new();
     crate::metrics::register_pool(&registry, &pool);

@@ -125,6 +125,8 @@ pub async fn run(
     command: RelayCommand,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // Bad Kafka settings are refused before anything starts.
+    command.args.kafka.validate()?;
     let pool = db::open(global, POOL_SIZE).await?;
     let registry = Registry::new();
     crate::metrics::register_pool(&registry, &pool);

@@ -52,6 +52,8 @@ impl Args {
 /// default `min_version` wait. The first to fail stops the others, which finish their work in
 /// flight, and the process exits with its error.
 pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToken) -> Result<()> {
+    // Bad Kafka settings are refused before anything starts.
+    args.kafka.validate()?;
     // Refused before anything starts without a JWKS (unless insecure).
     let authenticator = args.auth.authenticator()?;
     let command_access = Access::new(authenticator.clone(), &args.auth.rate_limit)

@@ -47,7 +47,7 @@ impl EventConsumer {
     pub fn new(config: &KafkaConfig, group_id: &str, stream_types: &[&str]) -> Result<Self> {
         let session_timeout_ms = config.session_timeout_ms.max(3);
         let consumer: StreamConsumer = config
-            .client_config()
+            .client_config()?
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

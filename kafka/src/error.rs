@@ -6,6 +6,9 @@ use uuid::Uuid;
 /// Everything that can go wrong on the Kafka side of Purser.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The Kafka settings are refused (which variable, and why).
+    #[error("invalid Kafka settings: {0}")]
+    Config(String),
     /// A client could not be created or a broker request failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),

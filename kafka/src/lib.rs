@@ -23,7 +23,10 @@ mod publisher;
 mod relay;
 mod topics;
 
-pub use config::{KafkaConfig, STREAM_TYPES};
+pub use config::{
+    KafkaConfig, KafkaProperties, KafkaSecurity, SaslMechanism, Secret, SecurityProtocol,
+    STREAM_TYPES,
+};
 pub use consumer::EventConsumer;
 pub use error::{Error, Result};
 pub use leadership::{Leadership, Lease, RELAY_LOCK_KEY};

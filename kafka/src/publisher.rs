@@ -46,7 +46,7 @@ impl EventPublisher {
     pub fn new(config: &KafkaConfig, delivery_timeout: Duration) -> Result<Self> {
         let timeout_ms = delivery_timeout.as_millis().clamp(1, i32::MAX as u128);
         let producer: FutureProducer = config
-            .client_config()
+            .client_config()?
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", timeout_ms.to_string())

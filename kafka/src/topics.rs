@@ -14,15 +14,21 @@ use crate::{Error, KafkaConfig, Result};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates `{prefix}.{stream_type}` for every stream type, with
-/// `config.partitions` partitions and replication 1. Topics that already exist
+/// `config.partitions` partitions and `config.replication_factor` replicas. Topics that already exist
 /// are left as they are, so every process can call this at startup.
 #[tracing::instrument(skip_all, fields(brokers = %config.brokers, prefix = %config.topic_prefix), err)]
 pub async fn ensure_topics(config: &KafkaConfig, stream_types: &[&str]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
+    let admin: AdminClient<DefaultClientContext> = config.client_config()?.create()?;
     let names: Vec<String> = stream_types.iter().map(|t| config.topic(t)).collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
     for result in admin.create_topics(&topics, &options).await? {

@@ -6,7 +6,8 @@
 //!   built from plain numbers ([`fixtures`]).
 //! - Feature `postgres`: [`TestDatabase`] (a fresh, migrated database per
 //!   test), the [`Harness`] that runs commands through the real repository,
-//!   and the saga simulation ([`saga_sim`]).
+//!   the saga simulation ([`saga_sim`]) and a throwaway PostgreSQL cluster
+//!   that speaks TLS only ([`tls_postgres`]).
 //! - Feature `kafka`: topics of their own on the test broker ([`kafka`]).
 //! - Feature `command-api`: the Command API on port 0 ([`command_api`]),
 //!   HTTP assertions ([`http`]), real keys and tokens ([`tokens`]) and the
@@ -33,6 +34,8 @@ mod database;
 pub mod saga_sim;
 #[cfg(feature = "postgres")]
 pub mod store;
+#[cfg(feature = "postgres")]
+pub mod tls_postgres;
 #[cfg(feature = "postgres")]
 pub use database::{TestDatabase, DEFAULT_DATABASE_URL, NAME_PREFIX};
 #[cfg(feature = "postgres")]

@@ -5,7 +5,8 @@
 //! `purser relay` processes; `purser serve` and its `--migrate`; the nginx
 //! gateway in front of the services; every component several times over
 //! behind it, killed one of each kind under load; the book's
-//! walkthrough, run as written.
+//! walkthrough, run as written; `DATABASE_URL` over TLS (`sslmode`) and
+//! Kafka settings refused at start.
 
 mod auth_cli;
 mod crash;
@@ -15,6 +16,7 @@ mod projections_cli;
 mod relay_failover;
 mod scale_out;
 mod serve;
+mod transport;
 mod walkthrough;
 
 use std::process::Output;

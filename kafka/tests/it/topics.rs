@@ -62,3 +62,20 @@ async fn ensure_topics_retrying_succeeds_on_a_live_broker_and_gives_up_on_shutdo
         .expect("no error");
     assert!(!created, "nothing was created without a broker");
 }
+
+#[tokio::test]
+async fn a_tls_client_against_a_plaintext_broker_fails_with_an_error_not_a_hang() {
+    let mut config = test_support::kafka::config("kafka-tls");
+    config.security.protocol = kafka::SecurityProtocol::Ssl;
+    config.validate().expect("valid settings");
+    // The broker answers in plaintext: the TLS handshake fails, and the
+    // request ends with librdkafka's error within its own timeout.
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        ensure_topics(&config, &["account"]),
+    )
+    .await
+    .expect("ensure_topics returns, not hangs");
+    let error = result.expect_err("no topic is created over a failed TLS handshake");
+    assert!(matches!(error, kafka::Error::Kafka(_)), "{error:?}");
+}
