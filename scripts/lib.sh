@@ -5,6 +5,7 @@
 #   ensure_kafka      use the broker at KAFKA_BROKERS, or start a project-local Tansu
 #   ensure_nginx      install Debian's nginx when missing (its system service stays off)
 #   start_gateway     the project-local nginx gateway on 127.0.0.1:8000 and :8443
+#   start_carrier     `purser carrier` (the simulated carrier over HTTP) on PURSER_CARRIER_ADDR
 #   stop_local_services
 #
 # Everything the scripts create lives in "$PURSER_ROOT/.local" (git-ignored).
@@ -39,6 +40,11 @@ GATEWAY_DIR="$PURSER_LOCAL/gateway"
 : "${PURSER_GATEWAY_BURST:=1000}"
 : "${PURSER_GATEWAY_CERT:=$PURSER_LOCAL/tls/dev-cert.pem}"
 : "${PURSER_GATEWAY_KEY:=$PURSER_LOCAL/tls/dev-key.pem}"
+
+# The simulated carrier of scripts/up (`purser carrier`), and its files.
+: "${PURSER_CARRIER_ADDR:=127.0.0.1:8085}"
+CARRIER_LOG="$PURSER_LOCAL/carrier.log"
+CARRIER_PID="$PURSER_LOCAL/carrier.pid"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -544,7 +550,44 @@ stop_gateway() {
     rm -f "$GATEWAY_DIR/nginx.pid"
 }
 
+# ---------------------------------------------------------------- Carrier
+
+carrier_running() {
+    [[ -f $CARRIER_PID ]] && grep -qs purser "/proc/$(cat "$CARRIER_PID")/cmdline"
+}
+
+# Starts `$1 carrier` (the purser binary) on PURSER_CARRIER_ADDR with the
+# PURSER_CARRIER_* behaviour of the environment (a carrier the scripts
+# started before is stopped first, so that it takes them).
+start_carrier() {
+    local purser=$1
+    stop_carrier
+    ! port_open "${PURSER_CARRIER_ADDR%:*}" "${PURSER_CARRIER_ADDR##*:}" ||
+        die "something already listens on $PURSER_CARRIER_ADDR (the carrier's address; set PURSER_CARRIER_ADDR)"
+    mkdir -p "$PURSER_LOCAL"
+    (
+        close_inherited_fds
+        exec setsid "$purser" carrier --addr "$PURSER_CARRIER_ADDR" >>"$CARRIER_LOG" 2>&1 </dev/null
+    ) &
+    printf '%s\n' "$!" >"$CARRIER_PID"
+    wait_for 10 "the carrier on $PURSER_CARRIER_ADDR" port_open "${PURSER_CARRIER_ADDR%:*}" "${PURSER_CARRIER_ADDR##*:}" ||
+        die "the carrier does not answer; see $CARRIER_LOG"
+    log "carrier: purser carrier (pid $(cat "$CARRIER_PID")) on http://$PURSER_CARRIER_ADDR (${PURSER_CARRIER_DELAY_MS:-0} ms per call; GET /stats counts what it received; log $CARRIER_LOG)"
+}
+
+stop_carrier() {
+    if carrier_running; then
+        log "stopping the carrier (pid $(cat "$CARRIER_PID"))"
+        kill "$(cat "$CARRIER_PID")"
+        local deadline=$((SECONDS + 10))
+        while carrier_running && ((SECONDS < deadline)); do sleep 0.2; done
+        carrier_running && kill -9 "$(cat "$CARRIER_PID")"
+    fi
+    rm -f "$CARRIER_PID"
+}
+
 stop_local_services() {
+    stop_carrier
     stop_gateway
     stop_tansu
     stop_local_postgres

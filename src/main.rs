@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod auth;
+mod carrier;
 mod command_api;
 mod db;
 mod metrics;
@@ -87,6 +88,9 @@ enum Command {
     /// Run every component in one process: Command API, relay, projection
     /// workers, saga orchestrator and Query API.
     Serve(Box<serve::Args>),
+    /// Run the simulated carrier as an HTTP server (default 127.0.0.1:8085),
+    /// for `--carrier-url` of `serve` and `saga`.
+    Carrier(carrier::Args),
     /// Manage keys: `auth init --dir DIR` writes a development key pair.
     Auth(auth::AuthArgs),
     /// Print a bearer token signed with the key of `purser auth init`.
@@ -108,7 +112,8 @@ impl Command {
             | Command::Relay(_)
             | Command::Project(_)
             | Command::QueryApi(_)
-            | Command::Serve(_) => true,
+            | Command::Serve(_)
+            | Command::Carrier(_) => true,
         }
     }
 }
@@ -131,6 +136,7 @@ async fn main() -> ExitCode {
         Command::QueryApi(args) => query_api::run(global, args, shutdown).await,
         Command::Saga(args) => saga::run(global, *args, shutdown).await,
         Command::Serve(args) => serve::run(global, *args, shutdown).await,
+        Command::Carrier(args) => carrier::run(args, shutdown).await,
         Command::Auth(args) => auth::run_auth(args),
         Command::Token(args) => auth::run_token(args),
     };

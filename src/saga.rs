@@ -61,6 +61,7 @@ pub enum Action {
 pub struct Orchestrator {
     store: event_store::EventStore,
     saga: ::saga::SagaConfig,
+    carrier: ::saga::CircuitBreaker,
     metrics: Arc<::saga::SagaMetrics>,
     ready: service::ReadyFlag,
 }
@@ -68,24 +69,45 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// Registers its metrics in the process's `registry` (and the sagas
     /// per state, from the read model, unless the process shows them
-    /// already).
-    pub fn build(saga: ::saga::SagaConfig, pool: PgPool, registry: &Registry) -> Orchestrator {
+    /// already). Ships through the carrier at `--carrier-url`, or the
+    /// simulated one in this process, behind a circuit breaker.
+    pub fn build(
+        saga: ::saga::SagaConfig,
+        pool: PgPool,
+        registry: &Registry,
+    ) -> Result<Orchestrator> {
+        let carrier = saga
+            .carrier
+            .build()
+            .context("building the carrier's HTTP client")?;
+        match &saga.carrier.http.url {
+            Some(url) => tracing::info!(%url, "shipping through the carrier over HTTP"),
+            None => tracing::info!("shipping through the simulated carrier in this process"),
+        }
         let metrics = ::saga::SagaMetrics::new();
-        registry.register(|r| metrics.register(r));
+        registry.register(|r| {
+            metrics.register(r);
+            carrier.register(r);
+        });
         crate::metrics::register_projection_status(registry, &pool);
         crate::metrics::register_saga_backlog(registry, &pool);
-        Orchestrator {
+        Ok(Orchestrator {
             store: event_store::EventStore::new(pool),
             saga,
+            carrier,
             metrics: Arc::new(metrics),
             ready: service::ReadyFlag::detached(),
-        }
+        })
     }
 
-    /// Set once the orchestrator runs (it needs nothing but the database,
-    /// which the process opened already).
-    pub fn with_ready(mut self, ready: service::ReadyFlag) -> Orchestrator {
-        self.ready = ready;
+    /// Ready once the orchestrator runs (it needs nothing but the database,
+    /// which the process opened already); its carrier's circuit breaker is
+    /// the readiness detail `carrier` (`closed`, `open`, `half_open`),
+    /// which never makes the process unready.
+    pub fn with_readiness(mut self, readiness: &service::Readiness) -> Orchestrator {
+        self.ready = readiness.register("saga orchestrator");
+        let carrier = self.carrier.clone();
+        readiness.detail("carrier", move || carrier.state().as_str().to_owned());
         self
     }
 }
@@ -98,7 +120,7 @@ impl Component for Orchestrator {
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let carrier = Arc::new(::saga::SimulatedCarrier::new(&self.saga.carrier));
+        let carrier = Arc::new(self.carrier);
         self.ready.set();
         ::saga::run(self.store, self.saga, carrier, self.metrics, shutdown)
             .await
@@ -122,7 +144,7 @@ pub async fn run(global: &GlobalArgs, args: Args, shutdown: CancellationToken) -
     let registry = Registry::new();
     crate::metrics::register_pool(&registry, &pool);
     let admin = admin(args.orchestrator.admin_addr, &registry).await?;
-    let orchestrator = Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry);
+    let orchestrator = Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry)?;
     let mut components = Components::new(shutdown);
     components.spawn(orchestrator);
     components.spawn(admin);

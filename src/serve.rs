@@ -75,8 +75,8 @@ pub async fn run(global: &GlobalArgs, mut args: Args, shutdown: CancellationToke
         .await?
         .with_readiness(readiness.clone());
     let admin = saga::admin(args.orchestrator.admin_addr, &registry).await?;
-    let orchestrator = saga::Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry)
-        .with_ready(readiness.register("saga orchestrator"));
+    let orchestrator = saga::Orchestrator::build(args.orchestrator.saga, pool.clone(), &registry)?
+        .with_readiness(&readiness);
     let workers =
         project::Workers::build(args.kafka.clone(), args.workers, pool.clone(), &registry)?
             .with_ready(readiness.register("projection workers"));

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::SimulatedCarrierConfig;
+use crate::CarrierConfig;
 
 /// Tuning of the orchestrator: `purser saga` options.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -54,11 +54,11 @@ pub struct SagaConfig {
         default_value_t = DEFAULT.snapshot_every
     )]
     pub snapshot_every: u64,
-    // The simulated carrier's own options (a doc comment here would be
-    // taken by clap as help text).
+    // The carrier's own options (a doc comment here would be taken by
+    // clap as help text).
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub carrier: SimulatedCarrierConfig,
+    pub carrier: CarrierConfig,
 }
 
 /// The defaults, of the command line too.
@@ -71,11 +71,7 @@ const DEFAULT: SagaConfig = SagaConfig {
     concurrency: 32,
     poll_ms: 200,
     snapshot_every: 100,
-    carrier: SimulatedCarrierConfig {
-        delay_ms: 0,
-        fail_first: 0,
-        hang: false,
-    },
+    carrier: CarrierConfig::DEFAULT,
 };
 
 impl Default for SagaConfig {

@@ -24,11 +24,15 @@
 //!
 //! # How to use it
 //!
-//! `purser saga` (and `purser serve`) runs [`run`] with the simulated
-//! carrier. An embedding service runs it with its own [`Carrier`], the port
-//! through which the saga ships: a shipment carries a key that is the same
-//! for every attempt of one saga's shipment, and a carrier that honours it
-//! ships once however often the saga retries.
+//! `purser saga` (and `purser serve`) runs [`run`] with the carrier its
+//! [`CarrierConfig`] names, behind a [`CircuitBreaker`]: an [`HttpCarrier`]
+//! (such as `purser carrier`, a [`CarrierServer`]) when a URL is given,
+//! otherwise the simulated carrier in the process. An embedding service
+//! runs it with its own [`Carrier`], the port through which the saga ships:
+//! a shipment carries a key that is the same for every attempt of one
+//! saga's shipment, and a carrier that honours it ships once however often
+//! the saga retries. Every failure of a carrier but a refusal is transient:
+//! the step is retried with backoff, never compensated because of it.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -103,7 +107,9 @@ mod trigger;
 
 pub use backlog::Backlog;
 pub use carrier::{
-    Carrier, CarrierControls, CarrierError, Shipment, SimulatedCarrier, SimulatedCarrierConfig,
+    BreakerConfig, BreakerState, Carrier, CarrierConfig, CarrierControls, CarrierError,
+    CarrierServer, CarrierStats, Circuit, CircuitBreaker, HttpCarrier, HttpCarrierConfig, Shipment,
+    SimulatedCarrier, SimulatedCarrierConfig, SimulatorState, Ticket,
 };
 pub use config::SagaConfig;
 pub use error::{Error, Result};

@@ -5,6 +5,11 @@
 //! once every projection has caught up with what the store held when they
 //! joined their group, the saga orchestrator once it runs), and both APIs'
 //! `GET /health/ready` answer 503 naming the components that are not.
+//!
+//! A component may also show a detail that does not make the process
+//! unready ([`Readiness::detail`]): the saga orchestrator shows its carrier
+//! circuit breaker's state (`checks.carrier`), as an open breaker stops no
+//! order from being taken.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +18,17 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     flags: Arc<Mutex<Vec<(&'static str, ReadyFlag)>>>,
+    details: Arc<Mutex<Vec<(&'static str, Detail)>>>,
+}
+
+/// What a detail shows now.
+#[derive(Clone)]
+struct Detail(Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Detail")
+    }
 }
 
 /// One component's readiness: not ready until [`ReadyFlag::set`].
@@ -60,6 +76,25 @@ impl Readiness {
             .collect()
     }
 
+    /// A detail shown by `GET /health/ready` as `checks.{name}`, which
+    /// `show` says at each request, ready or not.
+    pub fn detail(&self, name: &'static str, show: impl Fn() -> String + Send + Sync + 'static) {
+        self.details
+            .lock()
+            .expect("readiness lock")
+            .push((name, Detail(Arc::new(show))));
+    }
+
+    /// Each detail and what it shows now, in registration order.
+    pub fn details(&self) -> Vec<(&'static str, String)> {
+        self.details
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .map(|(name, detail)| (*name, (detail.0)()))
+            .collect()
+    }
+
     /// The components not ready yet.
     pub fn pending(&self) -> Vec<&'static str> {
         self.components()
@@ -89,5 +124,8 @@ mod tests {
             readiness.components(),
             [("relay", true), ("projection workers", true)]
         );
+        readiness.detail("carrier", || "open".to_owned());
+        assert_eq!(readiness.details(), [("carrier", "open".to_owned())]);
+        assert!(readiness.pending().is_empty());
     }
 }

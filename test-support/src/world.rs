@@ -12,7 +12,7 @@ use domain::{
 use event_store::{EventStore, Repository};
 use kafka::KafkaConfig;
 use reqwest::StatusCode;
-use saga::{BeforeStep, Orchestrator, SagaConfig, SagaMetrics, SimulatedCarrier, Trigger};
+use saga::{BeforeStep, Carrier, Orchestrator, SagaConfig, SagaMetrics, SimulatedCarrier, Trigger};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -92,9 +92,19 @@ impl World {
     }
 
     pub fn orchestrator(&self, hook: Option<BeforeStep>) -> Orchestrator {
+        self.orchestrator_with(Arc::new(self.carrier.clone()), hook)
+    }
+
+    /// [`World::orchestrator`] shipping through `carrier` instead of the
+    /// world's simulated carrier.
+    pub fn orchestrator_with(
+        &self,
+        carrier: Arc<dyn Carrier>,
+        hook: Option<BeforeStep>,
+    ) -> Orchestrator {
         let orchestrator = Orchestrator::new(
             self.store.clone(),
-            Arc::new(self.carrier.clone()),
+            carrier,
             self.config.clone(),
             Arc::clone(&self.metrics),
         );
@@ -106,8 +116,13 @@ impl World {
 
     /// Runs the trigger and the orchestrator in this process.
     pub fn start_saga(&mut self, hook: Option<BeforeStep>) {
+        self.start_saga_with(Arc::new(self.carrier.clone()), hook);
+    }
+
+    /// [`World::start_saga`] shipping through `carrier`.
+    pub fn start_saga_with(&mut self, carrier: Arc<dyn Carrier>, hook: Option<BeforeStep>) {
         let shutdown = self.pipeline.shutdown.child_token();
-        let orchestrator = self.orchestrator(hook);
+        let orchestrator = self.orchestrator_with(carrier, hook);
         let trigger = Trigger::new(orchestrator.clone());
         self.pipeline
             .spawn("saga trigger", trigger.run(shutdown.clone()));

@@ -201,9 +201,20 @@ async fn the_walkthrough_runs_as_the_book_shows_it() {
     let db = TestDatabase::create().await;
     let keys = tempfile::tempdir().expect("temporary directory");
     auth::init_keys(keys.path()).expect("auth init");
-    let (command, query) = (free_port(), free_port());
+    let (command, query, carrier) = (free_port(), free_port(), free_port());
     let kafka = test_support::kafka::config("walkthrough");
-    // As scripts/up runs it: the development carrier takes 2 s per call.
+    // As scripts/up runs it: the simulated carrier over HTTP (`purser
+    // carrier`), taking 2 s per call.
+    let _carrier = Command::new(PURSER)
+        .args(["carrier", "--addr", &format!("127.0.0.1:{carrier}")])
+        .env("RUST_LOG", "warn")
+        .env("PURSER_CARRIER_DELAY_MS", "2000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("purser carrier starts");
     let _serve = Command::new(PURSER)
         .args(["serve", "--database-url", &db.url])
         .args(["--bind", &format!("127.0.0.1:{command}")])
@@ -213,7 +224,7 @@ async fn the_walkthrough_runs_as_the_book_shows_it() {
         .args(["--kafka-topic-prefix", &kafka.topic_prefix])
         .args(["--kafka-session-timeout-ms", "2000"])
         .env("RUST_LOG", "warn")
-        .env("PURSER_CARRIER_DELAY_MS", "2000")
+        .env("PURSER_CARRIER_URL", format!("http://127.0.0.1:{carrier}"))
         .env("PURSER_AUTH_JWKS", keys.path().join(auth::JWKS_FILE))
         .env_remove("PURSER_INSECURE_NO_AUTH")
         .stdin(Stdio::null())
@@ -227,6 +238,7 @@ async fn the_walkthrough_runs_as_the_book_shows_it() {
         .no_proxy()
         .build()
         .expect("client");
+    ready(&client, format!("http://127.0.0.1:{carrier}/health/live")).await;
     ready(&client, format!("http://127.0.0.1:{command}/health/ready")).await;
     ready(&client, gateway.url("/health/ready")).await;
 

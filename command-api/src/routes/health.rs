@@ -78,6 +78,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiErr
         );
     }
     checks.insert("components".to_owned(), each.into());
+    for (name, shown) in state.readiness().details() {
+        checks.insert(name.to_owned(), shown.into());
+    }
     let pending = state.readiness().pending();
     if pending.is_empty() {
         Ok(Json(Health {

@@ -12,8 +12,13 @@
 
 /// The step had no outcome before its deadline.
 pub const TIMEOUT: &str = "timeout";
-/// The carrier could not be reached or did not answer.
+/// The carrier could not be reached, or answered that it cannot now.
 pub const CARRIER_UNAVAILABLE: &str = "carrier_unavailable";
+/// The carrier did not answer within its request timeout.
+pub const CARRIER_TIMEOUT: &str = "carrier_timeout";
+/// The carrier was not called: its circuit breaker is open (too many
+/// failures lately), and the step is retried after the cool-down.
+pub const CARRIER_CIRCUIT_OPEN: &str = "carrier_circuit_open";
 /// The event store (the database) could not be used.
 pub const UNAVAILABLE: &str = "unavailable";
 /// The aggregate kept changing under the step (optimistic concurrency ran
@@ -76,6 +81,8 @@ mod tests {
         for (step, recorded, code) in [
             (charge, "insufficient_funds", "insufficient_funds"),
             (ship, "carrier_unavailable", "carrier_unavailable"),
+            (ship, "carrier_timeout", CARRIER_TIMEOUT),
+            (ship, "carrier_circuit_open", CARRIER_CIRCUIT_OPEN),
             (ship, "no outcome before the step's deadline", TIMEOUT),
             (
                 charge,

@@ -84,6 +84,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>> {
             );
         }
         checks.insert("components".to_owned(), components.into());
+        for (name, shown) in process.details() {
+            checks.insert(name.to_owned(), shown.into());
+        }
     }
     if waiting.is_empty() {
         Ok(Json(Health {

@@ -66,8 +66,9 @@ pub struct SagaStepView {
     /// The code of the last failure or refusal: the refusing aggregate's
     /// (`insufficient_funds`, `insufficient_stock`, `account_closed`...), the
     /// carrier's (`shipment_refused`), or a transient one (`timeout`,
-    /// `carrier_unavailable`, `unavailable`, `concurrency_conflict`,
-    /// `internal_error`). Never a message.
+    /// `carrier_unavailable`, `carrier_timeout`, `carrier_circuit_open`,
+    /// `unavailable`, `concurrency_conflict`, `internal_error`). Never a
+    /// message.
     pub error: Option<String>,
 }
 

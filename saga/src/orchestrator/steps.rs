@@ -160,13 +160,7 @@ impl Orchestrator {
                 Ok(tracking_number) => StepResult::Done {
                     tracking_number: Some(tracking_number),
                 },
-                Err(CarrierError::Refused(reason)) => StepResult::Refused {
-                    code: "shipment_refused".to_owned(),
-                    error: reason,
-                },
-                Err(CarrierError::Unavailable(reason)) => {
-                    StepResult::transient(step_errors::CARRIER_UNAVAILABLE, reason)
-                }
+                Err(error) => carrier_failure(error, "shipment_refused"),
             },
             Step::MarkShipped => {
                 let command = OrderCommand::MarkShipped {
@@ -181,13 +175,7 @@ impl Orchestrator {
             }
             Step::CancelShipment => match inner.carrier.cancel(&shipment(state, order)).await {
                 Ok(()) => StepResult::DONE,
-                Err(CarrierError::Refused(reason)) => StepResult::Refused {
-                    code: "shipment_not_cancellable".to_owned(),
-                    error: reason,
-                },
-                Err(CarrierError::Unavailable(reason)) => {
-                    StepResult::transient(step_errors::CARRIER_UNAVAILABLE, reason)
-                }
+                Err(error) => carrier_failure(error, "shipment_not_cancellable"),
             },
             Step::RefundPayment => {
                 let command = AccountCommand::Refund { order_id };
@@ -250,6 +238,24 @@ impl Orchestrator {
             Ok(_) => result,
             Err(error) => StepResult::transient(step_errors::UNAVAILABLE, error.to_string()),
         }
+    }
+}
+
+/// What a carrier's failure comes to: a refusal with `refusal_code`, or a
+/// transient failure with its own code (unavailable, timed out, circuit
+/// open), retried with backoff and never compensated by itself.
+fn carrier_failure(error: CarrierError, refusal_code: &str) -> StepResult {
+    match error {
+        CarrierError::Refused(reason) => StepResult::Refused {
+            code: refusal_code.to_owned(),
+            error: reason,
+        },
+        transient => StepResult::transient(
+            transient
+                .transient_code()
+                .unwrap_or(step_errors::CARRIER_UNAVAILABLE),
+            transient.to_string(),
+        ),
     }
 }
 

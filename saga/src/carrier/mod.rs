@@ -1,4 +1,17 @@
-//! The carrier port, and the simulated carrier Purser ships with.
+//! The carrier port, and its adapters: the simulated carrier Purser ships
+//! with (in this process, [`SimulatedCarrier`], or as an HTTP server of its
+//! own, [`CarrierServer`]), the HTTP client of a carrier ([`HttpCarrier`]),
+//! and the [`CircuitBreaker`] every carrier is called through.
+
+mod breaker;
+mod config;
+mod http;
+mod server;
+
+pub use breaker::{BreakerConfig, BreakerState, Circuit, CircuitBreaker, Ticket};
+pub use config::CarrierConfig;
+pub use http::{HttpCarrier, HttpCarrierConfig};
+pub use server::{CarrierServer, CarrierStats, SimulatorState};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,16 +34,39 @@ pub struct Shipment {
     pub lines: Vec<OrderLine>,
 }
 
-/// Why a carrier did not ship (or cancel) a shipment.
+/// Why a carrier did not ship (or cancel) a shipment. Every variant but
+/// [`CarrierError::Refused`] is transient: the saga retries the step with
+/// backoff, and never compensates because of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CarrierError {
     /// The carrier will not take this shipment (a business refusal: the
     /// order is cancelled with `shipping_failed`).
     #[error("shipment refused: {0}")]
     Refused(String),
-    /// The carrier could not answer now; the saga retries with backoff.
+    /// The carrier could not be reached, or answered that it cannot now.
     #[error("carrier unavailable: {0}")]
     Unavailable(String),
+    /// The carrier did not answer within the request timeout.
+    #[error("carrier timed out: {0}")]
+    TimedOut(String),
+    /// The carrier was not called: the circuit breaker is open.
+    #[error("carrier not called: the circuit breaker is open")]
+    CircuitOpen,
+}
+
+impl CarrierError {
+    /// The stable code a transient failure is recorded as
+    /// ([`domain::step_errors`]); `None` for a refusal, whose code depends
+    /// on the call refused.
+    pub fn transient_code(&self) -> Option<&'static str> {
+        use domain::step_errors;
+        match self {
+            CarrierError::Refused(_) => None,
+            CarrierError::Unavailable(_) => Some(step_errors::CARRIER_UNAVAILABLE),
+            CarrierError::TimedOut(_) => Some(step_errors::CARRIER_TIMEOUT),
+            CarrierError::CircuitOpen => Some(step_errors::CARRIER_CIRCUIT_OPEN),
+        }
+    }
 }
 
 /// Where the saga ships through. Calls may be cut short by the saga's step
@@ -43,7 +79,9 @@ pub trait Carrier: Send + Sync + 'static {
     async fn cancel(&self, shipment: &Shipment) -> Result<(), CarrierError>;
 }
 
-/// How the simulated carrier behaves: `purser saga --carrier-*` options.
+/// How the simulated carrier behaves: the `--carrier-*` options of `purser
+/// carrier` (its HTTP server), and of `purser saga` and `purser serve` (in
+/// the process, when no `--carrier-url` is given).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct SimulatedCarrierConfig {
     /// Every call of the simulated carrier takes this long.
@@ -145,7 +183,8 @@ impl SimulatedCarrier {
         format!("SIM-{hex}")
     }
 
-    async fn behave(&self) -> Result<(), CarrierError> {
+    /// Waits as configured (delay, hang).
+    pub(super) async fn behave(&self) -> Result<(), CarrierError> {
         if self.controls.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
