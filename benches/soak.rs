@@ -99,6 +99,8 @@ struct Window {
     deposits: Vec<Duration>,
     orders: Vec<Duration>,
     errors: usize,
+    /// The failures by status (or `transport` when no answer came).
+    failures: std::collections::BTreeMap<String, usize>,
 }
 
 fn p99(latencies: &mut [Duration]) -> f64 {
@@ -151,7 +153,12 @@ async fn open_loop(
             let sent = Instant::now();
             let answer = request.send().await;
             let latency = sent.elapsed();
-            let ok = answer.is_ok_and(|r| r.status().is_success());
+            let failure = match &answer {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(r.status().as_u16().to_string()),
+                Err(_) => Some("transport".to_owned()),
+            };
+            let ok = failure.is_none();
             let index =
                 (sent.duration_since(started).as_secs_f64() / window.as_secs_f64()) as usize;
             let mut windows = windows.lock().expect("windows");
@@ -162,7 +169,10 @@ async fn open_loop(
             match (ok, orders) {
                 (true, true) => w.orders.push(latency),
                 (true, false) => w.deposits.push(latency),
-                (false, _) => w.errors += 1,
+                (false, _) => {
+                    w.errors += 1;
+                    *w.failures.entry(failure.unwrap_or_default()).or_default() += 1;
+                }
             }
             drop(permit);
         });
@@ -338,6 +348,11 @@ async fn main() -> Result<(), BoxError> {
             row.6
         );
         rows.push(row);
+    }
+    for (i, w) in windows.iter().enumerate() {
+        if !w.failures.is_empty() {
+            println!("  window {}: failures by status {:?}", i + 1, w.failures);
+        }
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         let warm = rows.get(1).unwrap_or(first);
