@@ -46,6 +46,18 @@ pub struct WorkerArgs {
     #[arg(id = "projection_max_attempts", long = "projection-max-attempts", env = "PURSER_PROJECTION_MAX_ATTEMPTS", default_value_t = projections::DEFAULT_MAX_ATTEMPTS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
+    /// Events per transaction of a rebuild requested over HTTP (`POST
+    /// /projections/{name}/rebuild`), run by this process: the window folded
+    /// in memory, as `purser projections rebuild --batch-size`.
+    #[arg(long = "rebuild-batch-size", env = "PURSER_REBUILD_BATCH_SIZE",
+          default_value_t = projections::rebuild::DEFAULT_BATCH_SIZE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rebuild_batch_size: u32,
+    /// At most this many events per second in a rebuild requested over
+    /// HTTP (default: no limit), as `purser projections rebuild --max-rate`.
+    #[arg(long = "rebuild-max-rate", env = "PURSER_REBUILD_MAX_RATE", value_name = "EVENTS_PER_SECOND",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rebuild_max_rate: Option<u64>,
 }
 
 /// The projection workers as a component: one worker per projection until
@@ -57,6 +69,8 @@ pub struct Workers {
     config: projections::WorkerConfig,
     ready: service::ReadyFlag,
     metrics: projections::metrics::WorkerMetrics,
+    /// How the rebuilds requested over HTTP run.
+    rebuild: projections::rebuild::RebuildOptions,
 }
 
 impl Workers {
@@ -87,6 +101,12 @@ impl Workers {
                 ..projections::WorkerConfig::default()
             },
             ready: service::ReadyFlag::detached(),
+            rebuild: projections::rebuild::RebuildOptions {
+                batch_size: args.rebuild_batch_size as usize,
+                max_events_per_second: args.rebuild_max_rate,
+                max_attempts: args.max_attempts,
+                restart: false,
+            },
         })
     }
 
@@ -148,6 +168,15 @@ impl Component for Workers {
             self.ready,
             shutdown.child_token(),
         ));
+        // The rebuilds operators request over HTTP run here, beside the
+        // workers of the same projections.
+        let requests = projections::requests::RequestRunner::new(
+            self.store.clone(),
+            &self.projections,
+            self.rebuild,
+        )?;
+        let stop_requests = shutdown.child_token();
+        let requests = tokio::spawn(requests.run(stop_requests.clone()));
         let ran = projections::run_workers_with(
             &self.projections,
             self.store,
@@ -159,6 +188,9 @@ impl Component for Workers {
         .await
         .context("running the projection workers");
         watcher.abort();
+        // A requested rebuild commits its batch and stops.
+        stop_requests.cancel();
+        let _ = requests.await;
         ran
     }
 }

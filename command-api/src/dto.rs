@@ -620,6 +620,102 @@ pub struct SagaRetriedResponse {
     pub position: Option<i64>,
 }
 
+// ---------------------------------------------------------------------------
+// Projections
+
+/// A stream id as `POST /projections/{name}/unpark` accepts it: a stream
+/// type, `-`, and the aggregate's id (a uuid or a SKU).
+pub const STREAM_ID_PATTERN: &str = "^(account|inventory|order|saga)-[A-Za-z0-9-]{1,64}$";
+
+/// The longest stream id ([`STREAM_ID_PATTERN`]).
+pub const STREAM_ID_MAX_LEN: usize = 74;
+
+/// `value` if it matches [`STREAM_ID_PATTERN`], else 400 `invalid_id`.
+pub fn stream_id(value: &str) -> Result<&str, ApiError> {
+    let valid = value.split_once('-').is_some_and(|(kind, id)| {
+        ["account", "inventory", "order", "saga"].contains(&kind)
+            && (1..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if valid {
+        Ok(value)
+    } else {
+        Err(ApiError::InvalidId(format!(
+            "stream_id must match {STREAM_ID_PATTERN}, got {value:?}"
+        )))
+    }
+}
+
+/// `POST /projections/{name}/rebuild`: `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildProjectionRequest {}
+
+/// `202` to `POST /projections/{name}/rebuild`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RebuildRequestedResponse {
+    /// The projection.
+    #[schema(example = "accounts")]
+    pub projection: String,
+    /// The operator who asked (the token's `sub`).
+    pub requested_by: String,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `POST /projections/{name}/unpark`: `{}` for every parked stream, or one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnparkProjectionRequest {
+    /// Only this stream (e.g. `account-0191d0c2-7a3e-7cc1-9a41-3f1f0d5b2a11`);
+    /// absent: every parked stream of the projection.
+    #[serde(default)]
+    #[schema(
+        example = "account-0191d0c2-7a3e-7cc1-9a41-3f1f0d5b2a11",
+        pattern = "^(account|inventory|order|saga)-[A-Za-z0-9-]{1,64}$",
+        min_length = 1,
+        max_length = 74
+    )]
+    pub stream_id: Option<String>,
+}
+
+/// `200` to `POST /projections/{name}/unpark`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UnparkedResponse {
+    #[schema(example = "accounts")]
+    pub projection: String,
+    /// Each stream un-parked (none when nothing was parked), with what was
+    /// applied of it.
+    pub streams: Vec<UnparkedStream>,
+}
+
+/// One stream `POST /projections/{name}/unpark` un-parked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UnparkedStream {
+    pub stream_id: String,
+    /// Events applied from the event store.
+    pub applied: u64,
+    /// Its event failed again, and parked it again.
+    pub parked_again: bool,
+}
+
+/// `POST /projections/{name}/reset`: `{"confirm": "<name>"}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetProjectionRequest {
+    /// The projection's name again (else 422 `confirmation_mismatch`).
+    #[schema(example = "accounts", max_length = 64)]
+    pub confirm: String,
+}
+
+/// `200` to `POST /projections/{name}/reset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResetResponse {
+    #[schema(example = "accounts")]
+    pub projection: String,
+    /// Always `true`: its read model is empty.
+    pub reset: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -14,7 +14,7 @@ use crate::routes;
 #[openapi(
     info(
         title = "Purser Command API",
-        description = "Commands for accounts, inventory and orders, and the saga retry of operators. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`; each answer lists the codes it can carry (`x-purser-codes`). Each operation names the roles that may call it (`x-purser-roles`); a customer acts only on what it owns: another customer's account or order answers as a missing one (404)."
+        description = "Commands for accounts, inventory and orders, and the operators' saga retry and projection rebuild, unpark and reset. Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`; each answer lists the codes it can carry (`x-purser-codes`). Each operation names the roles that may call it (`x-purser-roles`); a customer acts only on what it owns: another customer's account or order answers as a missing one (404)."
     ),
     paths(
         routes::accounts::open,
@@ -27,6 +27,9 @@ use crate::routes;
         routes::orders::place,
         routes::orders::cancel,
         routes::sagas::retry,
+        routes::projections::rebuild,
+        routes::projections::unpark,
+        routes::projections::reset,
         routes::health::live,
         routes::health::ready,
         routes::health::metrics,
@@ -50,6 +53,13 @@ use crate::routes;
         dto::OrderResponse,
         dto::RetrySagaRequest,
         dto::SagaRetriedResponse,
+        dto::RebuildProjectionRequest,
+        dto::RebuildRequestedResponse,
+        dto::UnparkProjectionRequest,
+        dto::UnparkedResponse,
+        dto::UnparkedStream,
+        dto::ResetProjectionRequest,
+        dto::ResetResponse,
         routes::health::Health,
     )),
     tags(
@@ -57,6 +67,7 @@ use crate::routes;
         (name = "inventory", description = "Stock and price per SKU"),
         (name = "orders", description = "Orders; fulfilment runs asynchronously"),
         (name = "sagas", description = "Operator actions on order-fulfilment sagas"),
+        (name = "projections", description = "Operator actions on the read models: rebuild, unpark, reset"),
         (name = "health", description = "Health, metrics, this document"),
     ),
     modifiers(&BearerSecurity)

@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::middleware::{not_found, problem_for_bare_errors, timeout, RequestEnd, RequestSpan};
 use crate::retention::IdempotencySweep;
-use crate::routes::{accounts, health, inventory, orders, sagas};
+use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
 
@@ -96,6 +96,18 @@ pub fn router(state: AppState, access: Access) -> Router {
         .route(
             "/sagas/{order_id}/retry",
             post(sagas::retry).route_layer(operator()),
+        )
+        .route(
+            "/projections/{name}/rebuild",
+            post(projections::rebuild).route_layer(operator()),
+        )
+        .route(
+            "/projections/{name}/unpark",
+            post(projections::unpark).route_layer(operator()),
+        )
+        .route(
+            "/projections/{name}/reset",
+            post(projections::reset).route_layer(operator()),
         )
         .route("/metrics", get(health::metrics).route_layer(operator()))
         .route_layer(from_fn_with_state(access, authenticate))

@@ -15,7 +15,8 @@
 //!   ([`Worker::process_batch`]) or in a loop ([`Worker::run`]).
 //! - [`rebuild`]: replays the event store into shadow tables and swaps them
 //!   in while the live workers and the Query API go on (design decision 6);
-//!   [`operations`]: reset, unpark, rebuild of one stream.
+//!   [`operations`]: reset, unpark, rebuild of one stream; [`requests`]:
+//!   the rebuilds operators request over HTTP, run by the workers' process.
 //! - [`readiness`]: which projections have a worker consuming that has
 //!   applied what the store held when it joined (the Query API's
 //!   `/health/ready`).
@@ -77,6 +78,7 @@ mod projection;
 mod projector;
 pub mod readiness;
 pub mod rebuild;
+pub mod requests;
 mod sagas;
 pub mod status;
 mod worker;

@@ -4,4 +4,5 @@ pub mod accounts;
 pub mod health;
 pub mod inventory;
 pub mod orders;
+pub mod projections;
 pub mod sagas;

@@ -2,6 +2,7 @@
 //! worker tests also need the Kafka broker at `KAFKA_BROKERS`.
 
 mod correlation;
+mod http_operations;
 mod outage;
 mod prices;
 mod projector;
