@@ -631,6 +631,11 @@ ensure_test_tools() {
     command -v jq >/dev/null 2>&1 || apt_install jq
     # promtool checks the shipped alerting rules (deploy/prometheus).
     command -v promtool >/dev/null 2>&1 || apt_install prometheus
+    # The operator console's tests drive Debian's Chromium, headless,
+    # through its WebDriver server.
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        apt_install chromium chromium-driver
+    fi
     ensure_mdbook
 }
 

@@ -30,6 +30,9 @@ pub struct ProjectionStatus {
     /// Its rebuild (`purser projections rebuild`) not swapped in yet:
     /// running now, or interrupted; `None` when there is none.
     pub rebuild: Option<RebuildStatus>,
+    /// A rebuild requested over HTTP that waits for a worker process or
+    /// runs ([`crate::requests`]).
+    pub requested: Option<crate::requests::RebuildRequest>,
 }
 
 /// A projection's health, from its lag and parked streams.
@@ -70,6 +73,9 @@ pub struct RebuildStatus {
     pub phase: String,
     /// Events replayed so far, by every run of this rebuild.
     pub events_done: i64,
+    /// Events of the projection's stream types in the store now: about what
+    /// the rebuild replays in all (more arrive meanwhile).
+    pub events_total: i64,
     /// When the rebuild started.
     pub started_at: DateTime<Utc>,
     /// When it last committed progress.
@@ -106,8 +112,8 @@ pub struct RebuildState {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A projection's checkpoint, head, lag, parked streams and events applied
-/// (`$1` the projection, `$2` its stream types). Stream versions are
+/// A projection's checkpoint, head, lag, parked streams, events applied and
+/// events of its stream types (`$1` the projection, `$2` its stream types). Stream versions are
 /// contiguous from 1, so the events not yet applied are the events of these
 /// types minus the versions applied (those a rebuild's replayed checkpoint
 /// covers, and beyond them the rows of `applied`, migration 0007): no
@@ -126,7 +132,8 @@ SELECT
                          WHERE projection = $1), 0),
              0)::bigint,
     (SELECT count(*) FROM read_models.parked WHERE projection = $1),
-    coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0)
+    coalesce((SELECT events_applied FROM read_models.projection_status WHERE projection = $1), 0),
+    log.events
 FROM (SELECT count(*) AS events, coalesce(max(position), 0) AS head
       FROM event_store.events WHERE stream_type = ANY($2)) AS log";
 
@@ -147,17 +154,24 @@ async fn of(pool: &PgPool, projection: &dyn Projection) -> Result<ProjectionStat
         .iter()
         .map(|t| (*t).to_owned())
         .collect();
-    let (checkpoint, head, lag_events, parked_streams, events_applied): (i64, i64, i64, i64, i64) =
-        sqlx::query_as(PROGRESS_SQL)
-            .bind(name)
-            .bind(&types)
-            .fetch_one(pool)
-            .await?;
+    let (checkpoint, head, lag_events, parked_streams, events_applied, events): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(PROGRESS_SQL)
+        .bind(name)
+        .bind(&types)
+        .fetch_one(pool)
+        .await?;
     let rebuild = match rebuild_state(pool, name).await? {
         Some(state) => Some(RebuildStatus {
             running: crate::rebuild::is_running(pool, name).await?,
             phase: state.phase,
             events_done: state.events_done,
+            events_total: events,
             started_at: state.started_at,
             updated_at: state.updated_at,
         }),
@@ -179,6 +193,7 @@ async fn of(pool: &PgPool, projection: &dyn Projection) -> Result<ProjectionStat
         parked_streams,
         events_applied,
         rebuild,
+        requested: crate::requests::pending(pool, name).await?,
     })
 }
 

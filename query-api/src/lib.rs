@@ -5,7 +5,8 @@
 //! until the read model has applied version N, woken by the projections'
 //! `pg_notify` (LISTEN) or a slow poll, never a busy loop ([`Progress`]).
 //! Lists use keyset pagination with an opaque cursor. `/projections` and
-//! `/metrics` compute head and lag from the event store.
+//! `/metrics` compute head and lag from the event store. [`console`] is the
+//! operator console (`GET /console`) and its live feed.
 //!
 //! [`router`] builds the service without I/O (handlers are tested with
 //! `tower::ServiceExt::oneshot`); [`Application`] binds it and serves until
@@ -14,6 +15,7 @@
 #![warn(unreachable_pub)]
 
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod openapi;

@@ -3,13 +3,16 @@
 use service::auth::BearerSecurity;
 use utoipa::OpenApi;
 
+use crate::console;
 use crate::error::Problem;
 use crate::routes::accounts::{AccountView, TransactionPage, TransactionView};
 use crate::routes::health::Health;
 use crate::routes::inventory::{InventoryPage, InventoryView};
 use crate::routes::orders::{OrderLineView, OrderPage, OrderView};
-use crate::routes::projections::{ProjectionView, RebuildView};
-use crate::routes::sagas::{SagaPage, SagaStepView, SagaView};
+use crate::routes::projections::{
+    ParkedPage, ParkedView, ProjectionView, RebuildRequestView, RebuildView,
+};
+use crate::routes::sagas::{SagaCounts, SagaPage, SagaStepView, SagaView};
 use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 
 #[derive(OpenApi)]
@@ -30,7 +33,13 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
         orders::list_orders,
         sagas::get_saga,
         sagas::list_sagas,
+        sagas::saga_counts,
         projections::list_projections,
+        projections::list_parked,
+        console::page,
+        console::script,
+        console::style,
+        console::events,
         projections::metrics,
         health::live,
         health::ready,
@@ -38,7 +47,8 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
     ),
     components(schemas(
         AccountView, TransactionView, TransactionPage, InventoryView, InventoryPage,
-        OrderView, OrderLineView, OrderPage, SagaView, SagaStepView, SagaPage, ProjectionView, RebuildView, Health, Problem
+        OrderView, OrderLineView, OrderPage, SagaView, SagaStepView, SagaPage, SagaCounts, ProjectionView, RebuildView,
+        RebuildRequestView, ParkedView, ParkedPage, Health, Problem
     )),
     tags(
         (name = "accounts", description = "Bank accounts and their ledgers"),
@@ -47,6 +57,7 @@ use crate::routes::{accounts, health, inventory, orders, projections, sagas};
         (name = "sagas", description = "Order-fulfilment sagas and their steps"),
         (name = "projections", description = "Read-model progress"),
         (name = "operations", description = "Health and metrics"),
+        (name = "console", description = "The operator console: its page and assets (open), and its live feed (operators)"),
     ),
     modifiers(&BearerSecurity)
 )]

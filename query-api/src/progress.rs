@@ -9,6 +9,11 @@
 //! waiter of the projection re-reads), or after a slow poll interval when no
 //! notification comes (listener down): never a busy loop, and no herd of
 //! every waiter re-reading on every batch.
+//!
+//! The same connection hears the rebuilds' progress
+//! ([`projections::requests::PROGRESS_CHANNEL`]), and passes which
+//! projection moved on to the operator console's live view
+//! ([`Progress::changes`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +51,24 @@ pub struct Progress {
     /// One permit per request allowed to wait at once.
     waiters: Arc<Semaphore>,
     max_waiters: usize,
+    /// The projections that moved, as the LISTEN connection hears it, for
+    /// the operator console's live view ([`Progress::changes`]).
+    changes: broadcast::Sender<Change>,
 }
+
+/// What the LISTEN connection heard, for the operator console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A projection applied a batch, or its rebuild, parked streams or
+    /// requests changed.
+    Projection(&'static str),
+    /// Notifications may have been missed (the connection was lost): any
+    /// projection may have moved.
+    Any,
+}
+
+/// Changes kept for a slow console before it is told it lagged.
+const CHANGES_BUFFER: usize = 256;
 
 impl Progress {
     /// One channel per projection; `poll` is the fallback re-read interval.
@@ -61,6 +83,24 @@ impl Progress {
             poll,
             waiters: Arc::new(Semaphore::new(crate::config::DEFAULT_MAX_WAITERS)),
             max_waiters: crate::config::DEFAULT_MAX_WAITERS,
+            changes: broadcast::channel(CHANGES_BUFFER).0,
+        }
+    }
+
+    /// The projections that move from now on, as the one LISTEN connection
+    /// of the process hears them (no query per subscriber).
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the consoles that `projection` (a name of a notification's
+    /// payload) moved.
+    fn changed(&self, projection: &str) {
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        if let Some((name, _)) = self.channels.get_key_value(projection) {
+            let _ = self.changes.send(Change::Projection(name));
         }
     }
 
@@ -242,15 +282,30 @@ impl Progress {
 
     async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(projections::NOTIFY_CHANNEL).await?;
+        listener
+            .listen_all([
+                projections::NOTIFY_CHANNEL,
+                projections::requests::PROGRESS_CHANNEL,
+            ])
+            .await?;
         // Anything applied before LISTEN took effect is only seen by a re-read.
         self.bump_all();
+        let _ = self.changes.send(Change::Any);
         loop {
             match listener.try_recv().await? {
-                Some(notification) => self.notified(notification.payload()),
+                Some(notification) => {
+                    let payload = notification.payload();
+                    if notification.channel() == projections::NOTIFY_CHANNEL {
+                        self.notified(payload);
+                    }
+                    self.changed(projections::notification::parse(payload).0);
+                }
                 // The connection was lost and re-established: notifications
                 // may have been missed.
-                None => self.bump_all(),
+                None => {
+                    self.bump_all();
+                    let _ = self.changes.send(Change::Any);
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::config::QueryApiConfig;
+use crate::console;
 use crate::error::ApiError;
 use crate::openapi::openapi_json;
 use crate::progress::Progress;
@@ -35,7 +36,8 @@ const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// trace span (request id, method, matched path), load shedding, timeout,
 /// body limit.
 ///
-/// Every route but `/health/*` and `/openapi.json` needs a caller that
+/// Every route but `/health/*`, `/openapi.json` and the console's page and
+/// assets needs a caller that
 /// `access` lets in (401, 429); the operator-only ones answer 403 to
 /// anyone else before their handler looks at the request. What a customer
 /// may see of the rest is each handler's business (its own only).
@@ -73,12 +75,30 @@ pub fn router(state: AppState, access: Access) -> Router {
                 .route_layer(operator()),
         )
         .route(
+            "/sagas/counts",
+            get(sagas::saga_counts)
+                .route_layer(limit())
+                .route_layer(operator()),
+        )
+        .route(
             "/sagas/{order_id}",
             get(sagas::get_saga).route_layer(limit()),
         )
         .route(
             "/projections",
             get(projections::list_projections)
+                .route_layer(limit())
+                .route_layer(operator()),
+        )
+        .route(
+            "/projections/{name}/parked",
+            get(projections::list_parked)
+                .route_layer(limit())
+                .route_layer(operator()),
+        )
+        .route(
+            "/console/events",
+            get(console::events)
                 .route_layer(limit())
                 .route_layer(operator()),
         )
@@ -93,6 +113,16 @@ pub fn router(state: AppState, access: Access) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
+        // The console's page and assets hold no data: open.
+        .route("/console", get(console::page).route_layer(limit()))
+        .route(
+            "/console/console.js",
+            get(console::script).route_layer(limit()),
+        )
+        .route(
+            "/console/console.css",
+            get(console::style).route_layer(limit()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -215,10 +245,12 @@ impl Application {
         let Application {
             listener,
             address,
-            state,
+            mut state,
             access,
             http,
         } = self;
+        // The consoles' live streams end at the shutdown.
+        state.closing = shutdown.child_token();
         let drain = state.request_timeout + DRAIN_MARGIN;
         let stop_listening = shutdown.child_token();
         let listener_task = state

@@ -26,6 +26,9 @@ pub struct AppState {
     pub registry: Registry,
     /// The Query API's RED metrics (`query_api_http_*`).
     pub http_metrics: HttpMetrics,
+    /// Cancelled when the server stops: the consoles' endless streams
+    /// (`/console/events`) end then, so that shutdown does not wait for them.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             ),
             projections: projections::names(),
             readiness: None,
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -329,9 +329,13 @@ impl DevKeys {
 }
 
 /// Whether a path is open (no token): `/health/*`, `/openapi.json`, the
-/// console.
+/// console's page and assets (its live feed, `/console/events`, is not).
 pub fn is_open_path(path: &str) -> bool {
-    path.starts_with("/health/") || path == "/openapi.json" || path.starts_with("/console")
+    path.starts_with("/health/")
+        || matches!(
+            path,
+            "/openapi.json" | "/console" | "/console/console.js" | "/console/console.css"
+        )
 }
 
 /// Declares the bearer scheme (JWT) in an OpenAPI document, and the

@@ -6,9 +6,11 @@
 //! gateway in front of the services; every component several times over
 //! behind it, killed one of each kind under load; the book's
 //! walkthrough, run as written; `DATABASE_URL` over TLS (`sslmode`) and
-//! Kafka settings refused at start.
+//! Kafka settings refused at start; the operator console in a real
+//! browser (headless Chromium over WebDriver).
 
 mod auth_cli;
+mod console;
 mod crash;
 mod gateway;
 mod metrics;
@@ -18,6 +20,7 @@ mod scale_out;
 mod serve;
 mod transport;
 mod walkthrough;
+mod webdriver;
 
 use std::process::Output;
 use std::time::Duration;

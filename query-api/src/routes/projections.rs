@@ -8,9 +8,11 @@ use axum::Json;
 use projections::status::ProjectionStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::Result;
+use crate::error::{ApiError, Problem, Result};
+use crate::extract::{Params, PathParam};
+use crate::pagination::limit;
 use crate::state::AppState;
 
 /// A projection's progress, as `GET /projections` renders it.
@@ -33,6 +35,20 @@ pub struct ProjectionView {
     /// Its rebuild (`purser projections rebuild`) not swapped in yet:
     /// running now, or interrupted; null when there is none.
     pub rebuild: Option<RebuildView>,
+    /// A rebuild an operator requested over HTTP (`POST
+    /// /projections/{name}/rebuild`), waiting for a worker process or
+    /// running; null when there is none.
+    pub rebuild_requested: Option<RebuildRequestView>,
+}
+
+/// A rebuild requested over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RebuildRequestView {
+    /// The operator who asked (the token's `sub`).
+    pub requested_by: String,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+    /// When a worker process started (or resumed) it; null while it waits.
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A projection's rebuild in progress, or interrupted.
@@ -45,6 +61,9 @@ pub struct RebuildView {
     pub phase: String,
     /// Events replayed so far, by every run of this rebuild.
     pub events_done: i64,
+    /// Events of the projection's stream types in the store now: about what
+    /// the rebuild replays in all (progress and ETA).
+    pub events_total: i64,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// When it last committed progress.
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -81,11 +100,88 @@ impl From<ProjectionStatus> for ProjectionView {
                 running: rebuild.running,
                 phase: rebuild.phase,
                 events_done: rebuild.events_done,
+                events_total: rebuild.events_total,
                 started_at: rebuild.started_at,
                 updated_at: rebuild.updated_at,
             }),
+            rebuild_requested: status.requested.map(|request| RebuildRequestView {
+                requested_by: request.requested_by,
+                requested_at: request.requested_at,
+                started_at: request.started_at,
+            }),
         }
     }
+}
+
+/// A stream parked by a poison event, as `GET /projections/{name}/parked`
+/// renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct ParkedView {
+    pub stream_id: String,
+    /// The version of the event that failed.
+    pub version: i64,
+    /// The event that failed.
+    pub event_id: uuid::Uuid,
+    /// Why it failed, the last time.
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: i32,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /projections/{name}/parked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParkedPage {
+    /// The first `limit` parked streams, by stream id.
+    pub items: Vec<ParkedView>,
+    /// How many streams are parked in all.
+    pub total: i64,
+}
+
+/// `?limit=` of `GET /projections/{name}/parked`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ParkedParams {
+    /// How many, 1..=500 (default 50).
+    #[param(format = Int64, minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+}
+
+/// The streams a projection has parked, with the event, version and error
+/// that parked each (what `purser projections status NAME` lists).
+#[utoipa::path(
+    get, path = "/projections/{name}/parked", tag = "projections",
+    params(("name" = String, Path, description = "The projection: `accounts`, `inventory`, `orders` or `sagas`", pattern = "^[a-z]{1,32}$"), ParkedParams),
+    responses(
+        (status = 200, description = "Its parked streams, by stream id", body = ParkedPage),
+        (status = 400, description = "`invalid_query`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: no projection of that name", body = Problem, content_type = "application/problem+json"),
+    ),
+    extensions(("x-purser-roles" = json!(["operator"])))
+)]
+pub async fn list_parked(
+    State(state): State<AppState>,
+    PathParam(name): PathParam,
+    Params(params): Params<ParkedParams>,
+) -> Result<Json<ParkedPage>> {
+    let limit = limit(params.limit)?;
+    let projection = projections::by_name(&name)
+        .map_err(|_| ApiError::NotFound(format!("no projection is called {name:?}")))?;
+    let name = projection.name();
+    let items: Vec<ParkedView> = sqlx::query_as(
+        "SELECT stream_id, version, event_id, error, attempts, parked_at          FROM read_models.parked WHERE projection = $1 ORDER BY stream_id LIMIT $2",
+    )
+    .bind(name)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM read_models.parked WHERE projection = $1")
+            .bind(name)
+            .fetch_one(&state.pool)
+            .await?;
+    Ok(Json(ParkedPage { items, total }))
 }
 
 /// The projections crate's errors here are the database's.

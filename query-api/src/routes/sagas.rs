@@ -181,6 +181,41 @@ pub async fn list_sagas(
     Ok(Json(SagaPage { items, next }))
 }
 
+/// How many sagas are in each state (every state, 0 included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SagaCounts {
+    pub running: i64,
+    pub compensating: i64,
+    pub completed: i64,
+    pub compensated: i64,
+    pub needs_attention: i64,
+}
+
+/// How many sagas are in each state, as the sagas read model has them.
+#[utoipa::path(
+    get, path = "/sagas/counts", tag = "sagas",
+    responses((status = 200, description = "Sagas per state", body = SagaCounts)),
+    extensions(("x-purser-roles" = json!(["operator"])))
+)]
+pub async fn saga_counts(State(state): State<AppState>) -> Result<Json<SagaCounts>> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM read_models.sagas GROUP BY state")
+            .fetch_all(&state.pool)
+            .await?;
+    let count = |name: &str| {
+        rows.iter()
+            .find(|(state, _)| state == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(Json(SagaCounts {
+        running: count(SagaStatus::Running.as_str()),
+        compensating: count(SagaStatus::Compensating.as_str()),
+        completed: count(SagaStatus::Completed.as_str()),
+        compensated: count(SagaStatus::Compensated.as_str()),
+        needs_attention: count(SagaStatus::NeedsAttention.as_str()),
+    }))
+}
+
 /// A saga state of the API guide, or 400.
 fn parse_state(raw: &str) -> Result<&'static str> {
     SagaStatus::ALL

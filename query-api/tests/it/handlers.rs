@@ -390,7 +390,7 @@ async fn projections_report_checkpoint_head_lag_and_parked_streams() {
     assert_eq!(list[1]["checkpoint"], list[1]["head"]);
     assert_eq!(
         list[2],
-        serde_json::json!({"name": "orders", "checkpoint": 0, "head": 0, "lag_events": 0, "status": "up_to_date", "parked_streams": 0, "events_applied": 0, "rebuild": null})
+        serde_json::json!({"name": "orders", "checkpoint": 0, "head": 0, "lag_events": 0, "status": "up_to_date", "parked_streams": 0, "events_applied": 0, "rebuild": null, "rebuild_requested": null})
     );
 
     // A poison event parks its stream: degraded.

@@ -4,6 +4,7 @@
 //! operator's loop with the saga orchestrator and the Command API too.
 
 mod access;
+mod console;
 mod e2e;
 mod handlers;
 mod limits;
