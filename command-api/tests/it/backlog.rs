@@ -146,3 +146,33 @@ async fn without_a_limit_the_backlog_is_only_measured_and_shown_in_metrics() {
     assert!(sample("purser_saga_backlog_oldest_seconds") > 0.0);
     app.stop().await;
 }
+
+/// The document says where `saga_backlog` can come from: the 503 of
+/// `POST /orders` (with `Retry-After`), and no other operation, so a client
+/// (and the contract test's hook, which accepts it only where listed) knows
+/// which requests may be refused for the backlog.
+#[test]
+fn the_document_lists_saga_backlog_on_post_orders_only() {
+    let document = service::openapi::render(&command_api::openapi::document());
+    let mut listed = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("operations") {
+            let codes = &operation["responses"]["503"]["x-purser-codes"];
+            if codes
+                .as_array()
+                .is_some_and(|codes| codes.iter().any(|c| c == "saga_backlog"))
+            {
+                listed.push(format!("{method} {path}"));
+            }
+        }
+    }
+    assert_eq!(listed, ["post /orders"]);
+    let answer = &document["paths"]["/orders"]["post"]["responses"]["503"];
+    assert!(answer["headers"].get("Retry-After").is_some(), "{answer}");
+    assert_eq!(
+        answer["content"]["application/problem+json"]["schema"]["allOf"][1]["properties"]["status"]
+            ["const"],
+        503,
+        "{answer}"
+    );
+}
