@@ -36,6 +36,16 @@ pub const DEFAULT_SAGA_BACKLOG_LIMIT: u64 = 10_000;
 /// How often the saga backlog is measured at most by default.
 pub const DEFAULT_SAGA_BACKLOG_REFRESH: Duration = Duration::from_secs(1);
 
+/// Most commands appended by one statement and commit by default.
+pub const DEFAULT_GROUP_COMMIT_MAX_SIZE: usize = 64;
+
+/// How long a group waits for more commands by default (only while other
+/// groups are in flight), in microseconds.
+pub const DEFAULT_GROUP_COMMIT_MAX_WAIT_US: u64 = 0;
+
+/// Groups in flight at once by default.
+pub const DEFAULT_GROUP_COMMIT_WRITERS: usize = 2;
+
 /// A stream's state is snapshotted every this many events by default.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
 
@@ -99,6 +109,36 @@ pub struct Config {
     )]
     pub aggregate_cache_size: usize,
 
+    /// Group commit: at most this many concurrent commands are appended by
+    /// one statement and one commit, each with its own version check and
+    /// idempotency record. 1: each command commits alone.
+    #[arg(
+        long = "group-commit-max-size",
+        env = "PURSER_GROUP_COMMIT_MAX_SIZE",
+        default_value_t = DEFAULT_GROUP_COMMIT_MAX_SIZE
+    )]
+    pub group_commit_max_size: usize,
+
+    /// Group commit: how long a group waits for more commands, in
+    /// microseconds, and only while other groups are in flight (a command
+    /// that finds none is written at once). 0: a group takes the commands
+    /// already waiting. Counted in whole milliseconds (Tokio's timer).
+    #[arg(
+        long = "group-commit-max-wait-us",
+        env = "PURSER_GROUP_COMMIT_MAX_WAIT_US",
+        default_value_t = DEFAULT_GROUP_COMMIT_MAX_WAIT_US
+    )]
+    pub group_commit_max_wait_us: u64,
+
+    /// Group commit: groups in flight at once, each on a connection of the
+    /// Command API's pool share.
+    #[arg(
+        long = "group-commit-writers",
+        env = "PURSER_GROUP_COMMIT_WRITERS",
+        default_value_t = DEFAULT_GROUP_COMMIT_WRITERS
+    )]
+    pub group_commit_writers: usize,
+
     /// Orders placed whose saga has not started yet, past which
     /// `POST /orders` answers 503 `saga_backlog` with `Retry-After` and
     /// appends nothing. 0: no bound.
@@ -150,6 +190,9 @@ impl Default for Config {
             max_retries: DEFAULT_MAX_RETRIES,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             aggregate_cache_size: event_store::DEFAULT_CACHE_SIZE,
+            group_commit_max_size: DEFAULT_GROUP_COMMIT_MAX_SIZE,
+            group_commit_max_wait_us: DEFAULT_GROUP_COMMIT_MAX_WAIT_US,
+            group_commit_writers: DEFAULT_GROUP_COMMIT_WRITERS,
             saga_backlog_limit: DEFAULT_SAGA_BACKLOG_LIMIT,
             saga_backlog_refresh: DEFAULT_SAGA_BACKLOG_REFRESH,
             idempotency_ttl: service::duration::parse_duration(DEFAULT_IDEMPOTENCY_TTL)
@@ -163,6 +206,15 @@ impl Default for Config {
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// How appends are grouped.
+    pub fn group_commit(&self) -> event_store::GroupCommitConfig {
+        event_store::GroupCommitConfig {
+            max_size: self.group_commit_max_size,
+            max_wait: Duration::from_micros(self.group_commit_max_wait_us),
+            writers: self.group_commit_writers,
+        }
     }
 
     /// Requests handled at once before shedding load (503).

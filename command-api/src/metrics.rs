@@ -4,7 +4,8 @@
 //! `command_api_http_request_duration_seconds`), appended events,
 //! concurrency conflicts, idempotent replays, expired idempotency keys
 //! purged, and the aggregate caches' hits, misses, evictions and size
-//! (`command_api_aggregate_cache_*`, by stream type).
+//! (`command_api_aggregate_cache_*`, by stream type), and group commit's
+//! group sizes (`command_api_group_commit_*`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +59,7 @@ pub struct Metrics {
     idempotent_replays: Counter,
     idempotency_purged: Counter,
     caches: event_store::CacheMetrics,
+    group_commit: event_store::GroupCommitMetrics,
 }
 
 impl Metrics {
@@ -71,6 +73,7 @@ impl Metrics {
             idempotent_replays: Counter::default(),
             idempotency_purged: Counter::default(),
             caches: event_store::CacheMetrics::new(),
+            group_commit: event_store::GroupCommitMetrics::new(),
         };
         // Every outcome is shown, at 0 until it happens.
         for conflict in Conflict::ALL {
@@ -100,6 +103,7 @@ impl Metrics {
                 metrics.idempotency_purged.clone(),
             );
             metrics.caches.register(r, "command_api");
+            metrics.group_commit.register(r, "command_api");
         });
         metrics
     }
@@ -118,6 +122,11 @@ impl Metrics {
     /// counts in.
     pub fn caches(&self) -> &event_store::CacheMetrics {
         &self.caches
+    }
+
+    /// Group commit's metrics.
+    pub fn group_commit(&self) -> &event_store::GroupCommitMetrics {
+        &self.group_commit
     }
 
     pub fn record_appended(&self, stream_type: &'static str, events: usize) {

@@ -50,6 +50,7 @@ impl AppState {
     ) -> AppState {
         let metrics = Arc::new(Metrics::new(registry));
         crate::backlog::register_metrics(registry, store.pool());
+        let store = store.with_group_commit(config.group_commit(), metrics.group_commit());
         let retries = config.max_retries;
         let every = config.snapshot_every;
         AppState {

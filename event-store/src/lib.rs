@@ -17,6 +17,10 @@
 //!   [`CacheMetrics`]): writers in one process queue instead of colliding on
 //!   the version, and a hot aggregate's stream is not read again; the
 //!   append's expected version proves the remembered state current.
+//! - Group commit ([`EventStore::with_group_commit`]): appends at an exact
+//!   expected version that arrive together are written by one statement and
+//!   one commit, each with its own version check and idempotency record; a
+//!   command's conflict never fails its neighbours.
 //! - [`EventStore::purge_idempotency`]: idempotency records are kept for a
 //!   time to live, then deleted in batches.
 //! - [`Subscription`]: a tail of `read_all` woken by `LISTEN/NOTIFY` with
@@ -83,6 +87,7 @@
 
 mod cache;
 mod error;
+mod group;
 mod idempotency;
 mod locks;
 mod notify;
@@ -94,6 +99,7 @@ mod types;
 
 pub use cache::{AggregateCache, CacheMetrics, DEFAULT_CACHE_SIZE};
 pub use error::{Error, Result};
+pub use group::{GroupCommitConfig, GroupCommitMetrics};
 pub use idempotency::IdempotencyKey;
 pub use locks::{StreamLocks, StreamTurn};
 pub use notify::CHANNEL as NOTIFY_CHANNEL;

@@ -7,7 +7,8 @@ use domain::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::store::append_on;
+use crate::group::{reserve_positions, Grouped};
+use crate::store::{append_on, Rejection};
 use crate::{
     idempotency, Error, EventStore, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Result,
     StreamId,
@@ -417,6 +418,42 @@ impl<A: Aggregate> Repository<A> {
         };
 
         let pool = self.store.pool();
+        let (state, events) = if self.store.groups() {
+            // In a group, the record goes in the same statement as the
+            // events: it states their position, so reserve it first.
+            let positions = reserve_positions(pool, new_events.len()).await?;
+            let outcome = Outcome {
+                state,
+                version: previous_version + new_events.len() as u64,
+                position: positions.last().copied(),
+                events,
+            };
+            let stored = idempotency::encode(&record(Ok(&outcome)))?;
+            match self
+                .store
+                .append_in_group(
+                    stream,
+                    previous_version,
+                    &new_events,
+                    &options.metadata,
+                    Some(positions),
+                    Some((key.clone(), stored)),
+                )
+                .await?
+            {
+                Some(Grouped::Appended(_)) => return Ok(Committed::Done(outcome)),
+                Some(Grouped::Conflict) => {
+                    return Err(Rejection::Conflict
+                        .into_error(pool, stream, expected, &new_events)
+                        .await)
+                }
+                // The group failed as a whole (a key taken meanwhile, a
+                // writer elsewhere in flight): alone, as without groups.
+                Some(Grouped::Alone) | None => (outcome.state, outcome.events),
+            }
+        } else {
+            (state, events)
+        };
         let mut tx = pool.begin().await?;
         let appended =
             match append_on(&mut *tx, stream, expected, &new_events, &options.metadata).await? {

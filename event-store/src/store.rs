@@ -8,10 +8,12 @@ use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
+use crate::group::{GroupCommit, Grouped, Pending};
 use crate::notify::Notifier;
 use crate::{
-    idempotency, Appended, Checkpoint, Error, ExpectedVersion, IdempotencyKey, Metadata, NewEvent,
-    RawRecordedEvent, RecordedEvent, Result, StreamId, Subscription,
+    idempotency, Appended, Checkpoint, Error, ExpectedVersion, GroupCommitConfig,
+    GroupCommitMetrics, IdempotencyKey, Metadata, NewEvent, RawRecordedEvent, RecordedEvent,
+    Result, StreamId, Subscription,
 };
 
 /// Columns of `event_store.events` in the order `decode_event!` reads them.
@@ -90,6 +92,8 @@ const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
 pub struct EventStore {
     pool: PgPool,
     notifier: Arc<Notifier>,
+    /// Group commit, when enabled.
+    group: Option<Arc<GroupCommit>>,
 }
 
 impl EventStore {
@@ -98,7 +102,69 @@ impl EventStore {
         EventStore {
             pool,
             notifier: Arc::default(),
+            group: None,
         }
+    }
+
+    /// The store with group commit (the `group` module): appends at an
+    /// exact expected version that arrive together, from any clone, are
+    /// written by one statement and one commit, each with its own version
+    /// check (and idempotency record, from [`crate::Repository`]); a
+    /// conflict answers only its own command. `config.max_size` of 1 or
+    /// less disables it. Counted in `metrics`.
+    pub fn with_group_commit(
+        mut self,
+        config: GroupCommitConfig,
+        metrics: &GroupCommitMetrics,
+    ) -> EventStore {
+        self.group =
+            (config.max_size > 1).then(|| Arc::new(GroupCommit::new(config, metrics.clone())));
+        self
+    }
+
+    /// Whether appends are grouped.
+    pub(crate) fn groups(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Appends `events` at exactly version `expected` in the next group,
+    /// with `record` (and the events at the `positions` reserved for them)
+    /// when given. `None` without group commit.
+    pub(crate) async fn append_in_group(
+        &self,
+        stream: &StreamId,
+        expected: u64,
+        events: &[NewEvent],
+        metadata: &Metadata,
+        positions: Option<Vec<i64>>,
+        record: Option<(IdempotencyKey, serde_json::Value)>,
+    ) -> Result<Option<Grouped>> {
+        let Some(group) = &self.group else {
+            return Ok(None);
+        };
+        if events.is_empty() {
+            return Err(Error::NoEvents);
+        }
+        let metadata = serde_json::to_value(metadata).map_err(|source| Error::Json {
+            what: "metadata",
+            source,
+        })?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        group.submit(
+            &self.pool,
+            &self.notifier,
+            Pending {
+                stream: stream.clone(),
+                expected,
+                events: events.to_vec(),
+                metadata,
+                positions,
+                record,
+                reply,
+            },
+        );
+        // A writer gone without answering: nothing was written for it.
+        Ok(Some(answer.await.unwrap_or(Grouped::Alone)))
     }
 
     /// Its pool.
@@ -117,6 +183,21 @@ impl EventStore {
         events: &[NewEvent],
         metadata: &Metadata,
     ) -> Result<Appended> {
+        if let ExpectedVersion::Exact(n) = expected {
+            match self
+                .append_in_group(stream, n, events, metadata, None, None)
+                .await?
+            {
+                Some(Grouped::Appended(appended)) => return Ok(appended),
+                Some(Grouped::Conflict) => {
+                    return Err(Rejection::Conflict
+                        .into_error(&self.pool, stream, expected, events)
+                        .await)
+                }
+                // Not grouped, or its group failed as a whole: alone.
+                Some(Grouped::Alone) | None => {}
+            }
+        }
         let mut attempt = 1;
         let appended = loop {
             match append_on(&self.pool, stream, expected, events, metadata).await? {

@@ -13,6 +13,7 @@ mod auth_cli;
 mod console;
 mod crash;
 mod gateway;
+mod group_commit;
 mod metrics;
 mod projections_cli;
 mod relay_failover;

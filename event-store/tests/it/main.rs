@@ -4,6 +4,7 @@
 mod append;
 mod bounded;
 mod counter;
+mod group;
 mod idempotency;
 mod read_all;
 mod repository;
