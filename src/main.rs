@@ -121,7 +121,7 @@ impl Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.global.log_format);
+    let telemetry = telemetry::init(cli.global.log_format);
     let shutdown = CancellationToken::new();
     if cli.command.runs_until_stopped() {
         service::cancel_on_signal(shutdown.clone());
@@ -140,13 +140,16 @@ async fn main() -> ExitCode {
         Command::Auth(args) => auth::run_auth(args),
         Command::Token(args) => auth::run_token(args),
     };
-    match outcome {
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             report(&error, cli.global.log_format);
             ExitCode::FAILURE
         }
-    }
+    };
+    // The exporter's last batch goes out on the runtime; wait for it off it.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 /// Prints a failure and its causes, one per line (no backtrace: this is a

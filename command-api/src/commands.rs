@@ -159,7 +159,10 @@ impl<A: Owned> Commands<A> {
             version = tracing::field::Empty,
             position = tracing::field::Empty,
             outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        event_store::trace::record_ids(&span);
         async move {
             let metrics = &self.metrics;
             let options = ExecuteOptions {
@@ -168,6 +171,9 @@ impl<A: Owned> Commands<A> {
                     correlation_id: Some(meta.request_id.clone()),
                     causation_id: meta.idempotency.as_ref().map(|k| k.key.clone()),
                     actor: Some(meta.caller.actor().to_owned()),
+                    // This span's: the relay, the projections and the
+                    // saga join the request's trace.
+                    traceparent: event_store::trace::current_traceparent(),
                 },
                 idempotency: meta.idempotency,
             };

@@ -36,7 +36,7 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get(&REQUEST_ID)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
             method = %request.method(),
             route = route_of(request),
@@ -44,7 +44,19 @@ impl<B> MakeSpan<B> for RequestSpan {
             request_id,
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
-        )
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        // A caller's W3C trace context: the request joins its trace.
+        if let Some(parent) = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+        {
+            event_store::trace::set_parent(&span, parent);
+        }
+        event_store::trace::record_ids(&span);
+        span
     }
 }
 

@@ -60,6 +60,7 @@ fn metadata() -> Metadata {
         correlation_id: Some(Uuid::now_v7().to_string()),
         causation_id: None,
         actor: Some("bench".to_owned()),
+        traceparent: None,
     }
 }
 

@@ -95,6 +95,7 @@ mod repository;
 mod retention;
 mod store;
 mod subscription;
+pub mod trace;
 mod types;
 
 pub use cache::{AggregateCache, CacheMetrics, DEFAULT_CACHE_SIZE};

@@ -96,6 +96,10 @@ pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Who: the caller's `sub`, or `saga`.
     pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The W3C `traceparent` of the span that appended it (when tracing is
+    /// on, [`trace`](crate::trace)): what it causes joins that trace.
+    pub traceparent: Option<String>,
 }
 
 /// An event about to be appended.

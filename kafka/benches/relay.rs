@@ -44,6 +44,7 @@ async fn fill(store: &EventStore, count: usize) {
         correlation_id: Some(Uuid::new_v4().to_string()),
         causation_id: Some(Uuid::new_v4().to_string()),
         actor: None,
+        traceparent: None,
     };
     let chunk = 50;
     let mut written = 0;

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use event_store::{RawRecordedEvent, RecordedEvent};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::Message;
 use serde::Serialize;
 use uuid::Uuid;
@@ -30,6 +30,10 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "correlation_id";
     /// The id of the message that caused the event (absent if none).
     pub const CAUSATION_ID: &str = "causation_id";
+    /// The W3C trace context of the relay's publish span (or, from a
+    /// publisher that traces nothing, the event's own): a consumer's span
+    /// joins the trace of the request that appended the event.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// An event read back from Kafka, with where it was read.
@@ -43,6 +47,8 @@ pub struct Delivered {
     pub partition: i32,
     /// Its offset in that partition.
     pub offset: i64,
+    /// The message's `traceparent` header: the span that published it.
+    pub traceparent: Option<String>,
 }
 
 /// Messages ready to be produced, in order. Their values lie one after the
@@ -76,6 +82,8 @@ pub(crate) struct Outgoing {
     pub(crate) event_id: Uuid,
     pub(crate) position: i64,
     pub(crate) correlation_id: Option<String>,
+    /// The publish span (when tracing is on; ends once acknowledged).
+    pub(crate) span: tracing::Span,
 }
 
 /// Turns events into [`Outgoing`] messages. Keeps the topic names by stream
@@ -110,6 +118,7 @@ pub(crate) struct Parts {
     stream_id: String,
     correlation_id: Option<String>,
     causation_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl Encodable for RawRecordedEvent {
@@ -124,6 +133,7 @@ impl Encodable for RawRecordedEvent {
             stream_id: self.stream_id,
             correlation_id: self.metadata.correlation_id,
             causation_id: self.metadata.causation_id,
+            traceparent: self.metadata.traceparent,
         }
     }
 }
@@ -140,6 +150,7 @@ impl Encodable for &RecordedEvent {
             stream_id: self.stream_id.clone(),
             correlation_id: self.metadata.correlation_id.clone(),
             causation_id: self.metadata.causation_id.clone(),
+            traceparent: self.metadata.traceparent.clone(),
         }
     }
 }
@@ -205,6 +216,30 @@ impl Encoder {
         if let Some(id) = &event.causation_id {
             headers = headers.insert(header(headers::CAUSATION_ID, id));
         }
+        // A span per event traced (a child of the span that appended it),
+        // from now until the broker acknowledges it.
+        let (span, traceparent) = match &event.traceparent {
+            Some(parent) if event_store::trace::enabled() => {
+                let span = tracing::info_span!(
+                    "relay publish",
+                    stream_id = %event.stream_id,
+                    event_id = %event.event_id,
+                    position = event.position,
+                    partition = tracing::field::Empty,
+                    offset = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                event_store::trace::set_parent(&span, parent);
+                event_store::trace::record_ids(&span);
+                let own = event_store::trace::traceparent_of(&span);
+                (span, own.or_else(|| event.traceparent.clone()))
+            }
+            _ => (tracing::Span::none(), event.traceparent.clone()),
+        };
+        if let Some(traceparent) = &traceparent {
+            headers = headers.insert(header(headers::TRACEPARENT, traceparent));
+        }
         let topic = self.topic(&event.stream_type);
         out.messages.push(Outgoing {
             topic,
@@ -214,6 +249,7 @@ impl Encoder {
             event_id: event.event_id,
             position: event.position,
             correlation_id: event.correlation_id,
+            span,
         });
         Ok(())
     }
@@ -239,10 +275,19 @@ pub(crate) enum DecodeError {
 pub(crate) fn decode(message: &BorrowedMessage<'_>) -> Result<Delivered, DecodeError> {
     let payload = message.payload().ok_or(DecodeError::Empty)?;
     let event: RecordedEvent = serde_json::from_slice(payload)?;
+    let traceparent = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == headers::TRACEPARENT)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    });
     Ok(Delivered {
         event,
         topic: message.topic().to_owned(),
         partition: message.partition(),
         offset: message.offset(),
+        traceparent,
     })
 }

@@ -99,6 +99,7 @@ impl EventPublisher {
                 event_id,
                 position,
                 correlation_id,
+                span,
             } = message;
             let mut record = FutureRecord::to(&topic)
                 .key(key.as_str())
@@ -122,6 +123,7 @@ impl EventPublisher {
                 position,
                 stream_id: key,
                 correlation_id,
+                span,
             };
             pending.deliveries.push_back((sent, delivery));
         }
@@ -154,6 +156,8 @@ struct Sent {
     position: i64,
     stream_id: String,
     correlation_id: Option<String>,
+    /// The event's publish span, ended with this.
+    span: tracing::Span,
 }
 
 /// The acknowledgements a sent batch is waiting for.
@@ -183,6 +187,8 @@ impl Pending {
 async fn wait(event: Sent, delivery: DeliveryFuture) -> Result<Acked> {
     match delivery.await {
         Ok(Ok(delivery)) => {
+            event.span.record("partition", delivery.partition);
+            event.span.record("offset", delivery.offset);
             tracing::debug!(
                 stream_id = %event.stream_id,
                 event_id = %event.event_id,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use event_store::EventStore;
 use kafka::{Delivered, EventConsumer, KafkaConfig};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::metrics::WorkerMetrics;
 use crate::{BatchReport, Projection, Projector, Result, DEFAULT_MAX_ATTEMPTS};
@@ -186,9 +187,11 @@ impl Worker {
             );
         }
         let started = Instant::now();
+        let span = batch_span(self.projector.name(), &deliveries);
         match self
             .projector
             .apply_batch(deliveries.iter().map(|d| &d.event))
+            .instrument(span)
             .await
         {
             Ok(report) => {
@@ -275,4 +278,32 @@ impl Worker {
         );
         Ok(())
     }
+}
+
+/// The span of one batch, when tracing is on: a child of the publish span
+/// of its first traced event (the request's trace), linked to the others'.
+fn batch_span(projection: &str, deliveries: &[Delivered]) -> tracing::Span {
+    if !event_store::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "projection batch",
+        projection,
+        events = deliveries.len(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let mut parents = deliveries.iter().filter_map(|d| {
+        d.traceparent
+            .as_deref()
+            .or(d.event.metadata.traceparent.as_deref())
+    });
+    if let Some(first) = parents.next() {
+        event_store::trace::set_parent(&span, first);
+    }
+    for other in parents.take(64) {
+        event_store::trace::add_link(&span, other);
+    }
+    event_store::trace::record_ids(&span);
+    span
 }

@@ -7,7 +7,8 @@
 //! behind it, killed one of each kind under load; the book's
 //! walkthrough, run as written; `DATABASE_URL` over TLS (`sslmode`) and
 //! Kafka settings refused at start; the operator console in a real
-//! browser (headless Chromium over WebDriver).
+//! browser (headless Chromium over WebDriver); and, in this process, traces
+//! from a request through Kafka to the projections and the saga.
 
 mod auth_cli;
 mod console;
@@ -19,6 +20,7 @@ mod projections_cli;
 mod relay_failover;
 mod scale_out;
 mod serve;
+mod traces;
 mod transport;
 mod walkthrough;
 mod webdriver;

@@ -173,6 +173,7 @@ pub fn metadata(correlation: &str) -> Metadata {
         correlation_id: Some(correlation.to_owned()),
         causation_id: None,
         actor: Some("test".to_owned()),
+        traceparent: None,
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn append(store: &EventStore, stream: &StreamId, count: usize) -> Vec<
         correlation_id: Some(format!("corr-{}", Uuid::new_v4())),
         causation_id: Some(format!("cause-{}", Uuid::new_v4())),
         actor: None,
+        traceparent: None,
     };
     let appended = store
         .append(stream, ExpectedVersion::Any, &events, &metadata)
@@ -63,6 +64,7 @@ pub fn recorded(stream_type: &str, id: &str, version: u64, position: i64) -> Rec
             correlation_id: Some(format!("corr-{id}")),
             causation_id: None,
             actor: None,
+            traceparent: None,
         },
         recorded_at: Utc::now(),
     }

@@ -12,6 +12,7 @@
 //! alone, so the attempt counts and its retry time is persisted.
 
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use chrono::Utc;
 use domain::{
@@ -61,6 +62,19 @@ impl Orchestrator {
     /// meanwhile (another orchestrator recorded something first): nothing
     /// of this attempt committed.
     pub(super) async fn step_in_one_transaction(
+        &self,
+        current: &Current,
+        step: Step,
+        attempt: u32,
+        deadline_ms: i64,
+    ) -> Result<Option<Current>> {
+        let span = super::step_span(current, &step, attempt);
+        self.step_in_one_transaction_traced(current, step, attempt, deadline_ms)
+            .instrument(span)
+            .await
+    }
+
+    async fn step_in_one_transaction_traced(
         &self,
         current: &Current,
         step: Step,
@@ -161,6 +175,9 @@ impl Orchestrator {
         };
         let command_metadata = Metadata {
             causation_id: Some(format!("saga-{}:{step}", current.order_id)),
+            // The step's span: what the command causes joins its trace.
+            traceparent: event_store::trace::current_traceparent()
+                .or_else(|| saga_metadata.traceparent.clone()),
             ..saga_metadata.clone()
         };
         for _ in 0..=COMMAND_RETRIES {

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use domain::{next_action, step_errors, Action, OrderId, SagaCommand, SagaStatus, Situation, Step};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::atomic::leaves_the_database;
 use super::steps::StepResult;
@@ -279,6 +280,19 @@ impl Orchestrator {
     /// carrier's, or one resumed), within its deadline, and its outcome
     /// recorded. `None` when the saga moved meanwhile.
     async fn run_step(
+        &self,
+        current: Current,
+        step: Step,
+        attempt: u32,
+        deadline_ms: i64,
+    ) -> Result<Option<Current>> {
+        let span = super::step_span(&current, &step, attempt);
+        self.run_step_traced(current, step, attempt, deadline_ms)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_step_traced(
         &self,
         current: Current,
         step: Step,

@@ -65,6 +65,28 @@ pub type BeforeStep = Arc<dyn Fn(&Step) -> BoxFuture<'static, bool> + Send + Syn
 /// and items, which many sagas write to at once.
 const COMMAND_RETRIES: u32 = 20;
 
+/// The span of one attempt of a step, when tracing is on: a trace of its
+/// own, linked to the order's (the request that placed it).
+pub(super) fn step_span(current: &Current, step: &Step, attempt: u32) -> tracing::Span {
+    if !event_store::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "saga step",
+        order_id = %current.order_id,
+        step = step.name(),
+        attempt,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if let Some(order) = &current.metadata.traceparent {
+        event_store::trace::add_link(&span, order);
+    }
+    event_store::trace::record_ids(&span);
+    span
+}
+
 /// A saga as this orchestrator knows it: read from its stream, then
 /// followed by what the orchestrator appended itself.
 #[derive(Debug, Clone)]

@@ -100,6 +100,9 @@ impl Orchestrator {
         let metadata = Metadata {
             causation_id: Some(format!("saga-{order_id}:{step}")),
             actor: Some(STEP_SCOPE.to_owned()),
+            // The step's span: what the command causes joins its trace.
+            traceparent: event_store::trace::current_traceparent()
+                .or_else(|| metadata.traceparent.clone()),
             ..metadata.clone()
         };
         match step {
