@@ -37,6 +37,9 @@ pub struct AuthConfig {
     #[command(flatten)]
     pub rate_limit: RateLimitConfig,
 
+    #[command(flatten)]
+    pub failed_auth: FailedAuthLimit,
+
     /// Proxies in front of the service (the gateway), as addresses or CIDR
     /// blocks, comma separated: a request from one of them is limited, on
     /// failed authentication, by the client address it forwards
@@ -69,6 +72,45 @@ pub struct RateLimitConfig {
         default_value_t = 400
     )]
     pub burst: u32,
+}
+
+/// The limit on requests whose token fails, per client address: what makes
+/// guessing tokens slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct FailedAuthLimit {
+    /// Requests with a missing or bad token each client address may make
+    /// per second; 0 turns the limit off.
+    #[arg(
+        long = "failed-auth-per-second",
+        env = "PURSER_FAILED_AUTH_PER_SECOND",
+        default_value_t = crate::limits::FAILED_AUTH_PER_SECOND
+    )]
+    pub per_second: u32,
+
+    /// Such requests each client address may make in a burst; 0 turns the
+    /// limit off.
+    #[arg(
+        long = "failed-auth-burst",
+        env = "PURSER_FAILED_AUTH_BURST",
+        default_value_t = crate::limits::FAILED_AUTH_BURST
+    )]
+    pub burst: u32,
+}
+
+impl Default for FailedAuthLimit {
+    fn default() -> Self {
+        FailedAuthLimit {
+            per_second: crate::limits::FAILED_AUTH_PER_SECOND,
+            burst: crate::limits::FAILED_AUTH_BURST,
+        }
+    }
+}
+
+impl FailedAuthLimit {
+    /// The per-address limiter these options describe.
+    pub fn limiter(&self) -> KeyedLimiter<std::net::IpAddr> {
+        KeyedLimiter::new(self.per_second, self.burst)
+    }
 }
 
 impl RateLimitConfig {
@@ -185,6 +227,7 @@ mod tests {
                 per_second: 200,
                 burst: 400,
             },
+            failed_auth: FailedAuthLimit::default(),
             trusted_proxies: Vec::new(),
         }
     }

@@ -26,7 +26,7 @@ mod proxies;
 mod verify;
 
 pub use caller::{AuthError, Caller, Role, Subject};
-pub use config::{AuthConfig, Authenticator, RateLimitConfig};
+pub use config::{AuthConfig, Authenticator, FailedAuthLimit, RateLimitConfig};
 pub use keys::{init_keys, issue_token, InitKeys, JWKS_FILE, SIGNING_KEY_FILE};
 pub use limits::KeyedLimiter;
 pub use proxies::{ProxyNet, TrustedProxies};

@@ -62,8 +62,12 @@ impl Access {
     /// What the options describe; refuses without a JWKS unless insecure
     /// (the error says what to do).
     pub fn from_config(config: &AuthConfig) -> auth::Result<Access> {
-        Ok(Access::new(config.authenticator()?, &config.rate_limit)
-            .with_trusted_proxies(config.trusted_proxies()))
+        let mut access = Access::new(config.authenticator()?, &config.rate_limit)
+            .with_trusted_proxies(config.trusted_proxies());
+        if !access.authenticator.is_insecure() {
+            access.failed = Arc::new(config.failed_auth.limiter());
+        }
+        Ok(access)
     }
 
     /// Everyone may do everything ([`Caller::insecure_everything`]), no
@@ -291,6 +295,7 @@ impl DevKeys {
             audience: auth::DEFAULT_AUDIENCE.to_owned(),
             insecure_no_auth: false,
             rate_limit,
+            failed_auth: auth::FailedAuthLimit::default(),
             trusted_proxies: Vec::new(),
         }
     }
