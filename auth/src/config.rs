@@ -81,6 +81,7 @@ pub struct FailedAuthLimit {
     /// Requests with a missing or bad token each client address may make
     /// per second; 0 turns the limit off.
     #[arg(
+        id = "failed_auth_per_second",
         long = "failed-auth-per-second",
         env = "PURSER_FAILED_AUTH_PER_SECOND",
         default_value_t = crate::limits::FAILED_AUTH_PER_SECOND
@@ -90,6 +91,7 @@ pub struct FailedAuthLimit {
     /// Such requests each client address may make in a burst; 0 turns the
     /// limit off.
     #[arg(
+        id = "failed_auth_burst",
         long = "failed-auth-burst",
         env = "PURSER_FAILED_AUTH_BURST",
         default_value_t = crate::limits::FAILED_AUTH_BURST
@@ -200,13 +202,24 @@ mod tests {
             (cli.auth.rate_limit.per_second, cli.auth.rate_limit.burst),
             (200, 400)
         );
+        assert_eq!(
+            (cli.auth.failed_auth.per_second, cli.auth.failed_auth.burst),
+            (20, 40)
+        );
+        assert!(!cli.auth.failed_auth.limiter().is_off());
 
         std::env::set_var("PURSER_INSECURE_NO_AUTH", "0");
         assert!(!Cli::try_parse_from(["test"]).unwrap().auth.insecure_no_auth);
         std::env::set_var("PURSER_INSECURE_NO_AUTH", "1");
         std::env::set_var("PURSER_AUTH_JWKS", "/etc/purser/jwks.json");
         std::env::set_var("PURSER_RATE_LIMIT_PER_SECOND", "0");
-        let cli = Cli::try_parse_from(["test", "--auth-issuer", "https://id.example"]);
+        let cli = Cli::try_parse_from([
+            "test",
+            "--auth-issuer",
+            "https://id.example",
+            "--failed-auth-per-second",
+            "0",
+        ]);
         std::env::remove_var("PURSER_INSECURE_NO_AUTH");
         std::env::remove_var("PURSER_AUTH_JWKS");
         std::env::remove_var("PURSER_RATE_LIMIT_PER_SECOND");
@@ -215,6 +228,7 @@ mod tests {
         assert_eq!(cli.auth.jwks, Some(PathBuf::from("/etc/purser/jwks.json")));
         assert_eq!(cli.auth.issuer, "https://id.example");
         assert!(cli.auth.rate_limit.caller_limiter().is_off());
+        assert!(cli.auth.failed_auth.limiter().is_off());
     }
 
     fn config(jwks: Option<PathBuf>, insecure_no_auth: bool) -> AuthConfig {
