@@ -6,9 +6,19 @@
 //! algorithm: a token whose header asks for anything else (HS256 signed
 //! with the public key as the secret, `none`) fails. Symmetric (`oct`) keys
 //! are never loaded.
+//!
+//! A token that verified is remembered by its text until it expires
+//! ([`Verified`]): a client sends the same token with every request until
+//! it renews it, and checking a signature (tens of microseconds for
+//! Ed25519, more for RSA) on each one cost a quarter of the Command API's
+//! throughput (BENCHMARKS.md, "Authentication and rate limiting"). The
+//! text, signature included, is the key, so a token that differs in any
+//! byte is verified afresh; a refused token is never remembered.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,6 +31,51 @@ use crate::{AuthError, Caller, Error, Result, LEEWAY_SECONDS};
 #[derive(Clone)]
 pub struct Verifier {
     keys: HashMap<String, PinnedKey>,
+    verified: Arc<Mutex<Verified>>,
+}
+
+/// Most tokens remembered as verified: far more than the callers active
+/// at once, each at most [`MAX_REMEMBERED_TOKEN`] bytes, so a few MiB.
+const REMEMBERED_TOKENS: usize = 4096;
+
+/// Longer tokens are verified on every request rather than remembered.
+const MAX_REMEMBERED_TOKEN: usize = 2048;
+
+/// Tokens that verified, by their text, with the caller they stand for and
+/// their `exp`. Bounded: when full, the expired ones go, and if that frees
+/// nothing, all of them (they are verified again on their next use).
+#[derive(Default)]
+struct Verified {
+    tokens: HashMap<String, (Caller, u64)>,
+}
+
+impl Verified {
+    /// The caller of `token` if it verified before: `Some(Ok)` while its
+    /// `exp` (with the leeway) has not passed at `now`, `Some(Err)` once it
+    /// has (a token's claims never change, so that is final).
+    fn recall(&mut self, token: &str, now: u64) -> Option<Result<Caller, AuthError>> {
+        let (caller, expires) = self.tokens.get(token)?;
+        if expires.saturating_add(LEEWAY_SECONDS) < now {
+            self.tokens.remove(token);
+            return Some(Err(AuthError::invalid("ExpiredSignature")));
+        }
+        Some(Ok(caller.clone()))
+    }
+
+    fn remember(&mut self, token: &str, caller: &Caller, expires: u64, now: u64) {
+        if token.len() > MAX_REMEMBERED_TOKEN {
+            return;
+        }
+        if self.tokens.len() >= REMEMBERED_TOKENS {
+            self.tokens
+                .retain(|_, (_, expires)| expires.saturating_add(LEEWAY_SECONDS) >= now);
+            if self.tokens.len() >= REMEMBERED_TOKENS {
+                self.tokens.clear();
+            }
+        }
+        self.tokens
+            .insert(token.to_owned(), (caller.clone(), expires));
+    }
 }
 
 /// A key and the validation (algorithm, issuer, audience, leeway) that
@@ -38,6 +93,9 @@ struct Claims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
+    /// Required and checked by the validation; kept to remember the token
+    /// until then.
+    exp: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -93,7 +151,10 @@ impl Verifier {
         if keys.is_empty() {
             return Err(Error::NoUsableKey);
         }
-        Ok(Verifier { keys })
+        Ok(Verifier {
+            keys,
+            verified: Arc::default(),
+        })
     }
 
     /// The `kid`s of the keys in use.
@@ -105,8 +166,18 @@ impl Verifier {
     /// [`AuthError::Unauthenticated`], anything but a valid `Bearer` token
     /// [`AuthError::InvalidToken`].
     pub fn verify(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        self.verify_at(authorization, unix_now())
+    }
+
+    /// [`Verifier::verify`] with the clock at `now` (seconds since the
+    /// epoch) for a token remembered as verified; a token verified afresh is
+    /// checked against the real clock.
+    fn verify_at(&self, authorization: Option<&str>, now: u64) -> Result<Caller, AuthError> {
         let header = authorization.ok_or(AuthError::Unauthenticated)?;
         let token = bearer_token(header)?;
+        if let Some(known) = self.remembered().recall(token, now) {
+            return known;
+        }
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|error| AuthError::invalid(format!("header: {error}")))?
             .kid
@@ -118,8 +189,20 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &pinned.key, &pinned.validation)
             .map_err(|error| AuthError::invalid(error.to_string()))?
             .claims;
-        Caller::from_claims(claims.sub, &claims.roles)
+        let caller = Caller::from_claims(claims.sub, &claims.roles)?;
+        self.remembered().remember(token, &caller, claims.exp, now);
+        Ok(caller)
     }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 7235).
@@ -317,6 +400,79 @@ mod tests {
             // The untouched token is fine: the tampering is what fails.
             assert!(check(&verifier, &token).is_ok());
         }
+    }
+
+    #[test]
+    fn a_token_remembered_as_verified_is_refused_once_it_expires() {
+        let keys = Keys::new();
+        let verifier = verifier(&keys);
+        let mut claims = keys.claims("alice", &["operator"]);
+        let expires = now() + 120;
+        claims["exp"] = json!(expires);
+        let token = keys.ed25519_token(&claims);
+        let header = bearer(&token);
+        assert_eq!(check(&verifier, &token), Ok(Caller::operator("alice")));
+        let expires = u64::try_from(expires).unwrap();
+        // Remembered: within the leeway after `exp` it still stands...
+        assert_eq!(
+            verifier.verify_at(Some(&header), expires + LEEWAY_SECONDS),
+            Ok(Caller::operator("alice"))
+        );
+        // ...past it, it is refused without being verified again (the real
+        // clock, which a fresh verification uses, would accept it).
+        assert!(matches!(
+            verifier.verify_at(Some(&header), expires + LEEWAY_SECONDS + 1),
+            Err(AuthError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_that_differs_from_a_remembered_one_in_any_part_is_verified_afresh() {
+        let keys = Keys::new();
+        let verifier = verifier(&keys);
+        let claims = keys.claims(&Uuid::new_v4().to_string(), &["customer"]);
+        let mut forged = claims.clone();
+        forged["sub"] = json!(Uuid::new_v4().to_string());
+        let token = keys.ed25519_token(&claims);
+        assert!(check(&verifier, &token).is_ok());
+        let parts: Vec<&str> = token.split('.').collect();
+        let payload = format!("{}.{}.{}", parts[0], segment(&forged), parts[2]);
+        assert_invalid(&verifier, &payload, "tampered payload");
+        let mut signature = parts[2].to_owned();
+        let last = if signature.ends_with('A') { "B" } else { "A" };
+        signature.replace_range(signature.len() - 1.., last);
+        let resigned = format!("{}.{}.{signature}", parts[0], parts[1]);
+        assert_invalid(&verifier, &resigned, "tampered signature");
+        assert!(check(&verifier, &token).is_ok());
+    }
+
+    #[test]
+    fn tokens_remembered_are_bounded() {
+        let mut verified = Verified::default();
+        let caller = Caller::operator("alice");
+        let now = 1_000;
+        for n in 0..REMEMBERED_TOKENS * 2 + 1 {
+            verified.remember(&format!("token-{n}"), &caller, now + 3600, now);
+            assert!(verified.tokens.len() <= REMEMBERED_TOKENS);
+        }
+        verified.remember(
+            &"x".repeat(MAX_REMEMBERED_TOKEN + 1),
+            &caller,
+            now + 3600,
+            now,
+        );
+        assert!(verified
+            .recall(&"x".repeat(MAX_REMEMBERED_TOKEN + 1), now)
+            .is_none());
+        // Full of expired tokens: those go first, the live ones stay.
+        let mut verified = Verified::default();
+        for n in 0..REMEMBERED_TOKENS - 1 {
+            verified.remember(&format!("old-{n}"), &caller, 10, 10);
+        }
+        verified.remember("live", &caller, now + 3600, now);
+        verified.remember("another", &caller, now + 3600, now);
+        assert_eq!(verified.tokens.len(), 2);
+        assert!(matches!(verified.recall("live", now), Some(Ok(_))));
     }
 
     #[test]

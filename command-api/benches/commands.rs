@@ -27,6 +27,12 @@
 //! on a shared machine weighs on both alike. Environment: `BENCH_SECONDS`
 //! per target (default 10), `BENCH_ROUNDS` (5), `BENCH_CLIENTS` (32),
 //! `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
+//!
+//! Each target deposits into accounts of its own (1,000 each): were they
+//! shared, each Command API would find the state it remembers moved on by
+//! the others' rounds and decide the first command per account again after
+//! a conflict, a cost of running several writers on one account that a
+//! single Command API does not pay.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -304,25 +310,35 @@ async fn main() -> Result<(), BoxError> {
     let alone_api = alone.address();
     let alone_server = tokio::spawn(alone.run(stop.clone()));
     let setup = reqwest::Client::new();
-    let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
-    let customers: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
-    let tokens: Arc<Vec<String>> =
-        Arc::new(customers.iter().map(|c| keys.customer_token(*c)).collect());
-    for (chunk, owners) in accounts.chunks(64).zip(customers.chunks(64)) {
-        let opened = join_all(chunk.iter().zip(owners).map(|(id, customer)| {
-            setup
-                .post(format!("http://{command_api}/accounts"))
-                .json(&json!({"account_id": id, "customer_id": customer, "currency": "EUR"}))
-                .send()
-        }))
-        .await;
-        for response in opened {
-            if response?.status() != reqwest::StatusCode::CREATED {
-                return Err("opening an account failed".into());
+    // Accounts of their own per target (in the order of `targets` below),
+    // each owned by a customer of its own, opened through the Command API.
+    let mut account_sets = Vec::new();
+    let mut token_sets = Vec::new();
+    for _ in 0..5 {
+        let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
+        let customers: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
+        for (chunk, owners) in accounts.chunks(64).zip(customers.chunks(64)) {
+            let opened = join_all(chunk.iter().zip(owners).map(|(id, customer)| {
+                setup
+                    .post(format!("http://{command_api}/accounts"))
+                    .json(&json!({"account_id": id, "customer_id": customer, "currency": "EUR"}))
+                    .send()
+            }))
+            .await;
+            for response in opened {
+                if response?.status() != reqwest::StatusCode::CREATED {
+                    return Err("opening an account failed".into());
+                }
             }
         }
+        account_sets.push(Arc::new(accounts));
+        token_sets.push(Arc::new(
+            customers
+                .iter()
+                .map(|c| keys.customer_token(*c))
+                .collect::<Vec<_>>(),
+        ));
     }
-    let accounts = Arc::new(accounts);
 
     let bare = start_bare(pool(POOL_SIZE).await?).await?;
     let append_only = start_append(pool(POOL_SIZE).await?).await?;
@@ -337,13 +353,13 @@ async fn main() -> Result<(), BoxError> {
         (bare, None),
         (command_api, None),
         (append_only, None),
-        (secured_api, Some(Arc::clone(&tokens))),
+        (secured_api, Some(Arc::clone(&token_sets[3]))),
         (alone_api, None),
     ];
-    for (target, tokens) in &targets {
+    for (k, (target, tokens)) in targets.iter().enumerate() {
         drive(
             *target,
-            Arc::clone(&accounts),
+            Arc::clone(&account_sets[k]),
             tokens.clone(),
             clients,
             WARMUP,
@@ -357,7 +373,7 @@ async fn main() -> Result<(), BoxError> {
             let (target, tokens) = &targets[which];
             let run = drive(
                 *target,
-                Arc::clone(&accounts),
+                Arc::clone(&account_sets[which]),
                 tokens.clone(),
                 clients,
                 round,

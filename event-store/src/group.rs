@@ -52,8 +52,12 @@
 //! A few writers (each a task with its own connection at a time) take turns
 //! at the queue. The writer at the queue takes the first command and every
 //! command already waiting, up to the maximum size. A command that finds
-//! no group in flight is written at once, alone: one client is not slower
-//! than without group commit. Only while other groups are in flight (the
+//! nothing in flight and nothing queued skips the queue altogether
+//! ([`GroupCommit::try_alone`]): it is appended by its own task with the
+//! lone append's statement, as without group commit, so one client is not
+//! slower than without it (the hand-off to a writer and the group's
+//! statement cost a lone command about a third more time); while it is in
+//! flight, the commands that arrive queue and form the next group. Only while other groups are in flight (the
 //! database is busy, more commands are surely coming) does a writer wait
 //! for more, at most the configured time, before it writes.
 
@@ -229,6 +233,10 @@ pub(crate) enum Grouped {
 pub(crate) struct GroupCommit {
     config: GroupCommitConfig,
     metrics: GroupCommitMetrics,
+    /// Groups being written, and lone appends ([`GroupCommit::try_alone`]).
+    in_flight: Arc<AtomicUsize>,
+    /// Commands submitted and not yet taken into a group.
+    queued: Arc<AtomicUsize>,
     /// The queue; its writers start on first use.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
@@ -239,7 +247,8 @@ struct Shared {
     pool: PgPool,
     notifier: Arc<Notifier>,
     intake: Mutex<Intake>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 struct Intake {
@@ -253,8 +262,23 @@ impl GroupCommit {
         GroupCommit {
             config,
             metrics,
+            in_flight: Arc::default(),
+            queued: Arc::default(),
             queue: OnceLock::new(),
         }
+    }
+
+    /// When nothing is being written and nothing waits, a pass to append
+    /// alone, at once, without the queue; counted in flight until dropped,
+    /// so the commands arriving meanwhile group.
+    pub(crate) fn try_alone(&self) -> Option<Alone> {
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.in_flight
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        Some(Alone(Arc::clone(&self.in_flight)))
     }
 
     /// Queues `pending` for the next group. Must be called within a Tokio
@@ -272,7 +296,8 @@ impl GroupCommit {
                     queue: receiver,
                     later: VecDeque::new(),
                 }),
-                in_flight: AtomicUsize::new(0),
+                in_flight: Arc::clone(&self.in_flight),
+                queued: Arc::clone(&self.queued),
             });
             for _ in 0..self.config.writers.max(1) {
                 tokio::spawn(write_groups(Arc::clone(&shared)));
@@ -280,19 +305,30 @@ impl GroupCommit {
             sender
         });
         self.metrics.queued.inc();
+        self.queued.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::error::SendError(pending)) = queue.send(pending) {
             self.metrics.queued.dec();
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             // No writer left (the runtime is shutting down): alone, then.
             let _ = pending.reply.send(Grouped::Alone);
         }
     }
 }
 
-/// One writer: takes a group from the queue, writes it, answers each of its
-/// commands; until the queue is closed.
+/// A lone append in flight ([`GroupCommit::try_alone`]), until dropped.
+#[derive(Debug)]
+pub(crate) struct Alone(Arc<AtomicUsize>);
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One writer: takes a group from the queue (counted in flight from then
+/// on), writes it, answers each of its commands; until the queue is closed.
 async fn write_groups(shared: Arc<Shared>) {
     while let Some(group) = next_group(&shared).await {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         write(&shared, group).await;
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -341,6 +377,10 @@ async fn next_group(shared: &Shared) -> Option<Vec<Pending>> {
             }
         }
     }
+    // In flight before no longer queued: a command arriving in between
+    // must not find both at zero and go alone beside this group.
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    shared.queued.fetch_sub(group.len(), Ordering::SeqCst);
     shared
         .metrics
         .queued

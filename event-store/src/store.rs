@@ -183,7 +183,9 @@ impl EventStore {
         events: &[NewEvent],
         metadata: &Metadata,
     ) -> Result<Appended> {
-        if let ExpectedVersion::Exact(n) = expected {
+        // Nothing else being written: alone at once, without the queue.
+        let alone = self.group.as_ref().and_then(|group| group.try_alone());
+        if let (ExpectedVersion::Exact(n), None) = (expected, &alone) {
             match self
                 .append_in_group(stream, n, events, metadata, None, None)
                 .await?
