@@ -14,7 +14,8 @@
 //! with none free is counted as missed). Every `BENCH_WINDOW` (60) seconds
 //! it prints the window's accepted deposits and orders per second, their
 //! p99, the orders shipped per second (from the `OrderShipped` events'
-//! `recorded_at`) and the process's resident memory. When the load stops it
+//! `recorded_at`), the process's resident memory and the aggregates its
+//! bounded caches remember (from its `/metrics`). When the load stops it
 //! waits for every order placed to ship and prints how long that took.
 //!
 //! What it shows: the last window's rates next to the first's (the
@@ -81,6 +82,28 @@ async fn serve(db: &TestDatabase) -> Result<(Child, String), BoxError> {
 }
 
 /// Resident memory of process `pid`, in MiB.
+/// Aggregates remembered by the process's caches (every
+/// `*_aggregate_cache_entries` gauge of its `/metrics`, summed): what its
+/// memory holds that grows, up to their bounds, with the aggregates it
+/// touched.
+async fn cached_aggregates(http: &reqwest::Client, base: &str) -> f64 {
+    let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
+        return f64::NAN;
+    };
+    let Ok(text) = response.text().await else {
+        return f64::NAN;
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.split(['{', ' '])
+                .next()
+                .is_some_and(|name| name.ends_with("_aggregate_cache_entries"))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -274,9 +297,11 @@ async fn main() -> Result<(), BoxError> {
         })
         .collect();
     let mut memory = Vec::new();
+    let mut cached = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(window.min(until - Instant::now())).await;
         memory.push(rss_mib(pid));
+        cached.push(cached_aggregates(&http, &base).await);
     }
     for load in loads {
         load.await?;
@@ -315,7 +340,7 @@ async fn main() -> Result<(), BoxError> {
     let full = (seconds as f64 / secs).floor() as usize;
     windows.truncate(full.max(1));
     println!(
-        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9}",
+        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9} {:>8}",
         "window",
         "deposits/s",
         "dep p99 ms",
@@ -323,7 +348,8 @@ async fn main() -> Result<(), BoxError> {
         "ord p99",
         "shipped/s",
         "errors",
-        "RSS MiB"
+        "RSS MiB",
+        "cached"
     );
     let mut rows = Vec::new();
     for (i, w) in windows.iter_mut().enumerate() {
@@ -337,7 +363,7 @@ async fn main() -> Result<(), BoxError> {
             memory.get(i).copied().unwrap_or(f64::NAN),
         );
         println!(
-            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1}",
+            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1} {:>8.0}",
             i + 1,
             row.0,
             row.1,
@@ -345,7 +371,8 @@ async fn main() -> Result<(), BoxError> {
             row.3,
             row.4,
             row.5,
-            row.6
+            row.6,
+            cached.get(i).copied().unwrap_or(f64::NAN)
         );
         rows.push(row);
     }
