@@ -11,6 +11,13 @@
 //! of another's write. A refusal, a no-op, a replay or an error forgets the
 //! stream (what the repository decided on then is not at hand).
 //!
+//! A caller that appends itself, with other streams in one transaction (the
+//! saga's steps), follows the same rule by hand: it takes the turn with the
+//! remembered state ([`AggregateCache::turn_with`], or
+//! [`AggregateCache::try_turn_with`] when it already holds other turns),
+//! decides on it, appends at its version, and once committed puts back
+//! what its append left ([`AggregateCache::remember`]).
+//!
 //! The cache is bounded: at most `capacity` aggregates, the least recently
 //! used forgotten first. Its hits, misses, evictions and size are counted
 //! in [`CacheMetrics`], which the process registers in its registry.
@@ -188,18 +195,7 @@ impl<A: Aggregate> AggregateCache<A> {
         let _turn = self.locks.lock(stream.as_str()).await;
         // Taken out: whatever happens next, only a command carried out puts
         // a state back.
-        let known = {
-            let mut lru = self.lru();
-            let known = lru.take(stream.as_str());
-            if lru.capacity > 0 {
-                match known {
-                    Some(_) => self.counters.hits.inc(),
-                    None => self.counters.misses.inc(),
-                };
-            }
-            self.counters.entries.set(lru.len_i64());
-            known
-        };
+        let known = self.take(stream.as_str());
         let result = self
             .repository
             .execute_from(known, id, command, options, record)
@@ -223,18 +219,94 @@ impl<A: Aggregate> AggregateCache<A> {
     }
 
     /// Waits for the turn of aggregate `id` in this process, for a caller
-    /// that loads, decides and appends itself (e.g. with other streams in
-    /// one transaction), holding it until dropped (after its commit). What
-    /// the last command left is forgotten: that caller's append moves the
-    /// stream on.
-    pub async fn turn(&self, id: &str) -> StreamTurn<'_> {
+    /// that decides and appends itself (e.g. with other streams in one
+    /// transaction), holding it until dropped (after its commit): the turn
+    /// and the state the last command left, if remembered. That state is
+    /// taken out: the caller decides on it, and its append at the state's
+    /// version proves it current (on a conflict it loads afresh; a refusal
+    /// or a no-op decided on it proves nothing, so it is decided again on a
+    /// fresh load, as [`Repository::execute_from`] does). Once committed,
+    /// the caller puts back what its append left ([`AggregateCache::remember`]);
+    /// whatever it does not put back is forgotten.
+    pub async fn turn_with(&self, id: &str) -> (StreamTurn<'_>, Option<Loaded<A>>) {
         let stream = StreamId::of::<A>(id);
         let turn = self.locks.lock(stream.as_str()).await;
+        (turn, self.take(stream.as_str()))
+    }
+
+    /// [`AggregateCache::turn_with`] if the turn is free right away; `None`
+    /// when someone in this process holds it (or another aggregate of the
+    /// same stripe: the caller itself, maybe), so that a caller already
+    /// holding turns never waits for one while holding them.
+    pub fn try_turn_with(&self, id: &str) -> Option<(StreamTurn<'_>, Option<Loaded<A>>)> {
+        let stream = StreamId::of::<A>(id);
+        let turn = self.locks.try_lock(stream.as_str())?;
+        Some((turn, self.take(stream.as_str())))
+    }
+
+    /// The stripe aggregate `id` takes its turn on ([`StreamLocks::stripe`]):
+    /// a caller holding the turn of another aggregate of that stripe holds
+    /// `id`'s too, and takes its remembered state with
+    /// [`AggregateCache::take_in_turn`] (asking for the turn again would
+    /// wait for itself).
+    pub fn stripe(&self, id: &str) -> usize {
+        self.locks.stripe(StreamId::of::<A>(id).as_str())
+    }
+
+    /// The state remembered for aggregate `id`, taken out, for a caller
+    /// that holds its turn through another aggregate of the same stripe
+    /// (see [`AggregateCache::stripe`]).
+    pub fn take_in_turn(&self, id: &str) -> Option<Loaded<A>> {
+        self.take(StreamId::of::<A>(id).as_str())
+    }
+
+    /// Remembers `loaded` as aggregate `id`'s state: one the caller's own
+    /// commit left (while it held the turn) or one it read. A state only
+    /// ever comes from a commit, so the later of two is the truer one: a
+    /// remembered state at a later version stays.
+    pub fn remember(&self, id: &str, loaded: Loaded<A>) {
+        let stream = StreamId::of::<A>(id);
+        let mut lru = self.lru();
+        if lru
+            .get(stream.as_str())
+            .is_some_and(|known| known.version > loaded.version)
+        {
+            return;
+        }
+        if lru.insert(stream.as_str(), loaded) {
+            self.counters.evictions.inc();
+        }
+        self.counters.entries.set(lru.len_i64());
+    }
+
+    /// The state remembered for aggregate `id` (a copy; it stays), without
+    /// waiting for its turn.
+    pub fn peek(&self, id: &str) -> Option<Loaded<A>> {
+        let stream = StreamId::of::<A>(id);
+        self.lru().get(stream.as_str()).cloned()
+    }
+
+    /// Forgets aggregate `id`: the next command reads its stream.
+    pub fn forget(&self, id: &str) {
+        let stream = StreamId::of::<A>(id);
         let mut lru = self.lru();
         lru.take(stream.as_str());
         self.counters.entries.set(lru.len_i64());
-        drop(lru);
-        turn
+    }
+
+    /// Takes the state remembered for `stream` out, counting a hit or a
+    /// miss.
+    fn take(&self, stream: &str) -> Option<Loaded<A>> {
+        let mut lru = self.lru();
+        let known = lru.take(stream);
+        if lru.capacity > 0 {
+            match known {
+                Some(_) => self.counters.hits.inc(),
+                None => self.counters.misses.inc(),
+            };
+        }
+        self.counters.entries.set(lru.len_i64());
+        known
     }
 }
 
@@ -262,6 +334,11 @@ impl<V> Lru<V> {
 
     fn len_i64(&self) -> i64 {
         i64::try_from(self.entries.len()).unwrap_or(i64::MAX)
+    }
+
+    /// The value of `key`, left where it is (a peek is no use).
+    fn get(&self, key: &str) -> Option<&V> {
+        self.entries.get(key).map(|(value, _)| value)
     }
 
     /// Removes and returns the value of `key`.

@@ -44,13 +44,21 @@ impl StreamLocks {
         }
     }
 
-    fn index(&self, stream: &str) -> usize {
+    /// The stripe `stream` takes its turn on: the holder of one stream's
+    /// turn holds the turn of every stream of its stripe.
+    pub fn stripe(&self, stream: &str) -> usize {
         (self.hasher.hash_one(stream) as usize) % self.stripes.len()
     }
 
     /// Waits for the stripe of `stream` (e.g. `account-0191...`).
     pub async fn lock(&self, stream: &str) -> StreamTurn<'_> {
-        self.stripes[self.index(stream)].lock().await
+        self.stripes[self.stripe(stream)].lock().await
+    }
+
+    /// The stripe of `stream` if nobody holds it now (`None`: taken, maybe
+    /// by the caller itself, through another stream of the same stripe).
+    pub fn try_lock(&self, stream: &str) -> Option<StreamTurn<'_>> {
+        self.stripes[self.stripe(stream)].try_lock().ok()
     }
 }
 
@@ -67,7 +75,7 @@ mod tests {
         let held = locks.lock("account-a").await;
         let other = (0..100)
             .map(|i| format!("account-{i}"))
-            .find(|name| locks.index(name) != locks.index("account-a"))
+            .find(|name| locks.stripe(name) != locks.stripe("account-a"))
             .expect("some name in another stripe");
         let free = tokio::time::timeout(Duration::from_secs(5), locks.lock(&other)).await;
         assert!(free.is_ok(), "an unrelated stream was blocked");
@@ -80,6 +88,14 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the same stream was not serialised");
+        assert!(
+            locks.try_lock("account-a").is_none(),
+            "a held stream is not free"
+        );
+        assert!(
+            locks.try_lock(&other).is_some(),
+            "an unrelated stream is free"
+        );
         drop(held);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await

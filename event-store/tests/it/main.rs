@@ -3,6 +3,7 @@
 
 mod append;
 mod bounded;
+mod cache;
 mod counter;
 mod group;
 mod idempotency;
