@@ -1,6 +1,8 @@
 //! The orchestrator's work queue, `saga.due`: which sagas may have something
 //! to do, and from when. Only a hint: the saga streams are the truth.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use domain::OrderId;
 use sqlx::PgPool;
@@ -15,6 +17,9 @@ pub struct Claimed {
     pub order_id: OrderId,
     /// The wake-up count when claimed (see [`Queue::reschedule`]).
     pub wakeups: i64,
+    /// Just before the claim was asked for: its lease runs at least as
+    /// long as asked from then.
+    pub leased_at: Instant,
 }
 
 /// `saga.due`, seen by one orchestrator (`owner`).
@@ -61,6 +66,7 @@ impl Queue {
         if limit == 0 {
             return Ok(vec![]);
         }
+        let leased_at = Instant::now();
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
             "UPDATE saga.due AS d \
              SET lease_owner = $1, lease_until = now() + make_interval(secs => $3::float8 / 1000) \
@@ -80,6 +86,7 @@ impl Queue {
             .map(|(order_id, wakeups)| Claimed {
                 order_id: OrderId::new(order_id),
                 wakeups,
+                leased_at,
             })
             .collect())
     }

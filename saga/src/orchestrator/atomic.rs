@@ -1,54 +1,58 @@
-//! A step that is a command on this database, in one transaction
-//! (design decision 11): the command's events and the step's record in the
-//! saga's stream (`StepStarted` and its outcome) commit together or not at
-//! all. No idempotency key is needed: the saga's stream, appended at the
-//! version the step was planned on, lets exactly one orchestrator's
-//! transaction commit, and a crash before the commit leaves nothing of the
-//! step behind, so it is simply planned again.
+//! Steps that are commands on this database, in one transaction (design
+//! decision 11): each step's events and its record in the saga's stream
+//! (`StepStarted` and its outcome) commit together or not at all. No
+//! idempotency key is needed: the saga's stream, appended at the version
+//! the steps were planned on, lets exactly one orchestrator's transaction
+//! commit, and a crash before the commit leaves nothing of it behind, so
+//! it is simply planned again.
 //!
-//! A refusal commits the step's record alone; a transient failure (the
-//! database refusing the command's events, every re-decision losing its
-//! race, the step's deadline) commits `StepStarted` and `StepFailed`
+//! # Several steps, one commit
+//!
+//! When the saga's policy, on the state the prepared steps leave, asks for
+//! another step on this database, that step joins the same transaction
+//! (at most [`MAX_BATCH`]): a saga's reservations, its marks and its charge
+//! commit once, with the carrier's attempt after them (the driver calls the
+//! carrier once it commits), and the carrier's outcome commits with the
+//! steps after it (mark shipped, commit the stock, complete). Every step
+//! keeps its own `StepStarted` and outcome in the saga's stream. A batch
+//! takes the turn of a later step's aggregate only if it is free right away
+//! (or its stripe is the batch's already): sagas whose lines come in
+//! different orders never wait for each other. It ends before a step that
+//! does not come out cleanly (its turn taken, a failure, a refusal or no-op
+//! it cannot settle yet), after a refusal (the driver goes on to
+//! compensate) and after a step `PURSER_SAGA_PAUSE_AFTER` names; with a
+//! `BeforeStep` hook, after its first step (the hook is called by the
+//! driver before each step, with the ones before it committed).
+//!
+//! Every step is decided before the transaction begins, and its appends
+//! are made after: the transaction id is assigned at its first write, and
+//! every version it appends at must have committed before that (see
+//! `event_store::Appends`). A later step whose append is rejected (the
+//! version moved, the database refused it) aborts the transaction, which
+//! is written again without it and the steps after it; the driver then
+//! plans that step anew. Only the first step's own failure is the
+//! attempt's: a version conflict decides it again on a fresh load (at most
+//! [`COMMAND_RETRIES`] times); a transient failure (the database refusing
+//! its events, the step's deadline) commits `StepStarted` and `StepFailed`
 //! alone, so the attempt counts and its retry time is persisted.
 
 use std::time::{Duration, Instant};
-use tracing::Instrument as _;
 
 use chrono::Utc;
 use domain::{
-    step_errors, AccountCommand, Aggregate, Amount, DomainError, FulfilmentSaga, InventoryCommand,
-    OrderCommand, OrderStatus, SagaCommand, SagaEvent, SagaState, Step,
+    next_action, step_errors, Action, Aggregate, FulfilmentSaga, SagaCommand, SagaEvent, SagaState,
+    Situation, Step,
 };
-use event_store::{Appends, ExpectedVersion, Metadata, NewEvent, Repository, StreamId};
+use event_store::{Appends, ExpectedVersion, Metadata, NewEvent, StreamId};
+use tracing::Instrument as _;
 
-use super::steps::{reached, StepResult};
+use super::commands::{store_error_code, Append, Decided, Held, Known, Remembered, Workspace};
+use super::steps::StepResult;
 use super::{Current, Orchestrator, COMMAND_RETRIES, STEP_SCOPE};
 use crate::Result;
 
-/// The events a step's command decided on its aggregate's state, and what
-/// they come to for the saga.
-struct Decided {
-    /// `None`: nothing to append (refused, or already done).
-    append: Option<(StreamId, u64, Vec<NewEvent>)>,
-    result: StepResult,
-}
-
-impl Decided {
-    const DONE: Decided = Decided {
-        append: None,
-        result: StepResult::DONE,
-    };
-
-    fn transient(code: &'static str, detail: impl ToString) -> Decided {
-        Decided {
-            append: None,
-            result: StepResult::Transient {
-                code,
-                detail: detail.to_string(),
-            },
-        }
-    }
-}
+/// Most steps on this database in one transaction.
+const MAX_BATCH: usize = 16;
 
 /// Whether `step` leaves the database (the carrier): only those keep the
 /// record-before-act protocol.
@@ -56,81 +60,168 @@ pub(super) fn leaves_the_database(step: &Step) -> bool {
     matches!(step, Step::Ship | Step::CancelShipment)
 }
 
+/// One part of a batch: a step with its record, or a record of the saga's
+/// alone (a carrier's outcome, the saga's completion).
+struct Prepared {
+    /// The step and what it came to.
+    step: Option<(Step, StepResult)>,
+    /// The saga's record without a step.
+    record: Option<SagaCommand>,
+    saga_events: Vec<SagaEvent>,
+    /// The saga once `saga_events` are appended.
+    saga_after: SagaState,
+    append: Option<Append>,
+    /// The aggregate's state once `append` commits.
+    after: Option<(StreamId, String, Known)>,
+}
+
+/// Steps prepared for one transaction, and the aggregates' turns they hold
+/// until it commits.
+struct Batch<'a> {
+    /// The saga as committed: where the batch's saga append goes.
+    base: Current,
+    held: Vec<Held<'a>>,
+    prepared: Vec<Prepared>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(base: &Current) -> Self {
+        Batch {
+            base: base.clone(),
+            held: Vec::new(),
+            prepared: Vec::new(),
+        }
+    }
+
+    /// The saga as the prepared steps leave it.
+    fn state(&self) -> &SagaState {
+        self.prepared
+            .last()
+            .map_or(&self.base.state, |prepared| &prepared.saga_after)
+    }
+
+    fn steps(&self) -> usize {
+        self.prepared.iter().filter(|p| p.step.is_some()).count()
+    }
+
+    /// What was remembered of `stream` proved stale: not to be put back.
+    fn stale(&mut self, stream: &StreamId) {
+        if let Some(held) = self.held_turn(stream) {
+            held.known = None;
+        }
+    }
+}
+
+impl<'a> Workspace<'a> for Batch<'a> {
+    fn latest(&self, stream: &StreamId) -> Option<&Known> {
+        self.prepared.iter().rev().find_map(|prepared| {
+            prepared
+                .after
+                .as_ref()
+                .filter(|(of, _, _)| of == stream)
+                .map(|(_, _, known)| known)
+        })
+    }
+
+    fn held_turn(&mut self, stream: &StreamId) -> Option<&mut Held<'a>> {
+        self.held.iter_mut().find(|held| &held.stream == stream)
+    }
+
+    fn holds_stripe(&self, stream_type: &str, stripe: usize) -> bool {
+        self.held
+            .iter()
+            .any(|held| held.stream.stream_type() == stream_type && held.stripe == stripe)
+    }
+
+    fn hold(&mut self, held: Held<'a>) {
+        self.held.push(held);
+    }
+}
+
+/// How preparing a step for a batch went.
+enum Added {
+    Yes,
+    /// Not in this batch (its aggregate's turn taken, or a decision the
+    /// next transaction settles).
+    No,
+    /// The saga is not where the step was planned: it moved.
+    LostRace,
+    /// A transient failure: code recorded, detail logged.
+    Failed {
+        code: &'static str,
+        detail: String,
+    },
+}
+
+/// How writing a batch went.
+enum Written {
+    /// Every append made, the transaction open, to commit.
+    Open(Appends),
+    /// The saga moved meanwhile: nothing written.
+    LostRace,
+    /// The first step's append was rejected: nothing written.
+    FirstFailed(event_store::Error),
+}
+
+/// How an attempt's transaction was prepared.
+enum Ready {
+    Open(Appends),
+    LostRace,
+    Failed { code: &'static str, detail: String },
+}
+
 impl Orchestrator {
     /// Attempt `attempt` of `step` (a command on this database) in one
-    /// transaction, within the step's deadline. `None` when the saga moved
-    /// meanwhile (another orchestrator recorded something first): nothing
-    /// of this attempt committed.
+    /// transaction, with the steps on this database that follow it, within
+    /// the step's deadline. `None` when the saga moved meanwhile (another
+    /// orchestrator recorded something first): nothing of this attempt
+    /// committed.
     pub(super) async fn step_in_one_transaction(
         &self,
         current: &Current,
         step: Step,
         attempt: u32,
         deadline_ms: i64,
+        cancellation_requested: bool,
     ) -> Result<Option<Current>> {
         let span = super::step_span(current, &step, attempt);
-        self.step_in_one_transaction_traced(current, step, attempt, deadline_ms)
+        self.step_traced(current, step, attempt, deadline_ms, cancellation_requested)
             .instrument(span)
             .await
     }
 
-    async fn step_in_one_transaction_traced(
+    async fn step_traced(
         &self,
         current: &Current,
         step: Step,
         attempt: u32,
         deadline_ms: i64,
+        cancellation_requested: bool,
     ) -> Result<Option<Current>> {
         let started = Instant::now();
-        let start = SagaCommand::StartStep {
-            step: step.clone(),
-            attempt,
-            deadline_ms,
-        };
-        let Some(step_started) = decide_saga(&current.state, &start) else {
-            return Ok(None);
-        };
-        let running = FulfilmentSaga::fold(current.state.clone(), &step_started);
-        let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
-        // The step's aggregate's turn in this process, until the commit:
-        // the sagas of one hot item queue here instead of colliding on its
-        // version (across processes, the version check stays the guard).
-        let _turn = tokio::time::timeout(Duration::from_millis(left), self.turn(current, &step))
-            .await
-            .ok()
-            .flatten();
-        let attempted = tokio::time::timeout(
-            Duration::from_millis(left),
-            self.prepare_step(current, &running, &step, &step_started),
-        )
-        .await;
+        let mut batch = Batch::new(current);
+        let attempted = self
+            .prepare_first(
+                &mut batch,
+                &step,
+                attempt,
+                deadline_ms,
+                cancellation_requested,
+            )
+            .await;
         let (code, detail) = match attempted {
-            Ok(Ok(Prepared::Step {
-                appends,
-                next,
-                result,
-            })) => {
-                self.pause_if_asked(current.order_id, &step).await;
+            Ok(Ready::Open(appends)) => {
+                self.pause_in(&batch).await;
                 match appends.commit().await {
-                    Ok(()) => {
-                        self.count_outcome(&step, &result, started.elapsed());
-                        return Ok(Some(*next));
-                    }
+                    Ok(()) => return Ok(Some(self.committed(&batch, started))),
                     // Committed or not: the saga's stream tells (the record
                     // of the failure below conflicts if it did).
                     Err(error) => (store_error_code(&error), error.to_string()),
                 }
             }
-            Ok(Ok(Prepared::LostRace)) => return Ok(None),
-            Ok(Ok(Prepared::Failed { code, detail })) => (code, detail),
-            Ok(Err(error)) => (step_errors::UNAVAILABLE, error.to_string()),
-            Err(_elapsed) => (
-                step_errors::TIMEOUT,
-                format!(
-                    "no answer before the step's deadline ({} ms)",
-                    self.inner.config.step_timeout_ms
-                ),
-            ),
+            Ok(Ready::LostRace) => return Ok(None),
+            Ok(Ready::Failed { code, detail }) => (code, detail),
+            Err(error) => (step_errors::UNAVAILABLE, error.to_string()),
         };
         // Nothing of the command committed: the attempt is recorded as
         // failed, with its retry time.
@@ -139,6 +230,15 @@ impl Orchestrator {
         let retry = self.inner.config.backoff(attempt);
         tracing::warn!(%step, attempt, code, error = %detail, ?retry, "step failed; retrying");
         let result = StepResult::Transient { code, detail };
+        let start = SagaCommand::StartStep {
+            step: step.clone(),
+            attempt,
+            deadline_ms,
+        };
+        let Some(mut events) = decide_saga(&current.state, &start) else {
+            return Ok(None);
+        };
+        let running = FulfilmentSaga::fold(current.state.clone(), &events);
         let failed = SagaCommand::FailStep {
             step: step.clone(),
             attempt,
@@ -148,7 +248,6 @@ impl Orchestrator {
         let Some(step_failed) = decide_saga(&running, &failed) else {
             return Ok(None);
         };
-        let mut events = step_started;
         events.extend(step_failed);
         let Some(next) = self.append_saga_alone(current, &events).await? else {
             return Ok(None);
@@ -157,112 +256,102 @@ impl Orchestrator {
         Ok(Some(next))
     }
 
-    /// Decides the step's command on a fresh load of its aggregate, then
-    /// appends its events and the saga's in one transaction, left open for
-    /// the caller to commit; decides again when the aggregate moved
-    /// meanwhile (at most [`COMMAND_RETRIES`] times).
-    async fn prepare_step(
+    /// Records `command` (a carrier's outcome) in the saga's stream, in
+    /// one transaction with the steps on this database that follow it.
+    /// `None` when the saga moved meanwhile.
+    pub(super) async fn record_with_next_steps(
         &self,
         current: &Current,
-        running: &SagaState,
+        command: SagaCommand,
+        cancellation_requested: bool,
+    ) -> Result<Option<Current>> {
+        let started = Instant::now();
+        let mut batch = Batch::new(current);
+        if !self.add_record(&mut batch, command) {
+            return Ok(None);
+        }
+        self.extend(&mut batch, cancellation_requested).await;
+        if batch.steps() == 0 {
+            // Records of the saga's alone: one append, no transaction.
+            let events: Vec<SagaEvent> = batch
+                .prepared
+                .iter()
+                .flat_map(|prepared| prepared.saga_events.iter().cloned())
+                .collect();
+            let appended = self.append_saga_alone(current, &events).await?;
+            return Ok(appended.map(|_| self.committed(&batch, started)));
+        }
+        match self.write(&mut batch).await? {
+            Written::Open(appends) => {
+                self.pause_in(&batch).await;
+                appends.commit().await?;
+                Ok(Some(self.committed(&batch, started)))
+            }
+            Written::LostRace => Ok(None),
+            Written::FirstFailed(error) => Err(error.into()),
+        }
+    }
+
+    /// Prepares `step` (deciding it again after each conflict of its own)
+    /// and the steps after it, and writes them, leaving the transaction
+    /// open. The step is decided within its deadline, and the batch
+    /// written within a step's timeout from then (a `BeforeStep` hook may
+    /// hold a batch up between the two).
+    async fn prepare_first<'a>(
+        &'a self,
+        batch: &mut Batch<'a>,
         step: &Step,
-        step_started: &[SagaEvent],
-    ) -> Result<Prepared> {
-        let saga_stream = StreamId::of::<FulfilmentSaga>(current.order_id);
-        let saga_metadata = Metadata {
-            actor: Some(STEP_SCOPE.to_owned()),
-            ..current.metadata.clone()
-        };
-        let command_metadata = Metadata {
-            causation_id: Some(format!("saga-{}:{step}", current.order_id)),
-            // The step's span: what the command causes joins its trace.
-            traceparent: event_store::trace::current_traceparent()
-                .or_else(|| saga_metadata.traceparent.clone()),
-            ..saga_metadata.clone()
+        attempt: u32,
+        deadline_ms: i64,
+        cancellation_requested: bool,
+    ) -> Result<Ready> {
+        let timeout = self.inner.config.step_timeout_ms;
+        let timed_out = || Ready::Failed {
+            code: step_errors::TIMEOUT,
+            detail: format!("no answer before the step's deadline ({timeout} ms)"),
         };
         for _ in 0..=COMMAND_RETRIES {
-            let decided = self.decide_step(&current.state, step).await;
-            let outcome = match &decided.result {
-                StepResult::Done { tracking_number } => SagaCommand::SucceedStep {
-                    step: step.clone(),
-                    tracking_number: tracking_number.clone(),
-                },
-                StepResult::Refused { code, error } => SagaCommand::RefuseStep {
-                    step: step.clone(),
-                    code: code.clone(),
-                    error: error.clone(),
-                },
-                StepResult::Transient { code, detail } => {
-                    return Ok(Prepared::Failed {
-                        code,
-                        detail: detail.clone(),
+            batch.prepared.clear();
+            let left = u64::try_from(deadline_ms - Utc::now().timestamp_millis()).unwrap_or(0);
+            let prepared = tokio::time::timeout(
+                Duration::from_millis(left),
+                self.prepare_step(batch, step, attempt, deadline_ms, true),
+            )
+            .await;
+            match prepared {
+                Ok(Added::Yes) => {}
+                Ok(Added::LostRace) => return Ok(Ready::LostRace),
+                Ok(Added::Failed { code, detail }) => return Ok(Ready::Failed { code, detail }),
+                Ok(Added::No) => {
+                    return Ok(Ready::Failed {
+                        code: step_errors::INTERNAL_ERROR,
+                        detail: format!("{step} could not be decided"),
                     })
                 }
-            };
-            let Some(step_ended) = decide_saga(running, &outcome) else {
-                return Ok(Prepared::LostRace);
-            };
-            let mut saga_events: Vec<SagaEvent> = step_started.to_vec();
-            saga_events.extend(step_ended.iter().cloned());
-            let new_saga_events: Vec<NewEvent> =
-                saga_events.iter().map(NewEvent::from_domain).collect();
-
-            let mut appends = self.inner.store.begin().await?;
-            if let Some((stream, version, events)) = &decided.append {
-                match appends
-                    .append(
-                        stream,
-                        ExpectedVersion::Exact(*version),
-                        events,
-                        &command_metadata,
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(event_store::Error::Conflict { .. }) => {
+                Err(_elapsed) => return Ok(timed_out()),
+            }
+            self.extend(batch, cancellation_requested).await;
+            let written =
+                tokio::time::timeout(Duration::from_millis(timeout), self.write(batch)).await;
+            match written {
+                Ok(written) => match written? {
+                    Written::Open(appends) => return Ok(Ready::Open(appends)),
+                    Written::LostRace => return Ok(Ready::LostRace),
+                    Written::FirstFailed(event_store::Error::Conflict { .. }) => {
                         tracing::debug!(%step, "the step's aggregate moved; deciding again");
                         self.inner.metrics.conflict_retried();
-                        continue;
                     }
-                    Err(error) => {
-                        return Ok(Prepared::Failed {
+                    Written::FirstFailed(error) => {
+                        return Ok(Ready::Failed {
                             code: store_error_code(&error),
                             detail: error.to_string(),
                         })
                     }
-                }
+                },
+                Err(_elapsed) => return Ok(timed_out()),
             }
-            match appends
-                .append(
-                    &saga_stream,
-                    ExpectedVersion::Exact(current.version),
-                    &new_saga_events,
-                    &saga_metadata,
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(event_store::Error::Conflict { .. }) => return Ok(Prepared::LostRace),
-                Err(error) => {
-                    return Ok(Prepared::Failed {
-                        code: store_error_code(&error),
-                        detail: error.to_string(),
-                    })
-                }
-            }
-            let next = Current {
-                order_id: current.order_id,
-                state: FulfilmentSaga::fold(running.clone(), &step_ended),
-                version: current.version + saga_events.len() as u64,
-                metadata: current.metadata.clone(),
-            };
-            return Ok(Prepared::Step {
-                appends,
-                next: Box::new(next),
-                result: decided.result,
-            });
         }
-        Ok(Prepared::Failed {
+        Ok(Ready::Failed {
             code: step_errors::CONCURRENCY_CONFLICT,
             detail: format!(
                 "the step's aggregate moved {} times in a row",
@@ -271,16 +360,320 @@ impl Orchestrator {
         })
     }
 
+    /// Adds to the batch what the saga's policy asks for next on the state
+    /// it leaves, while that is a step on this database that comes out
+    /// cleanly (or the saga's completion, which ends it).
+    async fn extend<'a>(&'a self, batch: &mut Batch<'a>, cancellation_requested: bool) {
+        let config = &self.inner.config;
+        while batch.steps() < MAX_BATCH {
+            let ended = batch.prepared.last().is_some_and(|last| {
+                last.step.as_ref().is_some_and(|(step, result)| {
+                    matches!(result, StepResult::Refused { .. }) || self.pauses_after(step)
+                })
+            });
+            if ended {
+                return;
+            }
+            let now_ms = Utc::now().timestamp_millis();
+            let situation = Situation {
+                now_ms,
+                cancellation_requested,
+                max_attempts: config.max_attempts,
+            };
+            match next_action(batch.state(), &situation) {
+                // A `BeforeStep` hook sees the saga with every step before
+                // it committed, and may hold it up for long: holding the
+                // batch's aggregates' turns meanwhile would hold up every
+                // other saga on them. With one, each step is its own
+                // transaction, after its hook.
+                Action::Attempt { .. } if self.inner.before_step.is_some() => return,
+                Action::Attempt { step, attempt } if leaves_the_database(&step) => {
+                    // Recorded before it is carried out: the driver calls
+                    // the carrier once this commits.
+                    let deadline_ms = now_ms + config.step_timeout_ms as i64;
+                    let start = SagaCommand::StartStep {
+                        step,
+                        attempt,
+                        deadline_ms,
+                    };
+                    self.add_record(batch, start);
+                    return;
+                }
+                Action::Attempt { step, attempt } => {
+                    let deadline_ms = now_ms + config.step_timeout_ms as i64;
+                    let added = tokio::time::timeout(
+                        Duration::from_millis(config.step_timeout_ms),
+                        self.prepare_step(batch, &step, attempt, deadline_ms, false),
+                    )
+                    .await;
+                    if !matches!(added, Ok(Added::Yes)) {
+                        return;
+                    }
+                }
+                Action::Complete => {
+                    self.add_record(batch, SagaCommand::Complete);
+                    return;
+                }
+                Action::FinishCompensation => {
+                    self.add_record(batch, SagaCommand::FinishCompensation);
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Decides attempt `attempt` of `step` on the state the batch leaves
+    /// and adds it, with its record. Its aggregate's turn is waited for
+    /// when `wait` (the batch's first step), else taken only if free.
+    async fn prepare_step<'a>(
+        &'a self,
+        batch: &mut Batch<'a>,
+        step: &Step,
+        attempt: u32,
+        deadline_ms: i64,
+        wait: bool,
+    ) -> Added {
+        let start = SagaCommand::StartStep {
+            step: step.clone(),
+            attempt,
+            deadline_ms,
+        };
+        let Some(step_started) = decide_saga(batch.state(), &start) else {
+            return Added::LostRace;
+        };
+        let running = FulfilmentSaga::fold(batch.state().clone(), &step_started);
+        let metadata = self.command_metadata(&batch.base, step);
+        let (result, append, after) = match self
+            .decide_step(batch, &running, step, &metadata, wait)
+            .await
+        {
+            Decided::Busy | Decided::Unsettled => return Added::No,
+            Decided::Step {
+                result: StepResult::Transient { code, detail },
+                ..
+            } => return Added::Failed { code, detail },
+            Decided::Step {
+                result,
+                append,
+                after,
+            } => (result, append, after),
+        };
+        let outcome = match &result {
+            StepResult::Done { tracking_number } => SagaCommand::SucceedStep {
+                step: step.clone(),
+                tracking_number: tracking_number.clone(),
+            },
+            StepResult::Refused { code, error } => SagaCommand::RefuseStep {
+                step: step.clone(),
+                code: code.clone(),
+                error: error.clone(),
+            },
+            StepResult::Transient { .. } => unreachable!("returned above"),
+        };
+        let Some(step_ended) = decide_saga(&running, &outcome) else {
+            return Added::LostRace;
+        };
+        let saga_after = FulfilmentSaga::fold(running, &step_ended);
+        let mut saga_events = step_started;
+        saga_events.extend(step_ended);
+        batch.prepared.push(Prepared {
+            step: Some((step.clone(), result)),
+            record: None,
+            saga_events,
+            saga_after,
+            append,
+            after,
+        });
+        Added::Yes
+    }
+
+    /// Adds a record of the saga's alone; `false` when the saga refuses it
+    /// (it moved).
+    fn add_record(&self, batch: &mut Batch<'_>, command: SagaCommand) -> bool {
+        let Some(saga_events) = decide_saga(batch.state(), &command) else {
+            return false;
+        };
+        let saga_after = FulfilmentSaga::fold(batch.state().clone(), &saga_events);
+        batch.prepared.push(Prepared {
+            step: None,
+            record: Some(command),
+            saga_events,
+            saga_after,
+            append: None,
+            after: None,
+        });
+        true
+    }
+
+    /// Writes the batch in one transaction, left open: the steps' appends,
+    /// then the saga's. A later step's rejected append aborts it; it is
+    /// written again without that step and the ones after it.
+    async fn write(&self, batch: &mut Batch<'_>) -> Result<Written> {
+        let saga_stream = StreamId::of::<FulfilmentSaga>(batch.base.order_id);
+        let saga_metadata = self.saga_metadata(&batch.base);
+        loop {
+            // In the order of the streams' ids (a stream's own appends in
+            // version order): two batches that write the same streams lock
+            // them in the same order, and never wait for each other in a
+            // cycle.
+            let mut writes: Vec<usize> = (0..batch.prepared.len())
+                .filter(|&i| batch.prepared[i].append.is_some())
+                .collect();
+            writes.sort_by_key(|&i| {
+                batch.prepared[i]
+                    .append
+                    .as_ref()
+                    .map(|append| append.stream.as_str().to_owned())
+            });
+            let mut appends = self.inner.store.begin().await?;
+            let mut rejected = None;
+            for i in writes {
+                let prepared = &mut batch.prepared[i];
+                let Some(append) = &prepared.append else {
+                    continue;
+                };
+                match appends
+                    .append(
+                        &append.stream,
+                        ExpectedVersion::Exact(append.expected),
+                        &append.events,
+                        &append.metadata,
+                    )
+                    .await
+                {
+                    Ok(appended) => {
+                        if let Some((_, _, known)) = &mut prepared.after {
+                            known.state.set_position(appended.position);
+                        }
+                    }
+                    Err(error) => {
+                        rejected = Some((i, append.stream.clone(), error));
+                        break;
+                    }
+                }
+            }
+            // `Appends::append` rolled the transaction back.
+            if let Some((i, stream, error)) = rejected {
+                let conflict = matches!(error, event_store::Error::Conflict { .. });
+                if conflict {
+                    batch.stale(&stream);
+                }
+                if i == 0 {
+                    return Ok(Written::FirstFailed(error));
+                }
+                if conflict {
+                    self.inner.metrics.conflict_retried();
+                }
+                tracing::debug!(%error, at = i, "a later step of the batch was rejected; writing the ones before it");
+                batch.prepared.truncate(i);
+                continue;
+            }
+            let saga_events: Vec<NewEvent> = batch
+                .prepared
+                .iter()
+                .flat_map(|prepared| &prepared.saga_events)
+                .map(NewEvent::from_domain)
+                .collect();
+            return match appends
+                .append(
+                    &saga_stream,
+                    ExpectedVersion::Exact(batch.base.version),
+                    &saga_events,
+                    &saga_metadata,
+                )
+                .await
+            {
+                Ok(_) => Ok(Written::Open(appends)),
+                Err(event_store::Error::Conflict { .. }) => Ok(Written::LostRace),
+                Err(error) => Ok(Written::FirstFailed(error)),
+            };
+        }
+    }
+
+    /// With [`super::PAUSE_AFTER_ENV`] naming one of the batch's steps,
+    /// stands still for ever before its commit.
+    async fn pause_in(&self, batch: &Batch<'_>) {
+        for (step, _) in batch.prepared.iter().filter_map(|p| p.step.as_ref()) {
+            self.pause_if_asked(batch.base.order_id, step).await;
+        }
+    }
+
+    fn pauses_after(&self, step: &Step) -> bool {
+        self.inner.pause_after.as_deref() == Some(step.name())
+    }
+
+    /// After the batch's commit: what its appends left is remembered (and
+    /// what it took and did not change is put back), its outcomes counted;
+    /// the saga as it now is.
+    fn committed(&self, batch: &Batch<'_>, started: Instant) -> Current {
+        for held in &batch.held {
+            if let Some(known) = batch.latest(&held.stream).or(held.known.as_ref()) {
+                self.remember(&held.id, known.state.clone());
+            }
+        }
+        let latency = started.elapsed();
+        let metrics = &self.inner.metrics;
+        for prepared in &batch.prepared {
+            if let Some((step, result)) = &prepared.step {
+                self.count_outcome(step, result, latency);
+            }
+            match prepared.record {
+                Some(SagaCommand::Complete) => {
+                    metrics.completed();
+                    tracing::info!("saga completed");
+                }
+                Some(SagaCommand::FinishCompensation) => {
+                    metrics.compensated();
+                    tracing::info!("saga compensated");
+                }
+                _ => {}
+            }
+        }
+        let appended: usize = batch.prepared.iter().map(|p| p.saga_events.len()).sum();
+        Current {
+            order_id: batch.base.order_id,
+            state: batch.state().clone(),
+            version: batch.base.version + appended as u64,
+            metadata: batch.base.metadata.clone(),
+        }
+    }
+
+    fn remember(&self, id: &str, state: Remembered) {
+        let inner = &self.inner;
+        match state {
+            Remembered::Order(loaded) => inner.orders.remember(id, loaded),
+            Remembered::Account(loaded) => inner.accounts.remember(id, loaded),
+            Remembered::Item(loaded) => inner.inventory.remember(id, loaded),
+        }
+    }
+
+    /// The metadata of the saga's own events.
+    fn saga_metadata(&self, current: &Current) -> Metadata {
+        Metadata {
+            actor: Some(STEP_SCOPE.to_owned()),
+            ..current.metadata.clone()
+        }
+    }
+
+    /// The metadata of the events `step`'s command appends.
+    fn command_metadata(&self, current: &Current, step: &Step) -> Metadata {
+        let saga_metadata = self.saga_metadata(current);
+        Metadata {
+            causation_id: Some(format!("saga-{}:{step}", current.order_id)),
+            // The step's span: what the command causes joins its trace.
+            traceparent: event_store::trace::current_traceparent()
+                .or_else(|| saga_metadata.traceparent.clone()),
+            ..saga_metadata
+        }
+    }
+
     /// Appends `events` to the saga's stream alone. `None` when it moved.
     pub(super) async fn append_saga_alone(
         &self,
         current: &Current,
         events: &[SagaEvent],
     ) -> Result<Option<Current>> {
-        let metadata = Metadata {
-            actor: Some(STEP_SCOPE.to_owned()),
-            ..current.metadata.clone()
-        };
         let new_events: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
         match self
             .inner
@@ -289,7 +682,7 @@ impl Orchestrator {
                 &StreamId::of::<FulfilmentSaga>(current.order_id),
                 ExpectedVersion::Exact(current.version),
                 &new_events,
-                &metadata,
+                &self.saga_metadata(current),
             )
             .await
         {
@@ -321,170 +714,6 @@ impl Orchestrator {
             StepResult::Transient { .. } => metrics.step(step.name(), "failed", latency),
         }
     }
-
-    /// Waits for the turn of `step`'s aggregate among this process's
-    /// commands to it (`None`: the step has no aggregate here).
-    async fn turn(&self, current: &Current, step: &Step) -> Option<Box<dyn Send + '_>> {
-        let order = current.state.order.as_ref()?;
-        let inner = &self.inner;
-        Some(match step {
-            Step::ReserveStock { sku } | Step::CommitStock { sku } | Step::ReleaseStock { sku } => {
-                Box::new(inner.inventory.turn(sku.as_str()).await)
-            }
-            Step::ChargePayment | Step::RefundPayment => {
-                Box::new(inner.accounts.turn(&order.account_id.to_string()).await)
-            }
-            Step::MarkReserved | Step::MarkPaid | Step::MarkShipped | Step::CancelOrder => {
-                Box::new(inner.orders.turn(&order.order_id.to_string()).await)
-            }
-            Step::Ship | Step::CancelShipment => return None,
-        })
-    }
-
-    /// What `step`'s command decides on its aggregate as it is now.
-    async fn decide_step(&self, state: &SagaState, step: &Step) -> Decided {
-        let Some(order) = state.order.as_ref() else {
-            return Decided::transient(step_errors::INTERNAL_ERROR, "saga without an order");
-        };
-        let order_id = order.order_id;
-        let inner = &self.inner;
-        let order_key = order_id.to_string();
-        match step {
-            Step::ReserveStock { sku } => {
-                let Some(line) = order.lines.iter().find(|l| &l.sku == sku) else {
-                    return Decided::transient(
-                        step_errors::INTERNAL_ERROR,
-                        format!("no line for {sku}"),
-                    );
-                };
-                let command = InventoryCommand::Reserve {
-                    order_id,
-                    quantity: line.quantity,
-                };
-                decide(
-                    inner.inventory.repository(),
-                    sku.as_str(),
-                    &command,
-                    |_, _| false,
-                )
-                .await
-            }
-            Step::MarkReserved => {
-                mark(
-                    inner.orders.repository(),
-                    &order_key,
-                    OrderCommand::MarkReserved,
-                    OrderStatus::Reserved,
-                )
-                .await
-            }
-            Step::ChargePayment => {
-                let Ok(amount) = Amount::new(order.total.amount()) else {
-                    // A zero total has nothing to charge.
-                    return Decided::DONE;
-                };
-                let command = AccountCommand::Charge {
-                    order_id,
-                    customer_id: order.customer_id,
-                    currency: order.currency,
-                    amount,
-                };
-                decide(
-                    inner.accounts.repository(),
-                    &order.account_id.to_string(),
-                    &command,
-                    |_, _| false,
-                )
-                .await
-            }
-            Step::MarkPaid => {
-                mark(
-                    inner.orders.repository(),
-                    &order_key,
-                    OrderCommand::MarkPaid,
-                    OrderStatus::Paid,
-                )
-                .await
-            }
-            Step::MarkShipped => {
-                let command = OrderCommand::MarkShipped {
-                    tracking_number: state.tracking_number.clone().unwrap_or_default(),
-                };
-                mark(
-                    inner.orders.repository(),
-                    &order_key,
-                    command,
-                    OrderStatus::Shipped,
-                )
-                .await
-            }
-            Step::CommitStock { sku } => {
-                let command = InventoryCommand::Commit { order_id };
-                decide(
-                    inner.inventory.repository(),
-                    sku.as_str(),
-                    &command,
-                    |_, _| false,
-                )
-                .await
-            }
-            Step::RefundPayment => {
-                let command = AccountCommand::Refund { order_id };
-                // Nothing was charged (the charge was refused, or never made
-                // it): nothing to give back.
-                decide(
-                    inner.accounts.repository(),
-                    &order.account_id.to_string(),
-                    &command,
-                    |_, refusal| matches!(refusal.code(), "charge_not_found" | "account_not_found"),
-                )
-                .await
-            }
-            Step::ReleaseStock { sku } => {
-                let command = InventoryCommand::Release { order_id };
-                // No such item: nothing was reserved.
-                decide(
-                    inner.inventory.repository(),
-                    sku.as_str(),
-                    &command,
-                    |_, refusal| refusal.code() == "item_not_found",
-                )
-                .await
-            }
-            Step::CancelOrder => {
-                let reason = state
-                    .compensation_reason
-                    .unwrap_or(domain::CancellationReason::CustomerRequest);
-                decide(
-                    inner.orders.repository(),
-                    &order_key,
-                    &OrderCommand::Cancel { reason },
-                    |_, _| false,
-                )
-                .await
-            }
-            Step::Ship | Step::CancelShipment => Decided::transient(
-                step_errors::INTERNAL_ERROR,
-                format!("{step} leaves the database"),
-            ),
-        }
-    }
-}
-
-/// How one attempt's transaction was prepared.
-enum Prepared {
-    /// Every append made, to commit: the saga after the commit, and what
-    /// the step came to.
-    Step {
-        appends: Appends,
-        next: Box<Current>,
-        result: StepResult,
-    },
-    /// The saga moved meanwhile: nothing committed.
-    LostRace,
-    /// Nothing committed; the attempt failed (the code is recorded, the
-    /// detail only logged).
-    Failed { code: &'static str, detail: String },
 }
 
 /// The saga's events for `command` on `state`; `None` when it refuses (the
@@ -497,67 +726,5 @@ fn decide_saga(state: &SagaState, command: &SagaCommand) -> Option<Vec<SagaEvent
             tracing::warn!(?command, %refusal, "saga refused a record; looking again");
             None
         }
-    }
-}
-
-/// Moves the order to `target`; a refusal because it already got there is
-/// done.
-async fn mark(
-    orders: &Repository<domain::Order>,
-    id: &str,
-    command: OrderCommand,
-    target: OrderStatus,
-) -> Decided {
-    decide(orders, id, &command, |state, _| {
-        reached(state.status, target)
-    })
-    .await
-}
-
-/// Loads aggregate `id` and decides `command` on it: the events to append
-/// at its version, or a refusal (done after all when `settled` says so of
-/// the state and the refusal).
-async fn decide<A: Aggregate>(
-    repository: &Repository<A>,
-    id: &str,
-    command: &A::Command,
-    settled: impl Fn(&A::State, &A::Error) -> bool,
-) -> Decided {
-    let loaded = match repository.load(id).await {
-        Ok(loaded) => loaded,
-        Err(error) => return Decided::transient(store_error_code(&error), error),
-    };
-    // With the past of the order the command needs (a repeat for a
-    // finished order changes nothing): the repository recalls it by index.
-    let decision = match repository.decide(id, &loaded.state, command).await {
-        Ok(decision) => decision,
-        Err(error) => return Decided::transient(store_error_code(&error), error),
-    };
-    match decision {
-        Ok(events) if events.is_empty() => Decided::DONE,
-        Ok(events) => Decided {
-            append: Some((
-                StreamId::of::<A>(id),
-                loaded.version,
-                events.iter().map(NewEvent::from_domain).collect(),
-            )),
-            result: StepResult::DONE,
-        },
-        Err(refusal) if settled(&loaded.state, &refusal) => Decided::DONE,
-        Err(refusal) => Decided {
-            append: None,
-            result: StepResult::Refused {
-                code: refusal.code().to_owned(),
-                error: refusal.to_string(),
-            },
-        },
-    }
-}
-
-/// The code a store failure is recorded as.
-fn store_error_code(error: &event_store::Error) -> &'static str {
-    match error {
-        event_store::Error::Database(_) => step_errors::UNAVAILABLE,
-        _ => step_errors::INTERNAL_ERROR,
     }
 }

@@ -1,19 +1,23 @@
 //! The driver loop: claims due sagas and drives each one as far as it goes
-//! now, one step at a time. A step on this database is one transaction
-//! (`atomic`); a carrier step is recorded (with its deadline), carried out
-//! (`steps`), and its outcome recorded.
+//! now. A step on this database is one transaction, with the steps on this
+//! database that follow it (`atomic`); a carrier step is recorded (with its
+//! deadline), carried out (`steps`), and its outcome recorded in one
+//! transaction with the steps on this database after it.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use domain::{next_action, step_errors, Action, OrderId, SagaCommand, SagaStatus, Situation, Step};
+use domain::{
+    next_action, step_errors, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step,
+    StepStatus,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::atomic::leaves_the_database;
 use super::steps::StepResult;
-use super::{Current, Orchestrator, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV};
+use super::{Current, Orchestrator, Start, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV};
 use crate::{Claimed, Result};
 
 /// How driving one saga ended.
@@ -108,20 +112,41 @@ impl Orchestrator {
     /// waits for a retry, or needs an operator. The saga's stream is read
     /// once, then followed by what this orchestrator appends to it (read
     /// again only after it lost a race).
+    ///
+    /// The lease is renewed only when less than half of it is left (and
+    /// never less than a step's deadline): it only keeps other
+    /// orchestrators from taking the saga over while it is driven here; the
+    /// saga stream's expected version is what keeps two from recording the
+    /// same step.
     #[tracing::instrument(skip_all, fields(order_id = %claimed.order_id), err)]
     pub async fn drive(&self, claimed: Claimed) -> Result<Drive> {
         let order_id = claimed.order_id;
         let config = &self.inner.config;
+        let lease = Duration::from_millis(config.lease_for_step_ms());
+        let renew_below = (lease / 2).max(Duration::from_millis(
+            config.step_timeout_ms.saturating_add(1_000),
+        ));
+        let mut lease_until = claimed.leased_at + lease;
         let mut lost_races = 0u32;
         let mut known: Option<Current> = None;
+        // A carrier step this drive recorded with the steps before it, to
+        // carry out now.
+        let mut recorded: Option<(Step, u32)> = None;
+        // What this process remembers of the order may be from an earlier
+        // drive: the cancellation check reads it afresh.
+        self.forget_order(order_id);
         loop {
-            if !self
-                .inner
-                .queue
-                .renew(order_id, config.lease_for_step_ms())
-                .await?
-            {
-                return Ok(Drive::LostLease);
+            if lease_until.saturating_duration_since(Instant::now()) < renew_below {
+                let asked = Instant::now();
+                if !self
+                    .inner
+                    .queue
+                    .renew(order_id, config.lease_for_step_ms())
+                    .await?
+                {
+                    return Ok(Drive::LostLease);
+                }
+                lease_until = asked + lease;
             }
             let current = match known.take() {
                 Some(current) => current,
@@ -131,22 +156,18 @@ impl Orchestrator {
             if state.status == SagaStatus::NotStarted {
                 // Made due by the trigger (or woken before its start was
                 // recorded): start it from the order's own stream.
-                if !self.start_from_order(order_id).await? {
-                    self.inner.queue.finish(claimed).await?;
-                    return Ok(Drive::NoOrder);
+                match self.start_from_order(&current).await? {
+                    Start::Started(started) => known = Some(*started),
+                    Start::Moved => {}
+                    Start::NoOrder => {
+                        self.inner.queue.finish(claimed).await?;
+                        return Ok(Drive::NoOrder);
+                    }
                 }
                 continue;
             }
             let cancellation_requested = state.status == SagaStatus::Running
-                && self
-                    .inner
-                    .orders
-                    .repository()
-                    .load(&order_id.to_string())
-                    .await?
-                    .state
-                    .cancellation_requested
-                    .is_some();
+                && self.cancellation_requested(order_id).await?;
             let now_ms = Utc::now().timestamp_millis();
             let action = next_action(
                 state,
@@ -221,6 +242,8 @@ impl Orchestrator {
                 Action::Attempt { step, attempt } => {
                     if let Some(hook) = &self.inner.before_step {
                         if hook(&step).await {
+                            // Held up: the order may have moved meanwhile.
+                            self.forget_order(order_id);
                             continue;
                         }
                     }
@@ -242,8 +265,14 @@ impl Orchestrator {
                             None => None,
                         }
                     } else {
-                        self.step_in_one_transaction(&current, step, attempt, deadline_ms)
-                            .await?
+                        self.step_in_one_transaction(
+                            &current,
+                            step,
+                            attempt,
+                            deadline_ms,
+                            cancellation_requested,
+                        )
+                        .await?
                     }
                 }
                 Action::Resume {
@@ -251,13 +280,20 @@ impl Orchestrator {
                     attempt,
                     deadline_ms,
                 } => {
-                    // A call to the carrier cut short (or, from an earlier
-                    // version, any step recorded before it was carried
-                    // out): again, under the same key.
-                    tracing::info!(%step, attempt, "resuming a step cut short");
+                    if recorded.take() == Some((step.clone(), attempt)) {
+                        self.pause_before_if_asked(order_id, &step).await;
+                    } else {
+                        // A call to the carrier cut short (or, from an
+                        // earlier version, any step recorded before it was
+                        // carried out): again, under the same key.
+                        tracing::info!(%step, attempt, "resuming a step cut short");
+                    }
                     self.run_step(current, step, attempt, deadline_ms).await?
                 }
             };
+            recorded = next
+                .as_ref()
+                .and_then(|next| carrier_in_flight(&next.state));
             if next.is_some() {
                 lost_races = 0;
                 known = next;
@@ -278,7 +314,8 @@ impl Orchestrator {
 
     /// One attempt of `step` recorded before it is carried out (the
     /// carrier's, or one resumed), within its deadline, and its outcome
-    /// recorded. `None` when the saga moved meanwhile.
+    /// recorded, with the steps on this database after it. `None` when the
+    /// saga moved meanwhile.
     async fn run_step(
         &self,
         current: Current,
@@ -351,7 +388,38 @@ impl Orchestrator {
                 }
             }
         };
-        self.record_on(&current, command).await
+        // A cancellation asked for during the call is not missed: marking
+        // the order shipped, decided on the order as remembered, meets it
+        // in the order's version and is refused (and compensated).
+        let cancellation_requested = current.state.status == SagaStatus::Running
+            && self.cancellation_requested(order_id).await?;
+        self.record_with_next_steps(&current, command, cancellation_requested)
+            .await
+    }
+
+    /// Whether the customer asked to cancel the order, on its state as this
+    /// process remembers it: each step's commit on the order leaves it
+    /// there, and it is read afresh when it is not (at the start of a
+    /// drive, after a hold). A request that comes in meanwhile is one that
+    /// came in just after the step: the next step on the order meets it in
+    /// the order's version (its append conflicts, and it is decided again
+    /// on the order as it is), and the check after that sees it.
+    async fn cancellation_requested(&self, order_id: OrderId) -> Result<bool> {
+        let id = order_id.to_string();
+        let orders = &self.inner.orders;
+        let loaded = match orders.peek(&id) {
+            Some(loaded) => loaded,
+            None => {
+                let loaded = orders.repository().load(&id).await?;
+                orders.remember(&id, loaded.clone());
+                loaded
+            }
+        };
+        Ok(loaded.state.cancellation_requested.is_some())
+    }
+
+    fn forget_order(&self, order_id: OrderId) {
+        self.inner.orders.forget(&order_id.to_string());
     }
 
     /// With [`PAUSE_AFTER_ENV`] naming `step`, stands still for ever: a
@@ -374,6 +442,16 @@ impl Orchestrator {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The carrier step in flight in `state`: one a batch just recorded (any
+/// other is settled before anything is planned).
+fn carrier_in_flight(state: &SagaState) -> Option<(Step, u32)> {
+    state
+        .steps
+        .iter()
+        .find(|record| record.status == StepStatus::Running && leaves_the_database(&record.step))
+        .map(|record| (record.step.clone(), record.attempts))
 }
 
 pub(super) fn millis(duration: Duration) -> i64 {

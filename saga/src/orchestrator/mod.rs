@@ -7,7 +7,10 @@
 //! - `drive`: the driver loop (claim due sagas, drive each one step by
 //!   step, record each step's outcome);
 //! - `atomic`: a step that is a command on this database, in one
-//!   transaction with its record in the saga's stream (design decision 11);
+//!   transaction with its record in the saga's stream (design decision 11),
+//!   and with the steps on this database that follow it;
+//! - `commands`: what each of those steps asks of its aggregate, decided
+//!   on the state the aggregate's cache remembers;
 //! - `steps`: what each step does when it is recorded before it is carried
 //!   out (the carrier's, and a step resumed after a crash), the command it
 //!   sends under the step's idempotency key, and the record kept of it;
@@ -30,6 +33,7 @@ use uuid::Uuid;
 use crate::{Carrier, Error, Queue, Result, SagaConfig, SagaMetrics};
 
 mod atomic;
+mod commands;
 mod drive;
 mod retry;
 mod steps;
@@ -56,14 +60,19 @@ pub const PAUSE_AFTER_ENV: &str = "PURSER_SAGA_PAUSE_AFTER";
 /// and before the carrier is called, and says so on stderr. For crash tests.
 pub const PAUSE_BEFORE_ENV: &str = "PURSER_SAGA_PAUSE_BEFORE";
 
-/// Called before each attempt of a step is recorded; answering `true` means
-/// "I held the saga up: look at it again" (it is planned anew). For tests
-/// and demos that need a saga to stand still at a given step.
+/// Called before each attempt of a step is recorded, with every step before
+/// it committed; answering `true` means "I held the saga up: look at it
+/// again" (it is planned anew). For tests and demos that need a saga to
+/// stand still at a given step. An orchestrator with a hook commits each
+/// step on its own (no batch holds aggregates while a hook holds it up).
 pub type BeforeStep = Arc<dyn Fn(&Step) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Re-decisions after a version conflict for the saga's commands to accounts
 /// and items, which many sagas write to at once.
 const COMMAND_RETRIES: u32 = 20;
+
+/// Orders remembered by one orchestrator: many more than it drives at once.
+const ORDERS_REMEMBERED: usize = 4 * 1024;
 
 /// The span of one attempt of a step, when tracing is on: a trace of its
 /// own, linked to the order's (the request that placed it).
@@ -146,8 +155,10 @@ impl Orchestrator {
                 sagas: Repository::new(store.clone()).with_snapshots(every),
                 orders: Writer::new(
                     Repository::new(store.clone()).with_snapshots(every),
-                    // One order gets a handful of commands: nothing to remember.
-                    0,
+                    // The orders being driven (the cancellation check reads
+                    // the one its steps left); a finished one is soon
+                    // forgotten.
+                    ORDERS_REMEMBERED,
                     metrics.caches(),
                 ),
                 accounts: Writer::new(
@@ -347,25 +358,59 @@ impl Orchestrator {
         })
     }
 
-    /// Starts the saga of `order_id` from its `OrderPlaced` in the store
-    /// (never from a message: design decision 10), while driving it (the
-    /// caller holds its `saga.due` row). `false` when there is no such order.
-    async fn start_from_order(&self, order_id: OrderId) -> Result<bool> {
+    /// Starts the saga `current` (not started yet) from its order's
+    /// `OrderPlaced` in the store (never from a message: design decision
+    /// 10), while driving it (the caller holds its `saga.due` row).
+    async fn start_from_order(&self, current: &Current) -> Result<Start> {
+        let order_id = current.order_id;
         let stream = StreamId::of::<Order>(order_id);
         let recorded = self.inner.store.read_stream(&stream, 1).await?;
         let Some(first) = recorded.first() else {
-            return Ok(false);
+            return Ok(Start::NoOrder);
         };
         let Some(order) = saga_order(&first.decode()?) else {
-            return Ok(false);
+            return Ok(Start::NoOrder);
         };
-        let metadata = Metadata {
-            causation_id: Some(first.event_id.to_string()),
-            ..first.metadata.clone()
+        // The whole stream is at hand: the order's first steps decide on it.
+        let mut loaded = Loaded::<Order> {
+            state: Order::initial(),
+            version: 0,
+            position: None,
         };
-        self.record_start(order, metadata).await?;
-        Ok(true)
+        for event in &recorded {
+            loaded.state = Order::evolve(loaded.state, &event.decode()?);
+            loaded.version = event.version;
+            loaded.position = Some(event.position);
+        }
+        self.inner.orders.remember(&order_id.to_string(), loaded);
+        let not_started = Current {
+            metadata: Metadata {
+                causation_id: Some(first.event_id.to_string()),
+                ..first.metadata.clone()
+            },
+            ..current.clone()
+        };
+        let command = SagaCommand::Start {
+            saga_id: Uuid::now_v7(),
+            order,
+        };
+        let Some(started) = self.record_on(&not_started, command).await? else {
+            return Ok(Start::Moved);
+        };
+        self.inner.metrics.started();
+        tracing::info!(%order_id, "saga started");
+        Ok(Start::Started(Box::new(started)))
     }
+}
+
+/// How starting a saga from its order went.
+enum Start {
+    /// The saga, started.
+    Started(Box<Current>),
+    /// Started meanwhile by another orchestrator: look again.
+    Moved,
+    /// There is no such order.
+    NoOrder,
 }
 
 /// A repository for an aggregate many sagas write at once (an item, an

@@ -48,6 +48,71 @@ async fn a_placed_order_is_reserved_charged_shipped_and_committed() {
         ["OrderPlaced", "OrderReserved", "OrderPaid", "OrderShipped"]
     );
     assert_eq!(world.metrics.counts(), (1, 1, 0, 0));
+    // The steps on the database commit together: the start, then the steps
+    // before the carrier with the carrier's attempt, then the carrier's
+    // outcome with the steps after it (each step with its own record).
+    let transactions: Vec<Vec<String>> = sqlx::query_scalar(
+        "SELECT array_agg(event_type ORDER BY version) FROM event_store.events \
+         WHERE stream_id = $1 GROUP BY transaction_id ORDER BY min(version)",
+    )
+    .bind(format!("saga-{order}"))
+    .fetch_all(&world.db.pool)
+    .await
+    .expect("saga transactions");
+    let started: Vec<usize> = transactions
+        .iter()
+        .map(|events| count(events, "StepStarted"))
+        .collect();
+    assert_eq!(started, [0, 6, 3], "{transactions:?}");
+    assert_eq!(
+        transactions
+            .last()
+            .and_then(|events| events.last())
+            .map(String::as_str),
+        Some("SagaCompleted"),
+        "{transactions:?}"
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_whose_orders_list_two_skus_in_opposite_orders_all_finish() {
+    // Each saga holds the turn of its first line's item while it takes its
+    // second's: taken only when free, never waited for, so two sagas with
+    // the lines the other way round never wait for each other (a wait
+    // would show as a step timing out, recorded as failed). Deadlines
+    // generous: a loaded machine is slow, not deadlocked.
+    let mut world = World::new(SagaConfig {
+        step_timeout_ms: 10_000,
+        lease_ms: 10_000,
+        ..fast_config()
+    })
+    .await;
+    world.item("A", 100, 100).await;
+    world.item("B", 100, 100).await;
+    let account = world.account(1_000_000).await;
+    let orders = futures::future::join_all((0..20).map(|i| {
+        let lines: &[(&str, i64, i64)] = if i % 2 == 0 {
+            &[("A", 1, 100), ("B", 1, 100)]
+        } else {
+            &[("B", 1, 100), ("A", 1, 100)]
+        };
+        world.place(account, lines, "ES")
+    }))
+    .await;
+    // Every saga due at once.
+    world.start_saga(None);
+    for order in &orders {
+        let saga = world.finished(*order).await;
+        assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+        let saga_events = world.event_types(&format!("saga-{order}")).await;
+        assert_eq!(count(&saga_events, "StepFailed"), 0, "{saga_events:?}");
+    }
+    for sku in ["A", "B"] {
+        let item = world.stock(sku).await;
+        assert_eq!((item.on_hand, item.reserved), (80, 0), "{sku}");
+    }
+    assert_eq!(world.balance_of(account.0).await, 1_000_000 - 20 * 200);
     world.stop().await;
 }
 
