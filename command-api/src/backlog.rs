@@ -4,57 +4,64 @@
 //! `saga_backlog` with `Retry-After` and appends nothing, rather than
 //! accepting work the system cannot start. `/metrics` shows the backlog.
 //!
-//! The backlog is measured at most once per `refresh` (one query, bounded by
-//! the backlog itself), and requests meanwhile take that measure.
+//! A task of the gate's own measures the backlog, pausing `refresh` between
+//! measurements, and requests read the last measure without waiting for the
+//! next: a measurement costs a query, and when requests took turns to run it
+//! under a lock, every order arriving meanwhile waited for it, which is what
+//! the p99 of `POST /orders` showed. Only the first requests of a process
+//! wait, for the first measure.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use saga::Backlog;
 use service::metrics::Registry;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 
+/// What the last measurement found.
+#[derive(Debug, Clone)]
+enum Measure {
+    Taken(Backlog),
+    Failed(Arc<saga::Error>),
+}
+
 pub struct BacklogGate {
-    pool: PgPool,
     /// Orders allowed to wait for their saga (0: no bound).
     limit: u64,
-    refresh: Duration,
-    last: Mutex<Option<(Instant, Backlog)>>,
+    /// `None` until the first measurement ends.
+    last: watch::Receiver<Option<Measure>>,
 }
 
 impl BacklogGate {
+    /// A gate whose measuring task (none without a limit) runs until the
+    /// gate is dropped. Needs a Tokio runtime.
     pub fn new(pool: PgPool, limit: u64, refresh: Duration) -> BacklogGate {
-        BacklogGate {
-            pool,
-            limit,
-            refresh,
-            last: Mutex::new(None),
+        let (measures, last) = watch::channel(None);
+        if limit > 0 {
+            tokio::spawn(keep_measuring(pool, refresh, measures));
         }
+        BacklogGate { limit, last }
     }
 
-    /// The backlog, measured at most `refresh` ago.
+    /// The last measure of the backlog; waits only for the first one.
     pub async fn current(&self) -> Result<Backlog, ApiError> {
-        let mut last = self.last.lock().await;
-        if let Some((at, backlog)) = *last {
-            if at.elapsed() < self.refresh {
-                return Ok(backlog);
-            }
+        let mut last = self.last.clone();
+        let measure = last
+            .wait_for(Option::is_some)
+            .await
+            .map(|measure| measure.clone())
+            .ok()
+            .flatten();
+        match measure {
+            Some(Measure::Taken(backlog)) => Ok(backlog),
+            Some(Measure::Failed(error)) => Err(cannot_measure(Some(Box::new(error)))),
+            None => Err(cannot_measure(None)),
         }
-        let backlog =
-            Backlog::measure(&self.pool)
-                .await
-                .map_err(|error| ApiError::Unavailable {
-                    detail: "cannot measure the saga backlog".to_owned(),
-                    checks: None,
-                    source: Some(Box::new(error)),
-                })?;
-        *last = Some((Instant::now(), backlog));
-        Ok(backlog)
     }
 
     /// `Ok` when a new order may be placed: the backlog is below the limit.
@@ -70,6 +77,37 @@ impl BacklogGate {
             });
         }
         Ok(())
+    }
+}
+
+fn cannot_measure(source: Option<Box<dyn std::error::Error + Send + Sync>>) -> ApiError {
+    ApiError::Unavailable {
+        detail: "cannot measure the saga backlog".to_owned(),
+        checks: None,
+        source,
+    }
+}
+
+/// Measures, publishes, pauses `refresh`, and again, until the gate (the
+/// last receiver) is gone.
+async fn keep_measuring(pool: PgPool, refresh: Duration, measures: watch::Sender<Option<Measure>>) {
+    loop {
+        let measured = tokio::select! {
+            () = measures.closed() => return,
+            measured = Backlog::measure(&pool) => measured,
+        };
+        let measure = match measured {
+            Ok(backlog) => Measure::Taken(backlog),
+            Err(error) => {
+                tracing::warn!(%error, "cannot measure the saga backlog");
+                Measure::Failed(Arc::new(error))
+            }
+        };
+        measures.send_replace(Some(measure));
+        tokio::select! {
+            () = measures.closed() => return,
+            () = tokio::time::sleep(refresh) => {}
+        }
     }
 }
 

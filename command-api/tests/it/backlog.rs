@@ -11,11 +11,40 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use test_support::command_api::TestApp;
+use test_support::eventually;
 use test_support::http::{assert_json, assert_problem, order_body};
 use test_support::store::stream_events;
 
+/// How often the gate measures in these tests.
+const REFRESH: Duration = Duration::from_millis(10);
+
 fn one_line() -> Value {
     order_body(json!([{"sku": "HOT", "quantity": 1, "unit_price": 10}]))
+}
+
+/// Waits until the gate's measure decides an order as `status` does
+/// (503: refused for the backlog; 422: admitted), probing with an order for
+/// a SKU no one sells, which the catalog refuses after the gate admitted it:
+/// the probes append nothing.
+async fn until_the_gate_answers(app: &TestApp, status: StatusCode) {
+    let probe = order_body(json!([{"sku": "NOT-SOLD", "quantity": 1, "unit_price": 10}]));
+    eventually(
+        &format!("the backlog gate to answer {status}"),
+        Duration::from_secs(30),
+        REFRESH,
+        || {
+            let request = app.post("/orders").json(&probe).send();
+            async move {
+                let answer = request.await.map_err(|e| e.to_string())?.status();
+                if answer == status {
+                    Ok(())
+                } else {
+                    Err(answer.to_string())
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// The backlog as the Command API measures it.
@@ -64,8 +93,7 @@ async fn start_saga(app: &TestApp, order: &str) {
 async fn past_the_backlog_limit_an_order_is_refused_with_retry_after_and_appends_nothing() {
     let app = TestApp::spawn_with(|config| {
         config.saga_backlog_limit = 3;
-        // Measured on every request: the test needs no waiting.
-        config.saga_backlog_refresh = Duration::ZERO;
+        config.saga_backlog_refresh = REFRESH;
     })
     .await;
     app.create_item_at("HOT", 100, 10, "EUR").await;
@@ -81,6 +109,7 @@ async fn past_the_backlog_limit_an_order_is_refused_with_retry_after_and_appends
         orders.push(answer["order_id"].as_str().expect("id").to_owned());
     }
     assert_eq!(backlog(&app).await, 3);
+    until_the_gate_answers(&app, StatusCode::SERVICE_UNAVAILABLE).await;
 
     // No saga runs: the fourth order would wait behind three.
     let events = app.event_count().await;
@@ -106,11 +135,79 @@ async fn past_the_backlog_limit_an_order_is_refused_with_retry_after_and_appends
     // A saga starts: the backlog is below the limit again.
     start_saga(&app, &orders[0]).await;
     assert_eq!(backlog(&app).await, 2);
+    until_the_gate_answers(&app, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_json(
         app.post_json("/orders", &one_line()).await,
         StatusCode::ACCEPTED,
     )
     .await;
+    app.stop().await;
+}
+
+/// The gate measures in the background, and a request takes the last
+/// measure: an order never waits for a measurement, however slow the query
+/// (it once ran under a lock that every order took, and the p99 of
+/// `POST /orders` grew with the query's time).
+#[tokio::test]
+async fn an_order_does_not_wait_for_a_backlog_measurement_in_flight() {
+    let app = TestApp::spawn_with(|config| {
+        config.saga_backlog_limit = 1_000;
+        config.saga_backlog_refresh = REFRESH;
+    })
+    .await;
+    app.create_item_at("HOT", 100, 10, "EUR").await;
+    assert_json(
+        app.post_json("/orders", &one_line()).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+
+    // Every measurement reads saga.due: while this lock is held, the next
+    // one waits for it (and placing an order never reads saga.due).
+    let mut blocker = app.db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE saga.due IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock saga.due");
+    // An order arriving now, for a gate that measures when a request comes.
+    let first = tokio::spawn(app.post("/orders").json(&one_line()).send());
+    eventually(
+        "a backlog measurement waiting for the lock",
+        Duration::from_secs(30),
+        REFRESH,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND query LIKE '%saga.due%'",
+            )
+            .fetch_one(&app.db.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("none waits".to_owned())
+            }
+        },
+    )
+    .await;
+
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.post_json("/orders", &one_line()),
+    )
+    .await
+    .expect("an order answered while the measurement waits");
+    assert_json(answered, StatusCode::ACCEPTED).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first order answered while the measurement waits")
+        .expect("the first order's task")
+        .expect("the first order sent");
+    assert_json(first, StatusCode::ACCEPTED).await;
+
+    blocker.rollback().await.expect("unlock saga.due");
     app.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //! orchestrator (the trigger tailing the event store, and the driver) in
 //! this process.
 
+mod backlog;
 mod carrier;
 mod flash;
 mod outage;
