@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_RETRIES: u32 = 10;
 /// answers 503.
 pub const DEFAULT_SAGA_BACKLOG_LIMIT: u64 = 10_000;
 
-/// How often the saga backlog is measured at most by default.
+/// The pause between two measurements of the saga backlog by default.
 pub const DEFAULT_SAGA_BACKLOG_REFRESH: Duration = Duration::from_secs(1);
 
 /// Most commands appended by one statement and commit by default.
@@ -149,8 +149,8 @@ pub struct Config {
     )]
     pub saga_backlog_limit: u64,
 
-    /// How often the saga backlog is measured at most (requests meanwhile
-    /// take the last measure).
+    /// The pause between two measurements of the saga backlog, taken in
+    /// the background (requests take the last measure).
     #[arg(skip = DEFAULT_SAGA_BACKLOG_REFRESH)]
     pub saga_backlog_refresh: Duration,
 
