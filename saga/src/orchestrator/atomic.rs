@@ -17,7 +17,9 @@
 //! keeps its own `StepStarted` and outcome in the saga's stream. A batch
 //! takes the turn of a later step's aggregate only if it is free right away
 //! (or its stripe is the batch's already): sagas whose lines come in
-//! different orders never wait for each other. It ends before a step that
+//! different orders never wait for each other. A batch whose first step
+//! had to wait for its aggregate's turn (a hot item) is that step alone, so
+//! that the turn is handed on at once. It ends before a step that
 //! does not come out cleanly (its turn taken, a failure, a refusal or no-op
 //! it cannot settle yet), after a refusal (the driver goes on to
 //! compensate) and after a step `PURSER_SAGA_PAUSE_AFTER` names; with a
@@ -82,6 +84,8 @@ struct Batch<'a> {
     base: Current,
     held: Vec<Held<'a>>,
     prepared: Vec<Prepared>,
+    /// Its first step waited for its aggregate's turn.
+    contended: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -90,6 +94,7 @@ impl<'a> Batch<'a> {
             base: base.clone(),
             held: Vec::new(),
             prepared: Vec::new(),
+            contended: false,
         }
     }
 
@@ -135,6 +140,10 @@ impl<'a> Workspace<'a> for Batch<'a> {
 
     fn hold(&mut self, held: Held<'a>) {
         self.held.push(held);
+    }
+
+    fn contended(&mut self) {
+        self.contended = true;
     }
 }
 
@@ -399,6 +408,9 @@ impl Orchestrator {
                     self.add_record(batch, start);
                     return;
                 }
+                // Other sagas wait for the first step's aggregate (a hot
+                // item): it is handed on as soon as that step commits.
+                Action::Attempt { .. } if batch.contended => return,
                 Action::Attempt { step, attempt } => {
                     let deadline_ms = now_ms + config.step_timeout_ms as i64;
                     let added = tokio::time::timeout(

@@ -169,6 +169,9 @@ pub(super) trait Workspace<'a> {
     /// `stripe`.
     fn holds_stripe(&self, stream_type: &str, stripe: usize) -> bool;
     fn hold(&mut self, held: Held<'a>);
+    /// The batch had to wait for its first step's turn: other sagas want
+    /// that aggregate too.
+    fn contended(&mut self);
 }
 
 impl Orchestrator {
@@ -332,8 +335,14 @@ impl<'o> OnAggregate<'o> {
                     let taken = if batch.holds_stripe(A::STREAM_TYPE, stripe) {
                         Some((None, writer.take_in_turn(id)))
                     } else if self.wait {
-                        let (turn, remembered) = writer.turn_with(id).await;
-                        Some((Some(turn), remembered))
+                        match writer.try_turn_with(id) {
+                            Some((turn, remembered)) => Some((Some(turn), remembered)),
+                            None => {
+                                batch.contended();
+                                let (turn, remembered) = writer.turn_with(id).await;
+                                Some((Some(turn), remembered))
+                            }
+                        }
                     } else {
                         writer
                             .try_turn_with(id)
