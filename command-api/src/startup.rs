@@ -17,11 +17,12 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
-use crate::middleware::{not_found, problem_for_bare_errors, timeout, RequestEnd, RequestSpan};
+use crate::middleware::{not_found, problem_for_bare_errors, timeout};
 use crate::retention::IdempotencySweep;
 use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
+use service::middleware::{RequestEnd, RequestSpan};
 
 /// What shutdown waits beyond the request timeout for connections to close.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);

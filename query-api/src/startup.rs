@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::{BoxError, Router};
 use service::auth::{authenticate, operator_only, Access};
+use service::middleware::{RequestEnd, RequestSpan};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,14 +27,13 @@ use crate::state::AppState;
 /// is refused (413) once the caller and its role are checked.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-use service::middleware::REQUEST_ID;
-
 /// What shutdown waits beyond the request timeout for connections to close.
 const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Every route, with the middleware stack: request id (set and sent back),
-/// trace span (request id, method, matched path), load shedding, timeout,
-/// body limit.
+/// trace span (request id, method, matched route; a child of the caller's
+/// span when the request carries a W3C `traceparent`), load shedding,
+/// timeout, body limit.
 ///
 /// Every route but `/health/*`, `/openapi.json` and the console's page and
 /// assets needs a caller that
@@ -128,7 +127,13 @@ pub fn router(state: AppState, access: Access) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(from_fn(service::middleware::request_id))
-                .layer(TraceLayer::new_for_http().make_span_with(make_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(RequestSpan)
+                        .on_request(())
+                        .on_response(RequestEnd)
+                        .on_failure(()),
+                )
                 .layer(from_fn_with_state(
                     http_metrics,
                     service::metrics::record_requests,
@@ -150,19 +155,6 @@ pub fn router(state: AppState, access: Access) -> Router {
                 .timeout(timeout),
         )
         .with_state(state)
-}
-
-fn make_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(request.uri().path(), MatchedPath::as_str);
-    tracing::info_span!("http", method = %request.method(), path, request_id)
 }
 
 async fn not_found() -> ApiError {

@@ -9,11 +9,13 @@
 //!   (`90s`, `15m`, `24h`).
 //! - [`http`]: serving a router with header-read and idle timeouts and
 //!   graceful shutdown ([`http::serve`]), configured by [`HttpConfig`].
-//! - [`middleware`]: the request id rule and load shedding, the same in
-//!   both APIs.
+//! - [`middleware`]: the request id rule, the request's span (joined to a
+//!   caller's `traceparent`) and load shedding, the same in both APIs.
 //! - [`metrics`]: the process's one metrics registry (`prometheus-client`),
 //!   `/metrics`, the APIs' RED metrics, and the admin listener of the
 //!   processes without an API.
+//! - [`otel`]: the OpenTelemetry trace pipeline (OTLP export) a process
+//!   installs when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`openapi`]: what both OpenAPI documents say beyond each handler's
 //!   annotations (the shared headers, answers, codes and uuid form).
 //! - [`component`]: the one shape every long-running part of `purser` has
@@ -35,6 +37,7 @@ pub mod http;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod otel;
 pub mod problem;
 pub mod readiness;
 pub mod shutdown;

@@ -1,13 +1,16 @@
-//! Middleware both HTTP APIs put in front of their routes: the request id
-//! and load shedding.
+//! Middleware both HTTP APIs put in front of their routes: the request id,
+//! the request's span and load shedding.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
+use tower_http::trace::{MakeSpan, OnResponse};
+use tracing::Span;
 
 use crate::problem::{Problem, PROBLEM_JSON};
 
@@ -78,6 +81,66 @@ async fn with_request_id(response: Response, id: &HeaderValue) -> Response {
     let bytes = rewritten.map_or(bytes, Into::into);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// One span per request (`TraceLayer::make_span_with`): method, matched
+/// route, path, request id; status and latency are recorded when the
+/// response is ready ([`RequestEnd`]). A caller's W3C `traceparent` header
+/// makes it a child of the caller's span, so a command or a read joins the
+/// caller's trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &axum::http::Request<B>) -> Span {
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route,
+            path = request.uri().path(),
+            request_id,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        if let Some(parent) = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+        {
+            event_store::trace::set_parent(&span, parent);
+        }
+        event_store::trace::record_ids(&span);
+        span
+    }
+}
+
+/// Records status and latency on the request's span and logs its end
+/// (`TraceLayer::on_response`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestEnd;
+
+impl<B> OnResponse<B> for RequestEnd {
+    fn on_response(self, response: &axum::http::Response<B>, latency: Duration, span: &Span) {
+        let status = response.status().as_u16();
+        span.record("status", status);
+        span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+        if response.status().is_server_error() {
+            tracing::warn!(status, "request failed");
+        } else {
+            tracing::info!(status, "request finished");
+        }
+    }
 }
 
 /// 413 `payload_too_large` for a request whose `Content-Length` is over

@@ -1,7 +1,8 @@
 //! Traces end to end, in this process, through an in-memory span exporter:
 //! the Command API, the relay to a real Kafka, the projection workers and
 //! the saga, each span joined to the request's trace by the `traceparent`
-//! in the event's metadata and the Kafka headers.
+//! in the event's metadata and the Kafka headers; and a Query API read,
+//! joined to its caller's trace by the request's `traceparent` header.
 
 use std::time::Duration;
 
@@ -59,13 +60,13 @@ fn child_of<'a>(
     found[0]
 }
 
-/// A deposit and an order, each followed through its trace: the request,
-/// the decide-and-append (`command`), the relay's publish of each event and
-/// the projection batch that applied it are one trace, each span the child
-/// of the one before across the Kafka hop; every step of the order's saga
-/// is a trace of its own that links to the order's append.
-#[tokio::test(flavor = "current_thread")]
-async fn a_deposit_and_an_order_each_make_one_trace_across_the_kafka_hop() {
+/// Spans of this thread exported to memory, and propagation on. The test's
+/// runtime must be a current-thread one: then every task of it traces.
+fn traced() -> (
+    InMemorySpanExporter,
+    SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -75,9 +76,19 @@ async fn a_deposit_and_an_order_each_make_one_trace_across_the_kafka_hop() {
             .with_tracer(provider.tracer("test"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
     );
-    // Every task of this runtime runs on this thread: all of them trace.
-    let _traced = tracing::subscriber::set_default(subscriber);
+    let guard = tracing::subscriber::set_default(subscriber);
     event_store::trace::enable();
+    (exporter, provider, guard)
+}
+
+/// A deposit and an order, each followed through its trace: the request,
+/// the decide-and-append (`command`), the relay's publish of each event and
+/// the projection batch that applied it are one trace, each span the child
+/// of the one before across the Kafka hop; every step of the order's saga
+/// is a trace of its own that links to the order's append.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deposit_and_an_order_each_make_one_trace_across_the_kafka_hop() {
+    let (exporter, provider, _traced) = traced();
 
     let db = TestDatabase::create().await;
     let store = event_store::EventStore::new(db.pool.clone());
@@ -271,6 +282,47 @@ async fn a_deposit_and_an_order_each_make_one_trace_across_the_kafka_hop() {
             .any(|s| has(s, "stream_id", &stream)
                 && s.span_context.trace_id() == marked.span_context.trace_id()),
         "OrderShipped is not published in the mark_shipped step's trace"
+    );
+    db.drop().await;
+}
+
+/// A read joins its caller's trace: the Query API's request span is a
+/// child of the span that the request's W3C `traceparent` names, as the
+/// Command API's is.
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_joins_the_trace_of_its_callers_traceparent() {
+    let (exporter, provider, _traced) = traced();
+    let db = TestDatabase::create().await;
+    let mut pipeline = Pipeline::new();
+    let api = pipeline.query_api(&db.pool).await;
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+
+    let response = api
+        .http
+        .get(api.url("/inventory"))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(response.status(), StatusCode::OK);
+    pipeline.stop().await;
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().expect("spans");
+
+    let read = named(&spans, "request")
+        .into_iter()
+        .find(|s| has(s, "path", "/inventory"))
+        .unwrap_or_else(|| panic!("no request span for the read among {spans:#?}"));
+    assert_eq!(
+        id(read).0,
+        TraceId::from_hex(caller_trace).expect("trace id"),
+        "{read:#?}"
+    );
+    assert_eq!(
+        read.parent_span_id,
+        SpanId::from_hex(caller_span).expect("span id"),
+        "{read:#?}"
     );
     db.drop().await;
 }
