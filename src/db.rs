@@ -62,6 +62,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(CONNECT_TIMEOUT)
+        // Each acquire reported at debug: `purser_db_pool_acquire_seconds`
+        // (`crate::metrics::pool_acquire_layer`).
+        .acquire_time_level(log::LevelFilter::Debug)
         .connect_with(options)
         .await
         .with_context(failed)

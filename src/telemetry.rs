@@ -8,6 +8,9 @@
 //! and nothing is propagated. Log lines in a request's, a relay publish's,
 //! a projection batch's or a saga step's span carry its `trace_id` and
 //! `span_id` when traces are on.
+//!
+//! The subscriber also times the pool's acquires (`crate::metrics`): sqlx
+//! reports each one as an event, which becomes a histogram sample.
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use service::otel::OTLP_ENDPOINT_ENV;
@@ -71,6 +74,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     });
     tracing_subscriber::registry()
         .with(otel)
+        .with(crate::metrics::pool_acquire_layer())
         .with(fmt.with_filter(filter))
         .init();
     Telemetry { provider }

@@ -4,7 +4,8 @@
 //! (`deploy/prometheus/alerts.yaml`) and the dashboard
 //! (`deploy/grafana/purser.json`) has a sample in the process's `/metrics`,
 //! which the admin listener (no token) and both APIs (operator token) serve
-//! whole.
+//! whole; and the pool's acquire histogram has samples (sqlx's acquire
+//! events reach it).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -219,6 +220,14 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_served() {
         "command_api_http_requests_total{method=\"POST\",route=\"/orders\",status=\"202\"} 1"
     ));
     assert!(exposition.contains("purser_relay_active 1"), "{exposition}");
+    // Every acquire of the process's pool is timed: sqlx's acquire events
+    // reach the histogram (they are its only source).
+    let acquires: f64 = exposition
+        .lines()
+        .find_map(|line| line.strip_prefix("purser_db_pool_acquire_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no purser_db_pool_acquire_seconds_count in\n{exposition}"));
+    assert!(acquires > 0.0, "no acquire timed in\n{exposition}");
 
     // Both APIs serve the same registry, to operators only.
     let command_api = &command_api;
