@@ -21,37 +21,67 @@
 //! `ExpectedVersion::Any`, as it knows no version; the Command API appends
 //! at the exact version it remembers, a cheaper check), and (e) the Command
 //! API with group commit off (`PURSER_GROUP_COMMIT_MAX_SIZE=1`: each command
-//! commits alone, as before group commit). Same process, same
-//! runtime, same database. The time is split into rounds that alternate
-//! between the two (and which one goes first), so that load from elsewhere
-//! on a shared machine weighs on both alike. Environment: `BENCH_SECONDS`
-//! per target (default 10), `BENCH_ROUNDS` (5), `BENCH_CLIENTS` (32),
-//! `BENCH_ACCOUNTS` (1000), `DATABASE_URL`.
+//! commits alone, as before group commit), and (f) the Command API with
+//! tracing on (below). Same process, same runtime, same database. The time
+//! is split into rounds that alternate between the targets (and which one
+//! goes first), so that load from elsewhere on a shared machine weighs on
+//! all alike. Environment:
+//! `BENCH_SECONDS` per target (default 10), `BENCH_ROUNDS` (5),
+//! `BENCH_CLIENTS` (32), `BENCH_ACCOUNTS` (1000), `BENCH_TARGETS` (a comma
+//! list of `bare`, `api`, `append`, `auth`, `alone`, `traced`; default all;
+//! `api` is always driven, as the others' reference), `DATABASE_URL`.
 //!
 //! Each target deposits into accounts of its own (1,000 each): were they
 //! shared, each Command API would find the state it remembers moved on by
 //! the others' rounds and decide the first command per account again after
 //! a conflict, a cost of running several writers on one account that a
 //! single Command API does not pay.
+//!
+//! Tracing on (f): the process installs the tracing layer `purser serve`
+//! installs when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`service::otel`: OTLP
+//! http/protobuf, batched), exporting to a sink in this process (an axum
+//! server on port 0 that answers `POST /v1/traces` with 200 and an empty
+//! body, and counts the requests, bytes and spans it received). A
+//! subscriber is process-wide, so tracing cannot be on for one server and
+//! off for another at once; but only one target is driven at a time, so
+//! the OpenTelemetry layer's filter and the `traceparent` propagation
+//! (`event_store::trace`) are switched on for the rounds of (f) alone and
+//! off for every other round. "Off" is thus the subscriber installed with
+//! every span filtered out, a little dearer than no subscriber. Each round
+//! of (f) ends with the exporter flushed, timed as part of the round, so
+//! exporting what the round made is charged to it and not to the next
+//! target; the sink's decoding runs on the same two cores, charged to
+//! tracing too. No log layer is installed for either (logging is not
+//! tracing).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use test_support::env_or;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use command_api::{Application, Config};
 use event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 use futures::future::join_all;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use serde::Deserialize;
 use serde_json::json;
+use service::otel::opentelemetry_sdk::trace::SdkTracerProvider;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use test_support::TestDatabase;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt as _, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -140,6 +170,148 @@ async fn start_bare(pool: PgPool) -> Result<SocketAddr, BoxError> {
     let address = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(address)
+}
+
+/// What the OTLP sink received.
+#[derive(Default)]
+struct Received {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    spans: AtomicU64,
+}
+
+/// `POST /v1/traces`: decodes the export (to count its spans), drops it,
+/// and answers as a collector that took everything (200, an empty
+/// `ExportTraceServiceResponse`).
+async fn receive_traces(State(received): State<Arc<Received>>, body: Bytes) -> Response {
+    let Ok(export) = ExportTraceServiceRequest::decode(body.as_ref()) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let spans: usize = export
+        .resource_spans
+        .iter()
+        .flat_map(|resource| &resource.scope_spans)
+        .map(|scope| scope.spans.len())
+        .sum();
+    received.requests.fetch_add(1, Ordering::Relaxed);
+    received
+        .bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    received.spans.fetch_add(spans as u64, Ordering::Relaxed);
+    (
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        Vec::<u8>::new(),
+    )
+        .into_response()
+}
+
+async fn start_sink(listener: std::net::TcpListener) -> Result<Arc<Received>, BoxError> {
+    let received = Arc::new(Received::default());
+    let app = Router::new()
+        .route("/v1/traces", post(receive_traces))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::clone(&received));
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(received)
+}
+
+/// Whether the OpenTelemetry layer takes spans: only in the rounds of the
+/// traced target (see the module's comment).
+static TRACING_ON: AtomicBool = AtomicBool::new(false);
+
+/// Tracing as `purser serve` sets it up with `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (`service::otel`, the layer filtered to INFO), and off until
+/// [`switch_tracing`] turns it on.
+fn install_tracing() -> Result<SdkTracerProvider, BoxError> {
+    let provider = service::otel::exporting_provider()?;
+    // A dynamic filter: asked at every span (a `filter_fn` would be asked
+    // once per callsite and its answer cached for good).
+    let switch = dynamic_filter_fn(|_, _| TRACING_ON.load(Ordering::Relaxed));
+    let layer = service::otel::layer(&provider).with_filter(LevelFilter::INFO.and(switch));
+    tracing_subscriber::registry().with(layer).try_init()?;
+    Ok(provider)
+}
+
+/// Turns the OpenTelemetry layer and the propagation of `traceparent` on
+/// or off for what follows.
+fn switch_tracing(on: bool) {
+    TRACING_ON.store(on, Ordering::Relaxed);
+    if on {
+        event_store::trace::enable();
+    } else {
+        event_store::trace::disable();
+    }
+}
+
+/// The targets, in the order they are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Bare,
+    Api,
+    Append,
+    Auth,
+    Alone,
+    Traced,
+}
+
+impl Target {
+    const ALL: [Target; 6] = [
+        Target::Bare,
+        Target::Api,
+        Target::Append,
+        Target::Auth,
+        Target::Alone,
+        Target::Traced,
+    ];
+
+    /// Its name in `BENCH_TARGETS`.
+    fn key(self) -> &'static str {
+        match self {
+            Target::Bare => "bare",
+            Target::Api => "api",
+            Target::Append => "append",
+            Target::Auth => "auth",
+            Target::Alone => "alone",
+            Target::Traced => "traced",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Target::Bare => "bare axum + sqlx insert",
+            Target::Api => "command API deposit",
+            Target::Append => "store's append alone",
+            Target::Auth => "  with auth (1,000 tokens)",
+            Target::Alone => "  without group commit",
+            Target::Traced => "  with tracing on (OTLP)",
+        }
+    }
+
+    /// `BENCH_TARGETS`, else every target; `api` always.
+    fn chosen() -> Result<Vec<Target>, BoxError> {
+        let Ok(list) = std::env::var("BENCH_TARGETS") else {
+            return Ok(Target::ALL.to_vec());
+        };
+        let mut chosen = vec![Target::Api];
+        for key in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let target = Target::ALL
+                .into_iter()
+                .find(|t| t.key() == key)
+                .ok_or_else(|| {
+                    let keys: Vec<&str> = Target::ALL.iter().map(|t| t.key()).collect();
+                    format!(
+                        "BENCH_TARGETS: no target {key:?} (targets: {})",
+                        keys.join(",")
+                    )
+                })?;
+            if !chosen.contains(&target) {
+                chosen.push(target);
+            }
+        }
+        chosen.sort_by_key(|t| Target::ALL.iter().position(|a| a == t));
+        Ok(chosen)
+    }
 }
 
 struct Run {
@@ -251,12 +423,34 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+/// `a / b` in percent, or `None` when either was not driven.
+fn percent<'a>(a: Option<&'a Run>, b: Option<&'a Run>) -> Option<(f64, &'a Run, &'a Run)> {
+    let (a, b) = (a?, b?);
+    Some((a.throughput() / b.throughput() * 100.0, a, b))
+}
+
+fn main() -> Result<(), BoxError> {
+    // The exporter finds its endpoint in the environment, as in `purser
+    // serve`: the sink's port is bound, and the variable set, before the
+    // runtime's threads exist.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0")?;
+    sink.set_nonblocking(true)?;
+    std::env::set_var(
+        service::otel::OTLP_ENDPOINT_ENV,
+        format!("http://{}", sink.local_addr()?),
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(sink))
+}
+
+async fn bench(sink: std::net::TcpListener) -> Result<(), BoxError> {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let rounds: u32 = env_or("BENCH_ROUNDS", 5).max(1);
     let clients: usize = env_or("BENCH_CLIENTS", 32);
     let account_count: usize = env_or("BENCH_ACCOUNTS", 1000);
+    let chosen = Target::chosen()?;
     let round = Duration::from_secs(seconds) / rounds;
 
     let db = TestDatabase::create().await;
@@ -266,6 +460,12 @@ async fn main() -> Result<(), BoxError> {
             .acquire_timeout(Duration::from_secs(30))
             .connect(&db.url)
     };
+    let received = start_sink(sink).await?;
+    let provider = if chosen.contains(&Target::Traced) {
+        Some(install_tracing()?)
+    } else {
+        None
+    };
 
     // The Command API, and 1,000 open accounts through it.
     let mut config = Config {
@@ -273,48 +473,47 @@ async fn main() -> Result<(), BoxError> {
         ..Config::default()
     };
     config.db_max_connections = POOL_SIZE;
-    let application = Application::build(
-        &config,
-        pool(POOL_SIZE).await?,
-        service::auth::Access::insecure(),
-    )
-    .await?;
-    let command_api = application.address();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(application.run(stop.clone()));
-    // The same Command API with authentication: a development key pair, the
-    // default per-caller rate limit, one token per customer.
+    let mut servers = Vec::new();
+    let mut addresses: Vec<(Target, SocketAddr)> = Vec::new();
+    // The same Command API with authentication (d): a development key pair,
+    // the default per-caller rate limit, one token per customer.
     let keys_dir = tempfile::tempdir()?;
     let keys = service::auth::DevKeys::init(keys_dir.path())?;
-    let secured = Application::build(
-        &config,
-        pool(POOL_SIZE).await?,
-        keys.access(auth::RateLimitConfig {
-            per_second: 200,
-            burst: 400,
-        }),
-    )
-    .await?;
-    let secured_api = secured.address();
-    let secured_server = tokio::spawn(secured.run(stop.clone()));
-    // The same Command API without group commit (each command commits
-    // alone, as before it): what grouping gains, in the same run.
-    let mut alone_config = config.clone();
-    alone_config.group_commit_max_size = 1;
-    let alone = Application::build(
-        &alone_config,
-        pool(POOL_SIZE).await?,
-        service::auth::Access::insecure(),
-    )
-    .await?;
-    let alone_api = alone.address();
-    let alone_server = tokio::spawn(alone.run(stop.clone()));
+    for target in [Target::Api, Target::Auth, Target::Alone, Target::Traced] {
+        if !chosen.contains(&target) {
+            continue;
+        }
+        let mut config = config.clone();
+        let access = match target {
+            Target::Auth => keys.access(auth::RateLimitConfig {
+                per_second: 200,
+                burst: 400,
+            }),
+            _ => service::auth::Access::insecure(),
+        };
+        // Without group commit (e): each command commits alone, as before
+        // it: what grouping gains, in the same run.
+        if target == Target::Alone {
+            config.group_commit_max_size = 1;
+        }
+        let application = Application::build(&config, pool(POOL_SIZE).await?, access).await?;
+        addresses.push((target, application.address()));
+        servers.push(tokio::spawn(application.run(stop.clone())));
+    }
+    let command_api = addresses[0].1;
+    if chosen.contains(&Target::Bare) {
+        addresses.push((Target::Bare, start_bare(pool(POOL_SIZE).await?).await?));
+    }
+    if chosen.contains(&Target::Append) {
+        addresses.push((Target::Append, start_append(pool(POOL_SIZE).await?).await?));
+    }
+    addresses.sort_by_key(|(t, _)| Target::ALL.iter().position(|a| a == t));
+    // Accounts of their own per target (in the order of `addresses`), each
+    // owned by a customer of its own, opened through the Command API.
     let setup = reqwest::Client::new();
-    // Accounts of their own per target (in the order of `targets` below),
-    // each owned by a customer of its own, opened through the Command API.
     let mut account_sets = Vec::new();
-    let mut token_sets = Vec::new();
-    for _ in 0..5 {
+    for _ in &addresses {
         let accounts: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
         let customers: Vec<Uuid> = (0..account_count).map(|_| Uuid::now_v7()).collect();
         for (chunk, owners) in accounts.chunks(64).zip(customers.chunks(64)) {
@@ -331,77 +530,71 @@ async fn main() -> Result<(), BoxError> {
                 }
             }
         }
-        account_sets.push(Arc::new(accounts));
-        token_sets.push(Arc::new(
-            customers
-                .iter()
-                .map(|c| keys.customer_token(*c))
-                .collect::<Vec<_>>(),
-        ));
+        let tokens: Vec<String> = customers.iter().map(|c| keys.customer_token(*c)).collect();
+        account_sets.push((Arc::new(accounts), Arc::new(tokens)));
     }
 
-    let bare = start_bare(pool(POOL_SIZE).await?).await?;
-    let append_only = start_append(pool(POOL_SIZE).await?).await?;
-
+    let names: Vec<&str> = addresses.iter().map(|(t, _)| t.key()).collect();
     println!(
-        "deposits over {account_count} accounts, {clients} concurrent keep-alive clients, \
+        "deposits over {account_count} accounts per target, {clients} concurrent keep-alive clients, \
          {seconds} s each in {rounds} alternating rounds (after {} s warm-up each), \
-         pools of {POOL_SIZE} connections",
-        WARMUP.as_secs()
+         pools of {POOL_SIZE} connections; targets: {}",
+        WARMUP.as_secs(),
+        names.join(", ")
     );
-    let targets = [
-        (bare, None),
-        (command_api, None),
-        (append_only, None),
-        (secured_api, Some(Arc::clone(&token_sets[3]))),
-        (alone_api, None),
-    ];
-    for (k, (target, tokens)) in targets.iter().enumerate() {
-        drive(
-            *target,
-            Arc::clone(&account_sets[k]),
-            tokens.clone(),
-            clients,
-            WARMUP,
-        )
-        .await;
+    // The `k`th target driven for `for_`; tracing on for the traced one
+    // alone, its round ending once what it traced is exported.
+    let run_target = |k: usize, for_: Duration| {
+        let (target, address) = addresses[k];
+        let (accounts, tokens) = &account_sets[k];
+        let accounts = Arc::clone(accounts);
+        let tokens = (target == Target::Auth).then(|| Arc::clone(tokens));
+        let provider = provider.clone();
+        async move {
+            let traced = target == Target::Traced;
+            switch_tracing(traced);
+            let mut run = drive(address, accounts, tokens, clients, for_).await;
+            if let (true, Some(provider)) = (traced, provider) {
+                let flushing = Instant::now();
+                tokio::task::spawn_blocking(move || provider.force_flush())
+                    .await
+                    .expect("flush task")
+                    .map_err(|e| format!("flushing the spans: {e}"))
+                    .expect("spans flushed");
+                run.elapsed += flushing.elapsed();
+            }
+            switch_tracing(false);
+            run
+        }
+    };
+    for k in 0..addresses.len() {
+        run_target(k, WARMUP).await;
     }
-    let mut runs: [Vec<Run>; 5] = Default::default();
+    let exported_before = received.spans.load(Ordering::Relaxed);
+    let requests_before = received.requests.load(Ordering::Relaxed);
+    let bytes_before = received.bytes.load(Ordering::Relaxed);
+    let mut runs: Vec<Vec<Run>> = addresses.iter().map(|_| Vec::new()).collect();
     for i in 0..rounds as usize {
-        for k in 0..targets.len() {
-            let which = (i + k) % targets.len();
-            let (target, tokens) = &targets[which];
-            let run = drive(
-                *target,
-                Arc::clone(&account_sets[which]),
-                tokens.clone(),
-                clients,
-                round,
-            )
-            .await;
-            runs[which].push(run);
+        for k in 0..addresses.len() {
+            let which = (i + k) % addresses.len();
+            runs[which].push(run_target(which, round).await);
         }
     }
-    let [bare_runs, api_runs, append_runs, secured_runs, alone_runs] = runs;
-    let alone_run = Run::merge(alone_runs);
-    let bare_run = Run::merge(bare_runs);
-    let api_run = Run::merge(api_runs);
-    let append_run = Run::merge(append_runs);
-    let secured_run = Run::merge(secured_runs);
+    let runs: Vec<(Target, Run)> = addresses
+        .iter()
+        .map(|(t, _)| *t)
+        .zip(runs.into_iter().map(Run::merge))
+        .collect();
+    let run_of = |target: Target| runs.iter().find(|(t, _)| *t == target).map(|(_, r)| r);
 
     println!(
         "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "", "req/s", "p50 ms", "p99 ms", "requests", "errors"
     );
-    for (name, run) in [
-        ("bare axum + sqlx insert", &bare_run),
-        ("command API deposit", &api_run),
-        ("  with auth (1,000 tokens)", &secured_run),
-        ("  without group commit", &alone_run),
-    ] {
+    for (target, run) in &runs {
         println!(
             "{:<28} {:>10.0} {:>9.2} {:>9.2} {:>9} {:>7}",
-            name,
+            target.label(),
             run.throughput(),
             ms(run.percentile(0.50)),
             ms(run.percentile(0.99)),
@@ -409,30 +602,65 @@ async fn main() -> Result<(), BoxError> {
             run.errors
         );
     }
-    let throughput_ratio = api_run.throughput() / bare_run.throughput();
-    let p99_ratio = ms(api_run.percentile(0.99)) / ms(bare_run.percentile(0.99));
-    println!(
-        "ratio: throughput {:.2}x bare, p99 {:.2}x bare; without group commit {:.2}x bare, p99 {:.2}x",
-        throughput_ratio,
-        p99_ratio,
-        alone_run.throughput() / bare_run.throughput(),
-        ms(alone_run.percentile(0.99)) / ms(bare_run.percentile(0.99)),
-    );
-    println!(
-        "authentication and rate limiting: deposits/s with auth {:.0} vs --insecure-no-auth {:.0}: \
-         {:.1}% of it (target >= 90%); p99 {:.2} ms vs {:.2} ms",
-        secured_run.throughput(),
-        api_run.throughput(),
-        secured_run.throughput() / api_run.throughput() * 100.0,
-        ms(secured_run.percentile(0.99)),
-        ms(api_run.percentile(0.99)),
-    );
-    println!(
-        "for reference, the store's append alone (ExpectedVersion::Any): {:.0}% of bare; \
-         the command API: {:.0}% of it",
-        append_run.throughput() / bare_run.throughput() * 100.0,
-        api_run.throughput() / append_run.throughput() * 100.0
-    );
+    let api = run_of(Target::Api);
+    if let Some((ratio, api_run, bare_run)) = percent(api, run_of(Target::Bare)) {
+        println!(
+            "ratio: throughput {:.2}x bare, p99 {:.2}x bare",
+            ratio / 100.0,
+            ms(api_run.percentile(0.99)) / ms(bare_run.percentile(0.99)),
+        );
+    }
+    if let Some((ratio, alone, bare_run)) = percent(run_of(Target::Alone), run_of(Target::Bare)) {
+        println!(
+            "without group commit: {:.2}x bare, p99 {:.2}x bare",
+            ratio / 100.0,
+            ms(alone.percentile(0.99)) / ms(bare_run.percentile(0.99)),
+        );
+    }
+    if let Some((ratio, secured, api_run)) = percent(run_of(Target::Auth), api) {
+        println!(
+            "authentication and rate limiting: deposits/s with auth {:.0} vs --insecure-no-auth {:.0}: \
+             {ratio:.1}% of it (target >= 90%); p99 {:.2} ms vs {:.2} ms",
+            secured.throughput(),
+            api_run.throughput(),
+            ms(secured.percentile(0.99)),
+            ms(api_run.percentile(0.99)),
+        );
+    }
+    if let Some((ratio, traced, api_run)) = percent(run_of(Target::Traced), api) {
+        let spans = received.spans.load(Ordering::Relaxed) - exported_before;
+        if spans == 0 {
+            return Err(
+                "no span of the traced rounds reached the OTLP sink: tracing was not on".into(),
+            );
+        }
+        println!(
+            "tracing: deposits/s with tracing on {:.0} vs off {:.0}: {ratio:.1}% of it \
+             (target >= 90%); p99 {:.2} ms vs {:.2} ms",
+            traced.throughput(),
+            api_run.throughput(),
+            ms(traced.percentile(0.99)),
+            ms(api_run.percentile(0.99)),
+        );
+        println!(
+            "spans exported in the measured rounds: {spans} ({:.1} per traced deposit) in {} OTLP \
+             requests of {:.1} MB in all",
+            spans as f64 / traced.requests.max(1) as f64,
+            received.requests.load(Ordering::Relaxed) - requests_before,
+            (received.bytes.load(Ordering::Relaxed) - bytes_before) as f64 / 1e6,
+        );
+    }
+    if let (Some((append_ratio, _, _)), Some(api_run), Some(append_run)) = (
+        percent(run_of(Target::Append), run_of(Target::Bare)),
+        api,
+        run_of(Target::Append),
+    ) {
+        println!(
+            "for reference, the store's append alone (ExpectedVersion::Any): {append_ratio:.0}% of bare; \
+             the command API: {:.0}% of it",
+            api_run.throughput() / append_run.throughput() * 100.0
+        );
+    }
 
     // Every successful deposit is an event: nothing lost, nothing extra.
     let deposited: i64 = sqlx::query_scalar(
@@ -440,12 +668,15 @@ async fn main() -> Result<(), BoxError> {
     )
     .fetch_one(&db.pool)
     .await?;
-    println!("events appended by the command APIs (with and without auth, without group commit): {deposited}");
+    println!("events appended by the command APIs: {deposited}");
 
     stop.cancel();
-    server.await??;
-    secured_server.await??;
-    alone_server.await??;
+    for server in servers {
+        server.await??;
+    }
+    if let Some(provider) = provider {
+        tokio::task::spawn_blocking(move || provider.shutdown()).await??;
+    }
     db.drop().await;
     Ok(())
 }

@@ -22,6 +22,13 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Release);
 }
 
+/// Turns trace propagation off again: for a benchmark that measures
+/// tracing on and off in one process (`command-api`'s `commands` bench),
+/// switching its OpenTelemetry layer off between rounds.
+pub fn disable() {
+    ENABLED.store(false, Ordering::Release);
+}
+
 /// Whether trace propagation is on ([`enable`]).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Acquire)
