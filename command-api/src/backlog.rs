@@ -13,7 +13,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use saga::Backlog;
@@ -23,16 +23,25 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 
-/// What the last measurement found.
+/// What the measurements found.
 #[derive(Debug, Clone)]
-enum Measure {
-    Taken(Backlog),
-    Failed(Arc<saga::Error>),
+struct Measure {
+    /// The last backlog measured, and when.
+    taken: Option<(Instant, Backlog)>,
+    /// Why the latest measurement failed, if it did.
+    failed: Option<Arc<saga::Error>>,
 }
+
+/// How many pauses old a measure may be and still admit orders when the
+/// latest measurement failed: one failure (a pool timeout in a burst) does
+/// not refuse every order until the next.
+const FAILURES_TOLERATED: u32 = 5;
 
 pub struct BacklogGate {
     /// Orders allowed to wait for their saga (0: no bound).
     limit: u64,
+    /// How old a measure may be when the latest measurement failed.
+    tolerated: Duration,
     /// `None` until the first measurement ends.
     last: watch::Receiver<Option<Measure>>,
 }
@@ -45,7 +54,11 @@ impl BacklogGate {
         if limit > 0 {
             tokio::spawn(keep_measuring(pool, refresh, measures));
         }
-        BacklogGate { limit, last }
+        BacklogGate {
+            limit,
+            tolerated: refresh.saturating_mul(FAILURES_TOLERATED),
+            last,
+        }
     }
 
     /// The last measure of the backlog; waits only for the first one.
@@ -57,10 +70,14 @@ impl BacklogGate {
             .map(|measure| measure.clone())
             .ok()
             .flatten();
-        match measure {
-            Some(Measure::Taken(backlog)) => Ok(backlog),
-            Some(Measure::Failed(error)) => Err(cannot_measure(Some(Box::new(error)))),
-            None => Err(cannot_measure(None)),
+        let Some(Measure { taken, failed }) = measure else {
+            return Err(cannot_measure(None));
+        };
+        match (taken, failed) {
+            (Some((at, backlog)), Some(_)) if at.elapsed() <= self.tolerated => Ok(backlog),
+            (_, Some(error)) => Err(cannot_measure(Some(Box::new(error)))),
+            (Some((_, backlog)), None) => Ok(backlog),
+            (None, None) => Err(cannot_measure(None)),
         }
     }
 
@@ -91,19 +108,23 @@ fn cannot_measure(source: Option<Box<dyn std::error::Error + Send + Sync>>) -> A
 /// Measures, publishes, pauses `refresh`, and again, until the gate (the
 /// last receiver) is gone.
 async fn keep_measuring(pool: PgPool, refresh: Duration, measures: watch::Sender<Option<Measure>>) {
+    let mut taken = None;
     loop {
         let measured = tokio::select! {
             () = measures.closed() => return,
             measured = Backlog::measure(&pool) => measured,
         };
-        let measure = match measured {
-            Ok(backlog) => Measure::Taken(backlog),
+        let failed = match measured {
+            Ok(backlog) => {
+                taken = Some((Instant::now(), backlog));
+                None
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot measure the saga backlog");
-                Measure::Failed(Arc::new(error))
+                Some(Arc::new(error))
             }
         };
-        measures.send_replace(Some(measure));
+        measures.send_replace(Some(Measure { taken, failed }));
         tokio::select! {
             () = measures.closed() => return,
             () = tokio::time::sleep(refresh) => {}
