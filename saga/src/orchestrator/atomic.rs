@@ -413,9 +413,15 @@ impl Orchestrator {
                 Action::Attempt { .. } if batch.contended => return,
                 Action::Attempt { step, attempt } => {
                     let deadline_ms = now_ms + config.step_timeout_ms as i64;
+                    // A span of its own for each step of a batch (its
+                    // decision: the batch's write and commit are the first
+                    // step's), so that what its command causes joins its
+                    // trace.
+                    let span = super::step_span(&batch.base, &step, attempt);
                     let added = tokio::time::timeout(
                         Duration::from_millis(config.step_timeout_ms),
-                        self.prepare_step(batch, &step, attempt, deadline_ms, false),
+                        self.prepare_step(batch, &step, attempt, deadline_ms, false)
+                            .instrument(span),
                     )
                     .await;
                     if !matches!(added, Ok(Added::Yes)) {
