@@ -14,7 +14,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::middleware::{not_found, problem_for_bare_errors, timeout};
@@ -22,7 +21,6 @@ use crate::retention::IdempotencySweep;
 use crate::routes::{accounts, health, inventory, orders, projections, sagas};
 use crate::state::AppState;
 use crate::{openapi, Error, Result};
-use service::middleware::{RequestEnd, RequestSpan};
 
 /// What shutdown waits beyond the request timeout for connections to close.
 const DRAIN_MARGIN: Duration = Duration::from_secs(5);
@@ -36,13 +34,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 pub fn router(state: AppState, access: Access) -> Router {
     let middleware = ServiceBuilder::new()
         .layer(from_fn(service::middleware::request_id))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(RequestSpan)
-                .on_request(())
-                .on_response(RequestEnd)
-                .on_failure(()),
-        )
+        .layer(service::middleware::request_trace_layer())
         .layer(from_fn_with_state(
             state.metrics().http().clone(),
             service::metrics::record_requests,

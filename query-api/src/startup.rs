@@ -8,12 +8,10 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::{BoxError, Router};
 use service::auth::{authenticate, operator_only, Access};
-use service::middleware::{RequestEnd, RequestSpan};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
 
 use crate::config::QueryApiConfig;
 use crate::console;
@@ -127,13 +125,7 @@ pub fn router(state: AppState, access: Access) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(from_fn(service::middleware::request_id))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(RequestSpan)
-                        .on_request(())
-                        .on_response(RequestEnd)
-                        .on_failure(()),
-                )
+                .layer(service::middleware::request_trace_layer())
                 .layer(from_fn_with_state(
                     http_metrics,
                     service::metrics::record_requests,

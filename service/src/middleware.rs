@@ -9,7 +9,8 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
-use tower_http::trace::{MakeSpan, OnResponse};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
 use crate::problem::{Problem, PROBLEM_JSON};
@@ -81,6 +82,24 @@ async fn with_request_id(response: Response, id: &HeaderValue) -> Response {
     let bytes = rewritten.map_or(bytes, Into::into);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The request span layer both APIs install: [`RequestSpan`] for each
+/// request, closed by [`RequestEnd`].
+pub fn request_trace_layer() -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    RequestEnd,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    (),
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(RequestSpan)
+        .on_request(())
+        .on_response(RequestEnd)
+        .on_failure(())
 }
 
 /// One span per request (`TraceLayer::make_span_with`): method, matched
