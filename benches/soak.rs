@@ -395,6 +395,23 @@ async fn main() -> Result<(), BoxError> {
             (last.6 / warm.6 - 1.0) * 100.0,
             missed.load(Ordering::Relaxed)
         );
+        // Warm-up ends when the bounded caches stop filling: the first
+        // window whose count is within 1% of the last's.
+        let final_count = cached.get(rows.len() - 1).copied().unwrap_or(f64::NAN);
+        if let Some(warm) = (0..rows.len()).find(|&i| {
+            cached
+                .get(i)
+                .is_some_and(|&n| (n - final_count).abs() <= final_count * 0.01)
+        }) {
+            println!(
+                "after warm-up (the caches full from window {}): resident memory {:.1} MiB there, \
+                 {:.1} MiB in the last ({:+.1}%)",
+                warm + 1,
+                rows[warm].6,
+                last.6,
+                (last.6 / rows[warm].6 - 1.0) * 100.0
+            );
+        }
     }
     match drained {
         Some(took) => println!(

@@ -68,16 +68,22 @@ impl Answer {
         }
     }
 
-    /// The answer, replayed: its status and body, `Idempotent-Replayed:
-    /// true`, and the `ETag` of the version it reported.
-    fn replay(&self) -> Response {
+    /// The answer as first sent: its status and body (problem+json for a
+    /// refusal), and the `ETag` of the version it reported.
+    pub(crate) fn respond(&self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
-        let mut response = if status.is_client_error() || status.is_server_error() {
+        if status.is_client_error() || status.is_server_error() {
             problem_response(status, &self.body)
         } else {
             let version = self.body.get("version").and_then(serde_json::Value::as_u64);
             json_response(status, &self.body, version)
-        };
+        }
+    }
+
+    /// The answer, replayed: as first sent, with `Idempotent-Replayed:
+    /// true`.
+    pub(crate) fn replay(&self) -> Response {
+        let mut response = self.respond();
         response.headers_mut().insert(
             IDEMPOTENT_REPLAYED.clone(),
             HeaderValue::from_static("true"),

@@ -326,7 +326,9 @@ impl<A: Aggregate> Repository<A> {
                         events,
                     };
                     if let Some(key) = key {
-                        if let Some(stored) = self.store_alone(key, &record(Ok(&outcome))).await? {
+                        if let Some(stored) =
+                            self.store.store_record(key, &record(Ok(&outcome))).await?
+                        {
                             return Ok(Executed::Replayed(stored));
                         }
                     }
@@ -334,7 +336,9 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(refusal) => {
                     if let Some(key) = key {
-                        if let Some(stored) = self.store_alone(key, &record(Err(&refusal))).await? {
+                        if let Some(stored) =
+                            self.store.store_record(key, &record(Err(&refusal))).await?
+                        {
                             return Ok(Executed::Replayed(stored));
                         }
                     }
@@ -485,19 +489,6 @@ impl<A: Aggregate> Repository<A> {
             Some(stored) => Committed::Replayed(stored),
             None => Committed::Retry,
         })
-    }
-
-    /// Stores a record that comes without events. `Some` when the key was
-    /// taken meanwhile (its stored record), `None` when stored.
-    async fn store_alone<R>(&self, key: &IdempotencyKey, record: &R) -> Result<Option<R>>
-    where
-        R: Serialize + DeserializeOwned,
-    {
-        if idempotency::insert(self.store.pool(), key, &idempotency::encode(record)?).await? {
-            return Ok(None);
-        }
-        // `None` here: inserted and deleted meanwhile, nothing to replay.
-        self.store.find_record(key).await
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>> {

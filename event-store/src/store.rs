@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -417,6 +418,24 @@ impl EventStore {
         key: &IdempotencyKey,
     ) -> Result<Option<R>> {
         idempotency::find(&self.pool, key).await
+    }
+
+    /// Stores `record` under `key` on its own, for a command that appends
+    /// no events (a refusal, a no-op, an operator's command on a read
+    /// model). `Ok(None)` when stored; `Ok(Some(first))` when the key was
+    /// taken meanwhile by a request with the same fingerprint (its record,
+    /// the one to answer with); [`Error::IdempotencyKeyReused`] when by
+    /// another request.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn store_record<R>(&self, key: &IdempotencyKey, record: &R) -> Result<Option<R>>
+    where
+        R: Serialize + DeserializeOwned,
+    {
+        if idempotency::insert(&self.pool, key, &idempotency::encode(record)?).await? {
+            return Ok(None);
+        }
+        // `None` here: inserted and purged meanwhile, nothing to replay.
+        self.find_record(key).await
     }
 
     /// A subscription to [`EventStore::read_all`] starting after `from`.

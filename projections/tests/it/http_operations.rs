@@ -51,6 +51,18 @@ impl Operators {
         request.send().await.expect("request sent")
     }
 
+    /// `path` as operator `olga`, under `Idempotency-Key: key`.
+    async fn post_keyed(&self, key: &str, path: &str, body: &Value) -> Response {
+        self.server
+            .post(path)
+            .bearer_auth(self.keys.operator("olga"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.h.db.pool)
@@ -319,6 +331,118 @@ async fn reset_empties_the_read_model_and_is_refused_while_a_rebuild_runs() {
             .await,
         0
     );
+    ops.stop().await;
+}
+
+/// The first answer under a key, and whether it was marked replayed.
+async fn answer(response: Response) -> (StatusCode, bool, Value) {
+    let status = response.status();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    let body = response.json().await.expect("JSON body");
+    (status, replayed, body)
+}
+
+#[tokio::test]
+async fn an_operators_command_under_an_idempotency_key_runs_once_and_is_replayed() {
+    let ops = Operators::start().await;
+    let parked = with_a_parked_stream(&ops).await;
+    let reset = json!({"confirm": "accounts"});
+
+    // A reset, then its repeat: the repeat answers the same, marked, and
+    // does not empty what was projected since.
+    let first = answer(
+        ops.post_keyed("r-1", "/projections/accounts/reset", &reset)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        first,
+        (
+            StatusCode::OK,
+            false,
+            json!({"projection": "accounts", "reset": true})
+        )
+    );
+    let events = ops.h.all_events().await;
+    projections::Projector::new(
+        projections::by_name("accounts").expect("accounts"),
+        ops.h.store.clone(),
+    )
+    .with_max_attempts(1)
+    .apply_batch(&events)
+    .await
+    .expect("apply");
+    let projected = ops.count("SELECT count(*) FROM read_models.accounts").await;
+    assert_eq!(projected, 2);
+    let again = answer(
+        ops.post_keyed("r-1", "/projections/accounts/reset", &reset)
+            .await,
+    )
+    .await;
+    assert_eq!(again, (StatusCode::OK, true, first.2.clone()));
+    assert_eq!(
+        ops.count("SELECT count(*) FROM read_models.accounts").await,
+        projected
+    );
+
+    // The same key with another request is refused and does nothing.
+    let response = ops
+        .post_keyed(
+            "r-1",
+            "/projections/orders/reset",
+            &json!({"confirm": "orders"}),
+        )
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    // A rebuild asked twice under one key is one request: the repeat is
+    // the first 202 again, not 409 `rebuild_running`.
+    let first = answer(
+        ops.post_keyed("b-1", "/projections/accounts/rebuild", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((first.0, first.1), (StatusCode::ACCEPTED, false));
+    let again = answer(
+        ops.post_keyed("b-1", "/projections/accounts/rebuild", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(again, (StatusCode::ACCEPTED, true, first.2.clone()));
+    assert_eq!(ops.requests().await, 1);
+    // Under another key it is refused while the first stands, and that
+    // refusal is not kept: it would not last.
+    let response = ops
+        .post_keyed("b-2", "/projections/accounts/rebuild", &json!({}))
+        .await;
+    assert_problem(response, StatusCode::CONFLICT, "rebuild_running").await;
+    let response = ops
+        .post_keyed("b-2", "/projections/accounts/rebuild", &json!({}))
+        .await;
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    assert_problem(response, StatusCode::CONFLICT, "rebuild_running").await;
+
+    // A lasting refusal is kept and replayed like a success.
+    let unknown = answer(
+        ops.post_keyed("u-1", "/projections/nope/unpark", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((unknown.0, unknown.1), (StatusCode::NOT_FOUND, false));
+    let again = answer(
+        ops.post_keyed("u-1", "/projections/nope/unpark", &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(again, (StatusCode::NOT_FOUND, true, unknown.2));
+    // The replayed reset emptied nothing: the poison stream projected
+    // (and parked) since the first is still parked.
+    assert_eq!(ops.parked().await, vec![parked]);
     ops.stop().await;
 }
 

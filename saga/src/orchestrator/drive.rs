@@ -94,7 +94,11 @@ impl Orchestrator {
     }
 
     async fn drive_logged(&self, claimed: Claimed) {
-        match self.drive(claimed).await {
+        let driven = self.drive(claimed).await;
+        // The next drive reads the order afresh anyway: what this one
+        // remembered would only hold memory (a finished order's for ever).
+        self.forget_order(claimed.order_id);
+        match driven {
             Ok(drive) => tracing::debug!(order_id = %claimed.order_id, ?drive, "saga driven"),
             Err(error) => {
                 let retry = self.inner.config.backoff(1);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use domain::{CancellationReason, SagaStatus};
 use saga::SagaConfig;
+use test_support::eventually;
 use test_support::world::{fast_config, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,5 +62,31 @@ async fn thirty_two_sagas_on_one_sku_with_stock_for_twenty_ship_twenty_exactly()
         conflicts < 10,
         "{conflicts} conflicts retried: the sagas collided instead of queueing"
     );
+
+    // The orders of finished sagas are not remembered: the next drive of a
+    // saga reads its order afresh anyway.
+    eventually("finished orders forgotten", DEADLINE, EVERY, || async {
+        match orders_remembered(&world.metrics) {
+            0 => Ok(()),
+            left => Err(left),
+        }
+    })
+    .await;
     world.stop().await;
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const EVERY: Duration = Duration::from_millis(20);
+
+/// The orders the orchestrator's cache remembers, as its `/metrics` has
+/// them (`purser_saga_commands_aggregate_cache_entries{stream_type="order"}`).
+fn orders_remembered(metrics: &saga::SagaMetrics) -> i64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    text.lines()
+        .find(|line| line.contains("aggregate_cache_entries") && line.contains("\"order\""))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
