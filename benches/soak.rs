@@ -14,8 +14,9 @@
 //! with none free is counted as missed). Every `BENCH_WINDOW` (60) seconds
 //! it prints the window's accepted deposits and orders per second, their
 //! p99, the orders shipped per second (from the `OrderShipped` events'
-//! `recorded_at`), the process's resident memory and the aggregates its
-//! bounded caches remember (from its `/metrics`). When the load stops it
+//! `recorded_at`), the process's resident memory, the aggregates its
+//! bounded caches remember and the database connections its pool holds
+//! (from its `/metrics`). When the load stops it
 //! waits for every order placed to ship and prints how long that took.
 //!
 //! What it shows: the last window's rates next to the first's (the
@@ -81,12 +82,14 @@ async fn serve(db: &TestDatabase) -> Result<(Child, String), BoxError> {
     Ok((child, base))
 }
 
-/// Resident memory of process `pid`, in MiB.
-/// Aggregates remembered by the process's caches (every
-/// `*_aggregate_cache_entries` gauge of its `/metrics`, summed): what its
-/// memory holds that grows, up to their bounds, with the aggregates it
-/// touched.
-async fn cached_aggregates(http: &reqwest::Client, base: &str) -> f64 {
+/// The sum of every sample of the metrics whose name ends with `suffix` in
+/// the process's `/metrics`: `_aggregate_cache_entries`, the aggregates its
+/// bounded caches remember (what its memory holds that grows, up to their
+/// bounds, with the aggregates it touched); `_db_pool_connections`, the
+/// database connections its pool holds open (each with its buffers and
+/// statement cache; the pool grows, up to its bound, with the requests in
+/// flight at once).
+async fn metric_sum(http: &reqwest::Client, base: &str, suffix: &str) -> f64 {
     let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
         return f64::NAN;
     };
@@ -98,12 +101,13 @@ async fn cached_aggregates(http: &reqwest::Client, base: &str) -> f64 {
         .filter(|line| {
             line.split(['{', ' '])
                 .next()
-                .is_some_and(|name| name.ends_with("_aggregate_cache_entries"))
+                .is_some_and(|name| name.ends_with(suffix))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
+/// Resident memory of process `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -298,10 +302,12 @@ async fn main() -> Result<(), BoxError> {
         .collect();
     let mut memory = Vec::new();
     let mut cached = Vec::new();
+    let mut connections = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(window.min(until - Instant::now())).await;
         memory.push(rss_mib(pid));
-        cached.push(cached_aggregates(&http, &base).await);
+        cached.push(metric_sum(&http, &base, "_aggregate_cache_entries").await);
+        connections.push(metric_sum(&http, &base, "_db_pool_connections").await);
     }
     for load in loads {
         load.await?;
@@ -340,7 +346,7 @@ async fn main() -> Result<(), BoxError> {
     let full = (seconds as f64 / secs).floor() as usize;
     windows.truncate(full.max(1));
     println!(
-        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9} {:>8}",
+        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9} {:>8} {:>9}",
         "window",
         "deposits/s",
         "dep p99 ms",
@@ -349,7 +355,8 @@ async fn main() -> Result<(), BoxError> {
         "shipped/s",
         "errors",
         "RSS MiB",
-        "cached"
+        "cached",
+        "db conns"
     );
     let mut rows = Vec::new();
     for (i, w) in windows.iter_mut().enumerate() {
@@ -363,7 +370,7 @@ async fn main() -> Result<(), BoxError> {
             memory.get(i).copied().unwrap_or(f64::NAN),
         );
         println!(
-            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1} {:>8.0}",
+            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1} {:>8.0} {:>9.0}",
             i + 1,
             row.0,
             row.1,
@@ -372,7 +379,8 @@ async fn main() -> Result<(), BoxError> {
             row.4,
             row.5,
             row.6,
-            cached.get(i).copied().unwrap_or(f64::NAN)
+            cached.get(i).copied().unwrap_or(f64::NAN),
+            connections.get(i).copied().unwrap_or(f64::NAN)
         );
         rows.push(row);
     }
