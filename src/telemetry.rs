@@ -70,7 +70,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     };
     let otel = provider.as_ref().map(|provider| {
         event_store::trace::enable();
-        service::otel::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        service::otel::layer(provider).with_filter(service::otel::exported())
     });
     tracing_subscriber::registry()
         .with(otel)

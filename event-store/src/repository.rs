@@ -272,7 +272,10 @@ impl<A: Aggregate> Repository<A> {
     /// refusal or a no-op proves nothing about freshness, so it is always
     /// decided again on a fresh load, and so is a command whose pinned
     /// version is not `known`'s.
-    #[tracing::instrument(skip_all, fields(stream_type = A::STREAM_TYPE, id), err(Debug))]
+    ///
+    /// Its span is DEBUG: a detail of its caller's (the Command API's
+    /// `command`, a saga step), which is what traces export.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_type = A::STREAM_TYPE, id), err(Debug))]
     pub async fn execute_from<R>(
         &self,
         known: Option<Loaded<A>>,

@@ -176,7 +176,10 @@ impl EventStore {
     /// Appends `events` to `stream` atomically, with contiguous versions,
     /// if the stream is at the `expected` version; otherwise writes nothing
     /// and returns [`Error::Conflict`] with the actual version.
-    #[tracing::instrument(skip_all, fields(stream = %stream, expected = %expected, events = events.len()), err)]
+    ///
+    /// Its span is DEBUG: a detail of its caller's (the decide-and-append
+    /// of a command, a saga step), which is what traces export.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream = %stream, expected = %expected, events = events.len()), err)]
     pub async fn append(
         &self,
         stream: &StreamId,

@@ -10,6 +10,8 @@ use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, FilterFn, LevelFilter};
 use tracing_subscriber::registry::LookupSpan;
 
 pub use opentelemetry_sdk;
@@ -36,12 +38,49 @@ pub fn exporting_provider() -> Result<SdkTracerProvider, Box<dyn std::error::Err
 }
 
 /// The `tracing` layer that turns spans into `provider`'s OpenTelemetry
-/// spans (a process filters it to INFO and above).
+/// spans (a process filters it with [`exported`]).
+///
+/// A span carries its name, its target, its fields, its times and its
+/// parent or links: what a reader of a trace needs. Left out, as each costs
+/// every span its work and its bytes on the wire: the source file, module
+/// and line (`with_location`; the target names the module), the thread
+/// (`with_threads`; tasks move between a runtime's threads), the busy and
+/// idle times (`with_tracked_inactivity`; an instant taken at every poll of
+/// every span), and attaching the span's OpenTelemetry context at each
+/// entry (`with_context_activation`): nothing here reads
+/// `opentelemetry::Context::current()`; a span's parent is found through
+/// `tracing`'s own current span, and `event_store::trace` reads a span's
+/// context from the span.
 pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span> + 'static,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("purser"))
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("purser"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+}
+
+/// What [`layer`] exports: spans at INFO and above (a request, a command's
+/// decide-and-append, a relay publish, a projection batch, a saga step;
+/// the repository's `execute_from` and the store's `append` that every
+/// command goes through are DEBUG, details of its span), and
+/// events at WARN and above, which become events of the span they happen
+/// in (an ERROR marks its span's status as an error). INFO events are log
+/// lines only: they carry their span's `trace_id` and `span_id`, and what
+/// they say of a span (a request's status and latency) is in its fields.
+pub fn exported() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    filter_fn(|metadata| {
+        let lowest = if metadata.is_span() {
+            Level::INFO
+        } else {
+            Level::WARN
+        };
+        *metadata.level() <= lowest
+    })
+    .with_max_level_hint(LevelFilter::INFO)
 }
 
 /// The exporter's HTTP client: the process's reqwest, run on the process's

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use reqwest::StatusCode;
@@ -71,18 +71,17 @@ fn traced() -> (
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
+    // The layer and the filter `purser` installs (`service::otel`).
+    let subscriber = tracing_subscriber::registry()
+        .with(service::otel::layer(&provider).with_filter(service::otel::exported()));
     let guard = tracing::subscriber::set_default(subscriber);
     event_store::trace::enable();
     (exporter, provider, guard)
 }
 
 /// A deposit and an order, each followed through its trace: the request,
-/// the decide-and-append (`command`), the relay's publish of each event and
+/// the decide-and-append (`command`, with no span of the store's under it),
+/// the relay's publish of each event and
 /// the projection batch that applied it are one trace, each span the child
 /// of the one before across the Kafka hop; every step of the order's saga
 /// is a trace of its own that links to the order's append.
@@ -217,6 +216,27 @@ async fn a_deposit_and_an_order_each_make_one_trace_across_the_kafka_hop() {
         request.parent_span_id,
         SpanId::INVALID,
         "the request is the root"
+    );
+    // What is exported of them (`service::otel`): the request's status in
+    // its fields, not as the event of its log line; no source location,
+    // thread or busy time; and the store's spans inside the command (its
+    // append, the repository's execute) are DEBUG, not exported: only the
+    // relay's publishes are the command's children.
+    assert!(has(request, "status", "200"), "{request:#?}");
+    for span in [request, deposit] {
+        assert!(span.events.is_empty(), "{span:#?}");
+        for key in ["code.file.path", "thread.id", "busy_ns"] {
+            assert!(attribute(span, key).is_none(), "{key} in {span:#?}");
+        }
+    }
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == deposit.span_context.span_id())
+        .map(|s| s.name.as_ref())
+        .collect();
+    assert!(
+        !children.is_empty() && children.iter().all(|name| *name == "relay publish"),
+        "the command's children: {children:?}"
     );
     let published = child_of(&spans, "relay publish", ("stream_id", &stream), id(deposit));
     child_of(
