@@ -41,7 +41,9 @@
 //! installs when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (`service::otel`: OTLP
 //! http/protobuf, batched), exporting to a sink in this process (an axum
 //! server on port 0 that answers `POST /v1/traces` with 200 and an empty
-//! body, and counts the requests, bytes and spans it received). A
+//! body, and counts the requests and bytes it received; it keeps the
+//! exports and decodes them after each traced round, outside its time, to
+//! count the spans, so the run shows they were really made and sent). A
 //! subscriber is process-wide, so tracing cannot be on for one server and
 //! off for another at once; but only one target is driven at a time, so
 //! the OpenTelemetry layer's filter and the `traceparent` propagation
@@ -50,13 +52,13 @@
 //! every span filtered out, a little dearer than no subscriber. Each round
 //! of (f) ends with the exporter flushed, timed as part of the round, so
 //! exporting what the round made is charged to it and not to the next
-//! target; the sink's decoding runs on the same two cores, charged to
-//! tracing too. No log layer is installed for either (logging is not
+//! target; the sink's receiving of the exports runs on the same two
+//! cores, charged to tracing too. No log layer is installed for either (logging is not
 //! tracing).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::env_or;
 
@@ -78,7 +80,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use test_support::TestDatabase;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt as _, LevelFilter};
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt as _};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -177,27 +179,42 @@ async fn start_bare(pool: PgPool) -> Result<SocketAddr, BoxError> {
 struct Received {
     requests: AtomicU64,
     bytes: AtomicU64,
+    /// The exports received and not decoded yet ([`Received::count_spans`]).
+    exports: Mutex<Vec<Bytes>>,
+    /// The spans in the exports decoded so far.
     spans: AtomicU64,
 }
 
-/// `POST /v1/traces`: decodes the export (to count its spans), drops it,
-/// and answers as a collector that took everything (200, an empty
-/// `ExportTraceServiceResponse`).
+impl Received {
+    /// Decodes the exports received since the last call and counts their
+    /// spans: called after a traced round, outside its time.
+    fn count_spans(&self) -> Result<(), prost::DecodeError> {
+        let exports = std::mem::take(&mut *self.exports.lock().expect("exports"));
+        for body in exports {
+            let export = ExportTraceServiceRequest::decode(body)?;
+            let spans: usize = export
+                .resource_spans
+                .iter()
+                .flat_map(|resource| &resource.scope_spans)
+                .map(|scope| scope.spans.len())
+                .sum();
+            self.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/traces`: keeps the export and answers as a collector that
+/// took everything (200, an empty `ExportTraceServiceResponse`). The export
+/// is decoded to count its spans only after the round ([`Received::count_spans`]):
+/// a collector that drops everything does not decode, and the benchmark's
+/// two cores are the traced server's.
 async fn receive_traces(State(received): State<Arc<Received>>, body: Bytes) -> Response {
-    let Ok(export) = ExportTraceServiceRequest::decode(body.as_ref()) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let spans: usize = export
-        .resource_spans
-        .iter()
-        .flat_map(|resource| &resource.scope_spans)
-        .map(|scope| scope.spans.len())
-        .sum();
     received.requests.fetch_add(1, Ordering::Relaxed);
     received
         .bytes
         .fetch_add(body.len() as u64, Ordering::Relaxed);
-    received.spans.fetch_add(spans as u64, Ordering::Relaxed);
+    received.exports.lock().expect("exports").push(body);
     (
         [(header::CONTENT_TYPE, "application/x-protobuf")],
         Vec::<u8>::new(),
@@ -221,14 +238,14 @@ async fn start_sink(listener: std::net::TcpListener) -> Result<Arc<Received>, Bo
 static TRACING_ON: AtomicBool = AtomicBool::new(false);
 
 /// Tracing as `purser serve` sets it up with `OTEL_EXPORTER_OTLP_ENDPOINT`
-/// (`service::otel`, the layer filtered to INFO), and off until
+/// (`service::otel`, the layer and its filter), and off until
 /// [`switch_tracing`] turns it on.
 fn install_tracing() -> Result<SdkTracerProvider, BoxError> {
     let provider = service::otel::exporting_provider()?;
     // A dynamic filter: asked at every span (a `filter_fn` would be asked
     // once per callsite and its answer cached for good).
     let switch = dynamic_filter_fn(|_, _| TRACING_ON.load(Ordering::Relaxed));
-    let layer = service::otel::layer(&provider).with_filter(LevelFilter::INFO.and(switch));
+    let layer = service::otel::layer(&provider).with_filter(service::otel::exported().and(switch));
     tracing_subscriber::registry().with(layer).try_init()?;
     Ok(provider)
 }
@@ -550,6 +567,7 @@ async fn bench(sink: std::net::TcpListener) -> Result<(), BoxError> {
         let accounts = Arc::clone(accounts);
         let tokens = (target == Target::Auth).then(|| Arc::clone(tokens));
         let provider = provider.clone();
+        let received = Arc::clone(&received);
         async move {
             let traced = target == Target::Traced;
             switch_tracing(traced);
@@ -562,6 +580,10 @@ async fn bench(sink: std::net::TcpListener) -> Result<(), BoxError> {
                     .map_err(|e| format!("flushing the spans: {e}"))
                     .expect("spans flushed");
                 run.elapsed += flushing.elapsed();
+                received
+                    .count_spans()
+                    .map_err(|e| format!("an OTLP export the sink received: {e}"))
+                    .expect("exports decoded");
             }
             switch_tracing(false);
             run
