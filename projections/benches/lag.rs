@@ -13,10 +13,20 @@
 //! from its answer to a `GET /accounts/{id}?min_version=<version>` that is
 //! satisfied (the server waits for the version; retried on 503) is the lag;
 //! the deposit's own latency is printed next to it as the reference.
+//!
+//! Where the lag goes: a tracing layer of the bench's own takes the time of
+//! the components' debug events (the broker's acknowledgement reached the
+//! relay, the worker's consumer received the event, the worker committed
+//! its batch), joined with the events' `recorded_at`, and
+//! each rate prints the stages' p50, p99 and their mean over the slowest 1%
+//! of the deposits (by lag).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use test_support::env_or;
+
+use chrono::{DateTime, Utc};
 
 use command_api::Config;
 use event_store::EventStore;
@@ -30,6 +40,9 @@ use test_support::TestDatabase;
 use tokio::sync::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,7 +58,197 @@ async fn pool(url: &str, size: u32) -> Result<PgPool, BoxError> {
 struct Samples {
     command: Vec<Duration>,
     lag: Vec<Duration>,
+    /// The deposits that became visible, for the stages.
+    deposits: Vec<Deposit>,
     failures: usize,
+}
+
+/// One deposit that became visible, on the wall clock (the database's
+/// `recorded_at` is on it too).
+struct Deposit {
+    account: Uuid,
+    version: u64,
+    answered: DateTime<Utc>,
+    visible: DateTime<Utc>,
+    lag: Duration,
+}
+
+/// When events passed the stages, from the components' debug events.
+#[derive(Default)]
+struct Stages {
+    /// Position -> when the broker's acknowledgement reached the relay.
+    acked: HashMap<i64, DateTime<Utc>>,
+    /// Position -> when the worker's consumer received it.
+    received: HashMap<i64, DateTime<Utc>>,
+    /// Received, in a batch not yet committed.
+    unapplied: Vec<i64>,
+    /// Position -> when the worker had committed its batch.
+    applied: HashMap<i64, DateTime<Utc>>,
+}
+
+/// Records [`Stages`] from the debug events of the publisher, the consumer
+/// and the worker (and nothing else: see [`stage_targets`]).
+struct StageLayer(Arc<std::sync::Mutex<Stages>>);
+
+fn stage_targets() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        metadata.is_event()
+            && *metadata.level() <= tracing::Level::DEBUG
+            && ["kafka::publisher", "kafka::consumer", "projections::worker"]
+                .contains(&metadata.target())
+    })
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    position: Option<i64>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == "position" {
+            self.position = Some(value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.record_i64(field, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StageLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let now = Utc::now();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut stages = self.0.lock().expect("stages");
+        match (fields.message.as_str(), fields.position) {
+            ("event published", Some(position)) => {
+                stages.acked.entry(position).or_insert(now);
+            }
+            ("event received", Some(position)) => {
+                stages.received.entry(position).or_insert(now);
+                stages.unapplied.push(position);
+            }
+            ("batch applied", _) => {
+                let batch = std::mem::take(&mut stages.unapplied);
+                for position in batch {
+                    stages.applied.entry(position).or_insert(now);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Milliseconds from `a` to `b` (negative when `b` came first).
+fn between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+fn percentile_f(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64) * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Prints where the time of the visible deposits went, stage by stage.
+async fn print_stages(
+    pool: &PgPool,
+    deposits: &[Deposit],
+    stages: &std::sync::Mutex<Stages>,
+) -> Result<(), BoxError> {
+    // (stream id, version) -> (position, recorded_at)
+    let rows: Vec<(String, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT stream_id, version, position, recorded_at \
+         FROM event_store.events WHERE stream_type = 'account'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let events: HashMap<(String, i64), (i64, DateTime<Utc>)> = rows
+        .into_iter()
+        .map(|(stream, version, position, at)| ((stream, version), (position, at)))
+        .collect();
+    let stages = stages.lock().expect("stages");
+    const NAMES: [&str; 5] = [
+        "transaction start -> deposit answered",
+        "answered -> relay has the broker's ack",
+        "broker's ack -> consumer received",
+        "received -> worker committed",
+        "committed -> read answered",
+    ];
+    let mut rows: Vec<(Duration, [f64; 5])> = Vec::with_capacity(deposits.len());
+    let mut missing = 0;
+    for deposit in deposits {
+        let key = (
+            format!("account-{}", deposit.account),
+            deposit.version as i64,
+        );
+        let Some(&(position, recorded)) = events.get(&key) else {
+            missing += 1;
+            continue;
+        };
+        let (Some(acked), Some(received), Some(applied)) = (
+            stages.acked.get(&position).copied(),
+            stages.received.get(&position).copied(),
+            stages.applied.get(&position).copied(),
+        ) else {
+            missing += 1;
+            continue;
+        };
+        rows.push((
+            deposit.lag,
+            [
+                between(recorded, deposit.answered),
+                between(deposit.answered, acked),
+                between(acked, received),
+                between(received, applied),
+                between(applied, deposit.visible),
+            ],
+        ));
+    }
+    if rows.is_empty() {
+        println!(
+            "  stages: no deposit with every stage seen ({missing} without; seen: \
+             {} acknowledged, {} received, {} applied)",
+            stages.acked.len(),
+            stages.received.len(),
+            stages.applied.len()
+        );
+        return Ok(());
+    }
+    rows.sort_by_key(|(lag, _)| *lag);
+    let slowest = &rows[rows.len() - rows.len().div_ceil(100)..];
+    println!(
+        "  stages of {} deposits ({missing} not traced), ms: p50 / p99 / mean of the slowest 1% ({})",
+        rows.len(),
+        slowest.len()
+    );
+    for (i, name) in NAMES.iter().enumerate() {
+        let mut values: Vec<f64> = rows.iter().map(|(_, stage)| stage[i]).collect();
+        values.sort_by(f64::total_cmp);
+        let mean = slowest.iter().map(|(_, stage)| stage[i]).sum::<f64>() / slowest.len() as f64;
+        println!(
+            "    {name:<42} {:>7.1} {:>7.1} {:>7.1}",
+            percentile_f(&values, 0.50),
+            percentile_f(&values, 0.99),
+            mean,
+        );
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -68,7 +271,7 @@ async fn deposit_and_read(
     account: Uuid,
     samples: Arc<Mutex<Samples>>,
 ) {
-    let result: Result<(Duration, Duration), BoxError> = async {
+    let result: Result<(Duration, Duration, Deposit), BoxError> = async {
         let sent = Instant::now();
         let response = http
             .post(format!("{command_base}/accounts/{account}/deposits"))
@@ -80,6 +283,7 @@ async fn deposit_and_read(
         }
         let body: Value = response.json().await?;
         let answered = Instant::now();
+        let answered_at = Utc::now();
         let version = body["version"].as_u64().ok_or("no version")?;
         let deadline = answered + Duration::from_secs(30);
         loop {
@@ -93,7 +297,15 @@ async fn deposit_and_read(
             if status == 200 {
                 let body: Value = response.json().await?;
                 if body["version"].as_u64().is_some_and(|v| v >= version) {
-                    return Ok((answered - sent, answered.elapsed()));
+                    let lag = answered.elapsed();
+                    let deposit = Deposit {
+                        account,
+                        version,
+                        answered: answered_at,
+                        visible: Utc::now(),
+                        lag,
+                    };
+                    return Ok((answered - sent, lag, deposit));
                 }
             } else if status != 503 && status != 404 {
                 return Err(format!("read answered {status}").into());
@@ -106,9 +318,10 @@ async fn deposit_and_read(
     .await;
     let mut samples = samples.lock().await;
     match result {
-        Ok((command, lag)) => {
+        Ok((command, lag, deposit)) => {
             samples.command.push(command);
             samples.lag.push(lag);
+            samples.deposits.push(deposit);
         }
         Err(error) => {
             samples.failures += 1;
@@ -128,6 +341,11 @@ async fn main() -> Result<(), BoxError> {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
+
+    let stages = Arc::new(std::sync::Mutex::new(Stages::default()));
+    tracing_subscriber::registry()
+        .with(StageLayer(Arc::clone(&stages)).with_filter(stage_targets()))
+        .init();
 
     let db = TestDatabase::create().await;
     let kafka = test_support::kafka::isolated("lag-bench");
@@ -253,6 +471,7 @@ async fn main() -> Result<(), BoxError> {
             samples.lag.len(),
             samples.failures,
         );
+        print_stages(&db.pool, &samples.deposits, &stages).await?;
     }
 
     shutdown.cancel();
