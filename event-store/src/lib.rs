@@ -103,7 +103,7 @@ pub use error::{Error, Result};
 pub use group::{GroupCommitConfig, GroupCommitMetrics};
 pub use idempotency::IdempotencyKey;
 pub use locks::{StreamLocks, StreamTurn};
-pub use notify::CHANNEL as NOTIFY_CHANNEL;
+pub use notify::{LocalAppends, CHANNEL as NOTIFY_CHANNEL};
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
 pub use store::{Appends, EventStore};
 pub use subscription::Subscription;

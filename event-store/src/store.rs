@@ -10,7 +10,7 @@ use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use crate::group::{GroupCommit, Grouped, Pending};
-use crate::notify::Notifier;
+use crate::notify::{LocalAppends, Notifier};
 use crate::{
     idempotency, Appended, Checkpoint, Error, ExpectedVersion, GroupCommitConfig,
     GroupCommitMetrics, IdempotencyKey, Metadata, NewEvent, RawRecordedEvent, RecordedEvent,
@@ -101,8 +101,8 @@ impl EventStore {
     /// The store on `pool`, a pool on a database with the migrations applied.
     pub fn new(pool: PgPool) -> Self {
         EventStore {
+            notifier: Arc::new(Notifier::new(&pool)),
             pool,
-            notifier: Arc::default(),
             group: None,
         }
     }
@@ -439,6 +439,14 @@ impl EventStore {
         }
         // `None` here: inserted and purged meanwhile, nothing to replay.
         self.find_record(key).await
+    }
+
+    /// Wake-ups on the appends this process commits to the store's
+    /// database, through this `EventStore` or any other on it: for a
+    /// subscriber in the process that must not wait for the `pg_notify`
+    /// (see [`LocalAppends`]).
+    pub fn local_appends(&self) -> LocalAppends {
+        self.notifier.local_appends()
     }
 
     /// A subscription to [`EventStore::read_all`] starting after `from`.

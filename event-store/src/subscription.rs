@@ -3,14 +3,18 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use crate::{notify, Checkpoint, EventStore, RawRecordedEvent, RecordedEvent, Result};
+use crate::{
+    notify, Checkpoint, EventStore, LocalAppends, RawRecordedEvent, RecordedEvent, Result,
+};
 
 /// A tail of [`EventStore::read_all`]: each [`Subscription::next_batch`]
 /// returns the next events after the subscription's checkpoint, waiting
 /// until there is at least one.
 ///
-/// It wakes on `LISTEN event_store_appended` (one pool connection held for
-/// the subscription's life) and polls every `poll_interval` as a fallback
+/// It wakes at once on the appends of its own process
+/// ([`EventStore::local_appends`]), on `LISTEN event_store_appended` for
+/// those of other processes (one pool connection held for the
+/// subscription's life), and polls every `poll_interval` as a fallback
 /// (default 500 ms), so a lost notification or a dead listener connection
 /// only delays delivery. The checkpoint lives in memory; persist it with
 /// [`EventStore::save_checkpoint`] once the events are handled, and resume
@@ -19,6 +23,7 @@ pub struct Subscription {
     store: EventStore,
     checkpoint: Checkpoint,
     listener: Option<PgListener>,
+    local: LocalAppends,
     poll_interval: Duration,
 }
 
@@ -36,6 +41,7 @@ impl Subscription {
 
     pub(crate) fn new(store: EventStore, from: Checkpoint) -> Self {
         Subscription {
+            local: store.local_appends(),
             store,
             checkpoint: from,
             listener: None,
@@ -76,6 +82,7 @@ impl Subscription {
             // Listen before reading, so nothing committed after the read
             // goes unnoticed.
             self.ensure_listening().await;
+            self.local.mark_seen();
             let events = E::read(&self.store, self.checkpoint, limit).await?;
             if let Some(last) = events.last() {
                 self.checkpoint = last.checkpoint();
@@ -110,13 +117,19 @@ impl Subscription {
         }
     }
 
-    /// Waits up to `timeout` or until a notification comes.
+    /// Waits up to `timeout` or until this process appends or a
+    /// notification comes.
     async fn wait_for_wake_up(&mut self, timeout: Duration) {
+        let local = self.local.changed();
         let Some(listener) = &mut self.listener else {
-            tokio::time::sleep(timeout).await;
+            let _ = tokio::time::timeout(timeout, local).await;
             return;
         };
-        match tokio::time::timeout(timeout, listener.recv()).await {
+        let heard = tokio::select! {
+            () = local => return,
+            heard = tokio::time::timeout(timeout, listener.recv()) => heard,
+        };
+        match heard {
             Ok(Ok(_)) => {
                 // Several notifications mean the same thing: drain them.
                 while listener.next_buffered().is_some() {}

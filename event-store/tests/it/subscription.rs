@@ -1,6 +1,8 @@
 use std::time::Duration;
 
 use event_store::{Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, Subscription};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
 use test_support::TestDatabase;
 
 use crate::counter::{added, new_counter_stream};
@@ -72,6 +74,83 @@ async fn a_subscription_is_woken_by_a_new_event() {
     assert_eq!(subscription.checkpoint(), events[0].checkpoint());
     // It holds a pool connection (its listener) until dropped.
     drop(subscription);
+    db.drop().await;
+}
+
+/// Waits until a read of the subscription found nothing to wait for: its
+/// last query on `subscriber` (a pool of its own) asked whether any event
+/// was behind an open transaction, and answered.
+async fn wait_until_waiting(probe: &PgPool) {
+    let deadline = Deadline::after(DEADLINE, "the subscription to wait");
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1 \
+               AND state = 'idle' AND query LIKE 'SELECT EXISTS (SELECT 1 FROM event_store.events%'",
+        )
+        .bind(SUBSCRIBER)
+        .fetch_one(probe)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        deadline.tick().await;
+    }
+}
+
+const SUBSCRIBER: &str = "purser-subscription-test";
+
+/// An append by another `EventStore` of the same process (another pool on
+/// the same database: the Command API's and the relay's in `purser serve`)
+/// wakes the subscription at once, without the `pg_notify`: the appender's
+/// pool is closed right after its append, so its notification never goes
+/// out (the notifier gives up on a closed pool), and polling is too slow to
+/// matter.
+#[tokio::test]
+async fn a_subscription_is_woken_by_an_append_of_its_process_without_a_notification() {
+    let db = TestDatabase::create().await;
+    let options: PgConnectOptions = db.url.parse().expect("url");
+    let subscriber_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.clone().application_name(SUBSCRIBER))
+        .await
+        .expect("subscriber pool");
+    let appender_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("appender pool");
+    let appender = EventStore::new(appender_pool.clone());
+    let mut subscription = EventStore::new(subscriber_pool.clone())
+        .subscribe(Checkpoint::START)
+        .with_poll_interval(Duration::from_secs(3600));
+    let waiting = tokio::spawn(async move {
+        let events = next_events(&mut subscription, 1).await;
+        (subscription, events)
+    });
+    wait_until_waiting(&db.pool).await;
+
+    let (_, stream) = new_counter_stream();
+    let appended = appender
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[added(1)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("append");
+    // Before the notifier's task first runs (this test's runtime has one
+    // thread, and nothing was awaited since the append).
+    let closing = appender_pool.close();
+    closing.await;
+
+    let (subscription, events) = waiting.await.expect("subscriber");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].position, appended.position);
+    drop(subscription);
+    subscriber_pool.close().await;
     db.drop().await;
 }
 
