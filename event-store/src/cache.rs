@@ -196,6 +196,51 @@ impl<A: Aggregate> AggregateCache<A> {
         // Taken out: whatever happens next, only a command carried out puts
         // a state back.
         let known = self.take(stream.as_str());
+        self.execute_known(&stream, known, id, command, options, record)
+            .await
+    }
+
+    /// [`AggregateCache::execute`] for an aggregate whose id the caller made
+    /// just now (a uuid v7): its stream cannot exist yet, so the command is
+    /// decided on the initial state at version 0 without reading it, and
+    /// the append at version 0 proves it (a conflict reads the stream, and
+    /// a refusal is decided again on a read, as on any remembered state).
+    /// Remembered afterwards as any command's outcome.
+    pub async fn execute_new<R>(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: ExecuteOptions,
+        record: impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync,
+    ) -> Result<Executed<A, R>, ExecuteError<A::Error>>
+    where
+        R: Serialize + DeserializeOwned + Send,
+    {
+        let stream = StreamId::of::<A>(id);
+        let _turn = self.locks.lock(stream.as_str()).await;
+        let new = Loaded {
+            state: A::initial(),
+            version: 0,
+            position: None,
+        };
+        self.execute_known(&stream, Some(new), id, command, options, record)
+            .await
+    }
+
+    /// Executes `command` from `known`, in the stream's turn, and remembers
+    /// the outcome of a command carried out.
+    async fn execute_known<R>(
+        &self,
+        stream: &StreamId,
+        known: Option<Loaded<A>>,
+        id: &str,
+        command: &A::Command,
+        options: ExecuteOptions,
+        record: impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync,
+    ) -> Result<Executed<A, R>, ExecuteError<A::Error>>
+    where
+        R: Serialize + DeserializeOwned + Send,
+    {
         let result = self
             .repository
             .execute_from(known, id, command, options, record)

@@ -3,10 +3,14 @@
 //! - [`EventStore::append`]: atomic, contiguous per-stream versions,
 //!   optimistic concurrency ([`ExpectedVersion`], [`Error::Conflict`]) with
 //!   `UNIQUE (stream_id, version)` underneath; one SQL statement.
+//! - [`Appends`]: appends to several streams that commit together, one
+//!   statement each or all of them in one ([`Appends::append_to_streams`]:
+//!   every stream's version checked under one snapshot, all or nothing).
 //! - [`EventStore::read_stream`], and [`EventStore::read_all`] in the global
 //!   `(transaction_id, position)` order that never skips an event committed
 //!   late by a concurrent transaction (design decision 3).
-//! - [`Repository`]: load (optionally from a snapshot), decide, append;
+//! - [`Repository`]: load (optionally from a snapshot, read with the events
+//!   after it in one round trip), decide, append;
 //!   re-decide on conflict (the one place that retries); answers with a
 //!   domain outcome ([`Executed`]: done, refused, replayed) and keeps the
 //!   caller's own idempotency record, any serialisable type, in the same
@@ -93,6 +97,7 @@ mod locks;
 mod notify;
 mod repository;
 mod retention;
+mod several;
 mod store;
 mod subscription;
 pub mod trace;
@@ -105,6 +110,7 @@ pub use idempotency::IdempotencyKey;
 pub use locks::{StreamLocks, StreamTurn};
 pub use notify::{LocalAppends, CHANNEL as NOTIFY_CHANNEL};
 pub use repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Outcome, Repository};
+pub use several::{StreamAppend, StreamsRejected};
 pub use store::{Appends, EventStore};
 pub use subscription::Subscription;
 pub use types::{

@@ -6,13 +6,37 @@ use std::sync::Arc;
 use domain::Aggregate;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sqlx::Row;
 
 use crate::group::{reserve_positions, Grouped};
-use crate::store::{append_on, Rejection};
+use crate::store::{append_on, decode_row, Rejection, EVENT_COLUMNS};
 use crate::{
-    idempotency, Error, EventStore, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Result,
-    StreamId,
+    idempotency, Error, EventStore, ExpectedVersion, IdempotencyKey, Metadata, NewEvent,
+    RecordedEvent, Result, StreamId,
 };
+
+/// A stream's snapshot of state schema `$2` (if any) and its events after
+/// it, in one statement: the snapshot's row first (the event's columns
+/// NULL; its version, position and state in the last three), then the
+/// events in version order (the last three NULL), each as `read_stream`
+/// returns it. A snapshot of another schema is not read: the events from
+/// the start are.
+fn snapshot_and_tail() -> String {
+    format!(
+        "WITH s AS (\
+             SELECT version, position, state FROM event_store.snapshots \
+             WHERE stream_id = $1 AND state_schema = $2) \
+         SELECT NULL::bigint, NULL::bigint, NULL::text, NULL::text, NULL::bigint, NULL::uuid, \
+                NULL::text, NULL::int4, NULL::jsonb, NULL::jsonb, NULL::timestamptz, \
+                s.version, s.position, s.state \
+         FROM s \
+         UNION ALL \
+         (SELECT {EVENT_COLUMNS}, NULL::bigint, NULL::bigint, NULL::jsonb \
+          FROM event_store.events \
+          WHERE stream_id = $1 AND version > coalesce((SELECT version FROM s), 0) \
+          ORDER BY events.version)"
+    )
+}
 
 /// Called each time a lost race makes [`Repository::execute`] decide again.
 type RetryHook = Arc<dyn Fn() + Send + Sync>;
@@ -173,16 +197,15 @@ impl<A: Aggregate> Repository<A> {
     #[tracing::instrument(skip_all, fields(stream_type = A::STREAM_TYPE, id), err)]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let stream = StreamId::of::<A>(id);
-        let mut loaded = match self.snapshot_every {
-            Some(_) => self.load_snapshot(&stream).await?,
-            None => None,
-        }
-        .unwrap_or_else(|| Loaded {
+        let (snapshot, tail) = match self.snapshot_every {
+            Some(_) => self.load_snapshot_and_tail(&stream).await?,
+            None => (None, self.store.read_stream(&stream, 1).await?),
+        };
+        let mut loaded = snapshot.unwrap_or_else(|| Loaded {
             state: A::initial(),
             version: 0,
             position: None,
         });
-        let tail = self.store.read_stream(&stream, loaded.version + 1).await?;
         for recorded in &tail {
             let event = recorded.decode::<A::Event>()?;
             loaded.state = A::evolve(loaded.state, &event);
@@ -494,35 +517,47 @@ impl<A: Aggregate> Repository<A> {
         })
     }
 
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Loaded<A>>> {
-        let row: Option<(i64, i64, i32, serde_json::Value)> = sqlx::query_as(
-            "SELECT version, position, state_schema, state FROM event_store.snapshots \
-             WHERE stream_id = $1",
-        )
-        .bind(stream.as_str())
-        .fetch_optional(self.store.pool())
-        .await?;
-        let Some((version, position, schema, state)) = row else {
-            return Ok(None);
-        };
-        if u32::try_from(schema).ok() != Some(A::STATE_SCHEMA) {
-            // Taken by another version of the state: fold from the start
-            // (`load` writes it anew).
-            tracing::debug!(%stream, schema, current = A::STATE_SCHEMA, "ignoring snapshot of another state schema");
-            return Ok(None);
-        }
-        match serde_json::from_value::<A::State>(state) {
-            Ok(state) => Ok(Some(Loaded {
-                state,
-                version: crate::store::to_u64(version),
-                position: Some(position),
-            })),
-            Err(error) => {
-                // The state's shape changed since: the events are the truth.
-                tracing::warn!(%stream, %error, "ignoring undecodable snapshot");
-                Ok(None)
+    /// The stream's snapshot of this state schema, if any, and the events
+    /// after it, in one round trip ([`snapshot_and_tail`]). A snapshot that
+    /// no longer decodes is left aside: the whole stream is read.
+    async fn load_snapshot_and_tail(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(Option<Loaded<A>>, Vec<RecordedEvent>)> {
+        let rows = sqlx::query(&snapshot_and_tail())
+            .bind(stream.as_str())
+            .bind(i32::try_from(A::STATE_SCHEMA).unwrap_or(i32::MAX))
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut snapshot = None;
+        let mut tail = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let version: Option<i64> = row.try_get(11)?;
+            match version {
+                Some(version) => {
+                    let position: i64 = row.try_get(12)?;
+                    let state: serde_json::Value = row.try_get(13)?;
+                    match serde_json::from_value::<A::State>(state) {
+                        Ok(state) => {
+                            snapshot = Some(Loaded {
+                                state,
+                                version: crate::store::to_u64(version),
+                                position: Some(position),
+                            })
+                        }
+                        Err(error) => {
+                            // The state's shape changed since: the events
+                            // are the truth.
+                            tracing::warn!(%stream, %error, "ignoring undecodable snapshot");
+                            return Ok((None, self.store.read_stream(stream, 1).await?));
+                        }
+                    }
+                }
+                None => tail.push(decode_row(row)?),
             }
         }
+        tail.sort_unstable_by_key(|event| event.version);
+        Ok((snapshot, tail))
     }
 
     /// Saves a snapshot when this append crossed a multiple of

@@ -19,7 +19,7 @@ use crate::{
 
 /// Columns of `event_store.events` in the order `decode_event!` reads them.
 /// `xid8` has no direct binary mapping in sqlx; it travels as text.
-const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transaction_id, \
+pub(crate) const EVENT_COLUMNS: &str = "position, transaction_id::text::bigint AS transaction_id, \
      stream_type, stream_id, version, event_id, event_type, schema_version, payload, \
      metadata, recorded_at";
 
@@ -558,6 +558,26 @@ impl Appends {
             }
             Err(error) => error,
         })
+    }
+
+    /// The open transaction, unless it was rolled back.
+    pub(crate) fn transaction(
+        &mut self,
+    ) -> Option<&mut sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.tx.as_mut()
+    }
+
+    /// Rolls the transaction back (best effort: a failed rollback closes
+    /// the connection); every later call fails.
+    pub(crate) async fn roll_back(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.rollback().await;
+        }
+    }
+
+    /// Something was appended: the commit wakes the subscribers.
+    pub(crate) fn wrote(&mut self) {
+        self.wrote = true;
     }
 
     /// Commits every append, and wakes the subscribers.

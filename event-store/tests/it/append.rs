@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
-use event_store::{Error, EventStore, ExpectedVersion, Metadata, NewEvent};
+use event_store::{
+    Error, EventStore, ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamsRejected,
+};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use test_support::TestDatabase;
@@ -366,5 +368,93 @@ async fn appends_to_several_streams_commit_together_or_not_at_all() {
     assert!(matches!(appends.commit().await, Err(Error::RolledBack)));
     assert_eq!(store.read_stream(&first, 1).await.expect("read").len(), 1);
     assert_eq!(store.read_stream(&second, 1).await.expect("read").len(), 2);
+    db.drop().await;
+}
+
+/// Several streams in one statement: all of them or nothing, each stream's
+/// events at its own version with their own metadata; a stream not at its
+/// expected version is named, and the transaction can go on without it
+/// (a pool of one connection is enough).
+#[tokio::test]
+async fn appends_to_several_streams_in_one_statement_all_or_nothing() {
+    let db = TestDatabase::create().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("pool of one");
+    let store = EventStore::new(pool);
+    let (_, first) = new_counter_stream();
+    let (_, second) = new_counter_stream();
+    let (one, two) = (metadata("one"), metadata("two"));
+    let (a, b, c) = (added(1), added(2), added(3));
+    store
+        .append(&second, ExpectedVersion::NoStream, &[added(10)], &one)
+        .await
+        .expect("second at 1");
+
+    // The second stream is at 1, not 0: nothing of either is written.
+    let mut appends = store.begin().await.expect("begin");
+    let stale = appends
+        .append_to_streams(&[
+            StreamAppend {
+                stream: &first,
+                expected: 0,
+                events: &[(&a, &one)],
+            },
+            StreamAppend {
+                stream: &second,
+                expected: 0,
+                events: &[(&b, &one)],
+            },
+        ])
+        .await
+        .expect_err("second is at 1");
+    let StreamsRejected::Conflicts(conflicts) = stale else {
+        panic!("{stale:?}");
+    };
+    assert!(
+        matches!(
+            conflicts.as_slice(),
+            [(1, Error::Conflict { actual: 1, .. })]
+        ),
+        "{conflicts:?}"
+    );
+    // The same transaction, without the stale stream.
+    let appended = appends
+        .append_to_streams(&[
+            StreamAppend {
+                stream: &first,
+                expected: 0,
+                events: &[(&a, &one), (&b, &two)],
+            },
+            StreamAppend {
+                stream: &second,
+                expected: 1,
+                events: &[(&c, &two)],
+            },
+        ])
+        .await
+        .expect("both");
+    assert_eq!(
+        appended.iter().map(|a| a.version).collect::<Vec<_>>(),
+        [2, 2]
+    );
+    appends.commit().await.expect("commit");
+    let read = store.read_stream(&first, 1).await.expect("read");
+    assert_eq!(
+        read.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [a.event_id, b.event_id]
+    );
+    assert_eq!(
+        read.iter()
+            .map(|e| e.metadata.correlation_id.clone())
+            .collect::<Vec<_>>(),
+        [Some("one".to_owned()), Some("two".to_owned())]
+    );
+    assert_eq!(read[1].position, appended[0].position);
+    let read = store.read_stream(&second, 1).await.expect("read");
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1].position, appended[1].position);
     db.drop().await;
 }

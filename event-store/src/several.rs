@@ -1,0 +1,211 @@
+//! Appends to several streams in one statement, all or nothing
+//! ([`Appends::append_to_streams`]): one round trip for what would be one
+//! per stream.
+//!
+//! The statement ([`APPEND_STREAMS`]) checks every stream's expectation
+//! under its one snapshot, taken before its first write (so, as for a lone
+//! append, every version it appends at committed before its transaction
+//! got an id: the rule of `store.rs`), and inserts the events of every
+//! stream only if every expectation holds; otherwise it inserts nothing
+//! and names the streams that were not where expected. A concurrent
+//! writer in flight on one of the versions is the one thing a snapshot
+//! cannot see: the statement then waits for it and fails as a whole on
+//! `UNIQUE (stream_id, version)`, like a lone append.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::store::current_version;
+use crate::{Appended, Appends, Error, ExpectedVersion, Metadata, NewEvent, Result, StreamId};
+
+/// Inputs, one element per event: $1 its stream's index among the
+/// statement's streams, $2 stream id, $3 stream type, $4 the stream's
+/// expected version, $5 the event's place in its stream's append (1..),
+/// $6 event id, $7 type, $8 schema version, $9 payload, $10 metadata.
+/// Returns a row per event inserted (its id and position), or, when an
+/// expectation failed, a row per stream that failed it (its index) and
+/// nothing inserted.
+const APPEND_STREAMS: &str = "\
+WITH e AS (
+    SELECT *
+    FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::uuid[],
+                $7::text[], $8::int4[], $9::jsonb[], $10::jsonb[])
+             WITH ORDINALITY
+             AS e(item, stream_id, stream_type, expected, n, event_id, event_type,
+                  schema_version, payload, metadata, ord)
+), failed AS (
+    SELECT e.item FROM e
+    WHERE e.n = 1
+      AND NOT (
+          (e.expected = 0 OR EXISTS (
+              SELECT FROM event_store.events x
+              WHERE x.stream_id = e.stream_id AND x.version = e.expected))
+          AND NOT EXISTS (
+              SELECT FROM event_store.events x
+              WHERE x.stream_id = e.stream_id AND x.version = e.expected + 1))
+), appended AS (
+    INSERT INTO event_store.events
+        (event_id, stream_type, stream_id, version, event_type, schema_version, payload,
+         metadata)
+    SELECT e.event_id, e.stream_type, e.stream_id, e.expected + e.n, e.event_type,
+           e.schema_version, e.payload, e.metadata
+    FROM e
+    WHERE NOT EXISTS (SELECT FROM failed)
+    ORDER BY e.ord
+    RETURNING event_id, position
+)
+SELECT NULL::int4 AS item, event_id, position FROM appended
+UNION ALL
+SELECT item, NULL, NULL FROM failed";
+
+/// One stream's part of [`Appends::append_to_streams`]: events at an exact
+/// expected version, each with its own metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAppend<'a> {
+    /// The stream.
+    pub stream: &'a StreamId,
+    /// Its version before these events.
+    pub expected: u64,
+    /// The events, in order, each with its metadata.
+    pub events: &'a [(&'a NewEvent, &'a Metadata)],
+}
+
+/// Why [`Appends::append_to_streams`] wrote nothing.
+#[derive(Debug)]
+pub enum StreamsRejected {
+    /// These streams (their indexes in the call, each with its
+    /// [`Error::Conflict`]) were not at the expected version. The
+    /// transaction is still open, with nothing of the call written: the
+    /// caller may append again, or roll it back by dropping it.
+    Conflicts(Vec<(usize, Error)>),
+    /// The statement failed as a whole (a concurrent writer in flight on
+    /// one of the versions, the database refusing the events...): the
+    /// transaction is rolled back, and every later call fails.
+    Failed(Error),
+}
+
+impl Appends {
+    /// Appends to every stream of `streams` (each at most once) in one
+    /// statement: all of them, or nothing (see the module's documentation).
+    /// Like [`Appends::append`], it must be the transaction's first write.
+    /// The streams' versions and last positions after it, in the order of
+    /// `streams`.
+    pub async fn append_to_streams(
+        &mut self,
+        streams: &[StreamAppend<'_>],
+    ) -> std::result::Result<Vec<Appended>, StreamsRejected> {
+        match self.try_append_to_streams(streams).await {
+            Ok(result) => result,
+            Err(error) => {
+                self.roll_back().await;
+                Err(StreamsRejected::Failed(error))
+            }
+        }
+    }
+
+    async fn try_append_to_streams(
+        &mut self,
+        streams: &[StreamAppend<'_>],
+    ) -> Result<std::result::Result<Vec<Appended>, StreamsRejected>> {
+        if streams.is_empty() || streams.iter().any(|s| s.events.is_empty()) {
+            return Err(Error::NoEvents);
+        }
+        let rows: usize = streams.iter().map(|s| s.events.len()).sum();
+        let mut items = Vec::with_capacity(rows);
+        let mut stream_ids = Vec::with_capacity(rows);
+        let mut stream_types = Vec::with_capacity(rows);
+        let mut expected = Vec::with_capacity(rows);
+        let mut n = Vec::with_capacity(rows);
+        let mut ids = Vec::with_capacity(rows);
+        let mut types = Vec::with_capacity(rows);
+        let mut schema_versions = Vec::with_capacity(rows);
+        let mut payloads = Vec::with_capacity(rows);
+        let mut metadata = Vec::with_capacity(rows);
+        for (index, append) in streams.iter().enumerate() {
+            let item = i32::try_from(index).unwrap_or(i32::MAX);
+            let at = i64::try_from(append.expected).unwrap_or(i64::MAX);
+            for (place, (event, meta)) in append.events.iter().enumerate() {
+                items.push(item);
+                stream_ids.push(append.stream.as_str());
+                stream_types.push(append.stream.stream_type());
+                expected.push(at);
+                n.push(i64::try_from(place).unwrap_or(i64::MAX) + 1);
+                ids.push(event.event_id);
+                types.push(event.event_type.as_str());
+                schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                payloads.push(&event.payload);
+                metadata.push(serde_json::to_value(meta).map_err(|source| Error::Json {
+                    what: "metadata",
+                    source,
+                })?);
+            }
+        }
+        let Some(tx) = self.transaction() else {
+            return Err(Error::RolledBack);
+        };
+        let rows = sqlx::query(APPEND_STREAMS)
+            .bind(&items)
+            .bind(&stream_ids)
+            .bind(&stream_types)
+            .bind(&expected)
+            .bind(&n)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .bind(&metadata)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut failed = Vec::new();
+        let mut positions = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            match row.try_get::<Option<i32>, _>(0)? {
+                Some(item) => failed.push(usize::try_from(item).unwrap_or(usize::MAX)),
+                None => {
+                    let id: Uuid = row.try_get(1)?;
+                    let position: i64 = row.try_get(2)?;
+                    positions.insert(id, position);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            failed.sort_unstable();
+            let mut conflicts = Vec::with_capacity(failed.len());
+            for index in failed {
+                let Some(append) = streams.get(index) else {
+                    continue;
+                };
+                // In the transaction (it wrote nothing, and holds its
+                // connection: the pool may have no other).
+                let Some(tx) = self.transaction() else {
+                    return Err(Error::RolledBack);
+                };
+                let actual = current_version(&mut **tx, append.stream).await?;
+                conflicts.push((
+                    index,
+                    Error::Conflict {
+                        stream: append.stream.to_string(),
+                        expected: ExpectedVersion::Exact(append.expected),
+                        actual,
+                    },
+                ));
+            }
+            return Ok(Err(StreamsRejected::Conflicts(conflicts)));
+        }
+        let mut appended = Vec::with_capacity(streams.len());
+        for append in streams {
+            let last = append.events.last().map(|(event, _)| event.event_id);
+            let position = last.and_then(|id| positions.get(&id).copied());
+            let Some(position) = position else {
+                // Every event is returned once inserted.
+                return Err(sqlx::Error::RowNotFound.into());
+            };
+            appended.push(Appended {
+                version: append.expected + append.events.len() as u64,
+                position,
+            });
+        }
+        self.wrote();
+        Ok(Ok(appended))
+    }
+}
