@@ -134,6 +134,25 @@ impl<A: Owned> Commands<A> {
         Ok(self.cache.repository().load(id).await?.state)
     }
 
+    /// [`Commands::execute`] for an aggregate whose id the caller made just
+    /// now (a new order's uuid v7): its stream cannot exist yet, so the
+    /// command is decided on the initial state without reading it, and
+    /// the append at version 0 proves it (a conflict reads the stream, and
+    /// a refusal is decided again on a read, as on any remembered state).
+    pub async fn execute_new<F>(
+        &self,
+        id: &str,
+        command: A::Command,
+        rule: Rule,
+        meta: CommandMeta,
+        success: F,
+    ) -> Result<Response, ApiError>
+    where
+        F: Fn(&CommandOutcome<A>) -> (StatusCode, serde_json::Value) + Send + Sync,
+    {
+        self.run(id, command, rule, meta, success, true).await
+    }
+
     /// Executes `command` on aggregate `id` for the caller in `meta`, if
     /// `rule` permits it on the aggregate's state (else `A`'s not-found
     /// refusal), and answers with `success(outcome)` (status and JSON body)
@@ -147,6 +166,23 @@ impl<A: Owned> Commands<A> {
         rule: Rule,
         meta: CommandMeta,
         success: F,
+    ) -> Result<Response, ApiError>
+    where
+        F: Fn(&CommandOutcome<A>) -> (StatusCode, serde_json::Value) + Send + Sync,
+    {
+        self.run(id, command, rule, meta, success, false).await
+    }
+
+    /// [`Commands::execute`], on a new aggregate when `new`
+    /// ([`Commands::execute_new`]).
+    async fn run<F>(
+        &self,
+        id: &str,
+        command: A::Command,
+        rule: Rule,
+        meta: CommandMeta,
+        success: F,
+        new: bool,
     ) -> Result<Response, ApiError>
     where
         F: Fn(&CommandOutcome<A>) -> (StatusCode, serde_json::Value) + Send + Sync,
@@ -183,10 +219,15 @@ impl<A: Owned> Commands<A> {
                 },
                 idempotency: meta.idempotency,
             };
-            let result = self
-                .cache
-                .execute(id, command, options, |result| Answer::of(result, &success))
-                .await;
+            let result = if new {
+                self.cache
+                    .execute_new(id, command, options, |result| Answer::of(result, &success))
+                    .await
+            } else {
+                self.cache
+                    .execute(id, command, options, |result| Answer::of(result, &success))
+                    .await
+            };
 
             let span = tracing::Span::current();
             match result {

@@ -59,7 +59,8 @@ pub async fn place(
     };
     state
         .orders()
-        .execute(
+        // Its id was made just now: its stream is not read.
+        .execute_new(
             &order_id.to_string(),
             command,
             // A new order, of the caller's own account (checked above).

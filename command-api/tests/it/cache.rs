@@ -127,3 +127,37 @@ async fn two_instances_with_caches_never_overdraw() {
     second.stop().await;
     app.stop().await;
 }
+
+/// A new order's stream is not read: its id was made just now, so it is
+/// decided on the initial state, and the append at version 0 proves it.
+#[tokio::test]
+async fn a_new_order_is_decided_without_reading_its_stream() {
+    let app = TestApp::spawn().await;
+    app.create_item_at("A", 5, 1_000, "EUR").await;
+    let before = metrics_of(&app.server).await;
+    let body = test_support::http::order_body(json!([
+        {"sku": "A", "quantity": 1, "unit_price": 1_000}
+    ]));
+    let response = app.post_json("/orders", &body).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.expect("JSON body");
+    let order = answer["order_id"].as_str().expect("order id").to_owned();
+    let metrics = metrics_of(&app.server).await;
+    const ORDER_HITS: &str = "command_api_aggregate_cache_hits_total{stream_type=\"order\"}";
+    const ORDER_MISSES: &str = "command_api_aggregate_cache_misses_total{stream_type=\"order\"}";
+    let of = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |value| value.parse::<u64>().expect("a count"))
+    };
+    // Orders are not remembered (the cache of orders holds none), and the
+    // new one was not looked up in it either: no miss, no read.
+    assert_eq!(of(&metrics, ORDER_MISSES), of(&before, ORDER_MISSES));
+    assert_eq!(of(&metrics, ORDER_HITS), of(&before, ORDER_HITS));
+    assert_eq!(
+        app.count_of(&format!("order-{order}"), "OrderPlaced").await,
+        1
+    );
+    app.stop().await;
+}
