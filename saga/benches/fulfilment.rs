@@ -731,8 +731,9 @@ async fn main() -> Result<(), BoxError> {
     let stages = stages(&watcher_pool, since).await?;
     println!(
         "where the time goes (medians over the measured orders, from the events' recorded_at): \
-         placed -> saga started {:.1} ms (LISTEN wake-up, trigger, claim), saga started -> first step \
-         {:.1} ms (claim), first step -> order shipped {:.1} ms (reserve, charge, ship and \
+         placed -> saga started {:.1} ms (the trigger's wake-up and step, the order read, the \
+         first steps decided: the start commits with them), saga started -> first step \
+         {:.1} ms, first step -> order shipped {:.1} ms (reserve, charge, ship and \
          their records), shipped -> saga completed {:.1} ms (commits)",
         stages[0], stages[1], stages[2], stages[3]
     );

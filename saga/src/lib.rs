@@ -7,10 +7,14 @@
 //!   polling fallback) for `OrderPlaced`, `CancellationRequested` and
 //!   `SagaRetried`, and makes their sagas due in the work queue `saga.due`,
 //!   recording its checkpoint in the same transaction; no broker is needed
-//!   to start, advance or finish a saga (design decision 10);
-//! - the [`Orchestrator`] claims due sagas with a lease and drives each one
-//!   step by step: it starts the saga from the order's own stream (at most
-//!   once: its stream is `saga-{order_id}`). A step that is a command on
+//!   to start, advance or finish a saga (design decision 10). It wakes at
+//!   once for an append in its own process, and the new sagas it leases in
+//!   that transaction go straight to its own orchestrator;
+//! - the [`Orchestrator`] claims due sagas with a lease (or takes those the
+//!   trigger leased for it) and drives each one step by step: it starts the
+//!   saga from the order's own stream (at most once: its stream is
+//!   `saga-{order_id}`), and the start commits with the saga's first steps
+//!   on this database. A step that is a command on
 //!   this database (reserve, mark, charge, commit, refund, release, cancel)
 //!   is one transaction: `StepStarted`, the command's events and the
 //!   outcome commit together, at the saga's version the step was planned on

@@ -18,17 +18,24 @@
 //!    the transaction an xid for its whole duration, and an xid in flight
 //!    holds back the gap-safe horizon of every reader of the log (the relay,
 //!    the projections' rebuilds, this trigger). A crashed holder's lock goes
-//!    with its connection;
-//! 2. reads the checkpoint (`saga.trigger`) and the trigger events after it
-//!    (an index range scan of `events_saga_trigger_idx`, which holds only
-//!    these events);
+//!    with its connection. It is sent with the `BEGIN`: one round trip;
+//! 2. reads the checkpoint (`saga.trigger`), the gap-safe horizon and the
+//!    trigger events after the checkpoint (an index range scan of
+//!    `events_saga_trigger_idx`, which holds only these events), in one
+//!    statement;
 //! 3. writes the `saga.due` rows they call for: an `OrderPlaced` whose saga
 //!    has no stream yet gets a row (if it has none), a cancellation or an
-//!    operator's retry makes the saga due now;
-//! 4. moves the checkpoint, and commits.
+//!    operator's retry makes the saga due now. The new sagas are leased to
+//!    this process's orchestrator, as far as its run loop has room, as its
+//!    own claim would lease them;
+//! 4. moves the checkpoint, and commits; then hands the sagas it leased to
+//!    the run loop, which drives them at once (no claim, no poll between
+//!    the order and its saga), and nudges the run loop to claim the others.
 //!
 //! A crash anywhere before the commit leaves nothing behind, and the next
-//! step reads the same events again. A re-read never starts a saga twice:
+//! step reads the same events again; a crash after it leaves the sagas it
+//! leased to their leases, which run out, and another orchestrator claims
+//! them, as after any crash of a driver. A re-read never starts a saga twice:
 //! waking is idempotent, and starting is guarded by the saga's stream
 //! (`saga-{order_id}` version 1 is unique), as it always was.
 //!
@@ -48,14 +55,16 @@
 //! at the saga (and for an `OrderPlaced` whose saga exists, not even that).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::OrderId;
+use event_store::LocalAppends;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::{Orchestrator, Result, PAUSE_AFTER_ENV};
+use crate::{Claimed, Orchestrator, Result, PAUSE_AFTER_ENV};
 
 /// Trigger events read in one step at most.
 const BATCH: i64 = 1_000;
@@ -71,31 +80,51 @@ const MAX_AHEAD: usize = 20_000;
 /// (the step's transaction still open), for crash tests.
 pub const PAUSE_IN_TRIGGER: &str = "trigger";
 
-/// The gap-safe horizon: every transaction with a smaller id has finished,
-/// so its events are visible to any later statement.
-const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+/// Begins a step: the transaction and the trigger's lock, in one round trip.
+const BEGIN_LOCKED: &str =
+    "BEGIN; SELECT pg_advisory_xact_lock(hashtext('purser.saga'), hashtext('trigger'))";
 
-/// The committed trigger events after a checkpoint, but for those at the
-/// positions of `$3` (acted on already). The first two conditions are the
-/// predicate of `events_saga_trigger_idx` (migration 0008), word for word;
-/// the ORDER BY names the table's columns so that the index serves it.
+/// In one statement (one snapshot, taken once the lock is held): the
+/// checkpoint and the gap-safe horizon (every transaction with a smaller id
+/// has finished, so its events are visible to this snapshot), in the first
+/// row, which alone has a horizon; then the committed trigger events after
+/// the checkpoint, but for those at the positions of `$1` (acted on
+/// already), at most `$2`, in no particular order. The events' first two
+/// conditions are the predicate of `events_saga_trigger_idx` (migration
+/// 0008), word for word; the checkpoint comes as scalar subqueries, which
+/// are constants for the index's range (as a joined row, the planner may
+/// choose to filter every trigger event ever: see `backlog`); the ORDER BY
+/// names the table's columns so that the index serves it. The checkpoint's
+/// row always exists (migration 0008 writes it).
 const READ: &str = "\
-SELECT transaction_id::text::bigint, position, stream_id, event_type
-FROM event_store.events
-WHERE stream_type IN ('order', 'saga')
-  AND event_type IN ('OrderPlaced', 'CancellationRequested', 'SagaRetried')
-  AND (transaction_id, position) > ($1::text::xid8, $2)
-  AND position <> ALL($3::bigint[])
-ORDER BY events.transaction_id, events.position
-LIMIT $4";
+SELECT coalesce((SELECT transaction_id FROM saga.trigger), '0'::xid8)::text::bigint,
+       coalesce((SELECT position FROM saga.trigger), 0),
+       pg_snapshot_xmin(pg_current_snapshot())::text::bigint, NULL::text, NULL::text
+UNION ALL
+(SELECT transaction_id::text::bigint, position, NULL::bigint, stream_id, event_type
+ FROM event_store.events
+ WHERE stream_type IN ('order', 'saga')
+   AND event_type IN ('OrderPlaced', 'CancellationRequested', 'SagaRetried')
+   AND (transaction_id, position)
+       > ((SELECT transaction_id FROM saga.trigger), (SELECT position FROM saga.trigger))
+   AND position <> ALL($1::bigint[])
+ ORDER BY events.transaction_id, events.position
+ LIMIT $2)";
 
 /// Orders placed: a row for each whose saga has no stream yet, unless it has
-/// one (already due, or being driven).
+/// one (already due, or being driven). The first `$3` of them are leased to
+/// orchestrator `$2` for `$4` ms, as its claim would (`Queue::claim`): the
+/// trigger hands them to its own orchestrator at once. Returns the rows
+/// written, and whether each was leased.
 const DUE_PLACED: &str = "\
-INSERT INTO saga.due (order_id)
-SELECT o FROM unnest($1::uuid[]) AS o
+INSERT INTO saga.due (order_id, lease_owner, lease_until)
+SELECT o,
+       CASE WHEN n <= $3 THEN $2::uuid END,
+       CASE WHEN n <= $3 THEN now() + make_interval(secs => $4::float8 / 1000) END
+FROM unnest($1::uuid[]) WITH ORDINALITY AS u(o, n)
 WHERE NOT EXISTS (SELECT FROM event_store.events WHERE stream_id = 'saga-' || o AND version = 1)
-ON CONFLICT (order_id) DO NOTHING";
+ON CONFLICT (order_id) DO NOTHING
+RETURNING order_id, wakeups, lease_owner IS NOT NULL";
 
 /// Sagas woken by a cancellation or an operator's retry: due now, and
 /// `wakeups` bumped so that a driver holding the saga looks again
@@ -128,6 +157,10 @@ pub struct Trigger {
     orchestrator: Orchestrator,
     pool: PgPool,
     listener: Option<PgListener>,
+    /// Appends committed in this process: a wake-up without `NOTIFY`'s
+    /// round trip and interval (an order placed through this process's
+    /// Command API starts its saga at once).
+    local: LocalAppends,
     poll: Duration,
     /// Events after the checkpoint acted on already (beyond the horizon).
     ahead: BTreeSet<Key>,
@@ -151,12 +184,14 @@ impl Trigger {
     /// its configuration when no `LISTEN` wake-up comes.
     pub fn new(orchestrator: Orchestrator) -> Self {
         let pool = orchestrator.store().pool().clone();
+        let local = orchestrator.store().local_appends();
         let poll = Duration::from_millis(orchestrator.config().poll_ms);
         let pause = std::env::var(PAUSE_AFTER_ENV).is_ok_and(|step| step == PAUSE_IN_TRIGGER);
         Trigger {
             orchestrator,
             pool,
             listener: None,
+            local,
             poll,
             ahead: BTreeSet::new(),
             more: false,
@@ -169,26 +204,38 @@ impl Trigger {
     /// the new checkpoint in one transaction, and nudges the orchestrator.
     #[tracing::instrument(skip_all, err)]
     pub async fn step(&mut self) -> Result<TriggerOutcome> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('purser.saga'), hashtext('trigger'))")
-            .execute(&mut *tx)
-            .await?;
-        let checkpoint: Key =
-            sqlx::query_as("SELECT transaction_id::text::bigint, position FROM saga.trigger")
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or((0, 0));
-        // Before the read: every event of a transaction below it is visible
-        // to the read.
-        let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *tx).await?;
+        // Before the transaction, whose `now()` the leases count from.
+        let leased_at = Instant::now();
+        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
         let skip: Vec<i64> = self.ahead.iter().map(|(_, position)| *position).collect();
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(READ)
-            .bind(checkpoint.0.to_string())
-            .bind(checkpoint.1)
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        let read: Vec<Row> = sqlx::query_as(READ)
             .bind(&skip)
             .bind(BATCH)
             .fetch_all(&mut *tx)
             .await?;
+        let mut checkpoint: Key = (0, 0);
+        let mut horizon = 0;
+        let mut rows = Vec::with_capacity(read.len());
+        for row in read {
+            match row {
+                (Some(transaction_id), Some(position), Some(xmin), _, _) => {
+                    checkpoint = (transaction_id, position);
+                    horizon = xmin;
+                }
+                (Some(transaction_id), Some(position), None, Some(stream_id), Some(event_type)) => {
+                    rows.push((transaction_id, position, stream_id, event_type));
+                }
+                row => tracing::error!(?row, "skipping a row the trigger's read cannot give"),
+            }
+        }
+        rows.sort_unstable_by_key(|(transaction_id, position, _, _)| (*transaction_id, *position));
         if rows.is_empty() && self.ahead.is_empty() {
             tx.commit().await?;
             self.more = false;
@@ -233,12 +280,30 @@ impl Trigger {
             .map_or(checkpoint, |key| key.max(checkpoint));
 
         let mut due = 0;
+        // Room in this process's run loop for the new sagas, taken now and
+        // given back for those not leased (or if this step fails).
+        let room = Room::take(&self.orchestrator, placed.len());
+        let mut claimed = Vec::new();
         if !placed.is_empty() {
-            due += sqlx::query(DUE_PLACED)
+            let config = self.orchestrator.config();
+            let rows: Vec<(Uuid, i64, bool)> = sqlx::query_as(DUE_PLACED)
                 .bind(&placed)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .bind(self.orchestrator.queue().owner())
+                .bind(i64::try_from(room.0).unwrap_or(i64::MAX))
+                .bind(config.lease_for_step_ms() as f64)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (order_id, wakeups, leased) in rows {
+                if leased {
+                    claimed.push(Claimed {
+                        order_id: OrderId::new(order_id),
+                        wakeups,
+                        leased_at,
+                    });
+                } else {
+                    due += 1;
+                }
+            }
         }
         if !woken.is_empty() {
             due += sqlx::query(DUE_WOKEN)
@@ -272,6 +337,9 @@ impl Trigger {
         self.ahead = self
             .ahead
             .split_off(&(settled_up_to.0, settled_up_to.1 + 1));
+        // The new sagas leased here are driven at once; the others (no
+        // room) are claimed by the run loop, nudged.
+        room.hand_over(claimed.clone());
         if due > 0 {
             self.orchestrator.nudge();
         }
@@ -279,6 +347,7 @@ impl Trigger {
             events = rows.len(),
             placed = placed.len(),
             woken = woken.len(),
+            handed_over = claimed.len(),
             due,
             ahead = self.ahead.len(),
             "trigger step"
@@ -286,9 +355,9 @@ impl Trigger {
         Ok(TriggerOutcome::Handled(rows.len()))
     }
 
-    /// Runs until `shutdown`: a step whenever the store says something was
-    /// appended (`LISTEN`), or every `poll_ms` without; failures (the
-    /// database down) are retried with backoff.
+    /// Runs until `shutdown`: a step whenever something was appended (in
+    /// this process, or in any other: `LISTEN`), or every `poll_ms`
+    /// without; failures (the database down) are retried with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         const MIN_BACKOFF: Duration = Duration::from_millis(100);
         const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -298,6 +367,11 @@ impl Trigger {
             // Listen before reading, so nothing committed after the read
             // goes unnoticed.
             self.ensure_listening().await;
+            // What woke it so far, the step reads: seen.
+            self.local.mark_seen();
+            if let Some(listener) = &mut self.listener {
+                while listener.next_buffered().is_some() {}
+            }
             let step = tokio::select! {
                 () = shutdown.cancelled() => break,
                 step = self.step() => step,
@@ -344,13 +418,22 @@ impl Trigger {
         }
     }
 
-    /// Waits up to `poll` or until a notification comes.
+    /// Waits up to `poll` or until an append in this process or a
+    /// notification comes.
     async fn wait_for_wake_up(&mut self) {
+        let local = &mut self.local;
         let Some(listener) = &mut self.listener else {
-            tokio::time::sleep(self.poll).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.poll) => {}
+                () = local.changed() => {}
+            }
             return;
         };
-        match tokio::time::timeout(self.poll, listener.recv()).await {
+        let notified = tokio::select! {
+            notified = tokio::time::timeout(self.poll, listener.recv()) => notified,
+            () = local.changed() => return,
+        };
+        match notified {
             Ok(Ok(_)) => {
                 // Several notifications mean the same thing: drain them.
                 while listener.next_buffered().is_some() {}
@@ -361,6 +444,28 @@ impl Trigger {
             }
             Err(_elapsed) => {}
         }
+    }
+}
+
+/// Room taken in the orchestrator's run loop for sagas this step leases;
+/// what is not handed over is given back when it is dropped.
+struct Room<'a>(usize, &'a Orchestrator);
+
+impl<'a> Room<'a> {
+    fn take(orchestrator: &'a Orchestrator, want: usize) -> Room<'a> {
+        Room(orchestrator.reserve(want), orchestrator)
+    }
+
+    /// Hands `claimed` (at most the room taken) to the run loop.
+    fn hand_over(mut self, claimed: Vec<Claimed>) {
+        self.0 -= claimed.len();
+        self.1.hand_over(claimed);
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.1.give_back(self.0);
     }
 }
 

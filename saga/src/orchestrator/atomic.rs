@@ -45,7 +45,9 @@ use domain::{
     next_action, step_errors, Action, Aggregate, FulfilmentSaga, SagaCommand, SagaEvent, SagaState,
     Situation, Step,
 };
-use event_store::{Appends, ExpectedVersion, Metadata, NewEvent, StreamId};
+use event_store::{
+    Appends, ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamId, StreamsRejected,
+};
 use tracing::Instrument as _;
 
 use super::commands::{store_error_code, Append, Decided, Held, Known, Remembered, Workspace};
@@ -145,6 +147,10 @@ impl<'a> Workspace<'a> for Batch<'a> {
     fn contended(&mut self) {
         self.contended = true;
     }
+
+    fn starts_the_saga(&self) -> bool {
+        !self.base.unsaved.is_empty()
+    }
 }
 
 /// How preparing a step for a batch went.
@@ -170,6 +176,24 @@ enum Written {
     LostRace,
     /// The first step's append was rejected: nothing written.
     FirstFailed(event_store::Error),
+}
+
+/// One stream's appends in a batch written at once: the steps' (their
+/// indexes in the batch) one after the other.
+struct Merged<'b> {
+    stream: &'b StreamId,
+    expected: u64,
+    events: Vec<(&'b NewEvent, &'b Metadata)>,
+    steps: Vec<usize>,
+}
+
+/// How writing a batch in one statement went.
+enum AtOnce {
+    Written(Written),
+    /// A later step's stream moved on: the batch, without it, to write.
+    Again,
+    /// The statement failed as a whole: to write one append at a time.
+    Failed(String),
 }
 
 /// How an attempt's transaction was prepared.
@@ -222,7 +246,7 @@ impl Orchestrator {
             Ok(Ready::Open(appends)) => {
                 self.pause_in(&batch).await;
                 match appends.commit().await {
-                    Ok(()) => return Ok(Some(self.committed(&batch, started))),
+                    Ok(()) => return Ok(Some(self.written(&batch, started))),
                     // Committed or not: the saga's stream tells (the record
                     // of the failure below conflicts if it did).
                     Err(error) => (store_error_code(&error), error.to_string()),
@@ -294,7 +318,7 @@ impl Orchestrator {
             Written::Open(appends) => {
                 self.pause_in(&batch).await;
                 appends.commit().await?;
-                Ok(Some(self.committed(&batch, started)))
+                Ok(Some(self.written(&batch, started)))
             }
             Written::LostRace => Ok(None),
             Written::FirstFailed(error) => Err(error.into()),
@@ -524,10 +548,154 @@ impl Orchestrator {
         true
     }
 
-    /// Writes the batch in one transaction, left open: the steps' appends,
+    /// Writes the batch in one transaction, left open: every append in one
+    /// statement ([`Appends::append_to_streams`]; a stream's appends of
+    /// several steps, one after the other, as one). A later step's stream
+    /// found moved on: it is written again without that step and the ones
+    /// after it. The statement failing as a whole (a concurrent writer in
+    /// flight on one of the versions, the database refusing the events):
+    /// written again one append at a time, which tells whose append it
+    /// was.
+    async fn write(&self, batch: &mut Batch<'_>) -> Result<Written> {
+        loop {
+            match self.write_at_once(batch).await? {
+                AtOnce::Written(written) => return Ok(written),
+                AtOnce::Again => {}
+                AtOnce::Failed(error) => {
+                    tracing::debug!(%error, "the batch's statement failed; writing its appends one at a time");
+                    return self.write_one_by_one(batch).await;
+                }
+            }
+        }
+    }
+
+    async fn write_at_once(&self, batch: &mut Batch<'_>) -> Result<AtOnce> {
+        let saga_stream = StreamId::of::<FulfilmentSaga>(batch.base.order_id);
+        let saga_metadata = self.saga_metadata(&batch.base);
+        // In the order of the streams' ids, as one by one below.
+        let mut writes: Vec<usize> = (0..batch.prepared.len())
+            .filter(|&i| batch.prepared[i].append.is_some())
+            .collect();
+        writes.sort_by_key(|&i| {
+            batch.prepared[i]
+                .append
+                .as_ref()
+                .map(|append| append.stream.as_str().to_owned())
+        });
+        // Each stream once: its steps' appends, one after the other.
+        let mut merged: Vec<Merged<'_>> = Vec::new();
+        for &i in &writes {
+            let Some(append) = &batch.prepared[i].append else {
+                continue;
+            };
+            let events = append.events.iter().map(|event| (event, &append.metadata));
+            match merged.last_mut() {
+                Some(last) if last.stream == &append.stream => {
+                    if last.expected + last.events.len() as u64 != append.expected {
+                        // Not one after the other: one at a time tells.
+                        return Ok(AtOnce::Failed(
+                            "two appends to one stream with a gap".to_owned(),
+                        ));
+                    }
+                    last.events.extend(events);
+                    last.steps.push(i);
+                }
+                _ => merged.push(Merged {
+                    stream: &append.stream,
+                    expected: append.expected,
+                    events: events.collect(),
+                    steps: vec![i],
+                }),
+            }
+        }
+        // The saga's start first, when it commits with this batch.
+        let saga_events: Vec<NewEvent> = batch
+            .base
+            .unsaved
+            .iter()
+            .chain(
+                batch
+                    .prepared
+                    .iter()
+                    .flat_map(|prepared| &prepared.saga_events),
+            )
+            .map(NewEvent::from_domain)
+            .collect();
+        let saga_events: Vec<(&NewEvent, &Metadata)> = saga_events
+            .iter()
+            .map(|event| (event, &saga_metadata))
+            .collect();
+        let mut streams: Vec<StreamAppend<'_>> = merged
+            .iter()
+            .map(|merged| StreamAppend {
+                stream: merged.stream,
+                expected: merged.expected,
+                events: &merged.events,
+            })
+            .collect();
+        streams.push(StreamAppend {
+            stream: &saga_stream,
+            expected: batch.base.version,
+            events: &saga_events,
+        });
+        let saga_item = merged.len();
+        let mut appends = self.inner.store.begin().await?;
+        let rejected = match appends.append_to_streams(&streams).await {
+            Ok(appended) => {
+                let positions: Vec<(Vec<usize>, i64)> = merged
+                    .iter()
+                    .zip(&appended)
+                    .map(|(merged, appended)| (merged.steps.clone(), appended.position))
+                    .collect();
+                for (steps, position) in positions {
+                    for i in steps {
+                        if let Some((_, _, known)) = &mut batch.prepared[i].after {
+                            known.state.set_position(position);
+                        }
+                    }
+                }
+                return Ok(AtOnce::Written(Written::Open(appends)));
+            }
+            Err(StreamsRejected::Failed(error)) => return Ok(AtOnce::Failed(error.to_string())),
+            Err(StreamsRejected::Conflicts(conflicts)) => conflicts,
+        };
+        drop(appends);
+        if rejected.iter().any(|(item, _)| *item == saga_item) {
+            return Ok(AtOnce::Written(Written::LostRace));
+        }
+        // The earliest step whose stream moved on, and every one after it,
+        // are left out; what each moved stream remembered is stale.
+        let mut first: Option<(usize, event_store::Error)> = None;
+        let mut stale = Vec::new();
+        for (item, error) in rejected {
+            let Some(merged) = merged.get(item) else {
+                continue;
+            };
+            stale.push(merged.stream.clone());
+            let i = merged.steps.iter().copied().min().unwrap_or(usize::MAX);
+            if first.as_ref().is_none_or(|(earliest, _)| i < *earliest) {
+                first = Some((i, error));
+            }
+        }
+        for stream in &stale {
+            batch.stale(stream);
+        }
+        let Some((i, error)) = first else {
+            return Ok(AtOnce::Failed("a rejection without its stream".to_owned()));
+        };
+        if i == 0 {
+            return Ok(AtOnce::Written(Written::FirstFailed(error)));
+        }
+        self.inner.metrics.conflict_retried();
+        tracing::debug!(%error, at = i, "a later step of the batch was rejected; writing the ones before it");
+        batch.prepared.truncate(i);
+        Ok(AtOnce::Again)
+    }
+
+    /// [`Orchestrator::write`] one append at a time: the steps' appends,
     /// then the saga's. A later step's rejected append aborts it; it is
     /// written again without that step and the ones after it.
-    async fn write(&self, batch: &mut Batch<'_>) -> Result<Written> {
+    async fn write_one_by_one(&self, batch: &mut Batch<'_>) -> Result<Written> {
         let saga_stream = StreamId::of::<FulfilmentSaga>(batch.base.order_id);
         let saga_metadata = self.saga_metadata(&batch.base);
         loop {
@@ -587,10 +755,17 @@ impl Orchestrator {
                 batch.prepared.truncate(i);
                 continue;
             }
+            // The saga's start first, when it commits with this batch.
             let saga_events: Vec<NewEvent> = batch
-                .prepared
+                .base
+                .unsaved
                 .iter()
-                .flat_map(|prepared| &prepared.saga_events)
+                .chain(
+                    batch
+                        .prepared
+                        .iter()
+                        .flat_map(|prepared| &prepared.saga_events),
+                )
                 .map(NewEvent::from_domain)
                 .collect();
             return match appends
@@ -621,6 +796,15 @@ impl Orchestrator {
         self.inner.pause_after.as_deref() == Some(step.name())
     }
 
+    /// After the commit of the batch's transaction (the saga's start with
+    /// it, if unsaved): [`Orchestrator::committed`].
+    fn written(&self, batch: &Batch<'_>, started: Instant) -> Current {
+        if !batch.base.unsaved.is_empty() {
+            self.started(batch.base.order_id);
+        }
+        self.committed(batch, started)
+    }
+
     /// After the batch's commit: what its appends left is remembered (and
     /// what it took and did not change is put back), its outcomes counted;
     /// the saga as it now is.
@@ -648,13 +832,18 @@ impl Orchestrator {
                 _ => {}
             }
         }
-        let appended: usize = batch.prepared.iter().map(|p| p.saga_events.len()).sum();
-        Current {
-            order_id: batch.base.order_id,
-            state: batch.state().clone(),
-            version: batch.base.version + appended as u64,
-            metadata: batch.base.metadata.clone(),
-        }
+        let appended: usize = batch.base.unsaved.len()
+            + batch
+                .prepared
+                .iter()
+                .map(|p| p.saga_events.len())
+                .sum::<usize>();
+        Current::saved(
+            batch.base.order_id,
+            batch.state().clone(),
+            batch.base.version + appended as u64,
+            batch.base.metadata.clone(),
+        )
     }
 
     fn remember(&self, id: &str, state: Remembered) {
@@ -692,7 +881,12 @@ impl Orchestrator {
         current: &Current,
         events: &[SagaEvent],
     ) -> Result<Option<Current>> {
-        let new_events: Vec<NewEvent> = events.iter().map(NewEvent::from_domain).collect();
+        let new_events: Vec<NewEvent> = current
+            .unsaved
+            .iter()
+            .chain(events)
+            .map(NewEvent::from_domain)
+            .collect();
         match self
             .inner
             .store
@@ -704,12 +898,17 @@ impl Orchestrator {
             )
             .await
         {
-            Ok(appended) => Ok(Some(Current {
-                order_id: current.order_id,
-                state: FulfilmentSaga::fold(current.state.clone(), events),
-                version: appended.version,
-                metadata: current.metadata.clone(),
-            })),
+            Ok(appended) => {
+                if !current.unsaved.is_empty() {
+                    self.started(current.order_id);
+                }
+                Ok(Some(Current::saved(
+                    current.order_id,
+                    FulfilmentSaga::fold(current.state.clone(), events),
+                    appended.version,
+                    current.metadata.clone(),
+                )))
+            }
             Err(event_store::Error::Conflict { .. }) => Ok(None),
             Err(error) => Err(error.into()),
         }

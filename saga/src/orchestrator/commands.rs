@@ -172,6 +172,9 @@ pub(super) trait Workspace<'a> {
     /// The batch had to wait for its first step's turn: other sagas want
     /// that aggregate too.
     fn contended(&mut self);
+    /// The saga's start commits with the batch: the saga has done nothing
+    /// yet.
+    fn starts_the_saga(&self) -> bool;
 }
 
 impl Orchestrator {
@@ -392,10 +395,18 @@ impl<'o> OnAggregate<'o> {
             };
             // With the past of the order the command needs (a repeat for a
             // finished order changes nothing): the repository recalls it
-            // by index.
-            let decision = match writer.repository().decide(id, &loaded.state, command).await {
-                Ok(decision) => decision,
-                Err(error) => return Decided::transient(store_error_code(&error), error),
+            // by index. A saga whose start commits with this batch has no
+            // past anywhere (every effect of a saga commits with its
+            // record in the saga's stream, which is empty; if it was
+            // started meanwhile, the batch's append at the stream's version
+            // 0 fails, and every decision of the batch with it).
+            let decision = if batch.starts_the_saga() {
+                A::decide(&loaded.state, command)
+            } else {
+                match writer.repository().decide(id, &loaded.state, command).await {
+                    Ok(decision) => decision,
+                    Err(error) => return Decided::transient(store_error_code(&error), error),
+                }
             };
             let unchanged = |result: StepResult| Decided::Step {
                 result,

@@ -11,6 +11,7 @@ use domain::{
     next_action, step_errors, Action, OrderId, SagaCommand, SagaState, SagaStatus, Situation, Step,
     StepStatus,
 };
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -41,42 +42,68 @@ pub enum Drive {
 impl Orchestrator {
     /// Claims due sagas and drives them, at most `concurrency` at a time,
     /// until `shutdown`; the sagas in hand then get a few seconds to finish
-    /// their step (one cut short is repaired like a crash).
+    /// their step (one cut short is repaired like a crash). While it runs,
+    /// the trigger hands it the new sagas it claimed itself, in the
+    /// transaction that made them due: they are driven at once, without a
+    /// claim of their own.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let config = &self.inner.config;
-        let concurrency = config.concurrency as usize;
         let poll = Duration::from_millis(config.poll_ms);
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
+        let (hand_off, mut handed) = mpsc::unbounded_channel();
+        *self.lock_hand_off() = Some(hand_off);
         tracing::info!(owner = %self.inner.queue.owner(), "saga orchestrator started");
+        // A hand-over alone does not call for a claim: the queue is looked
+        // at when woken, when a saga is let go, and every `poll`.
+        let mut claim = true;
+        let mut next_poll = Instant::now();
         while !shutdown.is_cancelled() {
-            let free = concurrency.saturating_sub(tasks.len());
-            let mut pause = poll;
-            match self
-                .inner
-                .queue
-                .claim(free, config.lease_for_step_ms())
-                .await
-            {
-                Ok(claimed) => {
-                    backoff = Duration::from_millis(100);
-                    for claimed in claimed {
-                        let orchestrator = self.clone();
-                        tasks.spawn(async move { orchestrator.drive_logged(claimed).await });
+            if claim || Instant::now() >= next_poll {
+                // Not taken before the claim: the trigger's hand-overs go on
+                // meanwhile (together they may pass `concurrency` by a few).
+                let free = self.room_left();
+                let mut pause = poll;
+                match self
+                    .inner
+                    .queue
+                    .claim(free, config.lease_for_step_ms())
+                    .await
+                {
+                    Ok(claimed) => {
+                        backoff = Duration::from_millis(100);
+                        self.take_room_anyway(claimed.len());
+                        for claimed in claimed {
+                            self.spawn_drive(&mut tasks, claimed, None);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?backoff, "cannot claim due sagas; retrying");
+                        pause = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%error, ?backoff, "cannot claim due sagas; retrying");
-                    pause = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                next_poll = Instant::now() + pause;
             }
+            claim = true;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = self.inner.wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
+                Some(claimed) = handed.recv() => {
+                    let new = Current::not_started(claimed.order_id);
+                    self.spawn_drive(&mut tasks, claimed, Some(new));
+                    claim = false;
+                }
+                () = tokio::time::sleep_until(next_poll.into()) => {}
             }
+        }
+        // Handed over from now on: left to their leases.
+        self.lock_hand_off().take();
+        handed.close();
+        while let Some(claimed) = handed.recv().await {
+            tracing::debug!(order_id = %claimed.order_id, "stopping: a saga handed over is left to its lease");
+            self.give_back(1);
         }
         let drained = tokio::time::timeout(Duration::from_secs(5), async {
             while tasks.join_next().await.is_some() {}
@@ -93,8 +120,18 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn drive_logged(&self, claimed: Claimed) {
-        let driven = self.drive(claimed).await;
+    /// Drives `claimed` in a task of `tasks` (with room taken for it, given
+    /// back when it ends).
+    fn spawn_drive(&self, tasks: &mut JoinSet<()>, claimed: Claimed, known: Option<Current>) {
+        let orchestrator = self.clone();
+        tasks.spawn(async move {
+            let _room = Room(&orchestrator);
+            orchestrator.drive_logged(claimed, known).await;
+        });
+    }
+
+    async fn drive_logged(&self, claimed: Claimed, known: Option<Current>) {
+        let driven = self.drive_from(claimed, known).await;
         // The next drive reads the order afresh anyway: what this one
         // remembered would only hold memory (a finished order's for ever).
         self.forget_order(claimed.order_id);
@@ -122,8 +159,15 @@ impl Orchestrator {
     /// orchestrators from taking the saga over while it is driven here; the
     /// saga stream's expected version is what keeps two from recording the
     /// same step.
-    #[tracing::instrument(skip_all, fields(order_id = %claimed.order_id), err)]
     pub async fn drive(&self, claimed: Claimed) -> Result<Drive> {
+        self.drive_from(claimed, None).await
+    }
+
+    /// [`Orchestrator::drive`], from `known` (the saga as it is, when the
+    /// caller knows: a new one handed over by the trigger) instead of its
+    /// stream.
+    #[tracing::instrument(skip_all, fields(order_id = %claimed.order_id), err)]
+    async fn drive_from(&self, claimed: Claimed, known: Option<Current>) -> Result<Drive> {
         let order_id = claimed.order_id;
         let config = &self.inner.config;
         let lease = Duration::from_millis(config.lease_for_step_ms());
@@ -132,7 +176,7 @@ impl Orchestrator {
         ));
         let mut lease_until = claimed.leased_at + lease;
         let mut lost_races = 0u32;
-        let mut known: Option<Current> = None;
+        let mut known = known;
         // A carrier step this drive recorded with the steps before it, to
         // carry out now.
         let mut recorded: Option<(Step, u32)> = None;
@@ -182,6 +226,18 @@ impl Orchestrator {
                 },
             );
             tracing::debug!(?action, status = %state.status, "next action");
+            let joins_a_batch =
+                matches!(&action, Action::Attempt { step, .. } if !leaves_the_database(step));
+            if !current.unsaved.is_empty() && !joins_a_batch {
+                // The start, decided to commit with the first batch of
+                // steps, and something else comes first (a cancellation
+                // meanwhile): saved on its own, then planned again.
+                match self.save_start(&current).await? {
+                    Some(saved) => known = Some(saved),
+                    None => lost_races += 1,
+                }
+                continue;
+            }
             let next = match action {
                 Action::Done => {
                     self.inner.queue.finish(claimed).await?;
@@ -408,7 +464,7 @@ impl Orchestrator {
     /// came in just after the step: the next step on the order meets it in
     /// the order's version (its append conflicts, and it is decided again
     /// on the order as it is), and the check after that sees it.
-    async fn cancellation_requested(&self, order_id: OrderId) -> Result<bool> {
+    pub(super) async fn cancellation_requested(&self, order_id: OrderId) -> Result<bool> {
         let id = order_id.to_string();
         let orders = &self.inner.orders;
         let loaded = match orders.peek(&id) {
@@ -460,4 +516,14 @@ fn carrier_in_flight(state: &SagaState) -> Option<(Step, u32)> {
 
 pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The room one saga driven takes in the run loop, given back when it ends
+/// (or its task is aborted).
+struct Room<'a>(&'a Orchestrator);
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.0.give_back(1);
+    }
 }

@@ -18,19 +18,22 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use domain::{
-    Aggregate, BankAccount, FulfilmentSaga, Inventory, Order, OrderEvent, OrderId, SagaCommand,
-    SagaOrder, SagaState, Step,
+    next_action, Action, Aggregate, BankAccount, FulfilmentSaga, Inventory, Order, OrderEvent,
+    OrderId, SagaCommand, SagaEvent, SagaOrder, SagaState, SagaStatus, Situation, Step,
 };
 use event_store::{
     EventStore, ExecuteError, ExecuteOptions, Executed, Loaded, Metadata, Repository, StreamId,
     DEFAULT_CACHE_SIZE,
 };
 use futures::future::BoxFuture;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::{Carrier, Error, Queue, Result, SagaConfig, SagaMetrics};
+use crate::{Carrier, Claimed, Error, Queue, Result, SagaConfig, SagaMetrics};
 
 mod atomic;
 mod commands;
@@ -102,11 +105,33 @@ pub(super) fn step_span(current: &Current, step: &Step, attempt: u32) -> tracing
 pub(super) struct Current {
     order_id: OrderId,
     state: SagaState,
-    /// The stream's version `state` is at.
+    /// The stream's version, as committed: `state` is `unsaved` past it.
     version: u64,
     /// Of the saga's first event (the correlation id of the request that
     /// placed the order).
     metadata: Metadata,
+    /// The saga's start, decided and not appended yet: it commits with the
+    /// first batch of steps, at `version` (0), or alone before anything
+    /// else is recorded ([`Orchestrator::save_start`]).
+    unsaved: Vec<SagaEvent>,
+}
+
+impl Current {
+    /// A saga whose stream is at `version` with `state`, nothing unsaved.
+    fn saved(order_id: OrderId, state: SagaState, version: u64, metadata: Metadata) -> Current {
+        Current {
+            order_id,
+            state,
+            version,
+            metadata,
+            unsaved: Vec::new(),
+        }
+    }
+
+    /// A saga nobody started (its stream is empty), as its stream reads.
+    fn not_started(order_id: OrderId) -> Current {
+        Current::saved(order_id, FulfilmentSaga::initial(), 0, Metadata::default())
+    }
 }
 
 /// The saga orchestrator. Cheap to clone: clones share everything.
@@ -126,6 +151,11 @@ struct Inner {
     config: SagaConfig,
     metrics: Arc<SagaMetrics>,
     wake: Notify,
+    /// Sagas claimed and not yet driven to their end, or handed over and
+    /// not yet taken: at most `config.concurrency`.
+    in_hand: AtomicUsize,
+    /// To the run loop, while it runs: sagas the trigger claimed for it.
+    hand_off: Mutex<Option<mpsc::UnboundedSender<Claimed>>>,
     pause_after: Option<String>,
     pause_before: Option<String>,
     before_step: Option<BeforeStep>,
@@ -177,6 +207,8 @@ impl Orchestrator {
                 config,
                 metrics,
                 wake: Notify::new(),
+                in_hand: AtomicUsize::new(0),
+                hand_off: Mutex::new(None),
                 pause_after: pause(PAUSE_AFTER_ENV),
                 pause_before: pause(PAUSE_BEFORE_ENV),
                 before_step: None,
@@ -217,6 +249,69 @@ impl Orchestrator {
     /// of at its next poll.
     pub(crate) fn nudge(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// Room for up to `want` more sagas in this process's run loop,
+    /// taken: how many it has room for (none when it is not running or
+    /// full). What is not used is given back ([`Orchestrator::give_back`]).
+    pub(crate) fn reserve(&self, want: usize) -> usize {
+        if self.lock_hand_off().is_none() {
+            return 0;
+        }
+        self.take_room(want)
+    }
+
+    fn take_room(&self, want: usize) -> usize {
+        let most = self.inner.config.concurrency as usize;
+        let before = self
+            .inner
+            .in_hand
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used + want.min(most.saturating_sub(used)))
+            })
+            .unwrap_or(most);
+        want.min(most.saturating_sub(before))
+    }
+
+    /// Room left in the run loop now (none taken).
+    fn room_left(&self) -> usize {
+        let most = self.inner.config.concurrency as usize;
+        most.saturating_sub(self.inner.in_hand.load(Ordering::SeqCst))
+    }
+
+    /// Takes room for `sagas` claimed, whatever is left.
+    fn take_room_anyway(&self, sagas: usize) {
+        self.inner.in_hand.fetch_add(sagas, Ordering::SeqCst);
+    }
+
+    /// Gives back room taken and not used (or a saga driven to its end).
+    pub(crate) fn give_back(&self, room: usize) {
+        if room > 0 {
+            self.inner.in_hand.fetch_sub(room, Ordering::SeqCst);
+        }
+    }
+
+    /// Hands sagas the trigger claimed (with room reserved for each) to
+    /// the run loop, which drives them at once: they are new, their
+    /// streams empty when they were claimed. Those it cannot take (it
+    /// stopped meanwhile) keep their lease until it runs out.
+    pub(crate) fn hand_over(&self, claimed: Vec<Claimed>) {
+        let hand_off = self.lock_hand_off();
+        for claimed in claimed {
+            let taken = hand_off
+                .as_ref()
+                .is_some_and(|hand_off| hand_off.send(claimed).is_ok());
+            if !taken {
+                self.give_back(1);
+            }
+        }
+    }
+
+    fn lock_hand_off(&self) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<Claimed>>> {
+        self.inner
+            .hand_off
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts the saga of a placed order (at most once per order) and makes
@@ -290,6 +385,7 @@ impl Orchestrator {
     /// again when the stream moved on). The saga after it, or `None` when
     /// the saga refused it (it moved meanwhile).
     async fn record_on(&self, current: &Current, command: SagaCommand) -> Result<Option<Current>> {
+        debug_assert!(current.unsaved.is_empty(), "the start saved first");
         let order_id = current.order_id;
         let known = Loaded {
             state: current.state.clone(),
@@ -315,12 +411,12 @@ impl Orchestrator {
             )
             .await
         {
-            Ok(Executed::Done(outcome)) if !outcome.events.is_empty() => Ok(Some(Current {
+            Ok(Executed::Done(outcome)) if !outcome.events.is_empty() => Ok(Some(Current::saved(
                 order_id,
-                state: outcome.state,
-                version: outcome.version,
-                metadata: current.metadata.clone(),
-            })),
+                outcome.state,
+                outcome.version,
+                current.metadata.clone(),
+            ))),
             Ok(Executed::Done(_)) => Ok(None),
             Ok(Executed::Refused(refusal)) => {
                 tracing::warn!(%order_id, ?command, %refusal, "saga refused a record; looking again");
@@ -350,12 +446,7 @@ impl Orchestrator {
             state = FulfilmentSaga::evolve(state, &event.decode()?);
             version = event.version;
         }
-        Ok(Current {
-            order_id,
-            state,
-            version,
-            metadata,
-        })
+        Ok(Current::saved(order_id, state, version, metadata))
     }
 
     /// Starts the saga `current` (not started yet) from its order's
@@ -394,12 +485,54 @@ impl Orchestrator {
             saga_id: Uuid::now_v7(),
             order,
         };
+        if self.inner.before_step.is_none() {
+            // Its first steps on this database commit with it (one
+            // transaction fewer): decided now, appended by their batch.
+            if let Ok(events) = FulfilmentSaga::decide(&not_started.state, &command) {
+                let started = Current {
+                    state: FulfilmentSaga::fold(not_started.state.clone(), &events),
+                    unsaved: events,
+                    ..not_started.clone()
+                };
+                if self.joins_a_batch(&started).await? {
+                    return Ok(Start::Started(Box::new(started)));
+                }
+            }
+        }
         let Some(started) = self.record_on(&not_started, command).await? else {
             return Ok(Start::Moved);
         };
+        self.started(order_id);
+        Ok(Start::Started(Box::new(started)))
+    }
+
+    /// Whether what `current` (just started, unsaved) does next is a step
+    /// on this database, whose batch can commit the start with it.
+    async fn joins_a_batch(&self, current: &Current) -> Result<bool> {
+        let cancellation_requested = self.cancellation_requested(current.order_id).await?;
+        let action = next_action(
+            &current.state,
+            &Situation {
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                cancellation_requested,
+                max_attempts: self.inner.config.max_attempts,
+            },
+        );
+        Ok(current.state.status == SagaStatus::Running
+            && matches!(action, Action::Attempt { step, .. } if !atomic::leaves_the_database(&step)))
+    }
+
+    /// Appends the start `current` holds unsaved, alone (before anything
+    /// but a batch of steps is recorded). `None` when the saga was started
+    /// meanwhile (another orchestrator).
+    async fn save_start(&self, current: &Current) -> Result<Option<Current>> {
+        self.append_saga_alone(current, &[]).await
+    }
+
+    /// Counts and logs a start that committed.
+    fn started(&self, order_id: OrderId) {
         self.inner.metrics.started();
         tracing::info!(%order_id, "saga started");
-        Ok(Start::Started(Box::new(started)))
     }
 }
 

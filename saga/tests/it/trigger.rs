@@ -192,3 +192,41 @@ async fn a_transaction_left_open_holds_the_checkpoint_back_but_not_the_saga() {
     assert_eq!(count(&account_events, "AccountCharged"), 2);
     world.stop().await;
 }
+
+/// A new saga is leased to the trigger's own orchestrator in the
+/// transaction that makes it due, and driven from there: its lease counts
+/// from the row's own `due_at` (a claim after it would count from later).
+#[tokio::test]
+async fn the_trigger_hands_a_new_saga_to_its_orchestrator_in_its_own_transaction() {
+    let config = saga::SagaConfig {
+        // Not renewed while the saga is held below.
+        lease_ms: 20_000,
+        ..fast_config()
+    };
+    let mut world = World::new(config).await;
+    let (hook, release, reached) = test_support::world::hold_before("reserve_stock");
+    world.start_saga(Some(hook));
+    let account = world.account(100_000).await;
+    world.item("A", 10, 1_000).await;
+    let order = world.place(account, &[("A", 1, 1_000)], "ES").await;
+    tokio::time::timeout(Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the saga reached its first step");
+
+    let (leased, lease): (bool, f64) = sqlx::query_as(
+        "SELECT lease_owner IS NOT NULL, \
+                extract(epoch FROM lease_until - due_at)::float8 * 1000 \
+         FROM saga.due WHERE order_id = $1",
+    )
+    .bind(order)
+    .fetch_one(&world.db.pool)
+    .await
+    .expect("due row");
+    assert!(leased);
+    assert_eq!(lease, 20_000.0, "leased when made due");
+
+    release.send(()).expect("saga waiting");
+    let saga = world.finished(order).await;
+    assert_eq!(saga.status, SagaStatus::Completed, "{saga:#?}");
+    world.stop().await;
+}
