@@ -1,6 +1,7 @@
 //! Appends to several streams in one statement, all or nothing
-//! ([`Appends::append_to_streams`]): one round trip for what would be one
-//! per stream.
+//! ([`Appends::append_to_streams`] in a transaction,
+//! [`EventStore::append_to_streams`] on its own): one round trip for what
+//! would be one per stream.
 //!
 //! The statement ([`APPEND_STREAMS`]) checks every stream's expectation
 //! under its one snapshot, taken before its first write (so, as for a lone
@@ -16,7 +17,9 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::store::current_version;
-use crate::{Appended, Appends, Error, ExpectedVersion, Metadata, NewEvent, Result, StreamId};
+use crate::{
+    Appended, Appends, Error, EventStore, ExpectedVersion, Metadata, NewEvent, Result, StreamId,
+};
 
 /// Inputs, one element per event: $1 its stream's index among the
 /// statement's streams, $2 stream id, $3 stream type, $4 the stream's
@@ -94,118 +97,142 @@ impl Appends {
         &mut self,
         streams: &[StreamAppend<'_>],
     ) -> std::result::Result<Vec<Appended>, StreamsRejected> {
-        match self.try_append_to_streams(streams).await {
-            Ok(result) => result,
+        let appended = match self.transaction() {
+            Some(tx) => append_streams(tx, streams).await,
+            None => Err(Error::RolledBack),
+        };
+        match appended {
+            Ok(Ok(appended)) => {
+                self.wrote();
+                Ok(appended)
+            }
+            Ok(Err(conflicts)) => Err(StreamsRejected::Conflicts(conflicts)),
             Err(error) => {
                 self.roll_back().await;
                 Err(StreamsRejected::Failed(error))
             }
         }
     }
+}
 
-    async fn try_append_to_streams(
-        &mut self,
+impl EventStore {
+    /// [`Appends::append_to_streams`] as a statement of its own, which
+    /// commits as it ends (one round trip for all of it), and wakes the
+    /// subscribers. Conflicts: nothing was written.
+    pub async fn append_to_streams(
+        &self,
         streams: &[StreamAppend<'_>],
-    ) -> Result<std::result::Result<Vec<Appended>, StreamsRejected>> {
-        if streams.is_empty() || streams.iter().any(|s| s.events.is_empty()) {
-            return Err(Error::NoEvents);
-        }
-        let rows: usize = streams.iter().map(|s| s.events.len()).sum();
-        let mut items = Vec::with_capacity(rows);
-        let mut stream_ids = Vec::with_capacity(rows);
-        let mut stream_types = Vec::with_capacity(rows);
-        let mut expected = Vec::with_capacity(rows);
-        let mut n = Vec::with_capacity(rows);
-        let mut ids = Vec::with_capacity(rows);
-        let mut types = Vec::with_capacity(rows);
-        let mut schema_versions = Vec::with_capacity(rows);
-        let mut payloads = Vec::with_capacity(rows);
-        let mut metadata = Vec::with_capacity(rows);
-        for (index, append) in streams.iter().enumerate() {
-            let item = i32::try_from(index).unwrap_or(i32::MAX);
-            let at = i64::try_from(append.expected).unwrap_or(i64::MAX);
-            for (place, (event, meta)) in append.events.iter().enumerate() {
-                items.push(item);
-                stream_ids.push(append.stream.as_str());
-                stream_types.push(append.stream.stream_type());
-                expected.push(at);
-                n.push(i64::try_from(place).unwrap_or(i64::MAX) + 1);
-                ids.push(event.event_id);
-                types.push(event.event_type.as_str());
-                schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                payloads.push(&event.payload);
-                metadata.push(serde_json::to_value(meta).map_err(|source| Error::Json {
-                    what: "metadata",
-                    source,
-                })?);
-            }
-        }
-        let Some(tx) = self.transaction() else {
-            return Err(Error::RolledBack);
+    ) -> std::result::Result<Vec<Appended>, StreamsRejected> {
+        let appended = match self.pool().acquire().await {
+            Ok(mut connection) => append_streams(&mut connection, streams).await,
+            Err(error) => Err(error.into()),
         };
-        let rows = sqlx::query(APPEND_STREAMS)
-            .bind(&items)
-            .bind(&stream_ids)
-            .bind(&stream_types)
-            .bind(&expected)
-            .bind(&n)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .fetch_all(&mut **tx)
-            .await?;
-        let mut failed = Vec::new();
-        let mut positions = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            match row.try_get::<Option<i32>, _>(0)? {
-                Some(item) => failed.push(usize::try_from(item).unwrap_or(usize::MAX)),
-                None => {
-                    let id: Uuid = row.try_get(1)?;
-                    let position: i64 = row.try_get(2)?;
-                    positions.insert(id, position);
-                }
+        match appended {
+            Ok(Ok(appended)) => {
+                self.notify_appended();
+                Ok(appended)
             }
+            Ok(Err(conflicts)) => Err(StreamsRejected::Conflicts(conflicts)),
+            Err(error) => Err(StreamsRejected::Failed(error)),
         }
-        if !failed.is_empty() {
-            failed.sort_unstable();
-            let mut conflicts = Vec::with_capacity(failed.len());
-            for index in failed {
-                let Some(append) = streams.get(index) else {
-                    continue;
-                };
-                // In the transaction (it wrote nothing, and holds its
-                // connection: the pool may have no other).
-                let Some(tx) = self.transaction() else {
-                    return Err(Error::RolledBack);
-                };
-                let actual = current_version(&mut **tx, append.stream).await?;
-                conflicts.push((
-                    index,
-                    Error::Conflict {
-                        stream: append.stream.to_string(),
-                        expected: ExpectedVersion::Exact(append.expected),
-                        actual,
-                    },
-                ));
-            }
-            return Ok(Err(StreamsRejected::Conflicts(conflicts)));
-        }
-        let mut appended = Vec::with_capacity(streams.len());
-        for append in streams {
-            let last = append.events.last().map(|(event, _)| event.event_id);
-            let position = last.and_then(|id| positions.get(&id).copied());
-            let Some(position) = position else {
-                // Every event is returned once inserted.
-                return Err(sqlx::Error::RowNotFound.into());
-            };
-            appended.push(Appended {
-                version: append.expected + append.events.len() as u64,
-                position,
-            });
-        }
-        self.wrote();
-        Ok(Ok(appended))
     }
+}
+
+/// The statement, and on a conflict each stale stream's version, read on the
+/// same connection (a transaction's holds it; the pool may have no other).
+async fn append_streams(
+    connection: &mut sqlx::PgConnection,
+    streams: &[StreamAppend<'_>],
+) -> Result<std::result::Result<Vec<Appended>, Vec<(usize, Error)>>> {
+    if streams.is_empty() || streams.iter().any(|s| s.events.is_empty()) {
+        return Err(Error::NoEvents);
+    }
+    let rows: usize = streams.iter().map(|s| s.events.len()).sum();
+    let mut items = Vec::with_capacity(rows);
+    let mut stream_ids = Vec::with_capacity(rows);
+    let mut stream_types = Vec::with_capacity(rows);
+    let mut expected = Vec::with_capacity(rows);
+    let mut n = Vec::with_capacity(rows);
+    let mut ids = Vec::with_capacity(rows);
+    let mut types = Vec::with_capacity(rows);
+    let mut schema_versions = Vec::with_capacity(rows);
+    let mut payloads = Vec::with_capacity(rows);
+    let mut metadata = Vec::with_capacity(rows);
+    for (index, append) in streams.iter().enumerate() {
+        let item = i32::try_from(index).unwrap_or(i32::MAX);
+        let at = i64::try_from(append.expected).unwrap_or(i64::MAX);
+        for (place, (event, meta)) in append.events.iter().enumerate() {
+            items.push(item);
+            stream_ids.push(append.stream.as_str());
+            stream_types.push(append.stream.stream_type());
+            expected.push(at);
+            n.push(i64::try_from(place).unwrap_or(i64::MAX) + 1);
+            ids.push(event.event_id);
+            types.push(event.event_type.as_str());
+            schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+            payloads.push(&event.payload);
+            metadata.push(serde_json::to_value(meta).map_err(|source| Error::Json {
+                what: "metadata",
+                source,
+            })?);
+        }
+    }
+    let rows = sqlx::query(APPEND_STREAMS)
+        .bind(&items)
+        .bind(&stream_ids)
+        .bind(&stream_types)
+        .bind(&expected)
+        .bind(&n)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut failed = Vec::new();
+    let mut positions = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        match row.try_get::<Option<i32>, _>(0)? {
+            Some(item) => failed.push(usize::try_from(item).unwrap_or(usize::MAX)),
+            None => {
+                let id: Uuid = row.try_get(1)?;
+                let position: i64 = row.try_get(2)?;
+                positions.insert(id, position);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        failed.sort_unstable();
+        let mut conflicts = Vec::with_capacity(failed.len());
+        for index in failed {
+            let Some(append) = streams.get(index) else {
+                continue;
+            };
+            let actual = current_version(&mut *connection, append.stream).await?;
+            conflicts.push((
+                index,
+                Error::Conflict {
+                    stream: append.stream.to_string(),
+                    expected: ExpectedVersion::Exact(append.expected),
+                    actual,
+                },
+            ));
+        }
+        return Ok(Err(conflicts));
+    }
+    let mut appended = Vec::with_capacity(streams.len());
+    for append in streams {
+        let last = append.events.last().map(|(event, _)| event.event_id);
+        let position = last.and_then(|id| positions.get(&id).copied());
+        let Some(position) = position else {
+            // Every event is returned once inserted.
+            return Err(sqlx::Error::RowNotFound.into());
+        };
+        appended.push(Appended {
+            version: append.expected + append.events.len() as u64,
+            position,
+        });
+    }
+    Ok(Ok(appended))
 }

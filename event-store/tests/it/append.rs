@@ -458,3 +458,61 @@ async fn appends_to_several_streams_in_one_statement_all_or_nothing() {
     assert_eq!(read[1].position, appended[1].position);
     db.drop().await;
 }
+
+/// The same statement on its own: committed as it ends (seen from another
+/// connection), or nothing written when a stream moved on.
+#[tokio::test]
+async fn appends_to_several_streams_in_a_statement_of_its_own() {
+    let db = TestDatabase::create().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, first) = new_counter_stream();
+    let (_, second) = new_counter_stream();
+    let meta = metadata("one");
+    let (a, b, c) = (added(1), added(2), added(3));
+    let appended = store
+        .append_to_streams(&[
+            StreamAppend {
+                stream: &first,
+                expected: 0,
+                events: &[(&a, &meta)],
+            },
+            StreamAppend {
+                stream: &second,
+                expected: 0,
+                events: &[(&b, &meta)],
+            },
+        ])
+        .await
+        .expect("both");
+    assert_eq!(
+        appended.iter().map(|a| a.version).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    let outside = EventStore::new(db.pool.clone());
+    assert_eq!(
+        outside.read_stream(&second, 1).await.expect("read").len(),
+        1
+    );
+
+    let stale = store
+        .append_to_streams(&[
+            StreamAppend {
+                stream: &first,
+                expected: 1,
+                events: &[(&c, &meta)],
+            },
+            StreamAppend {
+                stream: &second,
+                expected: 0,
+                events: &[(&c, &meta)],
+            },
+        ])
+        .await
+        .expect_err("second is at 1");
+    assert!(
+        matches!(&stale, StreamsRejected::Conflicts(c) if matches!(c.as_slice(), [(1, Error::Conflict { actual: 1, .. })])),
+        "{stale:?}"
+    );
+    assert_eq!(store.read_stream(&first, 1).await.expect("read").len(), 1);
+    db.drop().await;
+}

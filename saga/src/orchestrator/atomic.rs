@@ -172,6 +172,8 @@ enum Added {
 enum Written {
     /// Every append made, the transaction open, to commit.
     Open(Appends),
+    /// Every append made and committed (one statement of its own).
+    Committed,
     /// The saga moved meanwhile: nothing written.
     LostRace,
     /// The first step's append was rejected: nothing written.
@@ -199,6 +201,7 @@ enum AtOnce {
 /// How an attempt's transaction was prepared.
 enum Ready {
     Open(Appends),
+    Committed,
     LostRace,
     Failed { code: &'static str, detail: String },
 }
@@ -252,6 +255,7 @@ impl Orchestrator {
                     Err(error) => (store_error_code(&error), error.to_string()),
                 }
             }
+            Ok(Ready::Committed) => return Ok(Some(self.written(&batch, started))),
             Ok(Ready::LostRace) => return Ok(None),
             Ok(Ready::Failed { code, detail }) => (code, detail),
             Err(error) => (step_errors::UNAVAILABLE, error.to_string()),
@@ -320,6 +324,7 @@ impl Orchestrator {
                 appends.commit().await?;
                 Ok(Some(self.written(&batch, started)))
             }
+            Written::Committed => Ok(Some(self.written(&batch, started))),
             Written::LostRace => Ok(None),
             Written::FirstFailed(error) => Err(error.into()),
         }
@@ -369,6 +374,7 @@ impl Orchestrator {
             match written {
                 Ok(written) => match written? {
                     Written::Open(appends) => return Ok(Ready::Open(appends)),
+                    Written::Committed => return Ok(Ready::Committed),
                     Written::LostRace => return Ok(Ready::LostRace),
                     Written::FirstFailed(event_store::Error::Conflict { .. }) => {
                         tracing::debug!(%step, "the step's aggregate moved; deciding again");
@@ -548,9 +554,11 @@ impl Orchestrator {
         true
     }
 
-    /// Writes the batch in one transaction, left open: every append in one
-    /// statement ([`Appends::append_to_streams`]; a stream's appends of
-    /// several steps, one after the other, as one). A later step's stream
+    /// Writes the batch: every append in one statement, committed as it
+    /// ends ([`event_store::EventStore::append_to_streams`]), or, when a pause before the
+    /// commit is asked for, in a transaction left open
+    /// ([`Appends::append_to_streams`]); a stream's appends of several
+    /// steps, one after the other, as one. A later step's stream
     /// found moved on: it is written again without that step and the ones
     /// after it. The statement failing as a whole (a concurrent writer in
     /// flight on one of the versions, the database refusing the events):
@@ -639,8 +647,19 @@ impl Orchestrator {
             events: &saga_events,
         });
         let saga_item = merged.len();
-        let mut appends = self.inner.store.begin().await?;
-        let rejected = match appends.append_to_streams(&streams).await {
+        // A statement of its own commits as it ends: one round trip holding
+        // the batch's aggregates (a hot item), where a transaction takes
+        // three. In a transaction only to stand still before its commit
+        // (`PURSER_SAGA_PAUSE_AFTER`).
+        let mut appends = match self.inner.pause_after {
+            Some(_) => Some(self.inner.store.begin().await?),
+            None => None,
+        };
+        let appended = match appends.as_mut() {
+            Some(appends) => appends.append_to_streams(&streams).await,
+            None => self.inner.store.append_to_streams(&streams).await,
+        };
+        let rejected = match appended {
             Ok(appended) => {
                 let positions: Vec<(Vec<usize>, i64)> = merged
                     .iter()
@@ -654,7 +673,10 @@ impl Orchestrator {
                         }
                     }
                 }
-                return Ok(AtOnce::Written(Written::Open(appends)));
+                return Ok(AtOnce::Written(match appends {
+                    Some(appends) => Written::Open(appends),
+                    None => Written::Committed,
+                }));
             }
             Err(StreamsRejected::Failed(error)) => return Ok(AtOnce::Failed(error.to_string())),
             Err(StreamsRejected::Conflicts(conflicts)) => conflicts,
