@@ -107,9 +107,15 @@ async fn watch(pool: PgPool, waiting: Waiting, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         let streams: Vec<String> = waiting.lock().await.keys().cloned().collect();
         if !streams.is_empty() {
+            // One index lookup per order in flight (`LATERAL ... LIMIT 1`):
+            // with `= ANY($1)` the plan, on tables never analysed, flipped
+            // between runs from 0.06 ms to 20 ms a look, every 5 ms, which
+            // then dominated the p50 it measures.
             let shipped: Vec<String> = sqlx::query_scalar(
-                "SELECT stream_id FROM event_store.events \
-                 WHERE stream_id = ANY($1) AND event_type = 'OrderShipped'",
+                "SELECT s.stream_id FROM unnest($1::text[]) AS s(stream_id) \
+                 CROSS JOIN LATERAL (SELECT 1 FROM event_store.events e \
+                    WHERE e.stream_id = s.stream_id AND e.event_type = 'OrderShipped' \
+                    LIMIT 1) AS shipped",
             )
             .bind(&streams)
             .fetch_all(&pool)
