@@ -100,8 +100,9 @@ async fn run(pool: PgPool, mut pokes: mpsc::Receiver<()>) {
 /// Appends committed by this process to one database, through any
 /// `EventStore` on it ([`crate::EventStore::local_appends`]): a subscriber in
 /// the process wakes on them at once, without waiting for the `pg_notify`
-/// (up to [`MIN_INTERVAL`] later, plus its round trip). Appends of other
-/// processes still come only by `LISTEN` on [`CHANNEL`] (or polling).
+/// (up to 10 ms later, the notifier's shortest interval, plus its round
+/// trip). Appends of other processes still come only by `LISTEN` on
+/// [`CHANNEL`] (or polling).
 ///
 /// Use it as a `watch`: [`LocalAppends::mark_seen`] before reading, then
 /// [`LocalAppends::changed`] waits for an append committed after the mark

@@ -8,7 +8,7 @@
 //! reset are short and run here. None appends to the event store; the
 //! operator's `sub` is recorded as who asked for a rebuild, and logged as the
 //! `actor` of each command. Each honours an `Idempotency-Key` like every
-//! command (see [`once`]).
+//! command (see `once` below).
 
 use std::future::Future;
 
