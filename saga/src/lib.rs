@@ -119,7 +119,8 @@ pub use config::SagaConfig;
 pub use error::{Error, Result};
 pub use metrics::SagaMetrics;
 pub use orchestrator::{
-    retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV, STEP_SCOPE,
+    retry, BeforeStep, Drive, Orchestrator, PAUSE_AFTER_ENV, PAUSE_AFTER_HAND_OVER,
+    PAUSE_BEFORE_ENV, STEP_SCOPE,
 };
 pub use queue::{Claimed, Queue};
 pub use trigger::{Trigger, TriggerOutcome, PAUSE_IN_TRIGGER};

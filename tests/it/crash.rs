@@ -187,6 +187,15 @@ async fn count(setup: &Setup, stream: &str, event_type: &str) -> i64 {
     .expect("count")
 }
 
+/// Events in `stream`, of any type.
+async fn count_all(setup: &Setup, stream: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM event_store.events WHERE stream_id = $1")
+        .bind(stream)
+        .fetch_one(&setup.db.pool)
+        .await
+        .expect("count")
+}
+
 async fn wait_until_over(setup: &Setup) -> SagaState {
     eventually(
         "the restarted orchestrator to finish the saga",
@@ -288,11 +297,22 @@ async fn killed_at(pause: Pause<'_>, country: &str) {
 /// every step took effect once: one reservation per line, one charge (and
 /// one refund to `XX`, where the carrier refuses), exact money and stock.
 async fn restart_and_check(setup: Setup, country: &str) {
-    let mut second = orchestrator(&setup, None);
-    let saga = wait_until_over(&setup).await;
+    let saga = restart(&setup).await;
+    check_exactly_once(setup, country, saga).await;
+}
+
+/// Starts the orchestrator again and lets it finish the saga.
+async fn restart(setup: &Setup) -> SagaState {
+    let mut second = orchestrator(setup, None);
+    let saga = wait_until_over(setup).await;
     second.kill().await.expect("stopped");
     setup.relay.cancel();
+    saga
+}
 
+/// Checks that every step of `saga` took effect once (see
+/// [`restart_and_check`]), and drops the database.
+async fn check_exactly_once(setup: Setup, country: &str, saga: SagaState) {
     let account_stream = format!("account-{}", setup.account);
     let charges = count(&setup, &account_stream, "AccountCharged").await;
     let refunds = count(&setup, &account_stream, "ChargeRefunded").await;
@@ -459,6 +479,66 @@ async fn killed_in_the_trigger_before_its_checkpoint() {
     second.kill().await.expect("stopped");
     setup.relay.cancel();
     setup.db.drop().await;
+}
+
+/// Killed between the trigger's hand-over and the drive: the trigger has
+/// leased the new saga to its own orchestrator and committed, and handed it
+/// over in this process; the run loop stands still before driving it. The
+/// lease is all that is left of it: nobody may take the saga before it runs
+/// out, and once it has, another orchestrator claims the saga and finishes
+/// it, each step once.
+#[tokio::test]
+async fn killed_between_the_hand_over_and_the_drive() {
+    let setup = setup("ES").await;
+    let pause = Pause::After(saga::PAUSE_AFTER_HAND_OVER);
+    let mut first = orchestrator(&setup, Some(pause));
+    wait_for_pause(&mut first, pause).await;
+
+    // The lease committed, and nothing else: no saga, no effect.
+    let (owner, lease_until, leased): (Option<Uuid>, String, bool) = sqlx::query_as(
+        "SELECT lease_owner, lease_until::text, lease_until > now() \
+         FROM saga.due WHERE order_id = $1",
+    )
+    .bind(setup.order)
+    .fetch_one(&setup.db.pool)
+    .await
+    .expect("the saga's due row");
+    assert!(
+        owner.is_some() && leased,
+        "leased to the first orchestrator"
+    );
+    let saga_stream = format!("saga-{}", setup.order);
+    assert_eq!(
+        count_all(&setup, &saga_stream).await,
+        0,
+        "nothing of the saga"
+    );
+    assert_eq!(saga_of(&setup).await.status, SagaStatus::NotStarted);
+    for sku in ["A", "B"] {
+        let stream = format!("inventory-{sku}");
+        assert_eq!(count(&setup, &stream, "StockReserved").await, 0, "{sku}");
+    }
+    let account_stream = format!("account-{}", setup.account);
+    assert_eq!(count(&setup, &account_stream, "AccountCharged").await, 0);
+
+    first.kill().await.expect("SIGKILL");
+    let saga = restart(&setup).await;
+
+    // Taken over once the dead one's lease had run out, not before.
+    let (started_at, after): (String, bool) = sqlx::query_as(
+        "SELECT recorded_at::text, recorded_at > $2::timestamptz \
+         FROM event_store.events WHERE stream_id = $1 AND version = 1",
+    )
+    .bind(&saga_stream)
+    .bind(&lease_until)
+    .fetch_one(&setup.db.pool)
+    .await
+    .expect("the saga's start");
+    assert!(
+        after,
+        "started at {started_at}, within the dead orchestrator's lease (to {lease_until})"
+    );
+    check_exactly_once(setup, "ES", saga).await;
 }
 
 #[tokio::test]

@@ -18,7 +18,9 @@ use tracing::Instrument as _;
 
 use super::atomic::leaves_the_database;
 use super::steps::StepResult;
-use super::{Current, Orchestrator, Start, PAUSE_AFTER_ENV, PAUSE_BEFORE_ENV};
+use super::{
+    Current, Orchestrator, Start, PAUSE_AFTER_ENV, PAUSE_AFTER_HAND_OVER, PAUSE_BEFORE_ENV,
+};
 use crate::{Claimed, Result};
 
 /// How driving one saga ended.
@@ -91,6 +93,7 @@ impl Orchestrator {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = self.inner.wake.notified() => {}
                 Some(claimed) = handed.recv() => {
+                    self.pause_after_hand_over_if_asked(claimed.order_id).await;
                     let new = Current::not_started(claimed.order_id);
                     self.spawn_drive(&mut tasks, claimed, Some(new));
                     claim = false;
@@ -489,6 +492,20 @@ impl Orchestrator {
         if self.inner.pause_after.as_deref() == Some(step.name()) {
             eprintln!("{PAUSE_AFTER_ENV}: paused after {step} of order {order_id}");
             tracing::warn!(%order_id, %step, "paused ({PAUSE_AFTER_ENV})");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// With [`PAUSE_AFTER_ENV`] set to [`PAUSE_AFTER_HAND_OVER`], stands
+    /// still for ever (the whole run loop) once the trigger has handed it a
+    /// saga it leased, before the saga is driven: the lease is committed,
+    /// nothing of the saga is.
+    async fn pause_after_hand_over_if_asked(&self, order_id: OrderId) {
+        if self.inner.pause_after.as_deref() == Some(PAUSE_AFTER_HAND_OVER) {
+            eprintln!(
+                "{PAUSE_AFTER_ENV}: paused after {PAUSE_AFTER_HAND_OVER} of order {order_id}"
+            );
+            tracing::warn!(%order_id, "paused after the hand-over ({PAUSE_AFTER_ENV})");
             std::future::pending::<()>().await;
         }
     }

@@ -58,6 +58,12 @@ pub const STEP_SCOPE: &str = "saga";
 /// which then kill the process.
 pub const PAUSE_AFTER_ENV: &str = "PURSER_SAGA_PAUSE_AFTER";
 
+/// The value of [`PAUSE_AFTER_ENV`] that stops the run loop for ever once
+/// the trigger has handed it a saga it leased in its own transaction, and
+/// before the saga is driven (its lease committed, nothing else), for crash
+/// tests.
+pub const PAUSE_AFTER_HAND_OVER: &str = "hand_over";
+
 /// Set to a carrier step's name (`ship`, `cancel_shipment`), the
 /// orchestrator stops still, for ever, once that step's attempt is recorded
 /// and before the carrier is called, and says so on stderr. For crash tests.
