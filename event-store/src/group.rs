@@ -74,6 +74,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
 use crate::notify::Notifier;
+use crate::rows::Rows;
 use crate::{Appended, IdempotencyKey, NewEvent, Result, StreamId};
 
 /// The statement of a group: see the module's documentation. Inputs, one
@@ -465,37 +466,24 @@ async fn append_group<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     group: &[Pending],
 ) -> Result<HashMap<Uuid, i64>> {
-    let rows: usize = group.iter().map(|p| p.events.len()).sum();
-    let mut items = Vec::with_capacity(rows);
-    let mut stream_ids = Vec::with_capacity(rows);
-    let mut stream_types = Vec::with_capacity(rows);
-    let mut expected = Vec::with_capacity(rows);
-    let mut n = Vec::with_capacity(rows);
-    let mut ids = Vec::with_capacity(rows);
-    let mut types = Vec::with_capacity(rows);
-    let mut schema_versions = Vec::with_capacity(rows);
-    let mut payloads = Vec::with_capacity(rows);
-    let mut metadata = Vec::with_capacity(rows);
-    let mut positions: Vec<Option<i64>> = Vec::with_capacity(rows);
+    let count = group.iter().map(|p| p.events.len()).sum();
+    let mut events = Rows::with_capacity(count);
+    let mut positions: Vec<Option<i64>> = Vec::with_capacity(count);
     let mut record_items = Vec::new();
     let mut scopes = Vec::new();
     let mut keys = Vec::new();
     let mut fingerprints = Vec::new();
     let mut records = Vec::new();
     for (index, pending) in group.iter().enumerate() {
-        let item = i32::try_from(index).unwrap_or(i32::MAX);
-        let at = i64::try_from(pending.expected).unwrap_or(i64::MAX);
         for (place, event) in pending.events.iter().enumerate() {
-            items.push(item);
-            stream_ids.push(pending.stream.as_str());
-            stream_types.push(pending.stream.stream_type());
-            expected.push(at);
-            n.push(i64::try_from(place).unwrap_or(i64::MAX) + 1);
-            ids.push(event.event_id);
-            types.push(event.event_type.as_str());
-            schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-            payloads.push(&event.payload);
-            metadata.push(&pending.metadata);
+            events.push(
+                index,
+                &pending.stream,
+                pending.expected,
+                place,
+                event,
+                &pending.metadata,
+            );
             positions.push(
                 pending
                     .positions
@@ -504,24 +492,15 @@ async fn append_group<'e>(
             );
         }
         if let Some((key, record)) = &pending.record {
-            record_items.push(item);
+            record_items.push(i32::try_from(index).unwrap_or(i32::MAX));
             scopes.push(key.scope.as_str());
             keys.push(key.key.as_str());
             fingerprints.push(key.fingerprint.as_str());
             records.push(record);
         }
     }
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(APPEND_GROUP)
-        .bind(&items)
-        .bind(&stream_ids)
-        .bind(&stream_types)
-        .bind(&expected)
-        .bind(&n)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
+    let rows: Vec<(Uuid, i64)> = events
+        .query_as(APPEND_GROUP)
         .bind(&positions)
         .bind(&record_items)
         .bind(&scopes)

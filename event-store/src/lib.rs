@@ -97,6 +97,7 @@ mod locks;
 mod notify;
 mod repository;
 mod retention;
+mod rows;
 mod several;
 mod store;
 mod subscription;

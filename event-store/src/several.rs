@@ -13,9 +13,9 @@
 //! cannot see: the statement then waits for it and fails as a whole on
 //! `UNIQUE (stream_id, version)`, like a lone append.
 
-use sqlx::Row;
 use uuid::Uuid;
 
+use crate::rows::Rows;
 use crate::store::current_version;
 use crate::{
     Appended, Appends, Error, EventStore, ExpectedVersion, Metadata, NewEvent, Result, StreamId,
@@ -147,59 +147,31 @@ async fn append_streams(
     if streams.is_empty() || streams.iter().any(|s| s.events.is_empty()) {
         return Err(Error::NoEvents);
     }
-    let rows: usize = streams.iter().map(|s| s.events.len()).sum();
-    let mut items = Vec::with_capacity(rows);
-    let mut stream_ids = Vec::with_capacity(rows);
-    let mut stream_types = Vec::with_capacity(rows);
-    let mut expected = Vec::with_capacity(rows);
-    let mut n = Vec::with_capacity(rows);
-    let mut ids = Vec::with_capacity(rows);
-    let mut types = Vec::with_capacity(rows);
-    let mut schema_versions = Vec::with_capacity(rows);
-    let mut payloads = Vec::with_capacity(rows);
-    let mut metadata = Vec::with_capacity(rows);
+    let count = streams.iter().map(|s| s.events.len()).sum();
+    let mut events = Rows::with_capacity(count);
     for (index, append) in streams.iter().enumerate() {
-        let item = i32::try_from(index).unwrap_or(i32::MAX);
-        let at = i64::try_from(append.expected).unwrap_or(i64::MAX);
         for (place, (event, meta)) in append.events.iter().enumerate() {
-            items.push(item);
-            stream_ids.push(append.stream.as_str());
-            stream_types.push(append.stream.stream_type());
-            expected.push(at);
-            n.push(i64::try_from(place).unwrap_or(i64::MAX) + 1);
-            ids.push(event.event_id);
-            types.push(event.event_type.as_str());
-            schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-            payloads.push(&event.payload);
-            metadata.push(serde_json::to_value(meta).map_err(|source| Error::Json {
+            let meta = serde_json::to_value(meta).map_err(|source| Error::Json {
                 what: "metadata",
                 source,
-            })?);
+            })?;
+            events.push(index, append.stream, append.expected, place, event, meta);
         }
     }
-    let rows = sqlx::query(APPEND_STREAMS)
-        .bind(&items)
-        .bind(&stream_ids)
-        .bind(&stream_types)
-        .bind(&expected)
-        .bind(&n)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
+    let rows: Vec<(Option<i32>, Option<Uuid>, Option<i64>)> = events
+        .query_as(APPEND_STREAMS)
         .fetch_all(&mut *connection)
         .await?;
     let mut failed = Vec::new();
     let mut positions = std::collections::HashMap::with_capacity(rows.len());
-    for row in &rows {
-        match row.try_get::<Option<i32>, _>(0)? {
-            Some(item) => failed.push(usize::try_from(item).unwrap_or(usize::MAX)),
-            None => {
-                let id: Uuid = row.try_get(1)?;
-                let position: i64 = row.try_get(2)?;
+    for row in rows {
+        match row {
+            (Some(item), _, _) => failed.push(usize::try_from(item).unwrap_or(usize::MAX)),
+            (None, Some(id), Some(position)) => {
                 positions.insert(id, position);
             }
+            // Every row names a stream that failed, or an event inserted.
+            (None, _, _) => return Err(sqlx::Error::RowNotFound.into()),
         }
     }
     if !failed.is_empty() {
