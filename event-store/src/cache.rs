@@ -116,6 +116,15 @@ struct Counters {
     capacity: Gauge,
 }
 
+/// What [`AggregateCache`] decides a command on, in the aggregate's turn.
+#[derive(Debug, Clone, Copy)]
+enum Known {
+    /// The state the last command left, if remembered (else a read).
+    Remembered,
+    /// The initial state at version 0, unread: an id the caller just made.
+    New,
+}
+
 /// A [`Repository`] whose commands run one at a time per aggregate in this
 /// process and decide on the state the previous one left, remembered for
 /// up to `capacity` aggregates (see the module's documentation).
@@ -191,12 +200,7 @@ impl<A: Aggregate> AggregateCache<A> {
     where
         R: Serialize + DeserializeOwned + Send,
     {
-        let stream = StreamId::of::<A>(id);
-        let _turn = self.locks.lock(stream.as_str()).await;
-        // Taken out: whatever happens next, only a command carried out puts
-        // a state back.
-        let known = self.take(stream.as_str());
-        self.execute_known(&stream, known, id, command, options, record)
+        self.execute_in_turn(id, Known::Remembered, command, options, record)
             .await
     }
 
@@ -216,24 +220,17 @@ impl<A: Aggregate> AggregateCache<A> {
     where
         R: Serialize + DeserializeOwned + Send,
     {
-        let stream = StreamId::of::<A>(id);
-        let _turn = self.locks.lock(stream.as_str()).await;
-        let new = Loaded {
-            state: A::initial(),
-            version: 0,
-            position: None,
-        };
-        self.execute_known(&stream, Some(new), id, command, options, record)
+        self.execute_in_turn(id, Known::New, command, options, record)
             .await
     }
 
-    /// Executes `command` from `known`, in the stream's turn, and remembers
-    /// the outcome of a command carried out.
-    async fn execute_known<R>(
+    /// Executes `command` once the turn of aggregate `id` in this process
+    /// has come, from the state `known` says, and remembers the outcome of
+    /// a command carried out.
+    async fn execute_in_turn<R>(
         &self,
-        stream: &StreamId,
-        known: Option<Loaded<A>>,
         id: &str,
+        known: Known,
         command: &A::Command,
         options: ExecuteOptions,
         record: impl Fn(Result<&Outcome<A>, &A::Error>) -> R + Send + Sync,
@@ -241,6 +238,18 @@ impl<A: Aggregate> AggregateCache<A> {
     where
         R: Serialize + DeserializeOwned + Send,
     {
+        let stream = StreamId::of::<A>(id);
+        let _turn = self.locks.lock(stream.as_str()).await;
+        let known = match known {
+            // Taken out: whatever happens next, only a command carried out
+            // puts a state back.
+            Known::Remembered => self.take(stream.as_str()),
+            Known::New => Some(Loaded {
+                state: A::initial(),
+                version: 0,
+                position: None,
+            }),
+        };
         let result = self
             .repository
             .execute_from(known, id, command, options, record)

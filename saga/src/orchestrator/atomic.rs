@@ -111,6 +111,38 @@ impl<'a> Batch<'a> {
         self.prepared.iter().filter(|p| p.step.is_some()).count()
     }
 
+    /// The prepared steps that append, in the order of their streams' ids
+    /// (a stream's own appends in version order): two batches that write
+    /// the same streams lock them in the same order, and never wait for
+    /// each other in a cycle.
+    fn writes(&self) -> Vec<usize> {
+        let mut writes: Vec<usize> = (0..self.prepared.len())
+            .filter(|&i| self.prepared[i].append.is_some())
+            .collect();
+        writes.sort_by_key(|&i| {
+            self.prepared[i]
+                .append
+                .as_ref()
+                .map(|append| append.stream.as_str().to_owned())
+        });
+        writes
+    }
+
+    /// What the batch appends to the saga's stream: the saga's start first,
+    /// when it commits with the batch, then what each step records.
+    fn saga_events(&self) -> Vec<NewEvent> {
+        self.base
+            .unsaved
+            .iter()
+            .chain(
+                self.prepared
+                    .iter()
+                    .flat_map(|prepared| &prepared.saga_events),
+            )
+            .map(NewEvent::from_domain)
+            .collect()
+    }
+
     /// What was remembered of `stream` proved stale: not to be put back.
     fn stale(&mut self, stream: &StreamId) {
         if let Some(held) = self.held_turn(stream) {
@@ -580,16 +612,7 @@ impl Orchestrator {
     async fn write_at_once(&self, batch: &mut Batch<'_>) -> Result<AtOnce> {
         let saga_stream = StreamId::of::<FulfilmentSaga>(batch.base.order_id);
         let saga_metadata = self.saga_metadata(&batch.base);
-        // In the order of the streams' ids, as one by one below.
-        let mut writes: Vec<usize> = (0..batch.prepared.len())
-            .filter(|&i| batch.prepared[i].append.is_some())
-            .collect();
-        writes.sort_by_key(|&i| {
-            batch.prepared[i]
-                .append
-                .as_ref()
-                .map(|append| append.stream.as_str().to_owned())
-        });
+        let writes = batch.writes();
         // Each stream once: its steps' appends, one after the other.
         let mut merged: Vec<Merged<'_>> = Vec::new();
         for &i in &writes {
@@ -616,19 +639,7 @@ impl Orchestrator {
                 }),
             }
         }
-        // The saga's start first, when it commits with this batch.
-        let saga_events: Vec<NewEvent> = batch
-            .base
-            .unsaved
-            .iter()
-            .chain(
-                batch
-                    .prepared
-                    .iter()
-                    .flat_map(|prepared| &prepared.saga_events),
-            )
-            .map(NewEvent::from_domain)
-            .collect();
+        let saga_events = batch.saga_events();
         let saga_events: Vec<(&NewEvent, &Metadata)> = saga_events
             .iter()
             .map(|event| (event, &saga_metadata))
@@ -721,19 +732,7 @@ impl Orchestrator {
         let saga_stream = StreamId::of::<FulfilmentSaga>(batch.base.order_id);
         let saga_metadata = self.saga_metadata(&batch.base);
         loop {
-            // In the order of the streams' ids (a stream's own appends in
-            // version order): two batches that write the same streams lock
-            // them in the same order, and never wait for each other in a
-            // cycle.
-            let mut writes: Vec<usize> = (0..batch.prepared.len())
-                .filter(|&i| batch.prepared[i].append.is_some())
-                .collect();
-            writes.sort_by_key(|&i| {
-                batch.prepared[i]
-                    .append
-                    .as_ref()
-                    .map(|append| append.stream.as_str().to_owned())
-            });
+            let writes = batch.writes();
             let mut appends = self.inner.store.begin().await?;
             let mut rejected = None;
             for i in writes {
@@ -777,19 +776,7 @@ impl Orchestrator {
                 batch.prepared.truncate(i);
                 continue;
             }
-            // The saga's start first, when it commits with this batch.
-            let saga_events: Vec<NewEvent> = batch
-                .base
-                .unsaved
-                .iter()
-                .chain(
-                    batch
-                        .prepared
-                        .iter()
-                        .flat_map(|prepared| &prepared.saga_events),
-                )
-                .map(NewEvent::from_domain)
-                .collect();
+            let saga_events = batch.saga_events();
             return match appends
                 .append(
                     &saga_stream,
