@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use event_store::{
-    Error, EventStore, ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamsRejected,
+    Error, EventStore, ExpectedVersion, Metadata, NewEvent, StreamAppend, StreamId, StreamsRejected,
 };
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -371,6 +371,31 @@ async fn appends_to_several_streams_commit_together_or_not_at_all() {
     db.drop().await;
 }
 
+/// One stream's part of an `append_to_streams`: the stream, its expected
+/// version and its events.
+type Part<'a> = (&'a StreamId, u64, &'a [(&'a NewEvent, &'a Metadata)]);
+
+/// The [`StreamAppend`]s of `parts`.
+fn streams<'a>(parts: &[Part<'a>]) -> Vec<StreamAppend<'a>> {
+    parts
+        .iter()
+        .map(|&(stream, expected, events)| StreamAppend {
+            stream,
+            expected,
+            events,
+        })
+        .collect()
+}
+
+/// Rejected: the second of two streams, found at version 1, and it alone.
+fn assert_only_the_second_at_1(rejected: &StreamsRejected) {
+    assert!(
+        matches!(rejected, StreamsRejected::Conflicts(conflicts)
+            if matches!(conflicts.as_slice(), [(1, Error::Conflict { actual: 1, .. })])),
+        "{rejected:?}"
+    );
+}
+
 /// Several streams in one statement: all of them or nothing, each stream's
 /// events at its own version with their own metadata; a stream not at its
 /// expected version is named, and the transaction can go on without it
@@ -396,44 +421,19 @@ async fn appends_to_several_streams_in_one_statement_all_or_nothing() {
     // The second stream is at 1, not 0: nothing of either is written.
     let mut appends = store.begin().await.expect("begin");
     let stale = appends
-        .append_to_streams(&[
-            StreamAppend {
-                stream: &first,
-                expected: 0,
-                events: &[(&a, &one)],
-            },
-            StreamAppend {
-                stream: &second,
-                expected: 0,
-                events: &[(&b, &one)],
-            },
-        ])
+        .append_to_streams(&streams(&[
+            (&first, 0, &[(&a, &one)]),
+            (&second, 0, &[(&b, &one)]),
+        ]))
         .await
         .expect_err("second is at 1");
-    let StreamsRejected::Conflicts(conflicts) = stale else {
-        panic!("{stale:?}");
-    };
-    assert!(
-        matches!(
-            conflicts.as_slice(),
-            [(1, Error::Conflict { actual: 1, .. })]
-        ),
-        "{conflicts:?}"
-    );
+    assert_only_the_second_at_1(&stale);
     // The same transaction, without the stale stream.
     let appended = appends
-        .append_to_streams(&[
-            StreamAppend {
-                stream: &first,
-                expected: 0,
-                events: &[(&a, &one), (&b, &two)],
-            },
-            StreamAppend {
-                stream: &second,
-                expected: 1,
-                events: &[(&c, &two)],
-            },
-        ])
+        .append_to_streams(&streams(&[
+            (&first, 0, &[(&a, &one), (&b, &two)]),
+            (&second, 1, &[(&c, &two)]),
+        ]))
         .await
         .expect("both");
     assert_eq!(
@@ -470,18 +470,10 @@ async fn appends_to_several_streams_in_a_statement_of_its_own() {
     let meta = metadata("one");
     let (a, b, c) = (added(1), added(2), added(3));
     let appended = store
-        .append_to_streams(&[
-            StreamAppend {
-                stream: &first,
-                expected: 0,
-                events: &[(&a, &meta)],
-            },
-            StreamAppend {
-                stream: &second,
-                expected: 0,
-                events: &[(&b, &meta)],
-            },
-        ])
+        .append_to_streams(&streams(&[
+            (&first, 0, &[(&a, &meta)]),
+            (&second, 0, &[(&b, &meta)]),
+        ]))
         .await
         .expect("both");
     assert_eq!(
@@ -495,24 +487,13 @@ async fn appends_to_several_streams_in_a_statement_of_its_own() {
     );
 
     let stale = store
-        .append_to_streams(&[
-            StreamAppend {
-                stream: &first,
-                expected: 1,
-                events: &[(&c, &meta)],
-            },
-            StreamAppend {
-                stream: &second,
-                expected: 0,
-                events: &[(&c, &meta)],
-            },
-        ])
+        .append_to_streams(&streams(&[
+            (&first, 1, &[(&c, &meta)]),
+            (&second, 0, &[(&c, &meta)]),
+        ]))
         .await
         .expect_err("second is at 1");
-    assert!(
-        matches!(&stale, StreamsRejected::Conflicts(c) if matches!(c.as_slice(), [(1, Error::Conflict { actual: 1, .. })])),
-        "{stale:?}"
-    );
+    assert_only_the_second_at_1(&stale);
     assert_eq!(store.read_stream(&first, 1).await.expect("read").len(), 1);
     db.drop().await;
 }

@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use event_store::{Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, Subscription};
+use event_store::{
+    Appended, Checkpoint, EventStore, ExpectedVersion, Metadata, RecordedEvent, Subscription,
+};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use test_support::TestDatabase;
@@ -22,6 +24,31 @@ async fn next_events(subscription: &mut Subscription, count: usize) -> Vec<Recor
         events.extend(batch);
     }
     events
+}
+
+/// `subscription` waiting in a task of its own for its next event: the
+/// subscription and the event, once delivered.
+fn next_one(
+    mut subscription: Subscription,
+) -> tokio::task::JoinHandle<(Subscription, Vec<RecordedEvent>)> {
+    tokio::spawn(async move {
+        let events = next_events(&mut subscription, 1).await;
+        (subscription, events)
+    })
+}
+
+/// One event appended by `store`, to a new stream.
+async fn append_one(store: &EventStore) -> Appended {
+    let (_, stream) = new_counter_stream();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[added(1)],
+            &Metadata::default(),
+        )
+        .await
+        .expect("append")
 }
 
 /// Waits until a backend of this database listens for appends.
@@ -48,25 +75,13 @@ async fn wait_for_listener(store: &EventStore) {
 async fn a_subscription_is_woken_by_a_new_event() {
     let db = TestDatabase::create().await;
     let store = EventStore::new(db.pool.clone());
-    let (_, stream) = new_counter_stream();
-    let mut subscription = store
+    let subscription = store
         .subscribe(Checkpoint::START)
         .with_poll_interval(Duration::from_secs(3600));
 
-    let waiting = tokio::spawn(async move {
-        let events = next_events(&mut subscription, 1).await;
-        (subscription, events)
-    });
+    let waiting = next_one(subscription);
     wait_for_listener(&store).await;
-    let appended = store
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            &[added(1)],
-            &Metadata::default(),
-        )
-        .await
-        .expect("append");
+    let appended = append_one(&store).await;
 
     let (subscription, events) = waiting.await.expect("subscriber");
     assert_eq!(events.len(), 1);
@@ -122,25 +137,13 @@ async fn a_subscription_is_woken_by_an_append_of_its_process_without_a_notificat
         .await
         .expect("appender pool");
     let appender = EventStore::new(appender_pool.clone());
-    let mut subscription = EventStore::new(subscriber_pool.clone())
+    let subscription = EventStore::new(subscriber_pool.clone())
         .subscribe(Checkpoint::START)
         .with_poll_interval(Duration::from_secs(3600));
-    let waiting = tokio::spawn(async move {
-        let events = next_events(&mut subscription, 1).await;
-        (subscription, events)
-    });
+    let waiting = next_one(subscription);
     wait_until_waiting(&db.pool).await;
 
-    let (_, stream) = new_counter_stream();
-    let appended = appender
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            &[added(1)],
-            &Metadata::default(),
-        )
-        .await
-        .expect("append");
+    let appended = append_one(&appender).await;
     // Before the notifier's task first runs (this test's runtime has one
     // thread, and nothing was awaited since the append).
     let closing = appender_pool.close();
