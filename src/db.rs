@@ -65,6 +65,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         // Each acquire reported at debug: `purser_db_pool_acquire_seconds`
         // (`crate::metrics::pool_acquire_layer`).
         .acquire_time_level(log::LevelFilter::Debug)
+        // sqlx keeps a connection's buffers at the largest message it has
+        // sent or read, and the pool hands every connection in turn to
+        // every component: each came to hold the largest batch any
+        // projection or saga step had written through it (a projection's
+        // batch of sagas runs to hundreds of KiB), so resident memory crept
+        // up for as long as larger batches kept turning up (BENCHMARKS.md,
+        // the soak). Back to their default size (8 KiB) whenever a
+        // connection returns to the pool: a small reallocation at most.
+        .after_release(|connection, _| {
+            connection.shrink_buffers();
+            Box::pin(std::future::ready(Ok(true)))
+        })
         .connect_with(options)
         .await
         .with_context(failed)
@@ -128,5 +140,51 @@ mod tests {
         );
         assert!(message.to_lowercase().contains("refused"), "{message}");
         assert!(!message.contains("pw"), "{message}");
+    }
+
+    /// The anonymous memory this process has resident, in KiB.
+    fn resident_anon_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("/proc/self/status")
+            .lines()
+            .find_map(|line| line.strip_prefix("RssAnon:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("RssAnon in /proc/self/status")
+    }
+
+    /// sqlx keeps a connection's write buffer at the largest message it
+    /// sent; the pool shrinks it when the connection comes back (without
+    /// that, the 64 MiB stay resident: the soak's creeping memory).
+    #[tokio::test]
+    async fn a_large_query_leaves_no_buffer_behind_in_the_pool() {
+        // Above glibc's largest mmap threshold (32 MiB): the buffer's
+        // memory goes back to the system when it is freed or shrunk.
+        const LARGE: usize = 64 << 20;
+        let db = test_support::TestDatabase::create_unmigrated().await;
+        let pool = connect(&db.url, 1).await.expect("connected");
+        let before = resident_anon_kib();
+        let length: i32 = sqlx::query_scalar("SELECT length($1)")
+            .bind("x".repeat(LARGE))
+            .fetch_one(&pool)
+            .await
+            .expect("queried");
+        assert_eq!(usize::try_from(length), Ok(LARGE));
+        // The connection returns to the pool in a task of its own.
+        test_support::eventually(
+            "the connection's 64 MiB write buffer to be released",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                let grown = resident_anon_kib().saturating_sub(before);
+                if grown < (LARGE as u64 / 1024) / 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{grown} KiB more resident than before the query"))
+                }
+            },
+        )
+        .await;
+        pool.close().await;
+        db.drop().await;
     }
 }
