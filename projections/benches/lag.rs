@@ -11,8 +11,11 @@
 //! `BENCH_ACCOUNTS` (default 200) accounts for `BENCH_SECONDS` (default 10)
 //! per rate in `BENCH_RATES` (default "500,2000"). For each deposit, the time
 //! from its answer to a `GET /accounts/{id}?min_version=<version>` that is
-//! satisfied (the server waits for the version; retried on 503) is the lag;
-//! the deposit's own latency is printed next to it as the reference.
+//! satisfied (the server waits for the version; after a 503
+//! `min_version_timeout` the client asks again at once, after a 503
+//! `overloaded` it waits the `Retry-After`) is the lag; the deposit's own
+//! latency is printed next to it as the reference, and the process's CPU
+//! time per visible deposit (every component and the client together).
 //!
 //! Where the lag goes: a tracing layer of the bench's own takes the time of
 //! the components' debug events (the broker's acknowledgement reached the
@@ -61,6 +64,10 @@ struct Samples {
     /// The deposits that became visible, for the stages.
     deposits: Vec<Deposit>,
     failures: usize,
+    /// Reads answered 503 `overloaded` (the client waited its
+    /// `Retry-After`) and 503 `min_version_timeout` (read again at once).
+    overloaded: usize,
+    timed_out: usize,
 }
 
 /// One deposit that became visible, on the wall clock (the database's
@@ -259,6 +266,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// CPU time of this whole process so far (every component and the load's
+/// client, all threads): `utime + stime` of `/proc/self/stat`, in the
+/// kernel's clock ticks of 10 ms (`CLK_TCK` is 100 on Linux).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -271,7 +299,7 @@ async fn deposit_and_read(
     account: Uuid,
     samples: Arc<Mutex<Samples>>,
 ) {
-    let result: Result<(Duration, Duration, Deposit), BoxError> = async {
+    let result: Result<(Duration, Duration, Deposit, usize, usize), BoxError> = async {
         let sent = Instant::now();
         let response = http
             .post(format!("{command_base}/accounts/{account}/deposits"))
@@ -286,6 +314,7 @@ async fn deposit_and_read(
         let answered_at = Utc::now();
         let version = body["version"].as_u64().ok_or("no version")?;
         let deadline = answered + Duration::from_secs(30);
+        let (mut overloaded, mut timed_out) = (0, 0);
         loop {
             let response = http
                 .get(format!(
@@ -294,7 +323,22 @@ async fn deposit_and_read(
                 .send()
                 .await?;
             let status = response.status();
-            if status == 200 {
+            if status == 503 {
+                // A client that reads its own write: after a wait that timed
+                // out it asks again; told the server is overloaded, it comes
+                // back after `Retry-After` (in seconds), as the contract says.
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+                let body: Value = response.json().await.unwrap_or_default();
+                if body["code"] == "overloaded" {
+                    overloaded += 1;
+                    tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
+                } else {
+                    timed_out += 1;
+                }
+            } else if status == 200 {
                 let body: Value = response.json().await?;
                 if body["version"].as_u64().is_some_and(|v| v >= version) {
                     let lag = answered.elapsed();
@@ -305,9 +349,9 @@ async fn deposit_and_read(
                         visible: Utc::now(),
                         lag,
                     };
-                    return Ok((answered - sent, lag, deposit));
+                    return Ok((answered - sent, lag, deposit, overloaded, timed_out));
                 }
-            } else if status != 503 && status != 404 {
+            } else if status != 404 {
                 return Err(format!("read answered {status}").into());
             }
             if Instant::now() > deadline {
@@ -318,7 +362,9 @@ async fn deposit_and_read(
     .await;
     let mut samples = samples.lock().await;
     match result {
-        Ok((command, lag, deposit)) => {
+        Ok((command, lag, deposit, overloaded, timed_out)) => {
+            samples.overloaded += overloaded;
+            samples.timed_out += timed_out;
             samples.command.push(command);
             samples.lag.push(lag);
             samples.deposits.push(deposit);
@@ -441,6 +487,7 @@ async fn main() -> Result<(), BoxError> {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut tasks = Vec::with_capacity(total as usize);
+        let cpu_before = process_cpu();
         let started = Instant::now();
         for n in 0..total {
             interval.tick().await;
@@ -456,6 +503,7 @@ async fn main() -> Result<(), BoxError> {
         for task in tasks {
             task.await?;
         }
+        let (cpu, wall) = (process_cpu() - cpu_before, started.elapsed());
         let mut samples = samples.lock().await;
         samples.command.sort();
         samples.lag.sort();
@@ -470,6 +518,16 @@ async fn main() -> Result<(), BoxError> {
             ms(percentile(&samples.command, 0.99)),
             samples.lag.len(),
             samples.failures,
+        );
+        println!(
+            "  reads answered 503: {} overloaded (the client waited Retry-After), {} min_version_timeout \
+             | this process's CPU: {:.1} s in {:.1} s ({:.2} cores), {:.2} ms per visible deposit",
+            samples.overloaded,
+            samples.timed_out,
+            cpu.as_secs_f64(),
+            wall.as_secs_f64(),
+            cpu.as_secs_f64() / wall.as_secs_f64(),
+            ms(cpu) / samples.lag.len().max(1) as f64,
         );
         print_stages(&db.pool, &samples.deposits, &stages).await?;
     }

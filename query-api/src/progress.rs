@@ -235,20 +235,25 @@ impl Progress {
                 return Err(timeout());
             }
             let nap = self.poll.min(deadline - now);
-            match (receiver.as_mut(), own.as_mut()) {
-                (Some(receiver), Some(own)) => {
-                    tokio::select! {
-                        changed = receiver.changed() => {
-                            if changed.is_err() {
-                                tokio::time::sleep(nap).await;
+            // Parked, the request leaves its place under the concurrency
+            // cap to others (it has one of the waiters' instead).
+            service::middleware::parked(async {
+                match (receiver.as_mut(), own.as_mut()) {
+                    (Some(receiver), Some(own)) => {
+                        tokio::select! {
+                            changed = receiver.changed() => {
+                                if changed.is_err() {
+                                    tokio::time::sleep(nap).await;
+                                }
                             }
+                            _ = own.receiver.changed() => {}
+                            () = tokio::time::sleep(nap) => {}
                         }
-                        _ = own.receiver.changed() => {}
-                        () = tokio::time::sleep(nap) => {}
                     }
+                    _ => tokio::time::sleep(nap).await,
                 }
-                _ => tokio::time::sleep(nap).await,
-            }
+            })
+            .await;
         }
     }
 

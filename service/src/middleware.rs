@@ -1,6 +1,7 @@
 //! Middleware both HTTP APIs put in front of their routes: the request id,
 //! the request's span and load shedding.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
@@ -202,6 +203,8 @@ pub fn payload_too_large(limit: usize) -> Response {
 pub struct ConcurrencyCap {
     permits: Arc<Semaphore>,
     max: usize,
+    /// Requests back from a park, waiting for a place again.
+    resuming: Arc<AtomicUsize>,
 }
 
 impl ConcurrencyCap {
@@ -209,7 +212,14 @@ impl ConcurrencyCap {
         ConcurrencyCap {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            resuming: Arc::default(),
         }
+    }
+
+    /// Requests admitted earlier, back from a [`parked`] wait and waiting
+    /// for a place again.
+    pub fn resuming(&self) -> usize {
+        self.resuming.load(Ordering::Relaxed)
     }
 
     /// The cap.
@@ -223,6 +233,47 @@ impl ConcurrencyCap {
     }
 }
 
+/// A request's place under the [`ConcurrencyCap`], which it gives back
+/// while it is parked ([`parked`]).
+struct Place {
+    permits: Arc<Semaphore>,
+    held: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    resuming: Arc<AtomicUsize>,
+}
+
+tokio::task_local! {
+    /// The place of the request whose handler runs in this task.
+    static PLACE: Place;
+}
+
+/// Runs `wait`, a wait that holds no database connection (a `min_version`
+/// read waiting for its wake-up), with the request's place under the
+/// concurrency cap given back meanwhile, then takes a place again, waiting
+/// for one if need be (a request already admitted is not shed). The cap
+/// protects the database pool from bursts; a parked request does not use
+/// it, and counting it would shed reads at a rate times a lag above the cap
+/// (80 waits: 2 000 reads a second 40 ms behind) while the pool is idle.
+/// Parked requests have their own cap (the Query API's
+/// `--query-api-max-waiters`). Outside a request under [`shed_load`], it
+/// only runs `wait`.
+pub async fn parked<F: std::future::Future>(wait: F) -> F::Output {
+    let Ok((permits, resuming)) = PLACE.try_with(|place| {
+        place.held.lock().expect("place lock").take();
+        (Arc::clone(&place.permits), Arc::clone(&place.resuming))
+    }) else {
+        return wait.await;
+    };
+    let output = wait.await;
+    resuming.fetch_add(1, Ordering::Relaxed);
+    let permit = permits.acquire_owned().await;
+    resuming.fetch_sub(1, Ordering::Relaxed);
+    // The semaphore is never closed.
+    if let Ok(permit) = permit {
+        let _ = PLACE.try_with(|place| *place.held.lock().expect("place lock") = Some(permit));
+    }
+    output
+}
+
 /// The load-shedding middleware (`from_fn_with_state(cap, shed_load)`).
 pub async fn shed_load(
     State(cap): State<ConcurrencyCap>,
@@ -234,9 +285,13 @@ pub async fn shed_load(
     }
     match Arc::clone(&cap.permits).try_acquire_owned() {
         Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
+            let place = Place {
+                permits: Arc::clone(&cap.permits),
+                held: std::sync::Mutex::new(Some(permit)),
+                resuming: Arc::clone(&cap.resuming),
+            };
+            // The place is given back when the response is made.
+            PLACE.scope(place, next.run(request)).await
         }
         Err(_) => {
             tracing::warn!(

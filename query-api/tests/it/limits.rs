@@ -1,6 +1,7 @@
-//! Load shedding: a cap on requests in flight and on `min_version` waiters,
-//! each answered 503 `overloaded` with `Retry-After` when reached, and the
-//! request id rule.
+//! Load shedding: a cap on requests in flight (which a parked `min_version`
+//! wait does not count against) and on `min_version` waiters, each answered
+//! 503 `overloaded` with `Retry-After` when reached, and the request id
+//! rule.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,44 @@ async fn min_version_waiters_over_the_cap_are_shed_at_once() {
     h.drop().await;
 }
 
+/// Starts a plain read of `uri` that stays in flight, holding its place
+/// under the concurrency cap, while the table it reads is locked
+/// ([`lock_table`]).
+async fn hold_a_busy_read(state: &AppState, uri: String) -> tokio::task::JoinHandle<Response> {
+    let reading = tokio::spawn({
+        let state = state.clone();
+        async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
+    });
+    test_support::eventually(
+        "the read to be in flight",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            if state.concurrency.in_flight() == 1 {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    reading
+}
+
+/// A transaction holding a read model's `table` exclusively: reads of it
+/// wait until it ends.
+async fn lock_table(
+    pool: &sqlx::PgPool,
+    table: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
     let h = Harness::new().await;
@@ -82,7 +121,8 @@ async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
     h.project_all().await;
     let state = AppState::new(h.db.pool.clone(), Progress::new(Duration::from_millis(50)))
         .with_max_concurrent_requests(1);
-    let waiting = hold_a_waiter(&state, account).await;
+    let lock = lock_table(&h.db.pool, "read_models.accounts").await;
+    let busy = hold_a_busy_read(&state, format!("/accounts/{account}")).await;
 
     let started = Instant::now();
     let shed = h
@@ -93,14 +133,41 @@ async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
     assert_eq!(shed.headers["retry-after"], "1");
     let live = h.get_with(state.clone(), "/health/live").await;
     assert_eq!(live.status, 200);
-    waiting.abort();
-    // The slot is free again once the held request is gone.
+    // The held read is answered once the table is free, and its place is
+    // free again.
+    lock.rollback().await.unwrap();
+    let held = busy.await.unwrap();
+    assert_eq!(held.status, 200, "{}", held.text);
+    assert_eq!(state.concurrency.in_flight(), 0);
+    let served = h
+        .get_with(state.clone(), &format!("/accounts/{account}"))
+        .await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    h.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_min_version_wait_leaves_its_place_to_other_requests() {
+    let h = Harness::new().await;
+    let account = h.open_account_of(Uuid::now_v7(), "EUR").await;
+    h.project_all().await;
+    // One place: a wait that kept it would shed every other read while it
+    // waits (and a rate of reads times the lag above the cap would be shed
+    // while the pool is idle).
+    let state = AppState::new(h.db.pool.clone(), Progress::new(Duration::from_millis(50)))
+        .with_max_concurrent_requests(1);
+    let uri = format!("/accounts/{account}?min_version=2&wait_ms=10000");
+    let waiting = tokio::spawn({
+        let state = state.clone();
+        async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
+    });
+    let (progress, concurrency) = (&state.progress, &state.concurrency);
     test_support::eventually(
-        "the slot to be released",
+        "the read to wait, without its place",
         Duration::from_secs(10),
         Duration::from_millis(10),
-        || async {
-            if state.concurrency.in_flight() == 0 {
+        move || async move {
+            if progress.waiters("accounts") == 1 && concurrency.in_flight() == 0 {
                 Ok(())
             } else {
                 Err(())
@@ -108,10 +175,46 @@ async fn requests_over_the_concurrency_cap_are_shed_and_health_is_exempt() {
         },
     )
     .await;
-    let served = h
-        .get_with(state.clone(), &format!("/accounts/{account}"))
-        .await;
-    assert_eq!(served.status, 200, "{}", served.text);
+    for _ in 0..3 {
+        let plain = h
+            .get_with(state.clone(), &format!("/accounts/{account}"))
+            .await;
+        assert_eq!(plain.status, 200, "{}", plain.text);
+    }
+    // Woken, the wait takes a place again for its re-read (waiting for one
+    // while a read of the items holds the only one), and is answered.
+    h.deposit(account, 100).await;
+    // Read before the lock: its transaction would hold the gap-safe read.
+    let events = h.all_events().await;
+    let lock = lock_table(&h.db.pool, "read_models.inventory").await;
+    let busy = hold_a_busy_read(&state, "/inventory/NONE".to_owned()).await;
+    projections::Projector::new(projections::by_name("accounts").unwrap(), h.store.clone())
+        .apply_batch(&events)
+        .await
+        .unwrap();
+    test_support::eventually(
+        "the wait, woken, to wait for a place",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            if state.concurrency.resuming() == 1 {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        !waiting.is_finished(),
+        "the wait has no place to re-read in"
+    );
+    lock.rollback().await.unwrap();
+    assert_eq!(busy.await.unwrap().status, 404);
+    let seen = waiting.await.unwrap();
+    assert_eq!(seen.status, 200, "{}", seen.text);
+    assert_eq!(seen.json["version"], 2);
+    assert_eq!(state.concurrency.in_flight(), 0);
     h.drop().await;
 }
 
