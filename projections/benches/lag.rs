@@ -14,8 +14,10 @@
 //! satisfied (the server waits for the version; after a 503
 //! `min_version_timeout` the client asks again at once, after a 503
 //! `overloaded` it waits the `Retry-After`) is the lag; the deposit's own
-//! latency is printed next to it as the reference, and the process's CPU
-//! time per visible deposit (every component and the client together).
+//! latency is printed next to it as the reference, and the CPU time per
+//! visible deposit of this process (every component and the client
+//! together) and of the whole machine (the database and the broker too;
+//! whatever else runs on it counts: run it on a quiet machine).
 //!
 //! Where the lag goes: a tracing layer of the bench's own takes the time of
 //! the components' debug events (the broker's acknowledgement reached the
@@ -287,6 +289,29 @@ fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// CPU time the whole machine has spent busy so far (every process: the
+/// database, the broker and this one) and its number of CPUs, from the
+/// first line of `/proc/stat` (clock ticks of 10 ms; idle and iowait are
+/// not busy).
+fn machine_busy() -> (Duration, usize) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let idle = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0);
+    let busy = ticks.iter().sum::<u64>().saturating_sub(idle);
+    let cpus = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .count();
+    (Duration::from_millis(busy * 10), cpus)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -487,7 +512,7 @@ async fn main() -> Result<(), BoxError> {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut tasks = Vec::with_capacity(total as usize);
-        let cpu_before = process_cpu();
+        let (cpu_before, machine_before) = (process_cpu(), machine_busy().0);
         let started = Instant::now();
         for n in 0..total {
             interval.tick().await;
@@ -504,6 +529,8 @@ async fn main() -> Result<(), BoxError> {
             task.await?;
         }
         let (cpu, wall) = (process_cpu() - cpu_before, started.elapsed());
+        let (machine_after, cpus) = machine_busy();
+        let machine = machine_after - machine_before;
         let mut samples = samples.lock().await;
         samples.command.sort();
         samples.lag.sort();
@@ -521,13 +548,14 @@ async fn main() -> Result<(), BoxError> {
         );
         println!(
             "  reads answered 503: {} overloaded (the client waited Retry-After), {} min_version_timeout \
-             | this process's CPU: {:.1} s in {:.1} s ({:.2} cores), {:.2} ms per visible deposit",
+             | CPU per visible deposit: this process {:.2} ms ({:.2} cores), the machine {:.2} ms \
+             ({:.2} of its {cpus} cores busy)",
             samples.overloaded,
             samples.timed_out,
-            cpu.as_secs_f64(),
-            wall.as_secs_f64(),
-            cpu.as_secs_f64() / wall.as_secs_f64(),
             ms(cpu) / samples.lag.len().max(1) as f64,
+            cpu.as_secs_f64() / wall.as_secs_f64(),
+            ms(machine) / samples.lag.len().max(1) as f64,
+            machine.as_secs_f64() / wall.as_secs_f64(),
         );
         print_stages(&db.pool, &samples.deposits, &stages).await?;
     }
