@@ -229,31 +229,29 @@ impl Progress {
                         self.max_waiters
                     ))
                 })?);
+                // A waiter from now on, bounded by the waiters' cap (its
+                // re-reads too), no longer by the requests' one.
+                service::middleware::leave_the_cap();
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(timeout());
             }
             let nap = self.poll.min(deadline - now);
-            // Parked, the request leaves its place under the concurrency
-            // cap to others (it has one of the waiters' instead).
-            service::middleware::parked(async {
-                match (receiver.as_mut(), own.as_mut()) {
-                    (Some(receiver), Some(own)) => {
-                        tokio::select! {
-                            changed = receiver.changed() => {
-                                if changed.is_err() {
-                                    tokio::time::sleep(nap).await;
-                                }
+            match (receiver.as_mut(), own.as_mut()) {
+                (Some(receiver), Some(own)) => {
+                    tokio::select! {
+                        changed = receiver.changed() => {
+                            if changed.is_err() {
+                                tokio::time::sleep(nap).await;
                             }
-                            _ = own.receiver.changed() => {}
-                            () = tokio::time::sleep(nap) => {}
                         }
+                        _ = own.receiver.changed() => {}
+                        () = tokio::time::sleep(nap) => {}
                     }
-                    _ => tokio::time::sleep(nap).await,
                 }
-            })
-            .await;
+                _ => tokio::time::sleep(nap).await,
+            }
         }
     }
 

@@ -1,7 +1,6 @@
 //! Middleware both HTTP APIs put in front of their routes: the request id,
 //! the request's span and load shedding.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,8 +202,6 @@ pub fn payload_too_large(limit: usize) -> Response {
 pub struct ConcurrencyCap {
     permits: Arc<Semaphore>,
     max: usize,
-    /// Requests back from a park, waiting for a place again.
-    resuming: Arc<AtomicUsize>,
 }
 
 impl ConcurrencyCap {
@@ -212,14 +209,7 @@ impl ConcurrencyCap {
         ConcurrencyCap {
             permits: Arc::new(Semaphore::new(max)),
             max,
-            resuming: Arc::default(),
         }
-    }
-
-    /// Requests admitted earlier, back from a [`parked`] wait and waiting
-    /// for a place again.
-    pub fn resuming(&self) -> usize {
-        self.resuming.load(Ordering::Relaxed)
     }
 
     /// The cap.
@@ -233,45 +223,24 @@ impl ConcurrencyCap {
     }
 }
 
-/// A request's place under the [`ConcurrencyCap`], which it gives back
-/// while it is parked ([`parked`]).
-struct Place {
-    permits: Arc<Semaphore>,
-    held: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
-    resuming: Arc<AtomicUsize>,
-}
-
 tokio::task_local! {
-    /// The place of the request whose handler runs in this task.
-    static PLACE: Place;
+    /// The place under the [`ConcurrencyCap`] of the request whose handler
+    /// runs in this task.
+    static PLACE: std::sync::Mutex<Option<OwnedSemaphorePermit>>;
 }
 
-/// Runs `wait`, a wait that holds no database connection (a `min_version`
-/// read waiting for its wake-up), with the request's place under the
-/// concurrency cap given back meanwhile, then takes a place again, waiting
-/// for one if need be (a request already admitted is not shed). The cap
-/// protects the database pool from bursts; a parked request does not use
-/// it, and counting it would shed reads at a rate times a lag above the cap
-/// (80 waits: 2 000 reads a second 40 ms behind) while the pool is idle.
-/// Parked requests have their own cap (the Query API's
-/// `--query-api-max-waiters`). Outside a request under [`shed_load`], it
-/// only runs `wait`.
-pub async fn parked<F: std::future::Future>(wait: F) -> F::Output {
-    let Ok((permits, resuming)) = PLACE.try_with(|place| {
-        place.held.lock().expect("place lock").take();
-        (Arc::clone(&place.permits), Arc::clone(&place.resuming))
-    }) else {
-        return wait.await;
-    };
-    let output = wait.await;
-    resuming.fetch_add(1, Ordering::Relaxed);
-    let permit = permits.acquire_owned().await;
-    resuming.fetch_sub(1, Ordering::Relaxed);
-    // The semaphore is never closed.
-    if let Ok(permit) = permit {
-        let _ = PLACE.try_with(|place| *place.held.lock().expect("place lock") = Some(permit));
-    }
-    output
+/// The request in flight leaves the [`ConcurrencyCap`]: its place is given
+/// back now rather than when its response is made. For a request that
+/// joins another set with a cap of its own: a `min_version` read that waits
+/// for its wake-up, holding no connection, one of the Query API's
+/// `--query-api-max-waiters`, which bound its re-reads too. The cap keeps
+/// bursts off the database pool; counting those waits in it would shed
+/// reads while the pool idles (2 000 reads a second, each 40 ms behind its
+/// write, are 80 waits: the default cap), and shed new reads while a
+/// batch's worth of woken waits re-read. Outside a request under
+/// [`shed_load`], it does nothing.
+pub fn leave_the_cap() {
+    let _ = PLACE.try_with(|place| place.lock().expect("place lock").take());
 }
 
 /// The load-shedding middleware (`from_fn_with_state(cap, shed_load)`).
@@ -285,12 +254,9 @@ pub async fn shed_load(
     }
     match Arc::clone(&cap.permits).try_acquire_owned() {
         Ok(permit) => {
-            let place = Place {
-                permits: Arc::clone(&cap.permits),
-                held: std::sync::Mutex::new(Some(permit)),
-                resuming: Arc::clone(&cap.resuming),
-            };
-            // The place is given back when the response is made.
+            // The place is given back when the response is made, or
+            // before ([`leave_the_cap`]).
+            let place = std::sync::Mutex::new(Some(permit));
             PLACE.scope(place, next.run(request)).await
         }
         Err(_) => {
