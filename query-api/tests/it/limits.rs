@@ -13,31 +13,50 @@ use uuid::Uuid;
 use test_support::router::{assert_problem, send, Response};
 use test_support::Harness;
 
-/// Starts a read of `account` waiting for a version it never reaches within
-/// ten seconds, and returns once it waits.
-async fn hold_a_waiter(state: &AppState, account: Uuid) -> tokio::task::JoinHandle<Response> {
-    let uri = format!("/accounts/{account}?min_version=50&wait_ms=10000");
-    let waiting = tokio::spawn({
+/// Starts `GET uri` and returns once `until` holds of `state`.
+async fn start_get(
+    state: &AppState,
+    uri: String,
+    what: &str,
+    until: impl Fn(&AppState) -> bool,
+) -> tokio::task::JoinHandle<Response> {
+    let request = tokio::spawn({
         let state = state.clone();
         async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
     });
-    // Once it has a waiter's place it leaves the requests' cap: before,
-    // another request could take the waiter's place first.
-    let (progress, concurrency) = (&state.progress, &state.concurrency);
     test_support::eventually(
-        "the request to wait",
+        what,
         Duration::from_secs(10),
         Duration::from_millis(10),
-        move || async move {
-            if progress.waiters("accounts") > 0 && concurrency.in_flight() == 0 {
-                Ok(())
-            } else {
-                Err(())
+        || {
+            let holds = until(state);
+            async move {
+                if holds {
+                    Ok(())
+                } else {
+                    Err(())
+                }
             }
         },
     )
     .await;
-    waiting
+    request
+}
+
+/// Starts a read of `account` waiting for `min_version` (within ten
+/// seconds), and returns once it waits: once it has a waiter's place it
+/// leaves the requests' cap (before, another request could take the
+/// waiter's place first).
+async fn hold_a_waiter(
+    state: &AppState,
+    account: Uuid,
+    min_version: u64,
+) -> tokio::task::JoinHandle<Response> {
+    let uri = format!("/accounts/{account}?min_version={min_version}&wait_ms=10000");
+    start_get(state, uri, "the request to wait", |state| {
+        state.progress.waiters("accounts") > 0 && state.concurrency.in_flight() == 0
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +68,7 @@ async fn min_version_waiters_over_the_cap_are_shed_at_once() {
         h.db.pool.clone(),
         Progress::new(Duration::from_millis(50)).with_max_waiters(1),
     );
-    let waiting = hold_a_waiter(&state, account).await;
+    let waiting = hold_a_waiter(&state, account, 50).await;
 
     let started = Instant::now();
     let shed = h
@@ -82,24 +101,10 @@ async fn min_version_waiters_over_the_cap_are_shed_at_once() {
 /// under the concurrency cap, while the table it reads is locked
 /// ([`lock_table`]).
 async fn hold_a_busy_read(state: &AppState, uri: String) -> tokio::task::JoinHandle<Response> {
-    let reading = tokio::spawn({
-        let state = state.clone();
-        async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
-    });
-    test_support::eventually(
-        "the read to be in flight",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            if state.concurrency.in_flight() == 1 {
-                Ok(())
-            } else {
-                Err(())
-            }
-        },
-    )
-    .await;
-    reading
+    start_get(state, uri, "the read to be in flight", |state| {
+        state.concurrency.in_flight() == 1
+    })
+    .await
 }
 
 /// A transaction holding a read model's `table` exclusively: reads of it
@@ -158,25 +163,9 @@ async fn a_min_version_wait_leaves_the_concurrency_cap_to_other_requests() {
     // shed while the pool idles).
     let state = AppState::new(h.db.pool.clone(), Progress::new(Duration::from_millis(50)))
         .with_max_concurrent_requests(1);
-    let uri = format!("/accounts/{account}?min_version=2&wait_ms=10000");
-    let waiting = tokio::spawn({
-        let state = state.clone();
-        async move { send(state, Request::get(uri).body(Body::empty()).unwrap()).await }
-    });
-    let (progress, concurrency) = (&state.progress, &state.concurrency);
-    test_support::eventually(
-        "the read to wait, without its place",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        move || async move {
-            if progress.waiters("accounts") == 1 && concurrency.in_flight() == 0 {
-                Ok(())
-            } else {
-                Err(())
-            }
-        },
-    )
-    .await;
+    let waiting = hold_a_waiter(&state, account, 2).await;
+    assert_eq!(state.progress.waiters("accounts"), 1);
+    assert_eq!(state.concurrency.in_flight(), 0, "the wait holds no place");
     for _ in 0..3 {
         let plain = h
             .get_with(state.clone(), &format!("/accounts/{account}"))
