@@ -14,14 +14,16 @@
 //! with none free is counted as missed). Every `BENCH_WINDOW` (60) seconds
 //! it prints the window's accepted deposits and orders per second, their
 //! p99, the orders shipped per second (from the `OrderShipped` events'
-//! `recorded_at`), the process's resident memory, the aggregates its
+//! `recorded_at`), the process's resident memory (all of it, and the
+//! anonymous part: its heaps, not its binary's pages), the aggregates its
 //! bounded caches remember and the database connections its pool holds
 //! (from its `/metrics`). When the load stops it
 //! waits for every order placed to ship and prints how long that took.
 //!
 //! What it shows: the last window's rates next to the first's (the
-//! baseline of the same run), the drain time, and the resident memory of
-//! the second window next to the last (after warm-up).
+//! baseline of the same run), the drain time, and the resident memory (all
+//! of it and the anonymous part) of the second window next to the last
+//! (after warm-up).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,14 +109,16 @@ async fn metric_sum(http: &reqwest::Client, base: &str, suffix: &str) -> f64 {
         .sum()
 }
 
-/// Resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> f64 {
+/// A memory figure of process `pid` from `/proc/<pid>/status`, in MiB:
+/// `VmRSS` (all it has resident) or `RssAnon` (its resident anonymous
+/// memory: heaps, stacks; not the binary's pages, which are `RssFile`).
+fn memory_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
@@ -301,11 +305,13 @@ async fn main() -> Result<(), BoxError> {
         })
         .collect();
     let mut memory = Vec::new();
+    let mut anonymous = Vec::new();
     let mut cached = Vec::new();
     let mut connections = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(window.min(until - Instant::now())).await;
-        memory.push(rss_mib(pid));
+        memory.push(memory_mib(pid, "VmRSS"));
+        anonymous.push(memory_mib(pid, "RssAnon"));
         cached.push(metric_sum(&http, &base, "_aggregate_cache_entries").await);
         connections.push(metric_sum(&http, &base, "_db_pool_connections").await);
     }
@@ -346,7 +352,7 @@ async fn main() -> Result<(), BoxError> {
     let full = (seconds as f64 / secs).floor() as usize;
     windows.truncate(full.max(1));
     println!(
-        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9} {:>8} {:>9}",
+        "{:>6} {:>11} {:>11} {:>9} {:>9} {:>10} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "window",
         "deposits/s",
         "dep p99 ms",
@@ -355,6 +361,7 @@ async fn main() -> Result<(), BoxError> {
         "shipped/s",
         "errors",
         "RSS MiB",
+        "anon MiB",
         "cached",
         "db conns"
     );
@@ -368,9 +375,10 @@ async fn main() -> Result<(), BoxError> {
             shipped_in(i) as f64 / secs,
             w.errors,
             memory.get(i).copied().unwrap_or(f64::NAN),
+            anonymous.get(i).copied().unwrap_or(f64::NAN),
         );
         println!(
-            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1} {:>8.0} {:>9.0}",
+            "{:>6} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>10.1} {:>7} {:>9.1} {:>9.1} {:>8.0} {:>9.0}",
             i + 1,
             row.0,
             row.1,
@@ -379,6 +387,7 @@ async fn main() -> Result<(), BoxError> {
             row.4,
             row.5,
             row.6,
+            row.7,
             cached.get(i).copied().unwrap_or(f64::NAN),
             connections.get(i).copied().unwrap_or(f64::NAN)
         );
@@ -394,13 +403,17 @@ async fn main() -> Result<(), BoxError> {
         println!(
             "last window vs first (the baseline): deposits {:.0}%, orders placed {:.0}%, \
              orders shipped {:.0}%; resident memory {:.1} MiB in window 2, {:.1} MiB in the last \
-             ({:+.1}%); {} ticks missed (256 requests in flight)",
+             ({:+.1}%; anonymous {:.1} and {:.1} MiB, {:+.1}%); {} ticks missed (256 requests in \
+             flight)",
             last.0 / first.0 * 100.0,
             last.2 / first.2 * 100.0,
             last.4 / first.4 * 100.0,
             warm.6,
             last.6,
             (last.6 / warm.6 - 1.0) * 100.0,
+            warm.7,
+            last.7,
+            (last.7 / warm.7 - 1.0) * 100.0,
             missed.load(Ordering::Relaxed)
         );
         // Warm-up ends when the bounded caches stop filling: the first
@@ -413,11 +426,14 @@ async fn main() -> Result<(), BoxError> {
         }) {
             println!(
                 "after warm-up (the caches full from window {}): resident memory {:.1} MiB there, \
-                 {:.1} MiB in the last ({:+.1}%)",
+                 {:.1} MiB in the last ({:+.1}%; anonymous {:.1} and {:.1} MiB, {:+.1}%)",
                 warm + 1,
                 rows[warm].6,
                 last.6,
-                (last.6 / rows[warm].6 - 1.0) * 100.0
+                (last.6 / rows[warm].6 - 1.0) * 100.0,
+                rows[warm].7,
+                last.7,
+                (last.7 / rows[warm].7 - 1.0) * 100.0
             );
         }
     }
