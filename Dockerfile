@@ -7,7 +7,8 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# rdkafka builds its bundled librdkafka with TLS: a C compiler, make,
+# rdkafka builds its bundled librdkafka with TLS, and tikv-jemalloc-sys builds
+# jemalloc (the allocator of `purser`): a C compiler, make,
 # pkg-config and OpenSSL's headers (libssl-dev; installed in case the image
 # lacks them). The runtime image has OpenSSL's library (libssl3).
 RUN apt-get update \

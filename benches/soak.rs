@@ -17,7 +17,12 @@
 //! `recorded_at`), the process's resident memory (all of it, and the
 //! anonymous part: its heaps, not its binary's pages), the aggregates its
 //! bounded caches remember and the database connections its pool holds
-//! (from its `/metrics`). When the load stops it
+//! (from its `/metrics`). At `BENCH_STALL_AT` seconds (270; 0 for none)
+//! the database stalls the writers for `BENCH_STALL_MS` (3000): the bench
+//! holds a lock on the event log that every append waits for, as a
+//! checkpoint or a failover would, so requests pile up to the process's
+//! caps. Memory that follows the work in flight must come back after it.
+//! When the load stops it
 //! waits for every order placed to ship and prints how long that took.
 //!
 //! What it shows: the last window's rates next to the first's (the
@@ -216,6 +221,19 @@ async fn open_loop(
     .await;
 }
 
+/// At `at`, holds a lock on the event log that every append waits for
+/// (reads go on), for `stall`.
+async fn stall_appends(pool: sqlx::PgPool, at: Instant, stall: Duration) -> Result<(), BoxError> {
+    tokio::time::sleep_until(at.into()).await;
+    let mut transaction = pool.begin().await?;
+    sqlx::query("LOCK TABLE event_store.events IN EXCLUSIVE MODE")
+        .execute(&mut *transaction)
+        .await?;
+    tokio::time::sleep(stall).await;
+    transaction.commit().await?;
+    Ok(())
+}
+
 async fn count(pool: &sqlx::PgPool, event_type: &str) -> Result<i64, BoxError> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM event_store.events WHERE event_type = $1")
@@ -232,6 +250,8 @@ async fn main() -> Result<(), BoxError> {
     let deposit_rate: f64 = env_or("BENCH_DEPOSIT_RATE", 300.0);
     let order_rate: f64 = env_or("BENCH_ORDER_RATE", 20.0);
     let account_count: usize = env_or("BENCH_ACCOUNTS", 100);
+    let stall_at = Duration::from_secs(env_or("BENCH_STALL_AT", 270u64));
+    let stall = Duration::from_millis(env_or("BENCH_STALL_MS", 3000u64));
 
     let db = TestDatabase::create().await;
     let (child, base) = serve(&db).await?;
@@ -278,6 +298,13 @@ async fn main() -> Result<(), BoxError> {
          accounts and {order_rate}/s one-line orders for one SKU, open loop; windows of {} s",
         window.as_secs()
     );
+    if !stall_at.is_zero() {
+        println!(
+            "  at {} s the database stalls every append for {} ms",
+            stall_at.as_secs(),
+            stall.as_millis()
+        );
+    }
 
     let started = Instant::now();
     let wall_start: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8")
@@ -304,6 +331,9 @@ async fn main() -> Result<(), BoxError> {
             ))
         })
         .collect();
+    if !stall_at.is_zero() && stall_at < Duration::from_secs(seconds) {
+        tokio::spawn(stall_appends(db.pool.clone(), started + stall_at, stall));
+    }
     let mut memory = Vec::new();
     let mut anonymous = Vec::new();
     let mut cached = Vec::new();

@@ -82,12 +82,53 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .with_context(failed)
 }
 
+/// How often [`keep_trimmed`] counts the pool's idle connections.
+const TRIM_SAMPLE: Duration = Duration::from_millis(100);
+/// Over how long the process's pool is watched for connections none
+/// needed ([`keep_trimmed`]).
+const TRIM_WINDOW: Duration = Duration::from_secs(10);
+/// Idle connections [`keep_trimmed`] leaves beyond what a window needed.
+const TRIM_SPARE: usize = 2;
+
+/// Closes the connections `pool` did not need, until it is closed: every
+/// `window`, as many as were idle throughout it, less
+/// [`TRIM_SPARE`]. sqlx lends its idle connections oldest first, so under
+/// a steady load every connection is used in turn, none stays idle for an
+/// idle timeout, and a pool that one stall grew (the database's checkpoint,
+/// a burst) kept every connection it opened, each with its buffers and
+/// prepared statements: resident memory stepped up with every stall and
+/// never came down (BENCHMARKS.md, the soak). Trimmed, the pool follows its
+/// load, and what a connection held is freed for the next one.
+pub async fn keep_trimmed(pool: PgPool, window: Duration) {
+    let mut sample = tokio::time::interval(TRIM_SAMPLE);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut window_ends = tokio::time::Instant::now() + window;
+    let mut fewest_idle = usize::MAX;
+    while !pool.is_closed() {
+        sample.tick().await;
+        fewest_idle = fewest_idle.min(pool.num_idle());
+        if tokio::time::Instant::now() < window_ends {
+            continue;
+        }
+        for _ in 0..fewest_idle.saturating_sub(TRIM_SPARE) {
+            let Some(connection) = pool.try_acquire() else {
+                break;
+            };
+            // Best effort: a connection that fails to close is gone too.
+            let _ = connection.close().await;
+        }
+        fewest_idle = usize::MAX;
+        window_ends = tokio::time::Instant::now() + window;
+    }
+}
+
 /// The process's pool: connects, then applies the pending migrations when
 /// `--migrate` was given, or else fails (naming them) if any is pending, so
 /// a service never runs on a schema it does not know and never needs DDL
 /// rights.
 pub async fn open(global: &GlobalArgs, max_connections: u32) -> Result<PgPool> {
     let pool = connect(&global.database_url, max_connections).await?;
+    tokio::spawn(keep_trimmed(pool.clone(), TRIM_WINDOW));
     if global.migrate {
         migrations::run(&pool)
             .await
@@ -112,6 +153,7 @@ pub async fn open(global: &GlobalArgs, max_connections: u32) -> Result<PgPool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::resident_anon_kib;
 
     #[test]
     fn describe_leaves_the_password_out() {
@@ -142,23 +184,13 @@ mod tests {
         assert!(!message.contains("pw"), "{message}");
     }
 
-    /// The anonymous memory this process has resident, in KiB.
-    fn resident_anon_kib() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .expect("/proc/self/status")
-            .lines()
-            .find_map(|line| line.strip_prefix("RssAnon:"))
-            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("RssAnon in /proc/self/status")
-    }
-
     /// sqlx keeps a connection's write buffer at the largest message it
     /// sent; the pool shrinks it when the connection comes back (without
     /// that, the 64 MiB stay resident: the soak's creeping memory).
     #[tokio::test]
     async fn a_large_query_leaves_no_buffer_behind_in_the_pool() {
-        // Above glibc's largest mmap threshold (32 MiB): the buffer's
-        // memory goes back to the system when it is freed or shrunk.
+        // What the query freed goes back to the system within jemalloc's
+        // decay (10 s, src/main.rs); a buffer kept at 64 MiB never does.
         const LARGE: usize = 64 << 20;
         let db = test_support::TestDatabase::create_unmigrated().await;
         let pool = connect(&db.url, 1).await.expect("connected");
@@ -172,8 +204,8 @@ mod tests {
         // The connection returns to the pool in a task of its own.
         test_support::eventually(
             "the connection's 64 MiB write buffer to be released",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
+            Duration::from_secs(40),
+            Duration::from_millis(100),
             || async {
                 let grown = resident_anon_kib().saturating_sub(before);
                 if grown < (LARGE as u64 / 1024) / 2 {
@@ -185,6 +217,48 @@ mod tests {
         )
         .await;
         pool.close().await;
+        db.drop().await;
+    }
+
+    /// A burst opens connections; once it is over, the pool gives back
+    /// those no load needs any more (without the trimming, sqlx keeps all
+    /// of them for as long as anything uses the pool), and keeps those in
+    /// use.
+    #[tokio::test]
+    async fn the_pool_gives_back_the_connections_a_burst_opened() {
+        let db = test_support::TestDatabase::create_unmigrated().await;
+        let pool = connect(&db.url, 8).await.expect("connected");
+        let mut burst = Vec::new();
+        for _ in 0..8 {
+            burst.push(pool.acquire().await.expect("a connection"));
+        }
+        assert_eq!(pool.size(), 8);
+        drop(burst);
+        let mut held = pool.acquire().await.expect("a connection in use");
+        let trimming = tokio::spawn(keep_trimmed(pool.clone(), Duration::from_millis(300)));
+        test_support::eventually(
+            "the idle connections beyond the spare to be closed",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                let open = usize::try_from(pool.size()).expect("a small pool");
+                if open <= 1 + TRIM_SPARE {
+                    Ok(())
+                } else {
+                    Err(format!("{open} connections open"))
+                }
+            },
+        )
+        .await;
+        // The one in use was not taken away.
+        let answer: i32 = sqlx::query_scalar("SELECT 7")
+            .fetch_one(&mut *held)
+            .await
+            .expect("the held connection still works");
+        assert_eq!(answer, 7);
+        drop(held);
+        pool.close().await;
+        trimming.await.expect("the trimming ends with the pool");
         db.drop().await;
     }
 }

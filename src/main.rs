@@ -23,6 +23,16 @@ mod saga;
 mod serve;
 mod telemetry;
 
+/// jemalloc rather than glibc's malloc, for every allocation of the process
+/// (it also takes librdkafka's `malloc`): it gives back to the system, ten
+/// seconds after, the pages that a burst of work freed (a database stall
+/// piles requests up to the process's caps, a consumer's fetches grow),
+/// where glibc's heaps keep their widest extent for the life of the
+/// process, so its resident memory only ever stepped up, a stall at a time
+/// (BENCHMARKS.md, the soak).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Event-sourced CQRS backend for orders, payments and inventory.
 #[derive(Debug, Parser)]
 #[command(name = "purser", version, about)]
@@ -212,5 +222,46 @@ mod tests {
     fn an_unknown_log_format_is_refused() {
         let parsed = Cli::try_parse_from(["purser", "--log-format", "xml", "migrate"]);
         assert!(parsed.is_err());
+    }
+
+    /// The anonymous memory this process has resident, in KiB.
+    pub(crate) fn resident_anon_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("/proc/self/status")
+            .lines()
+            .find_map(|line| line.strip_prefix("RssAnon:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("RssAnon in /proc/self/status")
+    }
+
+    /// What a burst of small allocations freed goes back to the system,
+    /// though a few of them live on among the freed ones. glibc's malloc
+    /// keeps such a heap's extent resident for the life of the process
+    /// (64 MiB here); jemalloc purges the pages it freed.
+    #[tokio::test]
+    async fn memory_a_burst_freed_goes_back_to_the_system() {
+        const PIECES: usize = 64 * 1024;
+        const PIECE: usize = 1024;
+        let before = resident_anon_kib();
+        let burst: Vec<Vec<u8>> = (0..PIECES).map(|_| vec![7u8; PIECE]).collect();
+        let peak = resident_anon_kib().saturating_sub(before);
+        assert!(peak > 48 * 1024, "the burst made {peak} KiB resident");
+        // One piece in 256 outlives the burst, scattered through it.
+        let kept: Vec<Vec<u8>> = burst.into_iter().step_by(256).collect();
+        test_support::eventually(
+            "the pages the burst freed to leave the process",
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(200),
+            || async {
+                let grown = resident_anon_kib().saturating_sub(before);
+                if grown < 24 * 1024 {
+                    Ok(())
+                } else {
+                    Err(format!("{grown} KiB more resident than before the burst"))
+                }
+            },
+        )
+        .await;
+        assert_eq!(kept.len(), PIECES / 256);
     }
 }

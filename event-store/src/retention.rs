@@ -23,6 +23,8 @@ impl EventStore {
                      WHERE created_at < now() - make_interval(secs => $1) \
                      ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
             )
+            // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+            .persistent(false)
             .bind(older_than.as_secs_f64())
             .bind(batch)
             .execute(self.pool())

@@ -394,6 +394,8 @@ impl EventStore {
             "SELECT EXISTS (SELECT 1 FROM event_store.events \
              WHERE (transaction_id, position) > ($1::text::xid8, $2))",
         )
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .fetch_one(&self.pool)
@@ -406,6 +408,8 @@ impl EventStore {
     pub async fn head_position(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_store.events")
+                // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+                .persistent(false)
                 .fetch_one(&self.pool)
                 .await?,
         )
@@ -461,6 +465,8 @@ impl EventStore {
             "SELECT transaction_id::text::bigint, position \
              FROM event_store.checkpoints WHERE name = $1",
         )
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;

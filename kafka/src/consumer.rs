@@ -20,6 +20,14 @@ use crate::{Delivered, KafkaConfig, Result};
 /// 21 ms (BENCHMARKS.md, end-to-end lag).
 const FETCH_WAIT_MAX_MS: u32 = 20;
 
+/// How much librdkafka fetches ahead of what the consumer has taken, per
+/// partition: a few of a worker's batches (500 events, a few hundred bytes
+/// each), not librdkafka's defaults of 100,000 messages or 64 MiB. Those
+/// let a worker that fell behind in a stall hold its whole backlog in the
+/// process at once, and what a fetch held stays with the allocator.
+const PREFETCH_MESSAGES: u32 = 2_000;
+const PREFETCH_KIB: u32 = 1_024;
+
 /// A member of a consumer group reading the topics of some stream types.
 ///
 /// Offsets are never committed automatically: the caller commits a batch
@@ -53,6 +61,8 @@ impl EventConsumer {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+            .set("queued.min.messages", PREFETCH_MESSAGES.to_string())
+            .set("queued.max.messages.kbytes", PREFETCH_KIB.to_string())
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",

@@ -145,6 +145,8 @@ impl StatusMetrics {
         }
         let counted: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM read_models.sagas GROUP BY state")
+                // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+                .persistent(false)
                 .fetch_all(pool)
                 .await?;
         for state in SAGA_STATES {

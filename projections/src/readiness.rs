@@ -65,6 +65,8 @@ pub async fn head(pool: &PgPool, projection: &dyn Projection) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT coalesce(max(position), 0) FROM event_store.events WHERE stream_type = ANY($1)",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(&types)
     .fetch_one(pool)
     .await?)
@@ -80,6 +82,8 @@ pub async fn joined(pool: &PgPool, projection: &dyn Projection, member: Uuid) ->
         "DELETE FROM read_models.workers \
          WHERE projection = $1 AND seen_at < now() - make_interval(secs => $2)",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection.name())
     .bind(EXPIRY.as_secs_f64())
     .execute(&mut *tx)
@@ -88,6 +92,8 @@ pub async fn joined(pool: &PgPool, projection: &dyn Projection, member: Uuid) ->
         "INSERT INTO read_models.workers (projection, member, start_head) VALUES ($1, $2, $3) \
          ON CONFLICT (projection, member) DO UPDATE SET seen_at = now()",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection.name())
     .bind(member)
     .bind(start_head)
@@ -102,6 +108,8 @@ pub async fn heartbeat(pool: &PgPool, projection: &str, member: Uuid) -> Result<
     sqlx::query(
         "UPDATE read_models.workers SET seen_at = now() WHERE projection = $1 AND member = $2",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection)
     .bind(member)
     .execute(pool)
@@ -112,6 +120,8 @@ pub async fn heartbeat(pool: &PgPool, projection: &str, member: Uuid) -> Result<
 /// `member` stopped.
 pub async fn left(pool: &PgPool, projection: &str, member: Uuid) -> Result<()> {
     sqlx::query("DELETE FROM read_models.workers WHERE projection = $1 AND member = $2")
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(projection)
         .bind(member)
         .execute(pool)
@@ -130,6 +140,8 @@ pub async fn check(pool: &PgPool, projections: &[&str]) -> Result<Vec<(String, R
                           WHERE s.projection = p.name), 0) \
          FROM unnest($1::text[]) WITH ORDINALITY AS p(name, n) ORDER BY p.n",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projections)
     .bind(EXPIRY.as_secs_f64())
     .fetch_all(pool)

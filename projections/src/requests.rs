@@ -113,6 +113,8 @@ pub async fn pending(pool: &PgPool, projection: &str) -> Result<Option<RebuildRe
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM read_models.projection_requests WHERE projection = $1"
     ))
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection)
     .fetch_optional(pool)
     .await?)
@@ -206,6 +208,8 @@ impl RequestRunner {
             "SELECT projection FROM read_models.projection_requests \
              WHERE projection = ANY($1) ORDER BY requested_at",
         )
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(&names)
         .fetch_all(self.store.pool())
         .await?;

@@ -162,6 +162,8 @@ async fn of(pool: &PgPool, projection: &dyn Projection) -> Result<ProjectionStat
         i64,
         i64,
     ) = sqlx::query_as(PROGRESS_SQL)
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(name)
         .bind(&types)
         .fetch_one(pool)
@@ -203,6 +205,8 @@ pub async fn parked_streams(pool: &PgPool, projection: &str) -> Result<Vec<Parke
         "SELECT stream_id, version, event_id, error, attempts, parked_at \
          FROM read_models.parked WHERE projection = $1 ORDER BY stream_id",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection)
     .fetch_all(pool)
     .await?)
@@ -215,6 +219,8 @@ pub async fn rebuild_state(pool: &PgPool, projection: &str) -> Result<Option<Reb
         "SELECT phase, events_done, started_at, updated_at \
          FROM read_models.rebuilds WHERE projection = $1",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(projection)
     .fetch_optional(pool)
     .await?)

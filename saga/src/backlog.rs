@@ -76,10 +76,15 @@ impl Backlog {
         // than running it. Read only: the transaction takes no xid, so it
         // holds no reader's horizon back.
         sqlx::query("SET LOCAL jit = off")
+            // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+            .persistent(false)
             .execute(&mut *transaction)
             .await?;
-        let (orders, oldest): (i64, f64) =
-            sqlx::query_as(BACKLOG).fetch_one(&mut *transaction).await?;
+        let (orders, oldest): (i64, f64) = sqlx::query_as(BACKLOG)
+            // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+            .persistent(false)
+            .fetch_one(&mut *transaction)
+            .await?;
         transaction.commit().await?;
         Ok(Backlog {
             orders: u64::try_from(orders).unwrap_or(0),

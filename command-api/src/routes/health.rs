@@ -45,7 +45,10 @@ pub async fn live() -> Json<Health> {
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let check = tokio::time::timeout(
         DATABASE_CHECK_TIMEOUT,
-        sqlx::query("SELECT 1").execute(state.store().pool()),
+        sqlx::query("SELECT 1")
+            // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+            .persistent(false)
+            .execute(state.store().pool()),
     )
     .await;
     let failure: Option<Box<dyn std::error::Error + Send + Sync>> = match check {

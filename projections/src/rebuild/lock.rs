@@ -57,6 +57,8 @@ pub async fn is_running(pool: &PgPool, projection: &str) -> Result<bool> {
            AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid)",
     )
+    // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+    .persistent(false)
     .bind(REBUILD_LOCK)
     .bind(projection)
     .fetch_one(pool)

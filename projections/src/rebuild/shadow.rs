@@ -21,6 +21,8 @@ impl Rebuild {
             "SELECT phase, transaction_id::text::bigint, position, events_done, last_position \
              FROM read_models.rebuilds WHERE projection = $1",
         )
+        // Run rarely: unprepared (ARCHITECTURE.md, Invariants).
+        .persistent(false)
         .bind(self.name())
         .fetch_optional(self.pool())
         .await?;

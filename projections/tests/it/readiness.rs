@@ -107,3 +107,60 @@ async fn a_running_worker_joins_and_leaves() {
     assert_eq!(accounts(pool).await, Readiness::NoWorker);
     h.drop().await;
 }
+
+/// What runs on a timer (a worker's heartbeat, readiness, the status and
+/// `/metrics` figures, the store's head and checkpoints, the idempotency
+/// sweep) leaves no prepared statement on the connection it ran on. The
+/// pool lends every connection to everything in turn, so each connection
+/// would in time keep one of every such statement, about a KiB each in the
+/// process (and a plan in the server): memory that grew for as long as
+/// rarely run statements kept reaching connections that had not met them
+/// (BENCHMARKS.md, the soak).
+#[tokio::test]
+async fn what_runs_on_a_timer_leaves_no_prepared_statement_behind() {
+    let h = Harness::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&h.db.url)
+        .await
+        .unwrap();
+    let member = Uuid::now_v7();
+    readiness::joined(&pool, &Accounts, member).await.unwrap();
+    readiness::heartbeat(&pool, "accounts", member)
+        .await
+        .unwrap();
+    readiness::check(&pool, &["accounts"]).await.unwrap();
+    readiness::left(&pool, "accounts", member).await.unwrap();
+    projections::status::all(&pool).await.unwrap();
+    projections::metrics::StatusMetrics::new()
+        .refresh(&pool)
+        .await
+        .unwrap();
+    let store = event_store::EventStore::new(pool.clone());
+    store.head_position().await.unwrap();
+    store.load_checkpoint("relay").await.unwrap();
+    store
+        .purge_idempotency(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+
+    let prepared: Vec<String> = sqlx::query_scalar("SELECT statement FROM pg_prepared_statements")
+        .persistent(false)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(prepared.is_empty(), "{prepared:#?}");
+    // The check can fail: a statement run the ordinary way stays prepared.
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+        .persistent(false)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(prepared, 1);
+    pool.close().await;
+}

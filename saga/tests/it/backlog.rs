@@ -122,3 +122,26 @@ async fn the_backlog_measure_reads_the_backlog_not_the_history() {
     assert!(read <= 20.0, "{read} rows of events read: {plan:#}");
     db.drop().await;
 }
+
+/// The measure runs on a timer (the `/metrics` gauges, the Command API's
+/// bound on placing): it leaves no prepared statement on the connection it
+/// ran on, which the pool would otherwise keep on every connection in turn
+/// (projections' readiness tests, `what_runs_on_a_timer_...`).
+#[tokio::test]
+async fn the_backlog_measure_leaves_no_prepared_statement_behind() {
+    let db = TestDatabase::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("pool");
+    Backlog::measure(&pool).await.expect("measure");
+    let prepared: Vec<String> = sqlx::query_scalar("SELECT statement FROM pg_prepared_statements")
+        .persistent(false)
+        .fetch_all(&pool)
+        .await
+        .expect("prepared statements");
+    assert!(prepared.is_empty(), "{prepared:#?}");
+    pool.close().await;
+    db.drop().await;
+}
